@@ -1,0 +1,69 @@
+//! A reader thread per source. The sampler never touches the filesystem itself: it asks each
+//! idle worker for a reading and waits for answers up to a deadline. A worker stuck in the
+//! kernel (a read of a file on a hung disk sits in D state and cannot be interrupted) only
+//! stops its own source; the sampler marks it stuck and keeps publishing everything else.
+//! A stuck worker is never replaced by a new thread, so a long hang cannot pile up threads.
+
+use std::sync::mpsc::{self, Receiver, Sender, SyncSender};
+use std::thread;
+use std::time::Instant;
+
+/// What a worker sends back after one read.
+pub struct Outcome<R> {
+    /// Index of the worker in the sampler's table.
+    pub idx: usize,
+    pub started: Instant,
+    pub finished: Instant,
+    pub result: R,
+}
+
+/// The sampler's handle on one worker thread.
+pub struct Worker {
+    pub name: &'static str,
+    req: SyncSender<()>,
+    /// When the outstanding request was sent; `None` when idle.
+    pub busy_since: Option<Instant>,
+}
+
+impl Worker {
+    /// Spawns a thread that runs `read` once per request and sends the outcome to `results`.
+    /// The thread ends when the `Worker` is dropped (its request channel closes), unless it is
+    /// stuck in a read, in which case it ends when that read returns.
+    pub fn spawn<R: Send + 'static>(
+        name: &'static str,
+        idx: usize,
+        results: Sender<Outcome<R>>,
+        mut read: impl FnMut() -> R + Send + 'static,
+    ) -> std::io::Result<Worker> {
+        let (req, rx): (SyncSender<()>, Receiver<()>) = mpsc::sync_channel(1);
+        thread::Builder::new()
+            .name(format!("sw-{name}"))
+            // Readers parse small files: a small stack keeps RSS low with a dozen of them.
+            .stack_size(256 * 1024)
+            .spawn(move || {
+                while rx.recv().is_ok() {
+                    let started = Instant::now();
+                    let result = read();
+                    let finished = Instant::now();
+                    if results.send(Outcome { idx, started, finished, result }).is_err() {
+                        break;
+                    }
+                }
+            })?;
+        Ok(Worker { name, req, busy_since: None })
+    }
+
+    /// Asks for a reading unless one is outstanding. Returns whether a request was sent.
+    pub fn request(&mut self, now: Instant) -> bool {
+        if self.busy_since.is_some() {
+            return false;
+        }
+        match self.req.try_send(()) {
+            Ok(()) => {
+                self.busy_since = Some(now);
+                true
+            }
+            Err(_) => false,
+        }
+    }
+}
