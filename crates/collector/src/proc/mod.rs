@@ -4,6 +4,7 @@ pub mod diskstats;
 pub mod loadavg;
 pub mod meminfo;
 pub mod pressure;
+#[cfg(test)] mod proptests;
 pub mod stat;
 pub mod sys_vm;
 pub mod vmstat;

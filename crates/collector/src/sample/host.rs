@@ -235,10 +235,30 @@ fn sources() -> Vec<(&'static str, Box<dyn FnMut(&Roots) -> ReadResult + Send>)>
     ]
 }
 
-/// Reads every host source once, sequentially, on the calling thread. For benchmarks and the
-/// `doctor`-style one-shot commands; the agent uses [`HostSampler`].
+/// Reads every host source once, sequentially, on the calling thread. For tests and one-shot
+/// commands; the agent uses [`HostSampler`].
 pub fn read_all(roots: &Roots) -> Vec<(&'static str, ReadResult)> {
-    sources().into_iter().map(|(name, mut f)| (name, f(roots))).collect()
+    HostReaders::new().read_all(roots)
+}
+
+/// The host readers with their caches (partition flags), for repeated sequential passes:
+/// what one sampler tick costs, without the threads (benchmarks).
+pub struct HostReaders(Vec<(&'static str, Box<dyn FnMut(&Roots) -> ReadResult + Send>)>);
+
+impl HostReaders {
+    pub fn new() -> Self {
+        HostReaders(sources())
+    }
+
+    pub fn read_all(&mut self, roots: &Roots) -> Vec<(&'static str, ReadResult)> {
+        self.0.iter_mut().map(|(name, f)| (*name, f(roots))).collect()
+    }
+}
+
+impl Default for HostReaders {
+    fn default() -> Self {
+        Self::new()
+    }
 }
 
 /// Remembers which devices are partitions: sysfs is asked once per (name, major, minor).
