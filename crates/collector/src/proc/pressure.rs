@@ -52,6 +52,17 @@ pub struct Pressure {
     pub full: Option<Record>,
 }
 
+/// `"12.34"` percent → 0.1234. Parsed as `12.34e-2` rather than divided by 100, so the ratio is
+/// the float nearest the decimal the kernel printed and exposes as `0.1234`, not
+/// `0.12340000000000001`.
+fn percent_to_ratio(v: &str, n: usize, what: &str) -> Result<f64, ParseError> {
+    parse_f64(v, n, what)?; // validate the text itself (no exponents of its own, finite)
+    if v.contains(['e', 'E']) {
+        return Err(ParseError::new(n, format!("{what}: unexpected exponent in {v:?}")));
+    }
+    parse_f64(&format!("{v}e-2"), n, what)
+}
+
 fn parse_record(rest: &str, n: usize) -> Result<Record, ParseError> {
     let mut r = Record::default();
     let mut seen = 0u8;
@@ -60,9 +71,9 @@ fn parse_record(rest: &str, n: usize) -> Result<Record, ParseError> {
             .split_once('=')
             .ok_or_else(|| ParseError::new(n, format!("expected key=value, got {kv:?}")))?;
         match k {
-            "avg10" => (r.avg10, seen) = (parse_f64(v, n, k)? / 100.0, seen | 1),
-            "avg60" => (r.avg60, seen) = (parse_f64(v, n, k)? / 100.0, seen | 2),
-            "avg300" => (r.avg300, seen) = (parse_f64(v, n, k)? / 100.0, seen | 4),
+            "avg10" => (r.avg10, seen) = (percent_to_ratio(v, n, k)?, seen | 1),
+            "avg60" => (r.avg60, seen) = (percent_to_ratio(v, n, k)?, seen | 2),
+            "avg300" => (r.avg300, seen) = (percent_to_ratio(v, n, k)?, seen | 4),
             "total" => (r.total_us, seen) = (parse_u64(v, n, k)?, seen | 8),
             _ => {}
         }

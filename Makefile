@@ -1,0 +1,42 @@
+# stallwatch: `make run` builds and starts the agent; `make test` installs what the tests need
+# and runs every test; `make bench` measures it against its peers.
+SHELL := /bin/bash
+CARGO ?= cargo
+LISTEN ?= 127.0.0.1:10139
+CONFIG ?= config/stallwatch.example.toml
+
+.PHONY: all build run test test-deps bench bench-deps lint clean
+
+all: build
+
+build:
+	$(CARGO) build --release --locked -p stallwatch
+
+run: build
+	./target/release/stallwatch --config.file=$(CONFIG) --web.listen-address=$(LISTEN)
+
+# Debian packages the tests use: promtool (prometheus) parses our exposition; curl and
+# e2fsprogs for the real-kernel tests. Installed only when missing.
+TEST_DEBS := prometheus curl e2fsprogs util-linux
+test-deps:
+	@bash tests/scripts/ensure-debs.sh $(TEST_DEBS)
+
+test: test-deps
+	$(CARGO) build --locked --workspace --all-targets
+	$(CARGO) nextest run --locked --workspace --no-fail-fast
+
+BENCH_DEBS := prometheus-node-exporter
+bench-deps:
+	@bash tests/scripts/ensure-debs.sh $(BENCH_DEBS)
+
+bench: bench-deps
+	$(CARGO) build --release --locked -p stallwatch
+	$(CARGO) bench --locked -p stallwatch-collector --bench parsers
+	bash tests/scripts/bench.sh
+
+lint:
+	$(CARGO) clippy --workspace --all-targets -- -D warnings
+	$(CARGO) fmt --all --check
+
+clean:
+	$(CARGO) clean

@@ -1,0 +1,137 @@
+//! Command line, in the Prometheus exporter habit: dotted long flags (`--web.listen-address`),
+//! paths overridable so the agent can run in a container with the host's trees at `/host/*`.
+
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+/// The default port. The Prometheus default-port allocation range (9100–9999) has been fully
+/// allocated since 2023, so any port in it collides with some listed exporter; 10139 lies
+/// outside it and is not used by common node software. See README.md ("Port").
+pub const DEFAULT_PORT: u16 = 10139;
+
+#[derive(Debug, Parser)]
+#[command(name = "stallwatch", version, about = "Is this node stalled on I/O, who is stuck, and why.")]
+pub struct Cli {
+    #[command(flatten)]
+    pub common: Common,
+    #[command(subcommand)]
+    pub command: Option<Command>,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the agent (the default when no subcommand is given).
+    Run,
+    /// Parse and validate the config file (and web config file), print the result, exit 0 or 2.
+    CheckConfig,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct Common {
+    /// TOML config file; every key is optional (see config/stallwatch.example.toml).
+    #[arg(long = "config.file", global = true, env = "STALLWATCH_CONFIG_FILE")]
+    pub config_file: Option<PathBuf>,
+
+    /// Address to listen on, `host:port` or `:port` (all interfaces).
+    #[arg(long = "web.listen-address", global = true, default_value_t = format!(":{DEFAULT_PORT}"))]
+    pub listen_address: String,
+
+    /// Path under which to expose metrics.
+    #[arg(long = "web.telemetry-path", global = true, default_value = "/metrics")]
+    pub telemetry_path: String,
+
+    /// Web config file (TLS and basic auth) in the Prometheus exporter-toolkit format.
+    #[arg(long = "web.config.file", global = true)]
+    pub web_config_file: Option<PathBuf>,
+
+    /// procfs mount point.
+    #[arg(long = "path.procfs", global = true, default_value = "/proc")]
+    pub procfs: PathBuf,
+
+    /// sysfs mount point.
+    #[arg(long = "path.sysfs", global = true, default_value = "/sys")]
+    pub sysfs: PathBuf,
+
+    /// cgroup filesystem root (default: `<path.sysfs>/fs/cgroup`).
+    #[arg(long = "path.cgroupfs", global = true)]
+    pub cgroupfs: Option<PathBuf>,
+
+    /// The host's root filesystem (mount table, runtime state).
+    #[arg(long = "path.rootfs", global = true, default_value = "/")]
+    pub rootfs: PathBuf,
+
+    /// Only log messages with the given severity or above.
+    #[arg(long = "log.level", global = true, value_enum, default_value_t = LogLevel::Info)]
+    pub log_level: LogLevel,
+
+    /// Output format of log messages.
+    #[arg(long = "log.format", global = true, value_enum, default_value_t = LogFormat::Logfmt)]
+    pub log_format: LogFormat,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum LogLevel {
+    Debug,
+    Info,
+    Warn,
+    Error,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum LogFormat {
+    Logfmt,
+    Json,
+}
+
+impl Common {
+    pub fn roots(&self) -> stallwatch_collector::Roots {
+        stallwatch_collector::Roots {
+            procfs: self.procfs.clone(),
+            sysfs: self.sysfs.clone(),
+            cgroupfs: self.cgroupfs.clone().unwrap_or_else(|| self.sysfs.join("fs/cgroup")),
+            rootfs: self.rootfs.clone(),
+        }
+    }
+}
+
+/// Parses `host:port`, `:port` (all interfaces, as Go exporters do) and `[v6]:port`.
+pub fn parse_listen_address(s: &str) -> Result<std::net::SocketAddr, String> {
+    use std::net::{SocketAddr, ToSocketAddrs};
+    let full = if s.starts_with(':') { format!("0.0.0.0{s}") } else { s.to_string() };
+    if let Ok(a) = full.parse::<SocketAddr>() {
+        return Ok(a);
+    }
+    full.to_socket_addrs()
+        .map_err(|e| format!("invalid --web.listen-address {s:?}: {e}"))?
+        .next()
+        .ok_or_else(|| format!("invalid --web.listen-address {s:?}: no address"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn listen_address_forms() {
+        assert_eq!(parse_listen_address(":10139").unwrap().to_string(), "0.0.0.0:10139");
+        assert_eq!(parse_listen_address("127.0.0.1:0").unwrap().port(), 0);
+        assert_eq!(parse_listen_address("[::1]:9").unwrap().to_string(), "[::1]:9");
+        assert!(parse_listen_address("nonsense").is_err());
+    }
+
+    #[test]
+    fn flags_parse_with_dots() {
+        let cli = Cli::try_parse_from([
+            "stallwatch",
+            "--web.listen-address=127.0.0.1:1",
+            "--path.procfs=/host/proc",
+            "--log.format=json",
+            "check-config",
+        ])
+        .unwrap();
+        assert_eq!(cli.common.procfs, PathBuf::from("/host/proc"));
+        assert_eq!(cli.common.roots().cgroupfs, PathBuf::from("/sys/fs/cgroup"));
+        assert!(matches!(cli.command, Some(Command::CheckConfig)));
+    }
+}

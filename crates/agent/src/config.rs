@@ -1,0 +1,328 @@
+//! The TOML config file: every key optional, unknown keys rejected, values validated while
+//! parsing so every error names the file, the line and the key.
+//!
+//! Parse (serde, `deny_unknown_fields`) → validate (cross-field checks) → a typed [`Config`]
+//! the samplers use. On reload a failed parse keeps the running config (see `reload.rs`).
+
+use std::fmt;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use regex::Regex;
+use serde::de::{self, Deserializer};
+use serde::Deserialize;
+use stallwatch_collector::sample::host::{DiskFilter, HostConfig, Threshold};
+
+/// What the file says, as written.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct FileConfig {
+    pub sampler: SamplerSection,
+    pub disks: DisksSection,
+    pub writeback: WritebackSection,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct SamplerSection {
+    /// How often the fast sources are read.
+    #[serde(deserialize_with = "positive_duration")]
+    pub interval: Duration,
+    /// Window of the `*_peak` gauges.
+    #[serde(deserialize_with = "positive_duration")]
+    pub peak_window: Duration,
+    /// A read outstanding for longer marks its source stuck.
+    #[serde(deserialize_with = "positive_duration")]
+    pub source_timeout: Duration,
+}
+
+fn default_interval() -> Duration {
+    Duration::from_secs(1)
+}
+fn default_peak_window() -> Duration {
+    Duration::from_secs(60)
+}
+fn default_source_timeout() -> Duration {
+    Duration::from_secs(2)
+}
+
+impl Default for SamplerSection {
+    fn default() -> Self {
+        SamplerSection {
+            interval: default_interval(),
+            peak_window: default_peak_window(),
+            source_timeout: default_source_timeout(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct DisksSection {
+    pub include_partitions: bool,
+    pub include_loop: bool,
+    pub include_ram: bool,
+    pub device_exclude: Option<RegexSpec>,
+    pub device_include: Option<RegexSpec>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct WritebackSection {
+    /// `Writeback` above this is a burst: bytes ("64MiB") or a share of the kernel's dirty
+    /// background threshold ("25%").
+    pub burst_threshold: ThresholdSpec,
+}
+
+impl Default for WritebackSection {
+    fn default() -> Self {
+        WritebackSection { burst_threshold: ThresholdSpec(Threshold::Bytes(64 << 20)) }
+    }
+}
+
+/// A regex compiled while parsing, so a bad one is reported with its line.
+#[derive(Debug, Clone)]
+pub struct RegexSpec(pub Regex);
+
+impl<'de> Deserialize<'de> for RegexSpec {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        Regex::new(&s).map(RegexSpec).map_err(|e| de::Error::custom(format!("invalid regex: {e}")))
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct ThresholdSpec(pub Threshold);
+
+impl<'de> Deserialize<'de> for ThresholdSpec {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        if let Some(p) = s.trim().strip_suffix('%') {
+            let v: f64 = p.trim().parse().map_err(|_| de::Error::custom(format!("invalid percentage {s:?}")))?;
+            if !(v > 0.0 && v <= 1000.0) {
+                return Err(de::Error::custom(format!("percentage {s:?} out of range (0, 1000]")));
+            }
+            return Ok(ThresholdSpec(Threshold::OfBackground(v / 100.0)));
+        }
+        parse_size(&s).map(|b| ThresholdSpec(Threshold::Bytes(b))).map_err(de::Error::custom)
+    }
+}
+
+/// Parses sizes like `64MiB`, `1 GiB`, `512k`, `4096` (bytes). Binary units for `Ki`/`K`/`k`.
+pub fn parse_size(s: &str) -> Result<u64, String> {
+    let t = s.trim();
+    let split = t.find(|c: char| !(c.is_ascii_digit() || c == '.')).unwrap_or(t.len());
+    let (num, unit) = t.split_at(split);
+    let n: f64 = num.parse().map_err(|_| format!("invalid size {s:?}: expected e.g. \"64MiB\""))?;
+    let mult: u64 = match unit.trim() {
+        "" | "B" => 1,
+        "k" | "K" | "KB" | "KiB" => 1 << 10,
+        "M" | "MB" | "MiB" => 1 << 20,
+        "G" | "GB" | "GiB" => 1 << 30,
+        "T" | "TB" | "TiB" => 1 << 40,
+        u => return Err(format!("invalid size {s:?}: unknown unit {u:?} (use B, KiB, MiB, GiB, TiB)")),
+    };
+    let v = n * mult as f64;
+    if !v.is_finite() || v < 0.0 || v > u64::MAX as f64 {
+        return Err(format!("invalid size {s:?}: out of range"));
+    }
+    Ok(v as u64)
+}
+
+fn positive_duration<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+    let s = String::deserialize(d)?;
+    let v = humantime::parse_duration(&s)
+        .map_err(|e| de::Error::custom(format!("invalid duration {s:?}: {e} (e.g. \"1s\", \"500ms\")")))?;
+    if v.is_zero() {
+        return Err(de::Error::custom("duration must be greater than zero"));
+    }
+    Ok(v)
+}
+
+/// The validated configuration the agent runs with.
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub host: HostConfig,
+    /// The file it came from, if any.
+    pub source: Option<PathBuf>,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        FileConfig::default().validate("<defaults>", "").unwrap_or_else(|_| Config { host: HostConfig::default(), source: None })
+    }
+}
+
+/// A config error that names the file, line and key.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigError {
+    pub file: String,
+    pub line: Option<usize>,
+    pub key: Option<String>,
+    pub msg: String,
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}", self.file)?;
+        if let Some(l) = self.line {
+            write!(f, ":{l}")?;
+        }
+        if let Some(k) = &self.key {
+            write!(f, ": key `{k}`")?;
+        }
+        write!(f, ": {}", self.msg)
+    }
+}
+
+impl std::error::Error for ConfigError {}
+
+impl FileConfig {
+    /// Cross-field checks, then the typed config.
+    pub fn validate(self, file: &str, text: &str) -> Result<Config, ConfigError> {
+        let s = &self.sampler;
+        let err = |key: &str, msg: String| {
+            let (section, k) = key.split_once('.').unwrap_or(("", key));
+            ConfigError { file: file.to_string(), line: find_key_line(text, section, k), key: Some(key.to_string()), msg }
+        };
+        if s.peak_window < s.interval {
+            return Err(err(
+                "sampler.peak_window",
+                format!("must be at least sampler.interval ({:?}), is {:?}", s.interval, s.peak_window),
+            ));
+        }
+        if s.interval > Duration::from_secs(3600) {
+            return Err(err("sampler.interval", format!("{:?} is longer than an hour", s.interval)));
+        }
+        let d = self.disks;
+        Ok(Config {
+            host: HostConfig {
+                interval: s.interval,
+                peak_window: s.peak_window,
+                source_timeout: s.source_timeout,
+                disks: DiskFilter {
+                    include_partitions: d.include_partitions,
+                    include_loop: d.include_loop,
+                    include_ram: d.include_ram,
+                    exclude: d.device_exclude.map(|r| r.0),
+                    include: d.device_include.map(|r| r.0),
+                },
+                writeback_burst_threshold: self.writeback.burst_threshold.0,
+            },
+            source: None,
+        })
+    }
+}
+
+/// Parses config text; `file` names it in errors.
+pub fn parse(file: &str, text: &str) -> Result<Config, ConfigError> {
+    let fc: FileConfig = toml::from_str(text).map_err(|e| {
+        let (line, key) = match e.span() {
+            Some(span) => {
+                let line = text[..span.start.min(text.len())].matches('\n').count() + 1;
+                (Some(line), key_at_line(text, line))
+            }
+            None => (None, None),
+        };
+        ConfigError { file: file.to_string(), line, key, msg: e.message().trim().to_string() }
+    })?;
+    fc.validate(file, text)
+}
+
+/// Loads and validates a config file.
+pub fn load(path: &Path) -> Result<Config, ConfigError> {
+    let file = path.display().to_string();
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| ConfigError { file: file.clone(), line: None, key: None, msg: format!("cannot read: {e}") })?;
+    let mut c = parse(&file, &text)?;
+    c.source = Some(path.to_path_buf());
+    Ok(c)
+}
+
+/// `section.key` for the key assigned on `line` (1-based), from the text itself: toml's error
+/// spans point at the value or key, and an operator wants the dotted name.
+fn key_at_line(text: &str, line: usize) -> Option<String> {
+    let mut section = String::new();
+    for (i, l) in text.lines().enumerate() {
+        let t = l.trim();
+        if t.starts_with('[') {
+            section = t.trim_matches(|c| c == '[' || c == ']').trim().to_string();
+        }
+        if i + 1 == line {
+            let (k, _) = t.split_once('=')?;
+            let k = k.trim().trim_matches('"');
+            return Some(if section.is_empty() { k.to_string() } else { format!("{section}.{k}") });
+        }
+    }
+    None
+}
+
+/// The line (1-based) where `key` is assigned inside `[section]`.
+fn find_key_line(text: &str, section: &str, key: &str) -> Option<usize> {
+    let mut cur = String::new();
+    for (i, l) in text.lines().enumerate() {
+        let t = l.trim();
+        if t.starts_with('[') {
+            cur = t.trim_matches(|c| c == '[' || c == ']').trim().to_string();
+        } else if cur == section && t.split_once('=').is_some_and(|(k, _)| k.trim() == key) {
+            return Some(i + 1);
+        }
+    }
+    None
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn empty_file_gives_defaults() {
+        let c = parse("x.toml", "").unwrap();
+        assert_eq!(c.host.interval, Duration::from_secs(1));
+        assert_eq!(c.host.peak_window, Duration::from_secs(60));
+        assert_eq!(c.host.writeback_burst_threshold, Threshold::Bytes(64 << 20));
+    }
+
+    #[test]
+    fn example_config_loads() {
+        let p = concat!(env!("CARGO_MANIFEST_DIR"), "/../../config/stallwatch.example.toml");
+        let c = load(Path::new(p)).unwrap();
+        assert_eq!(c.host.interval, Duration::from_secs(1));
+    }
+
+    #[test]
+    fn unknown_key_names_file_line_and_key() {
+        let e = parse("/etc/sw.toml", "[sampler]\ninterval = \"1s\"\nintervall = \"2s\"\n").unwrap_err();
+        assert_eq!(e.line, Some(3));
+        assert_eq!(e.key.as_deref(), Some("sampler.intervall"));
+        let s = e.to_string();
+        assert!(s.starts_with("/etc/sw.toml:3: key `sampler.intervall`"), "{s}");
+        assert!(s.contains("unknown field"), "{s}");
+    }
+
+    #[test]
+    fn bad_values_name_the_key() {
+        let e = parse("f", "[disks]\ninclude_loop = \"yes\"\n").unwrap_err();
+        assert_eq!((e.line, e.key.as_deref()), (Some(2), Some("disks.include_loop")));
+        let e = parse("f", "[sampler]\n\ninterval = \"0s\"\n").unwrap_err();
+        assert_eq!((e.line, e.key.as_deref()), (Some(3), Some("sampler.interval")));
+        let e = parse("f", "[disks]\ndevice_exclude = \"(\"\n").unwrap_err();
+        assert!(e.msg.contains("invalid regex"), "{e}");
+        let e = parse("f", "[writeback]\nburst_threshold = \"64 parsecs\"\n").unwrap_err();
+        assert!(e.msg.contains("unknown unit"), "{e}");
+        let e = parse("f", "[sampler]\ninterval = \"10s\"\npeak_window = \"5s\"\n").unwrap_err();
+        assert_eq!((e.line, e.key.as_deref()), (Some(3), Some("sampler.peak_window")));
+        assert!(parse("f", "[sampler\n").is_err());
+    }
+
+    #[test]
+    fn thresholds_and_sizes() {
+        let c = parse("f", "[writeback]\nburst_threshold = \"25%\"\n").unwrap();
+        assert_eq!(c.host.writeback_burst_threshold, Threshold::OfBackground(0.25));
+        assert_eq!(parse_size("64MiB").unwrap(), 64 << 20);
+        assert_eq!(parse_size("1.5 GiB").unwrap(), 3 << 29);
+        assert_eq!(parse_size("4096").unwrap(), 4096);
+        assert!(parse_size("-1").is_err());
+        assert!(parse_size("").is_err());
+    }
+}

@@ -1,0 +1,92 @@
+//! Config reload on SIGHUP and on file change. The watcher is on the file's *directory*:
+//! editors replace files by rename and Kubernetes ConfigMaps swap a `..data` symlink, both of
+//! which a watch on the file's inode misses. Events are debounced (~1 s) and a reload happens
+//! only when the bytes changed. A config that fails to parse or validate is logged with file,
+//! line and key, `stallwatch_config_last_reload_successful` drops to 0, and the running config
+//! stays in force.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use arc_swap::ArcSwap;
+use notify::{RecursiveMode, Watcher};
+use stallwatch_collector::sample::HostConfig;
+use tokio::signal::unix::{signal, SignalKind};
+use tokio::sync::mpsc;
+use tracing::{error, info, warn};
+
+use crate::config;
+use crate::metrics::selfmon::ReloadStatus;
+
+const DEBOUNCE: Duration = Duration::from_secs(1);
+
+/// Runs until the process exits. `initial` is the text the running config was loaded from.
+pub async fn run(path: PathBuf, host: Arc<ArcSwap<HostConfig>>, status: Arc<ReloadStatus>, initial: Option<Vec<u8>>) {
+    let (tx, mut rx) = mpsc::unbounded_channel::<()>();
+    let _watcher = match watch_dir(&path, tx) {
+        Ok(w) => Some(w),
+        Err(e) => {
+            warn!(path = %path.display(), error = %e, "Cannot watch the config directory; reload on SIGHUP only.");
+            None
+        }
+    };
+    let mut hup = match signal(SignalKind::hangup()) {
+        Ok(s) => s,
+        Err(e) => {
+            warn!(error = %e, "Cannot install the SIGHUP handler.");
+            return;
+        }
+    };
+    let mut last = initial;
+    loop {
+        let forced = tokio::select! {
+            Some(()) = hup.recv() => true,
+            Some(()) = rx.recv() => {
+                tokio::time::sleep(DEBOUNCE).await;
+                while rx.try_recv().is_ok() {}
+                false
+            }
+            else => return,
+        };
+        let bytes = std::fs::read(&path).ok();
+        if !forced && bytes.is_some() && bytes == last {
+            continue; // an event in the directory, but our file did not change
+        }
+        reload_now(&path, &host, &status, forced);
+        last = bytes;
+    }
+}
+
+/// Loads the file and swaps it in, or keeps the old config and records the failure.
+pub fn reload_now(path: &Path, host: &ArcSwap<HostConfig>, status: &ReloadStatus, forced: bool) -> bool {
+    match config::load(path) {
+        Ok(c) => {
+            host.store(Arc::new(c.host));
+            status.mark(true);
+            info!(path = %path.display(), trigger = if forced { "SIGHUP" } else { "file change" }, "Configuration reloaded.");
+            true
+        }
+        Err(e) => {
+            status.mark(false);
+            error!(error = %e, "Bad configuration on reload; keeping the running one.");
+            false
+        }
+    }
+}
+
+fn watch_dir(path: &Path, tx: mpsc::UnboundedSender<()>) -> notify::Result<notify::RecommendedWatcher> {
+    let dir = match path.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
+        _ => PathBuf::from("."),
+    };
+    let mut w = notify::recommended_watcher(move |res: notify::Result<notify::Event>| {
+        if let Ok(ev) = res {
+            if !ev.kind.is_access() {
+                let _ = tx.send(());
+            }
+        }
+    })?;
+    w.watch(&dir, RecursiveMode::NonRecursive)?;
+    Ok(w)
+}

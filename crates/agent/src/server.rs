@@ -1,0 +1,215 @@
+//! HTTP: `/metrics` (or `--web.telemetry-path`), `/healthz`, and `/`. Handlers only encode
+//! snapshots already in memory; TLS and basic auth come from `--web.config.file`.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use arc_swap::ArcSwap;
+use axum::extract::State;
+use axum::http::{header, HeaderMap, StatusCode};
+use axum::response::{Html, IntoResponse, Response};
+use axum::routing::get;
+use axum::Router;
+use prometheus_client::registry::Registry;
+use stallwatch_collector::sample::{HostConfig, HostSnapshot};
+use tower_http::compression::CompressionLayer;
+
+use crate::metrics::exposition::{openmetrics_to_text, wants_openmetrics, OPENMETRICS_CONTENT_TYPE, TEXT_CONTENT_TYPE};
+use crate::webconfig::{self, WebConfig};
+
+pub struct AppState {
+    pub registry: Registry,
+    pub telemetry_path: String,
+    pub host: Arc<ArcSwap<HostSnapshot>>,
+    pub host_config: Arc<ArcSwap<HostConfig>>,
+}
+
+pub fn app(state: Arc<AppState>, web: Option<Arc<WebConfig>>) -> Router {
+    let path = if state.telemetry_path.starts_with('/') { state.telemetry_path.clone() } else { format!("/{}", state.telemetry_path) };
+    let mut router = Router::new()
+        .route(&path, get(metrics))
+        .route("/healthz", get(healthz))
+        .route("/", get(index))
+        .with_state(state)
+        .layer(CompressionLayer::new());
+    if let Some(web) = web {
+        router = router.layer(axum::middleware::from_fn_with_state(web, webconfig::middleware));
+    }
+    router
+}
+
+async fn metrics(State(st): State<Arc<AppState>>, headers: HeaderMap) -> Response {
+    let mut body = String::with_capacity(32 * 1024);
+    if let Err(e) = prometheus_client::encoding::text::encode(&mut body, &st.registry) {
+        tracing::error!(error = %e, "Cannot encode metrics.");
+        return (StatusCode::INTERNAL_SERVER_ERROR, "cannot encode metrics\n").into_response();
+    }
+    let accept = headers.get(header::ACCEPT).and_then(|v| v.to_str().ok());
+    if wants_openmetrics(accept) {
+        ([(header::CONTENT_TYPE, OPENMETRICS_CONTENT_TYPE)], body).into_response()
+    } else {
+        ([(header::CONTENT_TYPE, TEXT_CONTENT_TYPE)], openmetrics_to_text(&body)).into_response()
+    }
+}
+
+/// 200 while the sampler publishes; 503 when its last snapshot is older than ten intervals
+/// (at least 30 s): the sampler thread itself is wedged, which no source timeout explains.
+async fn healthz(State(st): State<Arc<AppState>>) -> Response {
+    let snap = st.host.load();
+    let limit = (st.host_config.load().interval * 10).max(Duration::from_secs(30));
+    match snap.taken.and_then(|t| SystemTime::now().duration_since(t).ok()) {
+        Some(age) if age <= limit => (StatusCode::OK, "ok\n").into_response(),
+        Some(age) => (StatusCode::SERVICE_UNAVAILABLE, format!("sampler stalled: last snapshot {:.1}s ago\n", age.as_secs_f64())).into_response(),
+        None if snap.taken.is_none() => (StatusCode::SERVICE_UNAVAILABLE, "starting: no snapshot yet\n").into_response(),
+        None => (StatusCode::OK, "ok\n").into_response(),
+    }
+}
+
+async fn index(State(st): State<Arc<AppState>>) -> Html<String> {
+    Html(format!(
+        "<!doctype html>\n<html><head><title>stallwatch</title></head><body>\n\
+         <h1>stallwatch {}</h1>\n<p>Is this node stalled on I/O, who is stuck, and why.</p>\n\
+         <ul><li><a href=\"{p}\">{p}</a></li><li><a href=\"/healthz\">/healthz</a></li></ul>\n</body></html>\n",
+        env!("CARGO_PKG_VERSION"),
+        p = html_escape(&st.telemetry_path)
+    ))
+}
+
+fn html_escape(s: &str) -> String {
+    s.replace('&', "&amp;").replace('<', "&lt;").replace('>', "&gt;").replace('"', "&quot;")
+}
+
+/// Binds first (so a busy port fails start-up with a clear error), then serves until the
+/// handle's graceful shutdown. Returns the bound address through `on_bound`.
+pub fn bind(addr: SocketAddr) -> std::io::Result<std::net::TcpListener> {
+    let l = std::net::TcpListener::bind(addr)?;
+    l.set_nonblocking(true)?;
+    Ok(l)
+}
+
+pub async fn serve(
+    listener: std::net::TcpListener,
+    app: Router,
+    tls: Option<Arc<rustls::ServerConfig>>,
+    handle: axum_server::Handle<SocketAddr>,
+) -> std::io::Result<()> {
+    let svc = app.into_make_service();
+    match tls {
+        Some(cfg) => {
+            let rustls = axum_server::tls_rustls::RustlsConfig::from_config(cfg);
+            axum_server::from_tcp_rustls(listener, rustls)?.handle(handle).serve(svc).await
+        }
+        None => axum_server::from_tcp(listener)?.handle(handle).serve(svc).await,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use axum::body::Body;
+    use axum::http::Request;
+    use tower::ServiceExt;
+
+    use crate::metrics::host::HostCollector;
+    use crate::metrics::selfmon::{ReloadStatus, SelfCollector};
+
+    fn state(snap: HostSnapshot) -> Arc<AppState> {
+        let host = Arc::new(ArcSwap::from_pointee(snap));
+        let mut registry = Registry::with_prefix("stallwatch");
+        registry.register_collector(Box::new(HostCollector { snap: host.clone() }));
+        registry.register_collector(Box::new(SelfCollector { host: host.clone(), reload: Arc::new(ReloadStatus::new()), start_time: 1.0 }));
+        Arc::new(AppState {
+            registry,
+            telemetry_path: "/metrics".into(),
+            host,
+            host_config: Arc::new(ArcSwap::from_pointee(HostConfig::default())),
+        })
+    }
+
+    fn sample_snapshot() -> HostSnapshot {
+        let roots = stallwatch_collector::Roots::default();
+        let mut s = HostSnapshot { taken: Some(SystemTime::now()), page_size: 4096, clock_ticks: 100, ..HostSnapshot::default() };
+        s.stat = stallwatch_collector::proc::stat::read(&roots).ok().flatten();
+        s.meminfo = stallwatch_collector::proc::meminfo::read(&roots).ok().flatten();
+        s
+    }
+
+    async fn get(app: Router, uri: &str, headers: &[(&str, &str)]) -> (StatusCode, HeaderMap, Vec<u8>) {
+        let mut req = Request::builder().uri(uri);
+        for (k, v) in headers {
+            req = req.header(*k, *v);
+        }
+        let resp = app.oneshot(req.body(Body::empty()).unwrap()).await.unwrap();
+        let status = resp.status();
+        let headers = resp.headers().clone();
+        let body = axum::body::to_bytes(resp.into_body(), 16 << 20).await.unwrap().to_vec();
+        (status, headers, body)
+    }
+
+    #[tokio::test]
+    async fn metrics_classic_text_by_default() {
+        let (st, h, body) = get(app(state(sample_snapshot()), None), "/metrics", &[]).await;
+        assert_eq!(st, StatusCode::OK);
+        assert_eq!(h[header::CONTENT_TYPE], TEXT_CONTENT_TYPE);
+        let body = String::from_utf8(body).unwrap();
+        assert!(body.contains("# TYPE stallwatch_procs_blocked gauge\n"), "{body}");
+        assert!(body.contains("# TYPE stallwatch_context_switches_total counter\n"));
+        assert!(body.contains("stallwatch_build_info{"));
+        assert!(!body.contains("# EOF"));
+    }
+
+    #[tokio::test]
+    async fn metrics_openmetrics_when_accepted() {
+        let accept = "application/openmetrics-text;version=1.0.0,text/plain;version=0.0.4;q=0.5";
+        let (st, h, body) = get(app(state(sample_snapshot()), None), "/metrics", &[("accept", accept)]).await;
+        assert_eq!(st, StatusCode::OK);
+        assert_eq!(h[header::CONTENT_TYPE], OPENMETRICS_CONTENT_TYPE);
+        let body = String::from_utf8(body).unwrap();
+        assert!(body.ends_with("# EOF\n"));
+        assert!(body.contains("# TYPE stallwatch_context_switches counter\n"));
+    }
+
+    #[tokio::test]
+    async fn metrics_gzip_when_asked() {
+        let (st, h, body) = get(app(state(sample_snapshot()), None), "/metrics", &[("accept-encoding", "gzip")]).await;
+        assert_eq!(st, StatusCode::OK);
+        assert_eq!(h[header::CONTENT_ENCODING], "gzip");
+        let mut d = flate2::read::GzDecoder::new(&body[..]);
+        let mut s = String::new();
+        std::io::Read::read_to_string(&mut d, &mut s).unwrap();
+        assert!(s.contains("stallwatch_procs_blocked "));
+    }
+
+    #[tokio::test]
+    async fn healthz_and_index() {
+        let (st, _, _) = get(app(state(sample_snapshot()), None), "/healthz", &[]).await;
+        assert_eq!(st, StatusCode::OK);
+        let (st, _, body) = get(app(state(HostSnapshot::default()), None), "/healthz", &[]).await;
+        assert_eq!(st, StatusCode::SERVICE_UNAVAILABLE, "{}", String::from_utf8_lossy(&body));
+        let old = HostSnapshot { taken: Some(SystemTime::now() - Duration::from_secs(600)), ..HostSnapshot::default() };
+        let (st, _, _) = get(app(state(old), None), "/healthz", &[]).await;
+        assert_eq!(st, StatusCode::SERVICE_UNAVAILABLE);
+        let (st, _, body) = get(app(state(sample_snapshot()), None), "/", &[]).await;
+        assert_eq!(st, StatusCode::OK);
+        assert!(String::from_utf8(body).unwrap().contains("href=\"/metrics\""));
+        let (st, _, _) = get(app(state(sample_snapshot()), None), "/nope", &[]).await;
+        assert_eq!(st, StatusCode::NOT_FOUND);
+    }
+
+    #[tokio::test]
+    async fn vanished_disk_leaves_no_series() {
+        use stallwatch_collector::proc::diskstats::DiskStat;
+        let mut s = sample_snapshot();
+        s.disks = vec![DiskStat { name: "vdz".into(), ..DiskStat::default() }];
+        let st = state(s.clone());
+        let (_, _, body) = get(app(st.clone(), None), "/metrics", &[]).await;
+        assert!(String::from_utf8(body).unwrap().contains("device=\"vdz\""));
+        s.disks.clear();
+        st.host.store(Arc::new(s));
+        let (_, _, body) = get(app(st, None), "/metrics", &[]).await;
+        let body = String::from_utf8(body).unwrap();
+        assert!(!body.contains("vdz"));
+        assert!(!body.contains("stallwatch_disk_reads_completed"), "no empty family either");
+    }
+}

@@ -1,0 +1,8 @@
+//! End-to-end tests: the real `stallwatch` binary, real sockets, real kernel files. One test
+//! binary (modules below) to keep link time down.
+
+mod golden;
+mod harness;
+mod http;
+mod kernel;
+mod stuck;

@@ -1,0 +1,130 @@
+#!/usr/bin/env python3
+"""Benchmark stallwatch against Debian's prometheus-node-exporter, in one run on this machine.
+
+For each agent (started here on 127.0.0.1, stopped by PID at the end):
+  * idle CPU: share of one core used while nobody scrapes, measured over N windows
+    (utime+stime from /proc/<pid>/stat); stallwatch samples every 1 s meanwhile;
+  * RSS: VmRSS from /proc/<pid>/status, sampled once per window;
+  * /metrics latency: N sequential scrapes over one keep-alive connection, p50/p99;
+  * CPU per scrape: CPU time consumed during the scrape loop / number of scrapes.
+Medians over windows and runs; this machine is noisy, compare the ratios, not the numbers.
+"""
+import http.client
+import os
+import shutil
+import signal
+import statistics
+import subprocess
+import sys
+import time
+
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+WINDOWS = int(os.environ.get("BENCH_WINDOWS", "20"))
+WINDOW_S = float(os.environ.get("BENCH_WINDOW_SECONDS", "3"))
+SCRAPES = int(os.environ.get("BENCH_SCRAPES", "500"))
+TICK = os.sysconf("SC_CLK_TCK")
+
+
+def cpu_seconds(pid):
+    with open(f"/proc/{pid}/stat", "rb") as f:
+        data = f.read()
+    fields = data[data.rindex(b")") + 2:].split()
+    return (int(fields[11]) + int(fields[12])) / TICK
+
+
+def rss_bytes(pid):
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) * 1024
+    return 0
+
+
+def wait_port(port, timeout=20):
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        try:
+            c = http.client.HTTPConnection("127.0.0.1", port, timeout=2)
+            c.request("GET", "/metrics")
+            r = c.getresponse()
+            r.read()
+            if r.status == 200:
+                return
+        except OSError:
+            pass
+        time.sleep(0.2)
+    raise SystemExit(f"nothing answered on port {port}")
+
+
+def pct(values, p):
+    s = sorted(values)
+    k = min(len(s) - 1, max(0, int(round(p / 100.0 * (len(s) - 1)))))
+    return s[k]
+
+
+def measure(name, argv, port):
+    proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        wait_port(port)
+        time.sleep(3)  # warm up: first ticks, lazy allocations
+        idle, rss = [], []
+        for _ in range(WINDOWS):
+            c0, t0 = cpu_seconds(proc.pid), time.monotonic()
+            time.sleep(WINDOW_S)
+            c1, t1 = cpu_seconds(proc.pid), time.monotonic()
+            idle.append(100.0 * (c1 - c0) / (t1 - t0))
+            rss.append(rss_bytes(proc.pid))
+        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+        lat, size = [], 0
+        c0 = cpu_seconds(proc.pid)
+        for _ in range(SCRAPES):
+            t = time.perf_counter()
+            conn.request("GET", "/metrics", headers={"Accept": "text/plain;version=0.0.4"})
+            r = conn.getresponse()
+            body = r.read()
+            lat.append((time.perf_counter() - t) * 1000.0)
+            size = len(body)
+        c1 = cpu_seconds(proc.pid)
+        series = sum(1 for l in body.decode(errors="replace").splitlines() if l and not l.startswith("#"))
+        return {
+            "name": name,
+            "idle_cpu_pct": statistics.median(idle),
+            "rss_mib": statistics.median(rss) / 1048576.0,
+            "p50_ms": pct(lat, 50),
+            "p99_ms": pct(lat, 99),
+            "cpu_ms_per_scrape": 1000.0 * (c1 - c0) / SCRAPES,
+            "bytes": size,
+            "series": series,
+        }
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+
+
+def main():
+    results = []
+    sw = os.path.join(ROOT, "target/release/stallwatch")
+    results.append(measure("stallwatch", [sw, "--config.file", os.path.join(ROOT, "config/stallwatch.example.toml"),
+                                          "--web.listen-address=127.0.0.1:19139", "--log.level=warn"], 19139))
+    ne = shutil.which("prometheus-node-exporter")
+    if ne:
+        results.append(measure("node_exporter", [ne, "--web.listen-address=127.0.0.1:19100", "--no-collector.systemd"], 19100))
+    else:
+        print("prometheus-node-exporter not installed: no peer column", file=sys.stderr)
+    print(f"\n/metrics and idle cost, medians of {WINDOWS} windows of {WINDOW_S:g} s; {SCRAPES} sequential scrapes")
+    hdr = f"{'agent':<14}{'idle CPU %':>11}{'RSS MiB':>9}{'p50 ms':>9}{'p99 ms':>9}{'CPU ms/scrape':>15}{'series':>8}{'bytes':>9}"
+    print(hdr)
+    for r in results:
+        print(f"{r['name']:<14}{r['idle_cpu_pct']:>11.3f}{r['rss_mib']:>9.1f}{r['p50_ms']:>9.2f}{r['p99_ms']:>9.2f}"
+              f"{r['cpu_ms_per_scrape']:>15.3f}{r['series']:>8}{r['bytes']:>9}")
+    if len(results) == 2:
+        a, b = results
+        print(f"ratios stallwatch/node_exporter: p50 {a['p50_ms'] / b['p50_ms']:.2f}, p99 {a['p99_ms'] / b['p99_ms']:.2f}, "
+              f"CPU/scrape {a['cpu_ms_per_scrape'] / max(b['cpu_ms_per_scrape'], 1e-9):.2f}, RSS {a['rss_mib'] / b['rss_mib']:.2f}")
+
+
+if __name__ == "__main__":
+    main()
