@@ -11,7 +11,11 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 pub const DEFAULT_PORT: u16 = 10139;
 
 #[derive(Debug, Parser)]
-#[command(name = "stallwatch", version, about = "Is this node stalled on I/O, who is stuck, and why.")]
+#[command(
+    name = "stallwatch",
+    version,
+    about = "Is this node stalled on I/O, who is stuck, and why."
+)]
 pub struct Cli {
     #[command(flatten)]
     pub common: Common,
@@ -89,7 +93,10 @@ impl Common {
         stallwatch_collector::Roots {
             procfs: self.procfs.clone(),
             sysfs: self.sysfs.clone(),
-            cgroupfs: self.cgroupfs.clone().unwrap_or_else(|| self.sysfs.join("fs/cgroup")),
+            cgroupfs: self
+                .cgroupfs
+                .clone()
+                .unwrap_or_else(|| self.sysfs.join("fs/cgroup")),
             rootfs: self.rootfs.clone(),
         }
     }
@@ -98,7 +105,11 @@ impl Common {
 /// Parses `host:port`, `:port` (all interfaces, as Go exporters do) and `[v6]:port`.
 pub fn parse_listen_address(s: &str) -> Result<std::net::SocketAddr, String> {
     use std::net::{SocketAddr, ToSocketAddrs};
-    let full = if s.starts_with(':') { format!("0.0.0.0{s}") } else { s.to_string() };
+    let full = if s.starts_with(':') {
+        format!("0.0.0.0{s}")
+    } else {
+        s.to_string()
+    };
     if let Ok(a) = full.parse::<SocketAddr>() {
         return Ok(a);
     }
@@ -114,9 +125,15 @@ mod tests {
 
     #[test]
     fn listen_address_forms() {
-        assert_eq!(parse_listen_address(":10139").unwrap().to_string(), "0.0.0.0:10139");
+        assert_eq!(
+            parse_listen_address(":10139").unwrap().to_string(),
+            "0.0.0.0:10139"
+        );
         assert_eq!(parse_listen_address("127.0.0.1:0").unwrap().port(), 0);
-        assert_eq!(parse_listen_address("[::1]:9").unwrap().to_string(), "[::1]:9");
+        assert_eq!(
+            parse_listen_address("[::1]:9").unwrap().to_string(),
+            "[::1]:9"
+        );
         assert!(parse_listen_address("nonsense").is_err());
     }
 

@@ -76,7 +76,9 @@ pub struct WritebackSection {
 
 impl Default for WritebackSection {
     fn default() -> Self {
-        WritebackSection { burst_threshold: ThresholdSpec(Threshold::Bytes(64 << 20)) }
+        WritebackSection {
+            burst_threshold: ThresholdSpec(Threshold::Bytes(64 << 20)),
+        }
     }
 }
 
@@ -87,7 +89,9 @@ pub struct RegexSpec(pub Regex);
 impl<'de> Deserialize<'de> for RegexSpec {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
         let s = String::deserialize(d)?;
-        Regex::new(&s).map(RegexSpec).map_err(|e| de::Error::custom(format!("invalid regex: {e}")))
+        Regex::new(&s)
+            .map(RegexSpec)
+            .map_err(|e| de::Error::custom(format!("invalid regex: {e}")))
     }
 }
 
@@ -98,29 +102,44 @@ impl<'de> Deserialize<'de> for ThresholdSpec {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
         let s = String::deserialize(d)?;
         if let Some(p) = s.trim().strip_suffix('%') {
-            let v: f64 = p.trim().parse().map_err(|_| de::Error::custom(format!("invalid percentage {s:?}")))?;
+            let v: f64 = p
+                .trim()
+                .parse()
+                .map_err(|_| de::Error::custom(format!("invalid percentage {s:?}")))?;
             if !(v > 0.0 && v <= 1000.0) {
-                return Err(de::Error::custom(format!("percentage {s:?} out of range (0, 1000]")));
+                return Err(de::Error::custom(format!(
+                    "percentage {s:?} out of range (0, 1000]"
+                )));
             }
             return Ok(ThresholdSpec(Threshold::OfBackground(v / 100.0)));
         }
-        parse_size(&s).map(|b| ThresholdSpec(Threshold::Bytes(b))).map_err(de::Error::custom)
+        parse_size(&s)
+            .map(|b| ThresholdSpec(Threshold::Bytes(b)))
+            .map_err(de::Error::custom)
     }
 }
 
 /// Parses sizes like `64MiB`, `1 GiB`, `512k`, `4096` (bytes). Binary units for `Ki`/`K`/`k`.
 pub fn parse_size(s: &str) -> Result<u64, String> {
     let t = s.trim();
-    let split = t.find(|c: char| !(c.is_ascii_digit() || c == '.')).unwrap_or(t.len());
+    let split = t
+        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+        .unwrap_or(t.len());
     let (num, unit) = t.split_at(split);
-    let n: f64 = num.parse().map_err(|_| format!("invalid size {s:?}: expected e.g. \"64MiB\""))?;
+    let n: f64 = num
+        .parse()
+        .map_err(|_| format!("invalid size {s:?}: expected e.g. \"64MiB\""))?;
     let mult: u64 = match unit.trim() {
         "" | "B" => 1,
         "k" | "K" | "KB" | "KiB" => 1 << 10,
         "M" | "MB" | "MiB" => 1 << 20,
         "G" | "GB" | "GiB" => 1 << 30,
         "T" | "TB" | "TiB" => 1 << 40,
-        u => return Err(format!("invalid size {s:?}: unknown unit {u:?} (use B, KiB, MiB, GiB, TiB)")),
+        u => {
+            return Err(format!(
+                "invalid size {s:?}: unknown unit {u:?} (use B, KiB, MiB, GiB, TiB)"
+            ))
+        }
     };
     let v = n * mult as f64;
     if !v.is_finite() || v < 0.0 || v > u64::MAX as f64 {
@@ -131,8 +150,11 @@ pub fn parse_size(s: &str) -> Result<u64, String> {
 
 fn positive_duration<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
     let s = String::deserialize(d)?;
-    let v = humantime::parse_duration(&s)
-        .map_err(|e| de::Error::custom(format!("invalid duration {s:?}: {e} (e.g. \"1s\", \"500ms\")")))?;
+    let v = humantime::parse_duration(&s).map_err(|e| {
+        de::Error::custom(format!(
+            "invalid duration {s:?}: {e} (e.g. \"1s\", \"500ms\")"
+        ))
+    })?;
     if v.is_zero() {
         return Err(de::Error::custom("duration must be greater than zero"));
     }
@@ -149,7 +171,12 @@ pub struct Config {
 
 impl Default for Config {
     fn default() -> Self {
-        FileConfig::default().validate("<defaults>", "").unwrap_or_else(|_| Config { host: HostConfig::default(), source: None })
+        FileConfig::default()
+            .validate("<defaults>", "")
+            .unwrap_or_else(|_| Config {
+                host: HostConfig::default(),
+                source: None,
+            })
     }
 }
 
@@ -183,16 +210,27 @@ impl FileConfig {
         let s = &self.sampler;
         let err = |key: &str, msg: String| {
             let (section, k) = key.split_once('.').unwrap_or(("", key));
-            ConfigError { file: file.to_string(), line: find_key_line(text, section, k), key: Some(key.to_string()), msg }
+            ConfigError {
+                file: file.to_string(),
+                line: find_key_line(text, section, k),
+                key: Some(key.to_string()),
+                msg,
+            }
         };
         if s.peak_window < s.interval {
             return Err(err(
                 "sampler.peak_window",
-                format!("must be at least sampler.interval ({:?}), is {:?}", s.interval, s.peak_window),
+                format!(
+                    "must be at least sampler.interval ({:?}), is {:?}",
+                    s.interval, s.peak_window
+                ),
             ));
         }
         if s.interval > Duration::from_secs(3600) {
-            return Err(err("sampler.interval", format!("{:?} is longer than an hour", s.interval)));
+            return Err(err(
+                "sampler.interval",
+                format!("{:?} is longer than an hour", s.interval),
+            ));
         }
         let d = self.disks;
         Ok(Config {
@@ -224,7 +262,12 @@ pub fn parse(file: &str, text: &str) -> Result<Config, ConfigError> {
             }
             None => (None, None),
         };
-        ConfigError { file: file.to_string(), line, key, msg: e.message().trim().to_string() }
+        ConfigError {
+            file: file.to_string(),
+            line,
+            key,
+            msg: e.message().trim().to_string(),
+        }
     })?;
     fc.validate(file, text)
 }
@@ -232,8 +275,12 @@ pub fn parse(file: &str, text: &str) -> Result<Config, ConfigError> {
 /// Loads and validates a config file.
 pub fn load(path: &Path) -> Result<Config, ConfigError> {
     let file = path.display().to_string();
-    let text = std::fs::read_to_string(path)
-        .map_err(|e| ConfigError { file: file.clone(), line: None, key: None, msg: format!("cannot read: {e}") })?;
+    let text = std::fs::read_to_string(path).map_err(|e| ConfigError {
+        file: file.clone(),
+        line: None,
+        key: None,
+        msg: format!("cannot read: {e}"),
+    })?;
     let mut c = parse(&file, &text)?;
     c.source = Some(path.to_path_buf());
     Ok(c)
@@ -251,7 +298,11 @@ fn key_at_line(text: &str, line: usize) -> Option<String> {
         if i + 1 == line {
             let (k, _) = t.split_once('=')?;
             let k = k.trim().trim_matches('"');
-            return Some(if section.is_empty() { k.to_string() } else { format!("{section}.{k}") });
+            return Some(if section.is_empty() {
+                k.to_string()
+            } else {
+                format!("{section}.{k}")
+            });
         }
     }
     None
@@ -285,40 +336,62 @@ mod tests {
 
     #[test]
     fn example_config_loads() {
-        let p = concat!(env!("CARGO_MANIFEST_DIR"), "/../../config/stallwatch.example.toml");
+        let p = concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/../../config/stallwatch.example.toml"
+        );
         let c = load(Path::new(p)).unwrap();
         assert_eq!(c.host.interval, Duration::from_secs(1));
     }
 
     #[test]
     fn unknown_key_names_file_line_and_key() {
-        let e = parse("/etc/sw.toml", "[sampler]\ninterval = \"1s\"\nintervall = \"2s\"\n").unwrap_err();
+        let e = parse(
+            "/etc/sw.toml",
+            "[sampler]\ninterval = \"1s\"\nintervall = \"2s\"\n",
+        )
+        .unwrap_err();
         assert_eq!(e.line, Some(3));
         assert_eq!(e.key.as_deref(), Some("sampler.intervall"));
         let s = e.to_string();
-        assert!(s.starts_with("/etc/sw.toml:3: key `sampler.intervall`"), "{s}");
+        assert!(
+            s.starts_with("/etc/sw.toml:3: key `sampler.intervall`"),
+            "{s}"
+        );
         assert!(s.contains("unknown field"), "{s}");
     }
 
     #[test]
     fn bad_values_name_the_key() {
         let e = parse("f", "[disks]\ninclude_loop = \"yes\"\n").unwrap_err();
-        assert_eq!((e.line, e.key.as_deref()), (Some(2), Some("disks.include_loop")));
+        assert_eq!(
+            (e.line, e.key.as_deref()),
+            (Some(2), Some("disks.include_loop"))
+        );
         let e = parse("f", "[sampler]\n\ninterval = \"0s\"\n").unwrap_err();
-        assert_eq!((e.line, e.key.as_deref()), (Some(3), Some("sampler.interval")));
+        assert_eq!(
+            (e.line, e.key.as_deref()),
+            (Some(3), Some("sampler.interval"))
+        );
         let e = parse("f", "[disks]\ndevice_exclude = \"(\"\n").unwrap_err();
         assert!(e.msg.contains("invalid regex"), "{e}");
         let e = parse("f", "[writeback]\nburst_threshold = \"64 parsecs\"\n").unwrap_err();
         assert!(e.msg.contains("unknown unit"), "{e}");
         let e = parse("f", "[sampler]\ninterval = \"10s\"\npeak_window = \"5s\"\n").unwrap_err();
-        assert_eq!((e.line, e.key.as_deref()), (Some(3), Some("sampler.peak_window")));
+        assert_eq!(
+            (e.line, e.key.as_deref()),
+            (Some(3), Some("sampler.peak_window"))
+        );
         assert!(parse("f", "[sampler\n").is_err());
     }
 
     #[test]
     fn thresholds_and_sizes() {
         let c = parse("f", "[writeback]\nburst_threshold = \"25%\"\n").unwrap();
-        assert_eq!(c.host.writeback_burst_threshold, Threshold::OfBackground(0.25));
+        assert_eq!(
+            c.host.writeback_burst_threshold,
+            Threshold::OfBackground(0.25)
+        );
         assert_eq!(parse_size("64MiB").unwrap(), 64 << 20);
         assert_eq!(parse_size("1.5 GiB").unwrap(), 3 << 29);
         assert_eq!(parse_size("4096").unwrap(), 4096);

@@ -56,8 +56,15 @@ fn check_config(common: &Common) -> ExitCode {
             return ExitCode::from(EXIT_BAD_CONFIG);
         }
     }
-    let src = common.config_file.as_ref().map(|p| p.display().to_string()).unwrap_or_else(|| "<defaults>".into());
-    println!("{src}: OK (interval {:?}, peak window {:?})", cfg.host.interval, cfg.host.peak_window);
+    let src = common
+        .config_file
+        .as_ref()
+        .map(|p| p.display().to_string())
+        .unwrap_or_else(|| "<defaults>".into());
+    println!(
+        "{src}: OK (interval {:?}, peak window {:?})",
+        cfg.host.interval, cfg.host.peak_window
+    );
     ExitCode::SUCCESS
 }
 
@@ -107,10 +114,19 @@ fn run(common: Common) -> ExitCode {
         }
     };
     let reload_status = Arc::new(ReloadStatus::new());
-    let start_time = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs_f64()).unwrap_or(0.0);
+    let start_time = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs_f64())
+        .unwrap_or(0.0);
     let mut registry = Registry::with_prefix("stallwatch");
-    registry.register_collector(Box::new(HostCollector { snap: host_snap.clone() }));
-    registry.register_collector(Box::new(SelfCollector { host: host_snap.clone(), reload: reload_status.clone(), start_time }));
+    registry.register_collector(Box::new(HostCollector {
+        snap: host_snap.clone(),
+    }));
+    registry.register_collector(Box::new(SelfCollector {
+        host: host_snap.clone(),
+        reload: reload_status.clone(),
+        start_time,
+    }));
     let state = Arc::new(server::AppState {
         registry,
         telemetry_path: common.telemetry_path.clone(),
@@ -120,7 +136,12 @@ fn run(common: Common) -> ExitCode {
     let tls = web.as_ref().and_then(|w| w.tls.clone());
     let app = server::app(state, web);
 
-    let rt = match tokio::runtime::Builder::new_multi_thread().worker_threads(2).thread_name("sw-http").enable_all().build() {
+    let rt = match tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .thread_name("sw-http")
+        .enable_all()
+        .build()
+    {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("stallwatch: cannot start the runtime: {e}");
@@ -160,7 +181,10 @@ fn run(common: Common) -> ExitCode {
 /// SIGTERM or SIGINT: stop accepting, let in-flight scrapes finish (at most 5 s).
 async fn shutdown_on_signal(handle: axum_server::Handle<std::net::SocketAddr>) {
     use tokio::signal::unix::{signal, SignalKind};
-    let (Ok(mut term), Ok(mut int)) = (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) else {
+    let (Ok(mut term), Ok(mut int)) = (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) else {
         error!("Cannot install signal handlers.");
         return;
     };

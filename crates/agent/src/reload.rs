@@ -22,7 +22,12 @@ use crate::metrics::selfmon::ReloadStatus;
 const DEBOUNCE: Duration = Duration::from_secs(1);
 
 /// Runs until the process exits. `initial` is the text the running config was loaded from.
-pub async fn run(path: PathBuf, host: Arc<ArcSwap<HostConfig>>, status: Arc<ReloadStatus>, initial: Option<Vec<u8>>) {
+pub async fn run(
+    path: PathBuf,
+    host: Arc<ArcSwap<HostConfig>>,
+    status: Arc<ReloadStatus>,
+    initial: Option<Vec<u8>>,
+) {
     let (tx, mut rx) = mpsc::unbounded_channel::<()>();
     let _watcher = match watch_dir(&path, tx) {
         Ok(w) => Some(w),
@@ -59,7 +64,12 @@ pub async fn run(path: PathBuf, host: Arc<ArcSwap<HostConfig>>, status: Arc<Relo
 }
 
 /// Loads the file and swaps it in, or keeps the old config and records the failure.
-pub fn reload_now(path: &Path, host: &ArcSwap<HostConfig>, status: &ReloadStatus, forced: bool) -> bool {
+pub fn reload_now(
+    path: &Path,
+    host: &ArcSwap<HostConfig>,
+    status: &ReloadStatus,
+    forced: bool,
+) -> bool {
     match config::load(path) {
         Ok(c) => {
             host.store(Arc::new(c.host));
@@ -75,7 +85,10 @@ pub fn reload_now(path: &Path, host: &ArcSwap<HostConfig>, status: &ReloadStatus
     }
 }
 
-fn watch_dir(path: &Path, tx: mpsc::UnboundedSender<()>) -> notify::Result<notify::RecommendedWatcher> {
+fn watch_dir(
+    path: &Path,
+    tx: mpsc::UnboundedSender<()>,
+) -> notify::Result<notify::RecommendedWatcher> {
     let dir = match path.parent() {
         Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
         _ => PathBuf::from("."),

@@ -15,7 +15,9 @@ use prometheus_client::registry::Registry;
 use stallwatch_collector::sample::{HostConfig, HostSnapshot};
 use tower_http::compression::CompressionLayer;
 
-use crate::metrics::exposition::{openmetrics_to_text, wants_openmetrics, OPENMETRICS_CONTENT_TYPE, TEXT_CONTENT_TYPE};
+use crate::metrics::exposition::{
+    openmetrics_to_text, wants_openmetrics, OPENMETRICS_CONTENT_TYPE, TEXT_CONTENT_TYPE,
+};
 use crate::webconfig::{self, WebConfig};
 
 pub struct AppState {
@@ -26,7 +28,11 @@ pub struct AppState {
 }
 
 pub fn app(state: Arc<AppState>, web: Option<Arc<WebConfig>>) -> Router {
-    let path = if state.telemetry_path.starts_with('/') { state.telemetry_path.clone() } else { format!("/{}", state.telemetry_path) };
+    let path = if state.telemetry_path.starts_with('/') {
+        state.telemetry_path.clone()
+    } else {
+        format!("/{}", state.telemetry_path)
+    };
     let mut router = Router::new()
         .route(&path, get(metrics))
         .route("/healthz", get(healthz))
@@ -34,7 +40,10 @@ pub fn app(state: Arc<AppState>, web: Option<Arc<WebConfig>>) -> Router {
         .with_state(state)
         .layer(CompressionLayer::new());
     if let Some(web) = web {
-        router = router.layer(axum::middleware::from_fn_with_state(web, webconfig::middleware));
+        router = router.layer(axum::middleware::from_fn_with_state(
+            web,
+            webconfig::middleware,
+        ));
     }
     router
 }
@@ -49,7 +58,11 @@ async fn metrics(State(st): State<Arc<AppState>>, headers: HeaderMap) -> Respons
     if wants_openmetrics(accept) {
         ([(header::CONTENT_TYPE, OPENMETRICS_CONTENT_TYPE)], body).into_response()
     } else {
-        ([(header::CONTENT_TYPE, TEXT_CONTENT_TYPE)], openmetrics_to_text(&body)).into_response()
+        (
+            [(header::CONTENT_TYPE, TEXT_CONTENT_TYPE)],
+            openmetrics_to_text(&body),
+        )
+            .into_response()
     }
 }
 
@@ -58,10 +71,24 @@ async fn metrics(State(st): State<Arc<AppState>>, headers: HeaderMap) -> Respons
 async fn healthz(State(st): State<Arc<AppState>>) -> Response {
     let snap = st.host.load();
     let limit = (st.host_config.load().interval * 10).max(Duration::from_secs(30));
-    match snap.taken.and_then(|t| SystemTime::now().duration_since(t).ok()) {
+    match snap
+        .taken
+        .and_then(|t| SystemTime::now().duration_since(t).ok())
+    {
         Some(age) if age <= limit => (StatusCode::OK, "ok\n").into_response(),
-        Some(age) => (StatusCode::SERVICE_UNAVAILABLE, format!("sampler stalled: last snapshot {:.1}s ago\n", age.as_secs_f64())).into_response(),
-        None if snap.taken.is_none() => (StatusCode::SERVICE_UNAVAILABLE, "starting: no snapshot yet\n").into_response(),
+        Some(age) => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!(
+                "sampler stalled: last snapshot {:.1}s ago\n",
+                age.as_secs_f64()
+            ),
+        )
+            .into_response(),
+        None if snap.taken.is_none() => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "starting: no snapshot yet\n",
+        )
+            .into_response(),
         None => (StatusCode::OK, "ok\n").into_response(),
     }
 }
@@ -77,7 +104,10 @@ async fn index(State(st): State<Arc<AppState>>) -> Html<String> {
 }
 
 fn html_escape(s: &str) -> String {
-    s.replace('&', "&amp;").replace('<', "&lt;").replace('>', "&gt;").replace('"', "&quot;")
+    s.replace('&', "&amp;")
+        .replace('<', "&lt;")
+        .replace('>', "&gt;")
+        .replace('"', "&quot;")
 }
 
 /// Binds first (so a busy port fails start-up with a clear error), then serves until the
@@ -98,9 +128,17 @@ pub async fn serve(
     match tls {
         Some(cfg) => {
             let rustls = axum_server::tls_rustls::RustlsConfig::from_config(cfg);
-            axum_server::from_tcp_rustls(listener, rustls)?.handle(handle).serve(svc).await
+            axum_server::from_tcp_rustls(listener, rustls)?
+                .handle(handle)
+                .serve(svc)
+                .await
         }
-        None => axum_server::from_tcp(listener)?.handle(handle).serve(svc).await,
+        None => {
+            axum_server::from_tcp(listener)?
+                .handle(handle)
+                .serve(svc)
+                .await
+        }
     }
 }
 
@@ -118,7 +156,11 @@ mod tests {
         let host = Arc::new(ArcSwap::from_pointee(snap));
         let mut registry = Registry::with_prefix("stallwatch");
         registry.register_collector(Box::new(HostCollector { snap: host.clone() }));
-        registry.register_collector(Box::new(SelfCollector { host: host.clone(), reload: Arc::new(ReloadStatus::new()), start_time: 1.0 }));
+        registry.register_collector(Box::new(SelfCollector {
+            host: host.clone(),
+            reload: Arc::new(ReloadStatus::new()),
+            start_time: 1.0,
+        }));
         Arc::new(AppState {
             registry,
             telemetry_path: "/metrics".into(),
@@ -129,13 +171,26 @@ mod tests {
 
     fn sample_snapshot() -> HostSnapshot {
         let roots = stallwatch_collector::Roots::default();
-        let mut s = HostSnapshot { taken: Some(SystemTime::now()), page_size: 4096, clock_ticks: 100, ..HostSnapshot::default() };
-        s.stat = stallwatch_collector::proc::stat::read(&roots).ok().flatten();
-        s.meminfo = stallwatch_collector::proc::meminfo::read(&roots).ok().flatten();
+        let mut s = HostSnapshot {
+            taken: Some(SystemTime::now()),
+            page_size: 4096,
+            clock_ticks: 100,
+            ..HostSnapshot::default()
+        };
+        s.stat = stallwatch_collector::proc::stat::read(&roots)
+            .ok()
+            .flatten();
+        s.meminfo = stallwatch_collector::proc::meminfo::read(&roots)
+            .ok()
+            .flatten();
         s
     }
 
-    async fn get(app: Router, uri: &str, headers: &[(&str, &str)]) -> (StatusCode, HeaderMap, Vec<u8>) {
+    async fn get(
+        app: Router,
+        uri: &str,
+        headers: &[(&str, &str)],
+    ) -> (StatusCode, HeaderMap, Vec<u8>) {
         let mut req = Request::builder().uri(uri);
         for (k, v) in headers {
             req = req.header(*k, *v);
@@ -143,7 +198,10 @@ mod tests {
         let resp = app.oneshot(req.body(Body::empty()).unwrap()).await.unwrap();
         let status = resp.status();
         let headers = resp.headers().clone();
-        let body = axum::body::to_bytes(resp.into_body(), 16 << 20).await.unwrap().to_vec();
+        let body = axum::body::to_bytes(resp.into_body(), 16 << 20)
+            .await
+            .unwrap()
+            .to_vec();
         (status, headers, body)
     }
 
@@ -153,7 +211,10 @@ mod tests {
         assert_eq!(st, StatusCode::OK);
         assert_eq!(h[header::CONTENT_TYPE], TEXT_CONTENT_TYPE);
         let body = String::from_utf8(body).unwrap();
-        assert!(body.contains("# TYPE stallwatch_procs_blocked gauge\n"), "{body}");
+        assert!(
+            body.contains("# TYPE stallwatch_procs_blocked gauge\n"),
+            "{body}"
+        );
         assert!(body.contains("# TYPE stallwatch_context_switches_total counter\n"));
         assert!(body.contains("stallwatch_build_info{"));
         assert!(!body.contains("# EOF"));
@@ -162,7 +223,12 @@ mod tests {
     #[tokio::test]
     async fn metrics_openmetrics_when_accepted() {
         let accept = "application/openmetrics-text;version=1.0.0,text/plain;version=0.0.4;q=0.5";
-        let (st, h, body) = get(app(state(sample_snapshot()), None), "/metrics", &[("accept", accept)]).await;
+        let (st, h, body) = get(
+            app(state(sample_snapshot()), None),
+            "/metrics",
+            &[("accept", accept)],
+        )
+        .await;
         assert_eq!(st, StatusCode::OK);
         assert_eq!(h[header::CONTENT_TYPE], OPENMETRICS_CONTENT_TYPE);
         let body = String::from_utf8(body).unwrap();
@@ -172,7 +238,12 @@ mod tests {
 
     #[tokio::test]
     async fn metrics_gzip_when_asked() {
-        let (st, h, body) = get(app(state(sample_snapshot()), None), "/metrics", &[("accept-encoding", "gzip")]).await;
+        let (st, h, body) = get(
+            app(state(sample_snapshot()), None),
+            "/metrics",
+            &[("accept-encoding", "gzip")],
+        )
+        .await;
         assert_eq!(st, StatusCode::OK);
         assert_eq!(h[header::CONTENT_ENCODING], "gzip");
         let mut d = flate2::read::GzDecoder::new(&body[..]);
@@ -186,13 +257,23 @@ mod tests {
         let (st, _, _) = get(app(state(sample_snapshot()), None), "/healthz", &[]).await;
         assert_eq!(st, StatusCode::OK);
         let (st, _, body) = get(app(state(HostSnapshot::default()), None), "/healthz", &[]).await;
-        assert_eq!(st, StatusCode::SERVICE_UNAVAILABLE, "{}", String::from_utf8_lossy(&body));
-        let old = HostSnapshot { taken: Some(SystemTime::now() - Duration::from_secs(600)), ..HostSnapshot::default() };
+        assert_eq!(
+            st,
+            StatusCode::SERVICE_UNAVAILABLE,
+            "{}",
+            String::from_utf8_lossy(&body)
+        );
+        let old = HostSnapshot {
+            taken: Some(SystemTime::now() - Duration::from_secs(600)),
+            ..HostSnapshot::default()
+        };
         let (st, _, _) = get(app(state(old), None), "/healthz", &[]).await;
         assert_eq!(st, StatusCode::SERVICE_UNAVAILABLE);
         let (st, _, body) = get(app(state(sample_snapshot()), None), "/", &[]).await;
         assert_eq!(st, StatusCode::OK);
-        assert!(String::from_utf8(body).unwrap().contains("href=\"/metrics\""));
+        assert!(String::from_utf8(body)
+            .unwrap()
+            .contains("href=\"/metrics\""));
         let (st, _, _) = get(app(state(sample_snapshot()), None), "/nope", &[]).await;
         assert_eq!(st, StatusCode::NOT_FOUND);
     }
@@ -201,7 +282,10 @@ mod tests {
     async fn vanished_disk_leaves_no_series() {
         use stallwatch_collector::proc::diskstats::DiskStat;
         let mut s = sample_snapshot();
-        s.disks = vec![DiskStat { name: "vdz".into(), ..DiskStat::default() }];
+        s.disks = vec![DiskStat {
+            name: "vdz".into(),
+            ..DiskStat::default()
+        }];
         let st = state(s.clone());
         let (_, _, body) = get(app(st.clone(), None), "/metrics", &[]).await;
         assert!(String::from_utf8(body).unwrap().contains("device=\"vdz\""));
@@ -210,6 +294,9 @@ mod tests {
         let (_, _, body) = get(app(st, None), "/metrics", &[]).await;
         let body = String::from_utf8(body).unwrap();
         assert!(!body.contains("vdz"));
-        assert!(!body.contains("stallwatch_disk_reads_completed"), "no empty family either");
+        assert!(
+            !body.contains("stallwatch_disk_reads_completed"),
+            "no empty family either"
+        );
     }
 }

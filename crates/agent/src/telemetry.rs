@@ -29,10 +29,19 @@ pub fn init(level: LogLevel, format: LogFormat) {
     let registry = tracing_subscriber::registry().with(filter);
     let res = match format {
         LogFormat::Json => registry
-            .with(tracing_subscriber::fmt::layer().json().flatten_event(true).with_writer(std::io::stderr))
+            .with(
+                tracing_subscriber::fmt::layer()
+                    .json()
+                    .flatten_event(true)
+                    .with_writer(std::io::stderr),
+            )
             .try_init(),
         LogFormat::Logfmt => registry
-            .with(tracing_subscriber::fmt::layer().event_format(Logfmt).with_writer(std::io::stderr))
+            .with(
+                tracing_subscriber::fmt::layer()
+                    .event_format(Logfmt)
+                    .with_writer(std::io::stderr),
+            )
             .try_init(),
     };
     // Already initialised (tests): keep the first subscriber.
@@ -46,12 +55,22 @@ where
     S: Subscriber + for<'a> LookupSpan<'a>,
     N: for<'a> FormatFields<'a> + 'static,
 {
-    fn format_event(&self, _ctx: &FmtContext<'_, S, N>, mut w: Writer<'_>, event: &Event<'_>) -> fmt::Result {
+    fn format_event(
+        &self,
+        _ctx: &FmtContext<'_, S, N>,
+        mut w: Writer<'_>,
+        event: &Event<'_>,
+    ) -> fmt::Result {
         let ts = humantime::format_rfc3339_millis(std::time::SystemTime::now());
         let meta = event.metadata();
         let mut v = Fields::default();
         event.record(&mut v);
-        write!(w, "ts={ts} level={} source={}", meta.level().as_str().to_ascii_lowercase(), meta.target())?;
+        write!(
+            w,
+            "ts={ts} level={} source={}",
+            meta.level().as_str().to_ascii_lowercase(),
+            meta.target()
+        )?;
         write!(w, " msg=")?;
         quote(&mut w, &v.message)?;
         for (k, val) in &v.rest {
@@ -90,7 +109,9 @@ impl Visit for Fields {
 
 /// Writes a logfmt value, quoted when it has spaces, quotes, `=` or control characters.
 fn quote(w: &mut Writer<'_>, s: &str) -> fmt::Result {
-    let needs = s.is_empty() || s.chars().any(|c| c == ' ' || c == '"' || c == '=' || c.is_control());
+    let needs = s.is_empty()
+        || s.chars()
+            .any(|c| c == ' ' || c == '"' || c == '=' || c.is_control());
     if !needs {
         return w.write_str(s);
     }

@@ -596,14 +596,15 @@ impl BasicAuth {
         }
     }
 
+    /// [`check`](Self::check) with bcrypt moved off the async runtime; cache hits stay inline.
     async fn check_async(self: &Arc<Self>, header: Option<&HeaderValue>) -> bool {
         match self.precheck(header) {
             Precheck::Deny => false,
             Precheck::Allow => true,
-            Precheck::Verify(creds) => {
-                let this = Arc::clone(self);
+            Precheck::Verify(_) => {
+                let (this, header) = (Arc::clone(self), header.cloned());
                 // A panic in the blocking task denies access rather than propagating.
-                tokio::task::spawn_blocking(move || this.verify(&creds))
+                tokio::task::spawn_blocking(move || this.check(header.as_ref()))
                     .await
                     .unwrap_or(false)
             }

@@ -18,7 +18,11 @@ use stallwatch_collector::Roots;
 
 macro_rules! fixture {
     ($rel:literal) => {
-        include_str!(concat!(env!("CARGO_MANIFEST_DIR"), "/../../tests/fixtures/debian12-6.18/", $rel))
+        include_str!(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/../../tests/fixtures/debian12-6.18/",
+            $rel
+        ))
     };
 }
 
@@ -64,9 +68,14 @@ fn host_pass(c: &mut Criterion) {
         }
     }
     let mut readers = HostReaders::new();
-    c.bench_function("host_pass_real_proc", |b| b.iter(|| readers.read_all(black_box(&live))));
+    c.bench_function("host_pass_real_proc", |b| {
+        b.iter(|| readers.read_all(black_box(&live)))
+    });
 
-    let base = Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/../../tests/fixtures/debian12-6.18"));
+    let base = Path::new(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../../tests/fixtures/debian12-6.18"
+    ));
     let fixture = Roots {
         procfs: base.join("proc"),
         sysfs: base.join("sys"),
@@ -74,7 +83,9 @@ fn host_pass(c: &mut Criterion) {
         rootfs: base.to_path_buf(),
     };
     let mut readers = HostReaders::new();
-    c.bench_function("host_pass_fixture_debian12", |b| b.iter(|| readers.read_all(black_box(&fixture))));
+    c.bench_function("host_pass_fixture_debian12", |b| {
+        b.iter(|| readers.read_all(black_box(&fixture)))
+    });
 }
 
 criterion_group!(benches, parsers, host_pass);

@@ -17,7 +17,10 @@ pub struct ParseError {
 
 impl ParseError {
     pub fn new(line: usize, msg: impl Into<String>) -> Self {
-        ParseError { line, msg: msg.into() }
+        ParseError {
+            line,
+            msg: msg.into(),
+        }
     }
 }
 
@@ -85,14 +88,21 @@ impl Error {
 
 /// Parses an unsigned decimal integer field, naming the line and field on failure.
 pub(crate) fn parse_u64(s: &str, line: usize, what: &str) -> Result<u64, ParseError> {
-    s.parse::<u64>()
-        .map_err(|_| ParseError::new(line, format!("{what}: expected an unsigned integer, got {s:?}")))
+    s.parse::<u64>().map_err(|_| {
+        ParseError::new(
+            line,
+            format!("{what}: expected an unsigned integer, got {s:?}"),
+        )
+    })
 }
 
 /// Parses a decimal fraction (`0.52`), naming the line and field on failure.
 pub(crate) fn parse_f64(s: &str, line: usize, what: &str) -> Result<f64, ParseError> {
     match s.parse::<f64>() {
         Ok(v) if v.is_finite() => Ok(v),
-        _ => Err(ParseError::new(line, format!("{what}: expected a number, got {s:?}"))),
+        _ => Err(ParseError::new(
+            line,
+            format!("{what}: expected a number, got {s:?}"),
+        )),
     }
 }

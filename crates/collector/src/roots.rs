@@ -64,6 +64,9 @@ pub fn read_optional(path: &Path) -> Result<Option<String>, Error> {
             Err(e) => String::from_utf8_lossy(e.as_bytes()).into_owned(),
         })),
         Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
-        Err(source) => Err(Error::Io { path: path.to_path_buf(), source }),
+        Err(source) => Err(Error::Io {
+            path: path.to_path_buf(),
+            source,
+        }),
     }
 }

@@ -5,7 +5,8 @@
 //! arbitrary input: drop `# UNIT` and `# EOF`, give counter families their `_total` name and
 //! turn `info` families into gauges named `*_info`.
 
-pub const OPENMETRICS_CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
+pub const OPENMETRICS_CONTENT_TYPE: &str =
+    "application/openmetrics-text; version=1.0.0; charset=utf-8";
 pub const TEXT_CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
 
 /// Which format an `Accept` header asks for. OpenMetrics only when explicitly accepted with a
@@ -91,7 +92,9 @@ mod tests {
         assert!(!wants_openmetrics(Some("text/plain;version=0.0.4")));
         assert!(!wants_openmetrics(Some("*/*")));
         assert!(!wants_openmetrics(None));
-        assert!(!wants_openmetrics(Some("application/openmetrics-text;q=0.2, text/plain")));
+        assert!(!wants_openmetrics(Some(
+            "application/openmetrics-text;q=0.2, text/plain"
+        )));
         assert!(!wants_openmetrics(Some("application/openmetrics-text;q=0")));
     }
 

@@ -34,29 +34,112 @@ impl Collector for HostCollector {
 
         // /proc/stat
         if let Some(st) = &s.stat {
-            opt(&mut e, "procs_blocked", "Tasks blocked on I/O now (procs_blocked of /proc/stat).", None, Gauge, f(st.procs_blocked))?;
-            opt(&mut e, "procs_running", "Tasks runnable now (procs_running of /proc/stat).", None, Gauge, f(st.procs_running))?;
-            opt(&mut e, "context_switches", "Context switches since boot.", None, Counter, f(st.ctxt))?;
-            opt(&mut e, "forks", "Processes and threads created since boot.", None, Counter, f(st.forks))?;
-            opt(&mut e, "boot_time", "Boot time, seconds since the epoch.", secs, Gauge, f(st.btime))?;
+            opt(
+                &mut e,
+                "procs_blocked",
+                "Tasks blocked on I/O now (procs_blocked of /proc/stat).",
+                None,
+                Gauge,
+                f(st.procs_blocked),
+            )?;
+            opt(
+                &mut e,
+                "procs_running",
+                "Tasks runnable now (procs_running of /proc/stat).",
+                None,
+                Gauge,
+                f(st.procs_running),
+            )?;
+            opt(
+                &mut e,
+                "context_switches",
+                "Context switches since boot.",
+                None,
+                Counter,
+                f(st.ctxt),
+            )?;
+            opt(
+                &mut e,
+                "forks",
+                "Processes and threads created since boot.",
+                None,
+                Counter,
+                f(st.forks),
+            )?;
+            opt(
+                &mut e,
+                "boot_time",
+                "Boot time, seconds since the epoch.",
+                secs,
+                Gauge,
+                f(st.btime),
+            )?;
             if let Some(cpu) = st.cpu {
                 let hz = s.clock_ticks.max(1) as f64;
-                family(&mut e, "cpu", "CPU time of all CPUs by mode (iowait and steal included).", secs, Counter,
-                    cpu.modes().map(|(m, t)| (vec![("mode", m)], t as f64 / hz)))?;
+                family(
+                    &mut e,
+                    "cpu",
+                    "CPU time of all CPUs by mode (iowait and steal included).",
+                    secs,
+                    Counter,
+                    cpu.modes().map(|(m, t)| (vec![("mode", m)], t as f64 / hz)),
+                )?;
             }
         }
-        opt(&mut e, "procs_blocked_peak", "Maximum procs_blocked seen over the peak window.", None, Gauge, s.peaks.procs_blocked)?;
+        opt(
+            &mut e,
+            "procs_blocked_peak",
+            "Maximum procs_blocked seen over the peak window.",
+            None,
+            Gauge,
+            s.peaks.procs_blocked,
+        )?;
         if s.stat.as_ref().is_some_and(|st| st.procs_blocked.is_some()) {
             single(&mut e, "procs_blocked", "Integral of procs_blocked over time: blocked-task-seconds, sampled every interval.", secs, Counter, s.integrals.procs_blocked_seconds)?;
         }
 
         // /proc/loadavg
         if let Some(l) = &s.loadavg {
-            single(&mut e, "load1", "1-minute load average (runnable plus D-state tasks).", None, Gauge, l.load1)?;
-            single(&mut e, "load5", "5-minute load average.", None, Gauge, l.load5)?;
-            single(&mut e, "load15", "15-minute load average.", None, Gauge, l.load15)?;
-            single(&mut e, "sched_runnable_entities", "Runnable scheduling entities now (loadavg).", None, Gauge, l.runnable as f64)?;
-            single(&mut e, "sched_entities", "Scheduling entities that exist now (loadavg).", None, Gauge, l.entities as f64)?;
+            single(
+                &mut e,
+                "load1",
+                "1-minute load average (runnable plus D-state tasks).",
+                None,
+                Gauge,
+                l.load1,
+            )?;
+            single(
+                &mut e,
+                "load5",
+                "5-minute load average.",
+                None,
+                Gauge,
+                l.load5,
+            )?;
+            single(
+                &mut e,
+                "load15",
+                "15-minute load average.",
+                None,
+                Gauge,
+                l.load15,
+            )?;
+            single(
+                &mut e,
+                "sched_runnable_entities",
+                "Runnable scheduling entities now (loadavg).",
+                None,
+                Gauge,
+                l.runnable as f64,
+            )?;
+            single(
+                &mut e,
+                "sched_entities",
+                "Scheduling entities that exist now (loadavg).",
+                None,
+                Gauge,
+                l.entities as f64,
+            )?;
         }
 
         // /proc/pressure/*
@@ -66,26 +149,73 @@ impl Collector for HostCollector {
                 if let Some(p) = &s.pressure[r as usize] {
                     for (kind, rec) in [("some", p.some), ("full", p.full)] {
                         if let Some(rec) = rec {
-                            rows.push((vec![("resource", Cow::Borrowed(r.as_str())), ("kind", Cow::Borrowed(kind))], pick(&rec)));
+                            rows.push((
+                                vec![
+                                    ("resource", Cow::Borrowed(r.as_str())),
+                                    ("kind", Cow::Borrowed(kind)),
+                                ],
+                                pick(&rec),
+                            ));
                         }
                     }
                 }
             }
             rows
         };
-        family(&mut e, "pressure_stall", "Total time tasks were stalled on the resource (PSI total).", secs, Counter, psi_rows(&|r| r.total_us as f64 / 1e6))?;
-        family(&mut e, "pressure_avg10", "Share of the last 10 s tasks were stalled (PSI avg10).", Some(&ratio), Gauge, psi_rows(&|r| r.avg10))?;
-        family(&mut e, "pressure_avg60", "Share of the last 60 s tasks were stalled (PSI avg60).", Some(&ratio), Gauge, psi_rows(&|r| r.avg60))?;
-        family(&mut e, "pressure_avg300", "Share of the last 300 s tasks were stalled (PSI avg300).", Some(&ratio), Gauge, psi_rows(&|r| r.avg300))?;
+        family(
+            &mut e,
+            "pressure_stall",
+            "Total time tasks were stalled on the resource (PSI total).",
+            secs,
+            Counter,
+            psi_rows(&|r| r.total_us as f64 / 1e6),
+        )?;
+        family(
+            &mut e,
+            "pressure_avg10",
+            "Share of the last 10 s tasks were stalled (PSI avg10).",
+            Some(&ratio),
+            Gauge,
+            psi_rows(&|r| r.avg10),
+        )?;
+        family(
+            &mut e,
+            "pressure_avg60",
+            "Share of the last 60 s tasks were stalled (PSI avg60).",
+            Some(&ratio),
+            Gauge,
+            psi_rows(&|r| r.avg60),
+        )?;
+        family(
+            &mut e,
+            "pressure_avg300",
+            "Share of the last 300 s tasks were stalled (PSI avg300).",
+            Some(&ratio),
+            Gauge,
+            psi_rows(&|r| r.avg300),
+        )?;
         let mut peak_rows: Vec<(Labels<'static>, f64)> = Vec::new();
         for r in Resource::ALL {
             for (k, kind) in ["some", "full"].into_iter().enumerate() {
                 if let Some(v) = s.peaks.psi_avg10[r as usize][k] {
-                    peak_rows.push((vec![("resource", Cow::Borrowed(r.as_str())), ("kind", Cow::Borrowed(kind))], v));
+                    peak_rows.push((
+                        vec![
+                            ("resource", Cow::Borrowed(r.as_str())),
+                            ("kind", Cow::Borrowed(kind)),
+                        ],
+                        v,
+                    ));
                 }
             }
         }
-        family(&mut e, "pressure_avg10_peak", "Maximum PSI avg10 seen over the peak window.", Some(&ratio), Gauge, peak_rows)?;
+        family(
+            &mut e,
+            "pressure_avg10_peak",
+            "Maximum PSI avg10 seen over the peak window.",
+            Some(&ratio),
+            Gauge,
+            peak_rows,
+        )?;
 
         // /proc/meminfo
         if let Some(m) = &s.meminfo {
@@ -94,44 +224,193 @@ impl Collector for HostCollector {
                 single(&mut e, name, help, bytes, Gauge, v as f64)?;
             }
         }
-        opt(&mut e, "memory_dirty_peak", "Maximum Dirty seen over the peak window.", bytes, Gauge, s.peaks.dirty_bytes)?;
-        opt(&mut e, "memory_writeback_peak", "Maximum Writeback seen over the peak window.", bytes, Gauge, s.peaks.writeback_bytes)?;
+        opt(
+            &mut e,
+            "memory_dirty_peak",
+            "Maximum Dirty seen over the peak window.",
+            bytes,
+            Gauge,
+            s.peaks.dirty_bytes,
+        )?;
+        opt(
+            &mut e,
+            "memory_writeback_peak",
+            "Maximum Writeback seen over the peak window.",
+            bytes,
+            Gauge,
+            s.peaks.writeback_bytes,
+        )?;
 
         // /proc/vmstat
         if let Some(v) = &s.vmstat {
             let page = s.page_size as f64;
-            opt(&mut e, "vm_dirtied_pages", "Pages dirtied since boot (nr_dirtied).", None, Counter, f(v.nr_dirtied))?;
-            opt(&mut e, "vm_written_pages", "Pages written back since boot (nr_written).", None, Counter, f(v.nr_written))?;
-            opt(&mut e, "dirty_threshold", "Dirty memory at which writers are throttled (nr_dirty_threshold).", bytes, Gauge, f(v.nr_dirty_threshold).map(|p| p * page))?;
+            opt(
+                &mut e,
+                "vm_dirtied_pages",
+                "Pages dirtied since boot (nr_dirtied).",
+                None,
+                Counter,
+                f(v.nr_dirtied),
+            )?;
+            opt(
+                &mut e,
+                "vm_written_pages",
+                "Pages written back since boot (nr_written).",
+                None,
+                Counter,
+                f(v.nr_written),
+            )?;
+            opt(
+                &mut e,
+                "dirty_threshold",
+                "Dirty memory at which writers are throttled (nr_dirty_threshold).",
+                bytes,
+                Gauge,
+                f(v.nr_dirty_threshold).map(|p| p * page),
+            )?;
             opt(&mut e, "dirty_background_threshold", "Dirty memory at which background writeback starts (nr_dirty_background_threshold).", bytes, Gauge, f(v.nr_dirty_background_threshold).map(|p| p * page))?;
-            opt(&mut e, "vm_page_faults", "Page faults since boot (pgfault).", None, Counter, f(v.pgfault))?;
-            opt(&mut e, "vm_major_faults", "Major page faults, which needed I/O, since boot (pgmajfault).", None, Counter, f(v.pgmajfault))?;
-            opt(&mut e, "vm_swapped_in_pages", "Pages swapped in since boot (pswpin).", None, Counter, f(v.pswpin))?;
-            opt(&mut e, "vm_swapped_out_pages", "Pages swapped out since boot (pswpout).", None, Counter, f(v.pswpout))?;
-            opt(&mut e, "vm_oom_kills", "OOM kills since boot (oom_kill).", None, Counter, f(v.oom_kill))?;
+            opt(
+                &mut e,
+                "vm_page_faults",
+                "Page faults since boot (pgfault).",
+                None,
+                Counter,
+                f(v.pgfault),
+            )?;
+            opt(
+                &mut e,
+                "vm_major_faults",
+                "Major page faults, which needed I/O, since boot (pgmajfault).",
+                None,
+                Counter,
+                f(v.pgmajfault),
+            )?;
+            opt(
+                &mut e,
+                "vm_swapped_in_pages",
+                "Pages swapped in since boot (pswpin).",
+                None,
+                Counter,
+                f(v.pswpin),
+            )?;
+            opt(
+                &mut e,
+                "vm_swapped_out_pages",
+                "Pages swapped out since boot (pswpout).",
+                None,
+                Counter,
+                f(v.pswpout),
+            )?;
+            opt(
+                &mut e,
+                "vm_oom_kills",
+                "OOM kills since boot (oom_kill).",
+                None,
+                Counter,
+                f(v.oom_kill),
+            )?;
         }
 
         // between-scrape integrals of writeback
         if s.meminfo.is_some() {
-            if s.vmstat.is_some_and(|v| v.nr_dirty_background_threshold.is_some()) {
-                single(&mut e, "dirty_over_background", "Time Dirty was above the kernel's background threshold (flushers busy).", secs, Counter, s.integrals.dirty_over_background_seconds)?;
+            if s.vmstat
+                .is_some_and(|v| v.nr_dirty_background_threshold.is_some())
+            {
+                single(
+                    &mut e,
+                    "dirty_over_background",
+                    "Time Dirty was above the kernel's background threshold (flushers busy).",
+                    secs,
+                    Counter,
+                    s.integrals.dirty_over_background_seconds,
+                )?;
             }
             if s.burst_threshold_bytes.is_some() {
-                single(&mut e, "writeback_bursts", "Episodes of Writeback above the burst threshold.", None, Counter, s.integrals.writeback_bursts as f64)?;
-                single(&mut e, "writeback_burst", "Time Writeback was above the burst threshold.", secs, Counter, s.integrals.writeback_burst_seconds)?;
+                single(
+                    &mut e,
+                    "writeback_bursts",
+                    "Episodes of Writeback above the burst threshold.",
+                    None,
+                    Counter,
+                    s.integrals.writeback_bursts as f64,
+                )?;
+                single(
+                    &mut e,
+                    "writeback_burst",
+                    "Time Writeback was above the burst threshold.",
+                    secs,
+                    Counter,
+                    s.integrals.writeback_burst_seconds,
+                )?;
             }
         }
-        opt(&mut e, "writeback_burst_threshold", "Writeback level that counts as a burst (config writeback.burst_threshold).", bytes, Gauge, f(s.burst_threshold_bytes))?;
+        opt(
+            &mut e,
+            "writeback_burst_threshold",
+            "Writeback level that counts as a burst (config writeback.burst_threshold).",
+            bytes,
+            Gauge,
+            f(s.burst_threshold_bytes),
+        )?;
 
         // /proc/sys/vm/dirty_*
         if let Some(t) = &s.tunables {
-            opt(&mut e, "vm_dirty_ratio", "vm.dirty_ratio as a ratio (0 when dirty_bytes is used).", None, Gauge, f(t.dirty_ratio).map(|v| v / 100.0))?;
-            opt(&mut e, "vm_dirty_background_ratio", "vm.dirty_background_ratio as a ratio.", None, Gauge, f(t.dirty_background_ratio).map(|v| v / 100.0))?;
-            opt(&mut e, "vm_dirty", "vm.dirty_bytes (0 when dirty_ratio is used).", bytes, Gauge, f(t.dirty_bytes))?;
-            opt(&mut e, "vm_dirty_background", "vm.dirty_background_bytes.", bytes, Gauge, f(t.dirty_background_bytes))?;
-            opt(&mut e, "vm_dirty_expire", "vm.dirty_expire_centisecs: age at which dirty data is written back.", secs, Gauge, f(t.dirty_expire_centisecs).map(|v| v / 100.0))?;
-            opt(&mut e, "vm_dirty_writeback_interval", "vm.dirty_writeback_centisecs: flusher wake-up interval.", secs, Gauge, f(t.dirty_writeback_centisecs).map(|v| v / 100.0))?;
-            opt(&mut e, "vm_dirtytime_expire", "vm.dirtytime_expire_seconds.", secs, Gauge, f(t.dirtytime_expire_seconds))?;
+            opt(
+                &mut e,
+                "vm_dirty_ratio",
+                "vm.dirty_ratio as a ratio (0 when dirty_bytes is used).",
+                None,
+                Gauge,
+                f(t.dirty_ratio).map(|v| v / 100.0),
+            )?;
+            opt(
+                &mut e,
+                "vm_dirty_background_ratio",
+                "vm.dirty_background_ratio as a ratio.",
+                None,
+                Gauge,
+                f(t.dirty_background_ratio).map(|v| v / 100.0),
+            )?;
+            opt(
+                &mut e,
+                "vm_dirty",
+                "vm.dirty_bytes (0 when dirty_ratio is used).",
+                bytes,
+                Gauge,
+                f(t.dirty_bytes),
+            )?;
+            opt(
+                &mut e,
+                "vm_dirty_background",
+                "vm.dirty_background_bytes.",
+                bytes,
+                Gauge,
+                f(t.dirty_background_bytes),
+            )?;
+            opt(
+                &mut e,
+                "vm_dirty_expire",
+                "vm.dirty_expire_centisecs: age at which dirty data is written back.",
+                secs,
+                Gauge,
+                f(t.dirty_expire_centisecs).map(|v| v / 100.0),
+            )?;
+            opt(
+                &mut e,
+                "vm_dirty_writeback_interval",
+                "vm.dirty_writeback_centisecs: flusher wake-up interval.",
+                secs,
+                Gauge,
+                f(t.dirty_writeback_centisecs).map(|v| v / 100.0),
+            )?;
+            opt(
+                &mut e,
+                "vm_dirtytime_expire",
+                "vm.dirtytime_expire_seconds.",
+                secs,
+                Gauge,
+                f(t.dirtytime_expire_seconds),
+            )?;
         }
 
         encode_disks(&mut e, &s.disks)?;
@@ -147,9 +426,18 @@ fn meminfo_metric(stem: &str) -> (&'static str, &'static str) {
         "buffers" => ("memory_buffers", "Buffers of /proc/meminfo."),
         "cached" => ("memory_cached", "Cached (page cache) of /proc/meminfo."),
         "swap_cached" => ("memory_swap_cached", "SwapCached of /proc/meminfo."),
-        "dirty" => ("memory_dirty", "Dirty of /proc/meminfo: data waiting to be written back."),
-        "writeback" => ("memory_writeback", "Writeback of /proc/meminfo: data being written back now."),
-        "writeback_tmp" => ("memory_writeback_tmp", "WritebackTmp of /proc/meminfo (FUSE)."),
+        "dirty" => (
+            "memory_dirty",
+            "Dirty of /proc/meminfo: data waiting to be written back.",
+        ),
+        "writeback" => (
+            "memory_writeback",
+            "Writeback of /proc/meminfo: data being written back now.",
+        ),
+        "writeback_tmp" => (
+            "memory_writeback_tmp",
+            "WritebackTmp of /proc/meminfo (FUSE).",
+        ),
         "shmem" => ("memory_shmem", "Shmem of /proc/meminfo."),
         "swap_total" => ("memory_swap_total", "SwapTotal of /proc/meminfo."),
         "swap_free" => ("memory_swap_free", "SwapFree of /proc/meminfo."),
@@ -167,25 +455,134 @@ fn encode_disks(e: &mut DescriptorEncoder<'_>, disks: &[DiskStat]) -> std::fmt::
     let sec = |v: u64| (v * SECTOR_BYTES) as f64;
     macro_rules! disk {
         ($name:expr, $help:expr, $unit:expr, $ty:expr, $val:expr) => {
-            family(e, $name, $help, $unit, $ty, disks.iter().filter_map(|d| $val(d).map(|v| (dev(d), v))))?
+            family(
+                e,
+                $name,
+                $help,
+                $unit,
+                $ty,
+                disks.iter().filter_map(|d| $val(d).map(|v| (dev(d), v))),
+            )?
         };
     }
-    disk!("disk_reads_completed", "Reads completed.", None, Counter, |d: &DiskStat| Some(d.reads_completed as f64));
-    disk!("disk_reads_merged", "Adjacent reads merged.", None, Counter, |d: &DiskStat| Some(d.reads_merged as f64));
-    disk!("disk_read", "Bytes read.", bytes, Counter, |d: &DiskStat| Some(sec(d.sectors_read)));
-    disk!("disk_read_time", "Time spent on reads (sum over requests).", secs, Counter, |d: &DiskStat| Some(ms(d.read_time_ms)));
-    disk!("disk_writes_completed", "Writes completed.", None, Counter, |d: &DiskStat| Some(d.writes_completed as f64));
-    disk!("disk_writes_merged", "Adjacent writes merged.", None, Counter, |d: &DiskStat| Some(d.writes_merged as f64));
-    disk!("disk_written", "Bytes written.", bytes, Counter, |d: &DiskStat| Some(sec(d.sectors_written)));
-    disk!("disk_write_time", "Time spent on writes (sum over requests).", secs, Counter, |d: &DiskStat| Some(ms(d.write_time_ms)));
-    disk!("disk_io_in_progress", "I/Os in flight now.", None, Gauge, |d: &DiskStat| Some(d.in_progress as f64));
-    disk!("disk_io_time", "Time the device had I/O in flight (utilisation when rated).", secs, Counter, |d: &DiskStat| Some(ms(d.io_time_ms)));
-    disk!("disk_io_time_weighted", "In-flight count integrated over time (average queue depth when rated).", secs, Counter, |d: &DiskStat| Some(ms(d.weighted_io_time_ms)));
-    disk!("disk_discards_completed", "Discards completed (kernel >= 4.18).", None, Counter, |d: &DiskStat| d.discard.map(|x| x.completed as f64));
-    disk!("disk_discards_merged", "Discards merged (kernel >= 4.18).", None, Counter, |d: &DiskStat| d.discard.map(|x| x.merged as f64));
-    disk!("disk_discarded", "Bytes discarded (kernel >= 4.18).", bytes, Counter, |d: &DiskStat| d.discard.map(|x| sec(x.sectors)));
-    disk!("disk_discard_time", "Time spent on discards (kernel >= 4.18).", secs, Counter, |d: &DiskStat| d.discard.map(|x| ms(x.time_ms)));
-    disk!("disk_flush_requests", "Flush requests completed (kernel >= 5.5).", None, Counter, |d: &DiskStat| d.flush.map(|x| x.completed as f64));
-    disk!("disk_flush_requests_time", "Time spent on flush requests (kernel >= 5.5).", secs, Counter, |d: &DiskStat| d.flush.map(|x| ms(x.time_ms)));
+    disk!(
+        "disk_reads_completed",
+        "Reads completed.",
+        None,
+        Counter,
+        |d: &DiskStat| Some(d.reads_completed as f64)
+    );
+    disk!(
+        "disk_reads_merged",
+        "Adjacent reads merged.",
+        None,
+        Counter,
+        |d: &DiskStat| Some(d.reads_merged as f64)
+    );
+    disk!(
+        "disk_read",
+        "Bytes read.",
+        bytes,
+        Counter,
+        |d: &DiskStat| Some(sec(d.sectors_read))
+    );
+    disk!(
+        "disk_read_time",
+        "Time spent on reads (sum over requests).",
+        secs,
+        Counter,
+        |d: &DiskStat| Some(ms(d.read_time_ms))
+    );
+    disk!(
+        "disk_writes_completed",
+        "Writes completed.",
+        None,
+        Counter,
+        |d: &DiskStat| Some(d.writes_completed as f64)
+    );
+    disk!(
+        "disk_writes_merged",
+        "Adjacent writes merged.",
+        None,
+        Counter,
+        |d: &DiskStat| Some(d.writes_merged as f64)
+    );
+    disk!(
+        "disk_written",
+        "Bytes written.",
+        bytes,
+        Counter,
+        |d: &DiskStat| Some(sec(d.sectors_written))
+    );
+    disk!(
+        "disk_write_time",
+        "Time spent on writes (sum over requests).",
+        secs,
+        Counter,
+        |d: &DiskStat| Some(ms(d.write_time_ms))
+    );
+    disk!(
+        "disk_io_in_progress",
+        "I/Os in flight now.",
+        None,
+        Gauge,
+        |d: &DiskStat| Some(d.in_progress as f64)
+    );
+    disk!(
+        "disk_io_time",
+        "Time the device had I/O in flight (utilisation when rated).",
+        secs,
+        Counter,
+        |d: &DiskStat| Some(ms(d.io_time_ms))
+    );
+    disk!(
+        "disk_io_time_weighted",
+        "In-flight count integrated over time (average queue depth when rated).",
+        secs,
+        Counter,
+        |d: &DiskStat| Some(ms(d.weighted_io_time_ms))
+    );
+    disk!(
+        "disk_discards_completed",
+        "Discards completed (kernel >= 4.18).",
+        None,
+        Counter,
+        |d: &DiskStat| d.discard.map(|x| x.completed as f64)
+    );
+    disk!(
+        "disk_discards_merged",
+        "Discards merged (kernel >= 4.18).",
+        None,
+        Counter,
+        |d: &DiskStat| d.discard.map(|x| x.merged as f64)
+    );
+    disk!(
+        "disk_discarded",
+        "Bytes discarded (kernel >= 4.18).",
+        bytes,
+        Counter,
+        |d: &DiskStat| d.discard.map(|x| sec(x.sectors))
+    );
+    disk!(
+        "disk_discard_time",
+        "Time spent on discards (kernel >= 4.18).",
+        secs,
+        Counter,
+        |d: &DiskStat| d.discard.map(|x| ms(x.time_ms))
+    );
+    disk!(
+        "disk_flush_requests",
+        "Flush requests completed (kernel >= 5.5).",
+        None,
+        Counter,
+        |d: &DiskStat| d.flush.map(|x| x.completed as f64)
+    );
+    disk!(
+        "disk_flush_requests_time",
+        "Time spent on flush requests (kernel >= 5.5).",
+        secs,
+        Counter,
+        |d: &DiskStat| d.flush.map(|x| ms(x.time_ms))
+    );
     Ok(())
 }

@@ -3,8 +3,8 @@
 //! per snapshot plus formatting, so it answers in milliseconds even while a disk is hung.
 //! A row that is not in the snapshot (a disk that vanished) is simply not encoded.
 
-pub mod host;
 pub mod exposition;
+pub mod host;
 pub mod selfmon;
 
 use std::borrow::Cow;

@@ -25,7 +25,10 @@ pub struct ReloadStatus {
 
 impl ReloadStatus {
     pub fn new() -> Self {
-        let s = ReloadStatus { successful: AtomicBool::new(true), last_success: AtomicU64::new(0) };
+        let s = ReloadStatus {
+            successful: AtomicBool::new(true),
+            last_success: AtomicU64::new(0),
+        };
         s.mark(true);
         s
     }
@@ -58,14 +61,29 @@ pub struct SelfCollector {
 impl Collector for SelfCollector {
     fn encode(&self, mut e: DescriptorEncoder) -> Result<(), std::fmt::Error> {
         let secs = Some(&Unit::Seconds);
-        let mut m = e.encode_descriptor("build", "Build information; value is 1.", None, MetricType::Info)?;
+        let mut m = e.encode_descriptor(
+            "build",
+            "Build information; value is 1.",
+            None,
+            MetricType::Info,
+        )?;
         let labels: [(&str, &str); 3] = [
             ("version", env!("CARGO_PKG_VERSION")),
-            ("revision", option_env!("STALLWATCH_REVISION").unwrap_or("unknown")),
+            (
+                "revision",
+                option_env!("STALLWATCH_REVISION").unwrap_or("unknown"),
+            ),
             ("target_os", std::env::consts::OS),
         ];
         m.encode_info(&labels)?;
-        single(&mut e, "start_time", "Start time of the agent, seconds since the epoch.", secs, Gauge, self.start_time)?;
+        single(
+            &mut e,
+            "start_time",
+            "Start time of the agent, seconds since the epoch.",
+            secs,
+            Gauge,
+            self.start_time,
+        )?;
         single(
             &mut e,
             "config_last_reload_successful",
@@ -86,18 +104,65 @@ impl Collector for SelfCollector {
         let snap = self.host.load();
         let now = Instant::now();
         let src = |name: &'static str| -> Labels<'static> { vec![("source", Cow::Borrowed(name))] };
-        family(&mut e, "source_duration", "Wall time of the source's last completed read.", secs, Gauge,
-            snap.sources.iter().filter_map(|s| s.last_duration.map(|d| (src(s.name), d.as_secs_f64()))))?;
-        family(&mut e, "source_errors", "Failed reads of the source, by kind (parse, permission, io).", None, Counter,
-            snap.sources.iter().flat_map(|s| s.errors.iter().map(move |(k, n)| {
-                (vec![("source", Cow::Borrowed(s.name)), ("kind", Cow::Borrowed(k.as_str()))], *n as f64)
-            })))?;
-        family(&mut e, "source_stuck", "1 while a read of the source has been outstanding longer than sampler.source_timeout.", None, Gauge,
-            snap.sources.iter().map(|s| (src(s.name), if s.stuck(now) { 1.0 } else { 0.0 })))?;
-        family(&mut e, "source_available", "0 when the source's file does not exist on this host (its metrics are absent).", None, Gauge,
-            snap.sources.iter().filter(|s| s.last_success.is_some()).map(|s| (src(s.name), if s.missing { 0.0 } else { 1.0 })))?;
-        family(&mut e, "snapshot_age", "Age of the source's last completed read; keeps growing while the source is stuck.", secs, Gauge,
-            snap.sources.iter().filter_map(|s| s.age(now).map(|a| (src(s.name), a.as_secs_f64()))))?;
+        family(
+            &mut e,
+            "source_duration",
+            "Wall time of the source's last completed read.",
+            secs,
+            Gauge,
+            snap.sources
+                .iter()
+                .filter_map(|s| s.last_duration.map(|d| (src(s.name), d.as_secs_f64()))),
+        )?;
+        family(
+            &mut e,
+            "source_errors",
+            "Failed reads of the source, by kind (parse, permission, io).",
+            None,
+            Counter,
+            snap.sources.iter().flat_map(|s| {
+                s.errors.iter().map(move |(k, n)| {
+                    (
+                        vec![
+                            ("source", Cow::Borrowed(s.name)),
+                            ("kind", Cow::Borrowed(k.as_str())),
+                        ],
+                        *n as f64,
+                    )
+                })
+            }),
+        )?;
+        family(
+            &mut e,
+            "source_stuck",
+            "1 while a read of the source has been outstanding longer than sampler.source_timeout.",
+            None,
+            Gauge,
+            snap.sources
+                .iter()
+                .map(|s| (src(s.name), if s.stuck(now) { 1.0 } else { 0.0 })),
+        )?;
+        family(
+            &mut e,
+            "source_available",
+            "0 when the source's file does not exist on this host (its metrics are absent).",
+            None,
+            Gauge,
+            snap.sources
+                .iter()
+                .filter(|s| s.last_success.is_some())
+                .map(|s| (src(s.name), if s.missing { 0.0 } else { 1.0 })),
+        )?;
+        family(
+            &mut e,
+            "snapshot_age",
+            "Age of the source's last completed read; keeps growing while the source is stuck.",
+            secs,
+            Gauge,
+            snap.sources
+                .iter()
+                .filter_map(|s| s.age(now).map(|a| (src(s.name), a.as_secs_f64()))),
+        )?;
         Ok(())
     }
 }

@@ -23,7 +23,9 @@ pub fn stable(text: &str) -> String {
     text.lines()
         .filter(|l| {
             l.starts_with('#')
-                || !VOLATILE.iter().any(|v| l.starts_with(v) && l[v.len()..].starts_with(['{', ' ']))
+                || !VOLATILE
+                    .iter()
+                    .any(|v| l.starts_with(v) && l[v.len()..].starts_with(['{', ' ']))
         })
         .map(|l| format!("{l}\n"))
         .collect()
@@ -40,9 +42,22 @@ fn run_fixture(name: &str) -> String {
     ]);
     // The first tick is complete when every source reports an age.
     let m = agent.wait_for(Duration::from_secs(10), "every source read once", |m| {
-        ["stat", "loadavg", "meminfo", "vmstat", "diskstats", "sys_vm", "pressure_io"]
-            .iter()
-            .all(|s| m.get(&format!("stallwatch_snapshot_age_seconds{{source=\"{s}\"}}")).is_some())
+        [
+            "stat",
+            "loadavg",
+            "meminfo",
+            "vmstat",
+            "diskstats",
+            "sys_vm",
+            "pressure_io",
+        ]
+        .iter()
+        .all(|s| {
+            m.get(&format!(
+                "stallwatch_snapshot_age_seconds{{source=\"{s}\"}}"
+            ))
+            .is_some()
+        })
     });
     stable(&m.text)
 }
@@ -54,8 +69,12 @@ fn check(name: &str) {
         std::fs::write(&path, &got).unwrap();
         return;
     }
-    let want = std::fs::read_to_string(&path)
-        .unwrap_or_else(|e| panic!("{}: {e} (run with UPDATE_GOLDEN=1 to create it)", path.display()));
+    let want = std::fs::read_to_string(&path).unwrap_or_else(|e| {
+        panic!(
+            "{}: {e} (run with UPDATE_GOLDEN=1 to create it)",
+            path.display()
+        )
+    });
     if got != want {
         let diff: Vec<String> = diff_lines(&want, &got);
         panic!(
@@ -82,7 +101,13 @@ fn golden_debian12_kernel_6_18() {
 #[test]
 fn golden_cgroup_v2_kernel_5_4_without_psi() {
     let got = run_fixture("v2-nopsi-5.4");
-    assert!(!got.contains("stallwatch_pressure_"), "no PSI on this kernel: no pressure series");
-    assert!(got.contains("stallwatch_source_available{source=\"pressure_io\"} 0"), "{got}");
+    assert!(
+        !got.contains("stallwatch_pressure_"),
+        "no PSI on this kernel: no pressure series"
+    );
+    assert!(
+        got.contains("stallwatch_source_available{source=\"pressure_io\"} 0"),
+        "{got}"
+    );
     check("v2-nopsi-5.4");
 }

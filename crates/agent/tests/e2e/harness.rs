@@ -42,7 +42,10 @@ impl Agent {
             let mut tx = Some(tx);
             for line in BufReader::new(stderr).lines().map_while(Result::ok) {
                 if line.contains("msg=Listening.") {
-                    if let Some(addr) = line.split_whitespace().find_map(|f| f.strip_prefix("address=")) {
+                    if let Some(addr) = line
+                        .split_whitespace()
+                        .find_map(|f| f.strip_prefix("address="))
+                    {
                         if let Some(tx) = tx.take() {
                             let _ = tx.send(addr.to_string());
                         }
@@ -70,7 +73,12 @@ impl Agent {
     }
 
     /// Scrapes until `pred` holds, or panics after `timeout` with the last scrape.
-    pub fn wait_for(&self, timeout: Duration, what: &str, pred: impl Fn(&Metrics) -> bool) -> Metrics {
+    pub fn wait_for(
+        &self,
+        timeout: Duration,
+        what: &str,
+        pred: impl Fn(&Metrics) -> bool,
+    ) -> Metrics {
         let deadline = Instant::now() + timeout;
         loop {
             let m = Metrics::parse(&self.scrape());
@@ -78,7 +86,11 @@ impl Agent {
                 return m;
             }
             if Instant::now() > deadline {
-                panic!("timed out after {timeout:?} waiting for {what}; last scrape:\n{}\nlog:\n{}", m.text, self.log());
+                panic!(
+                    "timed out after {timeout:?} waiting for {what}; last scrape:\n{}\nlog:\n{}",
+                    m.text,
+                    self.log()
+                );
             }
             std::thread::sleep(Duration::from_millis(200));
         }
@@ -129,21 +141,30 @@ impl Metrics {
                 Some((k.to_string(), v.parse::<f64>().ok()?))
             })
             .collect();
-        Metrics { text: text.to_string(), series }
+        Metrics {
+            text: text.to_string(),
+            series,
+        }
     }
 
     /// The value of the series whose text is exactly `series` (e.g. `stallwatch_load1` or
     /// `stallwatch_source_stuck{source="meminfo"}`).
     pub fn get(&self, series: &str) -> Option<f64> {
-        self.series.iter().find(|(k, _)| k == series).map(|(_, v)| *v)
+        self.series
+            .iter()
+            .find(|(k, _)| k == series)
+            .map(|(_, v)| *v)
     }
 
     pub fn has_family(&self, name: &str) -> bool {
-        self.series.iter().any(|(k, _)| k == name || k.starts_with(&format!("{name}{{")))
+        self.series
+            .iter()
+            .any(|(k, _)| k == name || k.starts_with(&format!("{name}{{")))
     }
 }
 
 /// Skips loudly unless root; under CI a skip is a failure, since CI must run every test.
+#[allow(dead_code)] // the real-kernel D-state tests of the next issue use it
 pub fn require_root(test: &str) -> bool {
     // SAFETY: geteuid has no preconditions.
     if unsafe { libc::geteuid() } == 0 {

@@ -16,7 +16,12 @@ fn promtool_check(text: &str) {
         .stderr(Stdio::piped())
         .spawn()
         .expect("promtool (Debian package `prometheus`, installed by `make test`)");
-    child.stdin.take().unwrap().write_all(text.as_bytes()).unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(text.as_bytes())
+        .unwrap();
     let out = child.wait_with_output().unwrap();
     assert!(
         out.status.success(),
@@ -28,13 +33,22 @@ fn promtool_check(text: &str) {
 
 /// Family names as a classic-text scrape declares them.
 fn families(text: &str) -> Vec<String> {
-    text.lines().filter_map(|l| l.strip_prefix("# TYPE ")).filter_map(|l| l.split(' ').next()).map(String::from).collect()
+    text.lines()
+        .filter_map(|l| l.strip_prefix("# TYPE "))
+        .filter_map(|l| l.split(' ').next())
+        .map(String::from)
+        .collect()
 }
 
 #[test]
 fn real_proc_scrape_passes_promtool_and_is_documented() {
-    let agent = Agent::start(&[&format!("--config.file={}", repo().join("config/stallwatch.example.toml").display())]);
-    let m = agent.wait_for(Duration::from_secs(10), "first snapshot", |m| m.has_family("stallwatch_memory_dirty_bytes"));
+    let agent = Agent::start(&[&format!(
+        "--config.file={}",
+        repo().join("config/stallwatch.example.toml").display()
+    )]);
+    let m = agent.wait_for(Duration::from_secs(10), "first snapshot", |m| {
+        m.has_family("stallwatch_memory_dirty_bytes")
+    });
     promtool_check(&m.text);
     for must in [
         "stallwatch_procs_blocked",
@@ -45,7 +59,11 @@ fn real_proc_scrape_passes_promtool_and_is_documented() {
         "stallwatch_source_stuck",
         "stallwatch_build_info",
     ] {
-        assert!(m.has_family(must), "{must} missing from a scrape of this machine:\n{}", m.text);
+        assert!(
+            m.has_family(must),
+            "{must} missing from a scrape of this machine:\n{}",
+            m.text
+        );
     }
 
     // Every family the agent exposes — here and over both fixtures — is in docs/metrics.md.
@@ -57,28 +75,47 @@ fn real_proc_scrape_passes_promtool_and_is_documented() {
             &format!("--path.procfs={}", root.join("proc").display()),
             &format!("--path.sysfs={}", root.join("sys").display()),
             "--config.file",
-            &repo().join("tests/golden/golden.toml").display().to_string(),
+            &repo()
+                .join("tests/golden/golden.toml")
+                .display()
+                .to_string(),
         ]);
-        let fm = a.wait_for(Duration::from_secs(10), "fixture snapshot", |m| m.has_family("stallwatch_memory_dirty_bytes"));
+        let fm = a.wait_for(Duration::from_secs(10), "fixture snapshot", |m| {
+            m.has_family("stallwatch_memory_dirty_bytes")
+        });
         promtool_check(&fm.text);
         names.extend(families(&fm.text));
     }
     names.sort();
     names.dedup();
-    let missing: Vec<_> = names.iter().filter(|n| !doc.contains(&format!("`{n}`"))).collect();
-    assert!(missing.is_empty(), "docs/metrics.md does not list: {missing:?}");
+    let missing: Vec<_> = names
+        .iter()
+        .filter(|n| !doc.contains(&format!("`{n}`")))
+        .collect();
+    assert!(
+        missing.is_empty(),
+        "docs/metrics.md does not list: {missing:?}"
+    );
 }
 
 #[test]
 fn openmetrics_negotiated_by_accept() {
     let agent = Agent::start(&[]);
-    agent.wait_for(Duration::from_secs(10), "first snapshot", |m| m.has_family("stallwatch_load1"));
+    agent.wait_for(Duration::from_secs(10), "first snapshot", |m| {
+        m.has_family("stallwatch_load1")
+    });
     let resp = reqwest::blocking::Client::new()
         .get(agent.url("/metrics"))
-        .header("Accept", "application/openmetrics-text;version=1.0.0,text/plain;version=0.0.4;q=0.5")
+        .header(
+            "Accept",
+            "application/openmetrics-text;version=1.0.0,text/plain;version=0.0.4;q=0.5",
+        )
         .send()
         .unwrap();
-    assert!(resp.headers()["content-type"].to_str().unwrap().starts_with("application/openmetrics-text"));
+    assert!(resp.headers()["content-type"]
+        .to_str()
+        .unwrap()
+        .starts_with("application/openmetrics-text"));
     let body = resp.text().unwrap();
     assert!(body.ends_with("# EOF\n"));
     assert!(body.contains("# UNIT stallwatch_memory_dirty_bytes bytes"));
@@ -110,22 +147,54 @@ fn tls_and_basic_auth_accept_and_reject() {
         .build()
         .unwrap();
     let url = format!("https://localhost:{}/metrics", addr.port());
-    let ok = client.get(&url).basic_auth("alice", Some("s3cret pass")).send().unwrap();
+    let ok = client
+        .get(&url)
+        .basic_auth("alice", Some("s3cret pass"))
+        .send()
+        .unwrap();
     assert_eq!(ok.status(), 200);
     assert!(ok.text().unwrap().contains("stallwatch_build_info"));
-    let again = client.get(&url).basic_auth("alice", Some("s3cret pass")).send().unwrap();
+    let again = client
+        .get(&url)
+        .basic_auth("alice", Some("s3cret pass"))
+        .send()
+        .unwrap();
     assert_eq!(again.status(), 200, "cached credentials still accepted");
 
-    let wrong = client.get(&url).basic_auth("alice", Some("wrong")).send().unwrap();
+    let wrong = client
+        .get(&url)
+        .basic_auth("alice", Some("wrong"))
+        .send()
+        .unwrap();
     assert_eq!(wrong.status(), 401);
-    assert!(wrong.headers()["www-authenticate"].to_str().unwrap().starts_with("Basic"));
-    assert_eq!(client.get(&url).basic_auth("mallory", Some("s3cret pass")).send().unwrap().status(), 401);
+    assert!(wrong.headers()["www-authenticate"]
+        .to_str()
+        .unwrap()
+        .starts_with("Basic"));
+    assert_eq!(
+        client
+            .get(&url)
+            .basic_auth("mallory", Some("s3cret pass"))
+            .send()
+            .unwrap()
+            .status(),
+        401
+    );
     assert_eq!(client.get(&url).send().unwrap().status(), 401);
     // Plain HTTP to the TLS port is not served.
-    let plain = reqwest::blocking::Client::new().get(agent.url("/metrics")).basic_auth("alice", Some("s3cret pass")).send();
-    assert!(plain.map(|r| !r.status().is_success()).unwrap_or(true), "plain HTTP must not get metrics");
+    let plain = reqwest::blocking::Client::new()
+        .get(agent.url("/metrics"))
+        .basic_auth("alice", Some("s3cret pass"))
+        .send();
+    assert!(
+        plain.map(|r| !r.status().is_success()).unwrap_or(true),
+        "plain HTTP must not get metrics"
+    );
     // A client that does not trust the certificate is refused.
-    let untrusting = reqwest::blocking::Client::builder().resolve("localhost", addr).build().unwrap();
+    let untrusting = reqwest::blocking::Client::builder()
+        .resolve("localhost", addr)
+        .build()
+        .unwrap();
     assert!(untrusting.get(&url).send().is_err());
 }
 
@@ -143,22 +212,39 @@ fn bad_config_at_start_exits_2_naming_file_line_and_key() {
             .unwrap();
         assert_eq!(out.status.code(), Some(2), "{sub:?}");
         let err = String::from_utf8_lossy(&out.stderr);
-        assert!(err.contains(&format!("{}:3: key `sampler.intervall`", cfg.display())), "{sub:?}: {err}");
+        assert!(
+            err.contains(&format!("{}:3: key `sampler.intervall`", cfg.display())),
+            "{sub:?}: {err}"
+        );
         assert!(err.contains("unknown field"), "{err}");
     }
     // And a bad web config.
     let web = dir.path().join("web.yml");
-    write(&web, "tls_server_config:\n  cert_file: /nonexistent.crt\n  key_file: /nonexistent.key\n");
-    let out = Command::new(BIN).arg(format!("--web.config.file={}", web.display())).arg("check-config").output().unwrap();
+    write(
+        &web,
+        "tls_server_config:\n  cert_file: /nonexistent.crt\n  key_file: /nonexistent.key\n",
+    );
+    let out = Command::new(BIN)
+        .arg(format!("--web.config.file={}", web.display()))
+        .arg("check-config")
+        .output()
+        .unwrap();
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("nonexistent.crt"));
     // The example config is valid.
     let out = Command::new(BIN)
-        .arg(format!("--config.file={}", repo().join("config/stallwatch.example.toml").display()))
+        .arg(format!(
+            "--config.file={}",
+            repo().join("config/stallwatch.example.toml").display()
+        ))
         .arg("check-config")
         .output()
         .unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 }
 
 #[test]
@@ -169,26 +255,48 @@ fn reload_on_change_and_sighup_keeps_old_config_when_bad() {
     let agent = Agent::start(&[&format!("--config.file={}", cfg.display())]);
     let threshold = "stallwatch_writeback_burst_threshold_bytes";
     agent.wait_for(Duration::from_secs(10), "initial config", |m| {
-        m.get(threshold) == Some(64.0 * 1048576.0) && m.get("stallwatch_config_last_reload_successful") == Some(1.0)
+        m.get(threshold) == Some(64.0 * 1048576.0)
+            && m.get("stallwatch_config_last_reload_successful") == Some(1.0)
     });
 
     // A good edit is picked up from the file change alone.
     write(&cfg, "[writeback]\nburst_threshold = \"32MiB\"\n");
-    agent.wait_for(Duration::from_secs(10), "reload after a good edit", |m| m.get(threshold) == Some(32.0 * 1048576.0));
+    agent.wait_for(Duration::from_secs(10), "reload after a good edit", |m| {
+        m.get(threshold) == Some(32.0 * 1048576.0)
+    });
 
     // A bad edit: old config keeps running, the failure is visible and logged with line/key.
-    write(&cfg, "[writeback]\nburst_threshold = \"32MiB\"\nburst_treshold = \"1MiB\"\n");
-    let m = agent.wait_for(Duration::from_secs(10), "failed reload", |m| m.get("stallwatch_config_last_reload_successful") == Some(0.0));
-    assert_eq!(m.get(threshold), Some(32.0 * 1048576.0), "old config still in force");
-    assert!(m.has_family("stallwatch_memory_dirty_bytes"), "still sampling");
+    write(
+        &cfg,
+        "[writeback]\nburst_threshold = \"32MiB\"\nburst_treshold = \"1MiB\"\n",
+    );
+    let m = agent.wait_for(Duration::from_secs(10), "failed reload", |m| {
+        m.get("stallwatch_config_last_reload_successful") == Some(0.0)
+    });
+    assert_eq!(
+        m.get(threshold),
+        Some(32.0 * 1048576.0),
+        "old config still in force"
+    );
+    assert!(
+        m.has_family("stallwatch_memory_dirty_bytes"),
+        "still sampling"
+    );
     let log = agent.log();
-    assert!(log.contains(&format!("{}:3: key `writeback.burst_treshold`", cfg.display())), "{log}");
+    assert!(
+        log.contains(&format!(
+            "{}:3: key `writeback.burst_treshold`",
+            cfg.display()
+        )),
+        "{log}"
+    );
 
     // SIGHUP after fixing the file reloads it at once.
     write(&cfg, "[writeback]\nburst_threshold = \"8MiB\"\n");
     agent.signal(libc::SIGHUP);
     agent.wait_for(Duration::from_secs(10), "reload on SIGHUP", |m| {
-        m.get(threshold) == Some(8.0 * 1048576.0) && m.get("stallwatch_config_last_reload_successful") == Some(1.0)
+        m.get(threshold) == Some(8.0 * 1048576.0)
+            && m.get("stallwatch_config_last_reload_successful") == Some(1.0)
     });
     let deadline = Instant::now() + Duration::from_secs(5);
     while !agent.log().contains("trigger=SIGHUP") && Instant::now() < deadline {
@@ -200,7 +308,9 @@ fn reload_on_change_and_sighup_keeps_old_config_when_bad() {
 #[test]
 fn sigterm_shuts_down_gracefully() {
     let mut agent = Agent::start(&[]);
-    agent.wait_for(Duration::from_secs(10), "first snapshot", |m| m.has_family("stallwatch_load1"));
+    agent.wait_for(Duration::from_secs(10), "first snapshot", |m| {
+        m.has_family("stallwatch_load1")
+    });
     assert_eq!(get(&agent.url("/healthz")), "ok\n");
     agent.signal(libc::SIGTERM);
     let deadline = Instant::now() + Duration::from_secs(10);
@@ -208,7 +318,11 @@ fn sigterm_shuts_down_gracefully() {
         if let Some(s) = agent.child.try_wait().unwrap() {
             break s;
         }
-        assert!(Instant::now() < deadline, "did not exit after SIGTERM:\n{}", agent.log());
+        assert!(
+            Instant::now() < deadline,
+            "did not exit after SIGTERM:\n{}",
+            agent.log()
+        );
         std::thread::sleep(Duration::from_millis(50));
     };
     assert!(status.success(), "{status:?}");
@@ -219,5 +333,8 @@ fn sigterm_shuts_down_gracefully() {
 #[test]
 fn golden_filter_keeps_help_and_drops_volatile_values() {
     let s = golden::stable("# HELP stallwatch_snapshot_age_seconds x\nstallwatch_snapshot_age_seconds{source=\"stat\"} 0.1\nstallwatch_load1 1\n");
-    assert_eq!(s, "# HELP stallwatch_snapshot_age_seconds x\nstallwatch_load1 1\n");
+    assert_eq!(
+        s,
+        "# HELP stallwatch_snapshot_age_seconds x\nstallwatch_load1 1\n"
+    );
 }

@@ -1,3 +1,4 @@
+#![allow(clippy::unwrap_used)] // test code: a failed unwrap is a failed test
 //! End-to-end tests: the real `stallwatch` binary, real sockets, real kernel files. One test
 //! binary (modules below) to keep link time down.
 

@@ -55,9 +55,15 @@ pub const SECTOR_BYTES: u64 = 512;
 
 fn parse_line(line: &str, n: usize) -> Result<DiskStat, ParseError> {
     let mut f = line.split_ascii_whitespace();
-    let major = f.next().ok_or_else(|| ParseError::new(n, "missing major"))?;
-    let minor = f.next().ok_or_else(|| ParseError::new(n, "missing minor"))?;
-    let name = f.next().ok_or_else(|| ParseError::new(n, "missing device name"))?;
+    let major = f
+        .next()
+        .ok_or_else(|| ParseError::new(n, "missing major"))?;
+    let minor = f
+        .next()
+        .ok_or_else(|| ParseError::new(n, "missing minor"))?;
+    let name = f
+        .next()
+        .ok_or_else(|| ParseError::new(n, "missing device name"))?;
     let mut v = [0u64; 17];
     let mut count = 0;
     for (slot, s) in v.iter_mut().zip(&mut f) {
@@ -65,10 +71,14 @@ fn parse_line(line: &str, n: usize) -> Result<DiskStat, ParseError> {
         count += 1;
     }
     if count < 11 {
-        return Err(ParseError::new(n, format!("{name}: {count} fields, expected at least 11")));
+        return Err(ParseError::new(
+            n,
+            format!("{name}: {count} fields, expected at least 11"),
+        ));
     }
     let to_u32 = |s: &str, what| {
-        s.parse::<u32>().map_err(|_| ParseError::new(n, format!("{what}: expected a number, got {s:?}")))
+        s.parse::<u32>()
+            .map_err(|_| ParseError::new(n, format!("{what}: expected a number, got {s:?}")))
     };
     Ok(DiskStat {
         major: to_u32(major, "major")?,
@@ -91,7 +101,10 @@ fn parse_line(line: &str, n: usize) -> Result<DiskStat, ParseError> {
             sectors: v[13],
             time_ms: v[14],
         }),
-        flush: (count >= 17).then(|| FlushStat { completed: v[15], time_ms: v[16] }),
+        flush: (count >= 17).then(|| FlushStat {
+            completed: v[15],
+            time_ms: v[16],
+        }),
     })
 }
 
@@ -129,8 +142,22 @@ mod tests {
         assert_eq!(vda.sectors_written, 1018168);
         assert_eq!(vda.in_progress, 2);
         assert_eq!(vda.weighted_io_time_ms, 38117);
-        assert_eq!(vda.discard, Some(DiscardStat { completed: 5, merged: 6, sectors: 7, time_ms: 8 }));
-        assert_eq!(vda.flush, Some(FlushStat { completed: 3561, time_ms: 1862 }));
+        assert_eq!(
+            vda.discard,
+            Some(DiscardStat {
+                completed: 5,
+                merged: 6,
+                sectors: 7,
+                time_ms: 8
+            })
+        );
+        assert_eq!(
+            vda.flush,
+            Some(FlushStat {
+                completed: 3561,
+                time_ms: 1862
+            })
+        );
     }
 
     #[test]
@@ -156,7 +183,12 @@ mod tests {
     fn diskstats_truncated_or_garbage() {
         assert!(parse("").unwrap().is_empty());
         assert_eq!(parse("8 0 sda 1 2 3\n").unwrap_err().line, 1);
-        assert_eq!(parse("8 0 sda 1 2 3 4 5 6 7 8 9 10 11\n8 x sdb 1 2 3 4 5 6 7 8 9 10 11\n").unwrap_err().line, 2);
+        assert_eq!(
+            parse("8 0 sda 1 2 3 4 5 6 7 8 9 10 11\n8 x sdb 1 2 3 4 5 6 7 8 9 10 11\n")
+                .unwrap_err()
+                .line,
+            2
+        );
         assert!(parse("8 0 sda 1 2 3 4 5 6 7 8 9 10 x\n").is_err());
     }
 }

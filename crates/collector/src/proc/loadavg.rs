@@ -25,7 +25,10 @@ pub struct LoadAvg {
 
 pub fn parse(text: &str) -> Result<LoadAvg, ParseError> {
     let mut f = text.split_ascii_whitespace();
-    let mut next = |what: &str| f.next().ok_or_else(|| ParseError::new(1, format!("missing {what}")));
+    let mut next = |what: &str| {
+        f.next()
+            .ok_or_else(|| ParseError::new(1, format!("missing {what}")))
+    };
     let load1 = parse_f64(next("load1")?, 1, "load1")?;
     let load5 = parse_f64(next("load5")?, 1, "load5")?;
     let load15 = parse_f64(next("load15")?, 1, "load15")?;

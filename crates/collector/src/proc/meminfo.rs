@@ -67,7 +67,10 @@ pub fn parse(text: &str) -> Result<Meminfo, ParseError> {
             if line.trim().is_empty() {
                 continue;
             }
-            return Err(ParseError::new(n, format!("expected `Key: value`, got {line:?}")));
+            return Err(ParseError::new(
+                n,
+                format!("expected `Key: value`, got {line:?}"),
+            ));
         };
         let slot = match key {
             "MemTotal" => &mut m.mem_total,
@@ -85,7 +88,9 @@ pub fn parse(text: &str) -> Result<Meminfo, ParseError> {
             _ => continue,
         };
         let mut f = rest.split_ascii_whitespace();
-        let v = f.next().ok_or_else(|| ParseError::new(n, format!("{key}: missing value")))?;
+        let v = f
+            .next()
+            .ok_or_else(|| ParseError::new(n, format!("{key}: missing value")))?;
         let v = parse_u64(v, n, key)?;
         let bytes = match f.next() {
             Some("kB") => v.saturating_mul(1024),

@@ -4,7 +4,8 @@ pub mod diskstats;
 pub mod loadavg;
 pub mod meminfo;
 pub mod pressure;
-#[cfg(test)] mod proptests;
+#[cfg(test)]
+mod proptests;
 pub mod stat;
 pub mod sys_vm;
 pub mod vmstat;
@@ -21,6 +22,8 @@ pub(crate) fn read_with<T>(
 ) -> Result<Option<T>, Error> {
     match read_optional(path)? {
         None => Ok(None),
-        Some(text) => parse(&text).map(Some).map_err(|e| Error::parse(path.to_path_buf(), e)),
+        Some(text) => parse(&text)
+            .map(Some)
+            .map_err(|e| Error::parse(path.to_path_buf(), e)),
     }
 }

@@ -58,7 +58,10 @@ pub struct Pressure {
 fn percent_to_ratio(v: &str, n: usize, what: &str) -> Result<f64, ParseError> {
     parse_f64(v, n, what)?; // validate the text itself (no exponents of its own, finite)
     if v.contains(['e', 'E']) {
-        return Err(ParseError::new(n, format!("{what}: unexpected exponent in {v:?}")));
+        return Err(ParseError::new(
+            n,
+            format!("{what}: unexpected exponent in {v:?}"),
+        ));
     }
     parse_f64(&format!("{v}e-2"), n, what)
 }
@@ -79,7 +82,10 @@ fn parse_record(rest: &str, n: usize) -> Result<Record, ParseError> {
         }
     }
     if seen != 15 {
-        return Err(ParseError::new(n, "missing one of avg10, avg60, avg300, total"));
+        return Err(ParseError::new(
+            n,
+            "missing one of avg10, avg60, avg300, total",
+        ));
     }
     Ok(r)
 }
@@ -110,7 +116,9 @@ pub fn parse(text: &str) -> Result<Pressure, ParseError> {
 pub fn read(roots: &Roots, resource: Resource) -> Result<Option<Pressure>, Error> {
     let path = roots.proc(&format!("pressure/{}", resource.as_str()));
     match read_with(&path, parse) {
-        Err(Error::Io { source, .. }) if source.raw_os_error() == Some(libc::EOPNOTSUPP) => Ok(None),
+        Err(Error::Io { source, .. }) if source.raw_os_error() == Some(libc::EOPNOTSUPP) => {
+            Ok(None)
+        }
         other => other,
     }
 }
@@ -149,8 +157,9 @@ mod tests {
     fn pressure_truncated_or_garbage() {
         assert!(parse("").is_err());
         assert!(parse("some avg10=0.04 avg60=0.02").is_err());
-        let e = parse("some avg10=1 avg60=2 avg300=3 total=4\nfull avg10=x avg60=2 avg300=3 total=4\n")
-            .unwrap_err();
+        let e =
+            parse("some avg10=1 avg60=2 avg300=3 total=4\nfull avg10=x avg60=2 avg300=3 total=4\n")
+                .unwrap_err();
         assert_eq!(e.line, 2);
     }
 }

@@ -16,14 +16,23 @@ const FIXTURES: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../../tests/fixture
 /// Contents of a file below `tests/fixtures/`, at compile time.
 macro_rules! fixture {
     ($rel:literal) => {
-        include_str!(concat!(env!("CARGO_MANIFEST_DIR"), "/../../tests/fixtures/", $rel))
+        include_str!(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/../../tests/fixtures/",
+            $rel
+        ))
     };
 }
 
 /// `Roots` pointing every root into one fixture tree.
 fn fixture_roots(name: &str) -> Roots {
     let base: PathBuf = Path::new(FIXTURES).join(name);
-    Roots { procfs: base.join("proc"), sysfs: base.join("sys"), cgroupfs: base.join("sys/fs/cgroup"), rootfs: base }
+    Roots {
+        procfs: base.join("proc"),
+        sysfs: base.join("sys"),
+        cgroupfs: base.join("sys/fs/cgroup"),
+        rootfs: base,
+    }
 }
 
 #[cfg(test)]
@@ -51,7 +60,10 @@ mod fixtures {
         assert_eq!(st.btime, Some(1795467765));
         assert_eq!(st.forks, Some(7304));
         let cpu = st.cpu.unwrap();
-        assert_eq!((cpu.user, cpu.idle, cpu.iowait, cpu.steal), (25468, 139611, 457, 477));
+        assert_eq!(
+            (cpu.user, cpu.idle, cpu.iowait, cpu.steal),
+            (25468, 139611, 457, 477)
+        );
     }
 
     #[test]
@@ -109,8 +121,17 @@ mod fixtures {
         assert_eq!((vda.major, vda.minor), (254, 0));
         assert_eq!(vda.in_progress, 3);
         assert_eq!(vda.sectors_written, 2853936);
-        assert_eq!(vda.flush, Some(diskstats::FlushStat { completed: 54, time_ms: 422 }));
-        assert!(d.iter().all(|d| d.discard.is_some() && d.flush.is_some()), "17 fields on 6.18");
+        assert_eq!(
+            vda.flush,
+            Some(diskstats::FlushStat {
+                completed: 54,
+                time_ms: 422
+            })
+        );
+        assert!(
+            d.iter().all(|d| d.discard.is_some() && d.flush.is_some()),
+            "17 fields on 6.18"
+        );
     }
 
     #[test]
@@ -118,7 +139,10 @@ mod fixtures {
         let t = sys_vm::read(&fixture_roots(DEBIAN)).unwrap().unwrap();
         assert_eq!(t.dirty_ratio, Some(20));
         assert_eq!(t.dirty_background_ratio, Some(10));
-        assert_eq!((t.dirty_bytes, t.dirty_background_bytes), (Some(0), Some(0)));
+        assert_eq!(
+            (t.dirty_bytes, t.dirty_background_bytes),
+            (Some(0), Some(0))
+        );
         assert_eq!(t.dirty_expire_centisecs, Some(3000));
         assert_eq!(t.dirty_writeback_centisecs, Some(500));
         assert_eq!(t.dirtytime_expire_seconds, Some(43200));
@@ -140,16 +164,28 @@ mod fixtures {
         let v = vmstat::read(&roots).unwrap().unwrap();
         assert_eq!(v.nr_writeback_temp, Some(0));
         assert_eq!(v.nr_dirty_background_threshold, Some(168634));
-        assert!(m.dirty.unwrap() > 168634 * PAGE, "dirty is above the background threshold");
+        assert!(
+            m.dirty.unwrap() > 168634 * PAGE,
+            "dirty is above the background threshold"
+        );
         let d = diskstats::read(&roots).unwrap().unwrap();
         assert_eq!(d.len(), 4);
         let nvme = d.iter().find(|d| d.name == "nvme0n1").unwrap();
         assert_eq!((nvme.major, nvme.minor, nvme.in_progress), (259, 0, 17));
         assert_eq!(nvme.discard.unwrap().sectors, 92274688);
-        assert!(d.iter().all(|d| d.discard.is_some() && d.flush.is_none()), "15 fields on 5.4");
+        assert!(
+            d.iter().all(|d| d.discard.is_some() && d.flush.is_none()),
+            "15 fields on 5.4"
+        );
         let t = sys_vm::read(&roots).unwrap().unwrap();
-        assert_eq!((t.dirty_ratio, t.dirty_background_ratio), (Some(20), Some(10)));
-        assert!(roots.cgroup("cgroup.controllers").exists(), "cgroup v2 marker");
+        assert_eq!(
+            (t.dirty_ratio, t.dirty_background_ratio),
+            (Some(20), Some(10))
+        );
+        assert!(
+            roots.cgroup("cgroup.controllers").exists(),
+            "cgroup v2 marker"
+        );
     }
 
     /// meminfo's Dirty/Writeback and vmstat's nr_dirty/nr_writeback agree in both trees.
@@ -165,10 +201,15 @@ mod fixtures {
     }
 
     /// Partition flags as `read_all` computes them (from sysfs `partition` files).
-    fn partitions(results: &[(&'static str, Result<Option<Reading>, crate::Error>)]) -> Vec<(String, bool)> {
+    fn partitions(
+        results: &[(&'static str, Result<Option<Reading>, crate::Error>)],
+    ) -> Vec<(String, bool)> {
         let (_, disks) = results.iter().find(|(n, _)| *n == "diskstats").unwrap();
         match disks {
-            Ok(Some(Reading::Disks(d))) => d.iter().map(|d| (d.stat.name.clone(), d.partition)).collect(),
+            Ok(Some(Reading::Disks(d))) => d
+                .iter()
+                .map(|d| (d.stat.name.clone(), d.partition))
+                .collect(),
             other => panic!("diskstats: {other:?}"),
         }
     }
@@ -196,12 +237,21 @@ mod fixtures {
                 assert!(matches!(r, Ok(Some(_))), "{name}: {r:?}");
             }
         }
-        let psi: Vec<&str> = all.iter().map(|(n, _)| *n).filter(|n| n.starts_with("pressure_")).collect();
+        let psi: Vec<&str> = all
+            .iter()
+            .map(|(n, _)| *n)
+            .filter(|n| n.starts_with("pressure_"))
+            .collect();
         assert_eq!(psi, ["pressure_cpu", "pressure_io", "pressure_memory"]);
         let parts = partitions(&all);
         assert_eq!(
             parts,
-            [("loop0".into(), false), ("loop1".into(), false), ("nvme0n1".into(), false), ("nvme0n1p1".into(), true),]
+            [
+                ("loop0".into(), false),
+                ("loop1".into(), false),
+                ("nvme0n1".into(), false),
+                ("nvme0n1p1".into(), true),
+            ]
         );
     }
 
@@ -244,15 +294,26 @@ mod proptests {
 
     /// Keeps the suite fast; failures are shrunk and printed, not persisted into the tree.
     fn config() -> Config {
-        Config { cases: 256, failure_persistence: None, ..Config::default() }
+        Config {
+            cases: 256,
+            failure_persistence: None,
+            ..Config::default()
+        }
     }
 
     /// Parses `text`; the test fails on a panic (proptest catches it) or on an error that names
     /// a line past the end.
-    fn check<T: Debug>(parse: fn(&str) -> Result<T, ParseError>, text: &str) -> Result<(), TestCaseError> {
+    fn check<T: Debug>(
+        parse: fn(&str) -> Result<T, ParseError>,
+        text: &str,
+    ) -> Result<(), TestCaseError> {
         if let Err(e) = parse(text) {
             let lines = text.lines().count().max(1);
-            prop_assert!(e.line <= lines, "error {e} names line {} of {lines}", e.line);
+            prop_assert!(
+                e.line <= lines,
+                "error {e} names line {} of {lines}",
+                e.line
+            );
             let _ = e.to_string();
         }
         Ok(())
@@ -301,7 +362,10 @@ mod proptests {
     /// Applies mutations to `base`'s lines, split on single spaces so column padding survives,
     /// then optionally cuts the text short at a character boundary (a truncated read).
     fn apply(base: &str, muts: &[Mutation], cut: Option<Index>) -> String {
-        let mut lines: Vec<Vec<String>> = base.lines().map(|l| l.split(' ').map(String::from).collect()).collect();
+        let mut lines: Vec<Vec<String>> = base
+            .lines()
+            .map(|l| l.split(' ').map(String::from).collect())
+            .collect();
         for m in muts {
             if lines.is_empty() {
                 lines.push(Vec::new());
@@ -354,7 +418,11 @@ mod proptests {
     /// A mutated copy of one of `own` (the parser's own files, preferred) or of any sample.
     fn structured(own: &'static [&'static str]) -> impl Strategy<Value = String> {
         let base = prop_oneof![3 => prop::sample::select(own), 1 => prop::sample::select(SAMPLES)];
-        (base, prop::collection::vec(mutation(), 1..8), prop::option::of(any::<Index>()))
+        (
+            base,
+            prop::collection::vec(mutation(), 1..8),
+            prop::option::of(any::<Index>()),
+        )
             .prop_map(|(base, muts, cut)| apply(base, &muts, cut))
     }
 

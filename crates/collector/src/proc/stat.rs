@@ -71,7 +71,9 @@ pub fn parse(text: &str) -> Result<Stat, ParseError> {
         let mut fields = line.split_ascii_whitespace();
         let Some(key) = fields.next() else { continue };
         let single = |fields: &mut std::str::SplitAsciiWhitespace<'_>| -> Result<u64, ParseError> {
-            let v = fields.next().ok_or_else(|| ParseError::new(n, format!("{key}: missing value")))?;
+            let v = fields
+                .next()
+                .ok_or_else(|| ParseError::new(n, format!("{key}: missing value")))?;
             parse_u64(v, n, key)
         };
         match key {

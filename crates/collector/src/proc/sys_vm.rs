@@ -48,7 +48,11 @@ pub fn read(roots: &Roots) -> Result<Option<VmTunables>, Error> {
         dirty_writeback_centisecs: one("dirty_writeback_centisecs")?,
         dirtytime_expire_seconds: one("dirtytime_expire_seconds")?,
     };
-    Ok(if t == VmTunables::default() { None } else { Some(t) })
+    Ok(if t == VmTunables::default() {
+        None
+    } else {
+        Some(t)
+    })
 }
 
 #[cfg(test)]

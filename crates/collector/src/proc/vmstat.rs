@@ -68,7 +68,9 @@ pub fn parse(text: &str) -> Result<Vmstat, ParseError> {
             "oom_kill" => &mut v.oom_kill,
             _ => continue,
         };
-        let val = f.next().ok_or_else(|| ParseError::new(n, format!("{key}: missing value")))?;
+        let val = f
+            .next()
+            .ok_or_else(|| ParseError::new(n, format!("{key}: missing value")))?;
         *slot = Some(parse_u64(val, n, key)?);
         known += 1;
     }
@@ -104,7 +106,10 @@ mod tests {
 
     #[test]
     fn vmstat_unknown_keys_ignored() {
-        assert_eq!(parse("zz_future 1\nnr_dirtied 5\n").unwrap().nr_dirtied, Some(5));
+        assert_eq!(
+            parse("zz_future 1\nnr_dirtied 5\n").unwrap().nr_dirtied,
+            Some(5)
+        );
     }
 
     #[test]

@@ -60,11 +60,14 @@ impl DiskFilter {
 }
 
 fn is_loop(name: &str) -> bool {
-    name.strip_prefix("loop").is_some_and(|n| !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()))
+    name.strip_prefix("loop")
+        .is_some_and(|n| !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()))
 }
 
 fn is_ram(name: &str) -> bool {
-    let rest = name.strip_prefix("zram").or_else(|| name.strip_prefix("ram"));
+    let rest = name
+        .strip_prefix("zram")
+        .or_else(|| name.strip_prefix("ram"));
     rest.is_some_and(|n| !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()))
 }
 
@@ -133,7 +136,11 @@ impl SourceStatus {
             last_success: None,
             in_flight_since: None,
             last_duration: None,
-            errors: [(ErrorKind::Parse, 0), (ErrorKind::Permission, 0), (ErrorKind::Io, 0)],
+            errors: [
+                (ErrorKind::Parse, 0),
+                (ErrorKind::Permission, 0),
+                (ErrorKind::Io, 0),
+            ],
             missing: false,
             timeout: Duration::from_secs(2),
         }
@@ -141,7 +148,8 @@ impl SourceStatus {
 
     /// A read has been outstanding for longer than the deadline.
     pub fn stuck(&self, now: Instant) -> bool {
-        self.in_flight_since.is_some_and(|t| now.saturating_duration_since(t) > self.timeout)
+        self.in_flight_since
+            .is_some_and(|t| now.saturating_duration_since(t) > self.timeout)
     }
 
     /// Age of the last good reading (grows while the source is stuck or failing).
@@ -209,29 +217,48 @@ pub enum Reading {
 }
 
 type ReadResult = Result<Option<Reading>, Error>;
+type Reader = Box<dyn FnMut(&Roots) -> ReadResult + Send>;
 
 /// The host sources, in a fixed order: `(label, reader)`.
-fn sources() -> Vec<(&'static str, Box<dyn FnMut(&Roots) -> ReadResult + Send>)> {
+fn sources() -> Vec<(&'static str, Reader)> {
     fn wrap<T>(r: Result<Option<T>, Error>, f: impl FnOnce(T) -> Reading) -> ReadResult {
         r.map(|o| o.map(f))
     }
     let psi = |res: Resource| {
-        Box::new(move |roots: &Roots| wrap(pressure::read(roots, res), |p| Reading::Pressure(res, p)))
-            as Box<dyn FnMut(&Roots) -> ReadResult + Send>
+        Box::new(move |roots: &Roots| {
+            wrap(pressure::read(roots, res), |p| Reading::Pressure(res, p))
+        }) as Reader
     };
     vec![
-        ("stat", Box::new(|r: &Roots| wrap(stat::read(r), Reading::Stat))),
-        ("loadavg", Box::new(|r: &Roots| wrap(loadavg::read(r), Reading::LoadAvg))),
+        (
+            "stat",
+            Box::new(|r: &Roots| wrap(stat::read(r), Reading::Stat)),
+        ),
+        (
+            "loadavg",
+            Box::new(|r: &Roots| wrap(loadavg::read(r), Reading::LoadAvg)),
+        ),
         ("pressure_cpu", psi(Resource::Cpu)),
         ("pressure_io", psi(Resource::Io)),
         ("pressure_memory", psi(Resource::Memory)),
-        ("meminfo", Box::new(|r: &Roots| wrap(meminfo::read(r), Reading::Meminfo))),
-        ("vmstat", Box::new(|r: &Roots| wrap(vmstat::read(r), Reading::Vmstat))),
+        (
+            "meminfo",
+            Box::new(|r: &Roots| wrap(meminfo::read(r), Reading::Meminfo)),
+        ),
+        (
+            "vmstat",
+            Box::new(|r: &Roots| wrap(vmstat::read(r), Reading::Vmstat)),
+        ),
         ("diskstats", {
             let mut cache = PartitionCache::default();
-            Box::new(move |r: &Roots| wrap(diskstats::read(r), |d| Reading::Disks(cache.classify(r, d))))
+            Box::new(move |r: &Roots| {
+                wrap(diskstats::read(r), |d| Reading::Disks(cache.classify(r, d)))
+            })
         }),
-        ("sys_vm", Box::new(|r: &Roots| wrap(sys_vm::read(r), Reading::Tunables))),
+        (
+            "sys_vm",
+            Box::new(|r: &Roots| wrap(sys_vm::read(r), Reading::Tunables)),
+        ),
     ]
 }
 
@@ -243,7 +270,7 @@ pub fn read_all(roots: &Roots) -> Vec<(&'static str, ReadResult)> {
 
 /// The host readers with their caches (partition flags), for repeated sequential passes:
 /// what one sampler tick costs, without the threads (benchmarks).
-pub struct HostReaders(Vec<(&'static str, Box<dyn FnMut(&Roots) -> ReadResult + Send>)>);
+pub struct HostReaders(Vec<(&'static str, Reader)>);
 
 impl HostReaders {
     pub fn new() -> Self {
@@ -251,7 +278,10 @@ impl HostReaders {
     }
 
     pub fn read_all(&mut self, roots: &Roots) -> Vec<(&'static str, ReadResult)> {
-        self.0.iter_mut().map(|(name, f)| (*name, f(roots))).collect()
+        self.0
+            .iter_mut()
+            .map(|(name, f)| (*name, f(roots)))
+            .collect()
     }
 }
 
@@ -325,6 +355,7 @@ impl HostSampler {
             status.push(SourceStatus::new(name));
         }
         drop(res_tx);
+        let n = workers.len();
         let stop = Arc::new(AtomicBool::new(false));
         let (wake, wake_rx) = mpsc::channel::<()>();
         let mut state = State {
@@ -336,26 +367,33 @@ impl HostSampler {
                 ..HostSnapshot::default()
             },
             acc: Accumulators::default(),
-            last_log: vec![None; 9],
+            error_log: vec![None; n],
+            stuck_log: vec![None; n],
         };
         let stop2 = Arc::clone(&stop);
-        let thread = thread::Builder::new().name("sw-sampler".into()).spawn(move || loop {
-            let cfg = config.load_full();
-            let tick = Instant::now();
-            state.tick(&cfg, &res_rx, tick);
-            out.store(Arc::new(state.snap.clone()));
-            let next = tick + cfg.interval;
-            let wait = next.saturating_duration_since(Instant::now());
-            // Wakes early on stop; otherwise sleeps to the next tick.
-            match wake_rx.recv_timeout(wait) {
-                Ok(()) | Err(RecvTimeoutError::Disconnected) => {}
-                Err(RecvTimeoutError::Timeout) => {}
-            }
-            if stop2.load(Ordering::Relaxed) {
-                break;
-            }
-        })?;
-        Ok(HostSampler { stop, wake, thread: Some(thread) })
+        let thread = thread::Builder::new()
+            .name("sw-sampler".into())
+            .spawn(move || loop {
+                let cfg = config.load_full();
+                let tick = Instant::now();
+                state.tick(&cfg, &res_rx, tick);
+                out.store(Arc::new(state.snap.clone()));
+                let next = tick + cfg.interval;
+                let wait = next.saturating_duration_since(Instant::now());
+                // Wakes early on stop; otherwise sleeps to the next tick.
+                match wake_rx.recv_timeout(wait) {
+                    Ok(()) | Err(RecvTimeoutError::Disconnected) => {}
+                    Err(RecvTimeoutError::Timeout) => {}
+                }
+                if stop2.load(Ordering::Relaxed) {
+                    break;
+                }
+            })?;
+        Ok(HostSampler {
+            stop,
+            wake,
+            thread: Some(thread),
+        })
     }
 
     /// Stops the sampler thread and waits for it. Worker threads end when their current read
@@ -384,11 +422,18 @@ struct State {
     workers: Vec<Worker>,
     snap: HostSnapshot,
     acc: Accumulators,
-    last_log: Vec<Option<Instant>>,
+    /// When each source last logged an error / a stuck read (rate limit: once a minute).
+    error_log: Vec<Option<Instant>>,
+    stuck_log: Vec<Option<Instant>>,
 }
 
 impl State {
-    fn tick(&mut self, cfg: &HostConfig, res_rx: &mpsc::Receiver<Outcome<ReadResult>>, tick: Instant) {
+    fn tick(
+        &mut self,
+        cfg: &HostConfig,
+        res_rx: &mpsc::Receiver<Outcome<ReadResult>>,
+        tick: Instant,
+    ) {
         // Late answers from workers that were slow last time.
         while let Ok(o) = res_rx.try_recv() {
             self.apply(cfg, o);
@@ -412,12 +457,15 @@ impl State {
             }
         }
         let now = Instant::now();
-        for (w, s) in self.workers.iter().zip(&mut self.snap.sources) {
+        for (i, (w, s)) in self.workers.iter().zip(&mut self.snap.sources).enumerate() {
             s.in_flight_since = w.busy_since;
             s.timeout = cfg.source_timeout;
-            if s.stuck(now) && self.last_log[0].is_none_or(|t| now.duration_since(t) > Duration::from_secs(60)) {
+            let logged = &mut self.stuck_log[i];
+            if s.stuck(now)
+                && logged.is_none_or(|t| now.duration_since(t) > Duration::from_secs(60))
+            {
                 warn!(source = s.name, timeout = ?cfg.source_timeout, "Source read is stuck; keeping its last value.");
-                self.last_log[0] = Some(now);
+                *logged = Some(now);
             }
         }
         self.snap.taken = Some(SystemTime::now());
@@ -442,7 +490,10 @@ impl State {
             Ok(None) => {
                 s.last_success = Some(o.finished);
                 if !s.missing {
-                    info!(source = name, "Source file does not exist on this host; its metrics are absent.");
+                    info!(
+                        source = name,
+                        "Source file does not exist on this host; its metrics are absent."
+                    );
                 }
                 s.missing = true;
                 self.clear(idx);
@@ -455,7 +506,7 @@ impl State {
                     }
                 }
                 // Rate-limited: a broken file must not flood the log at 1 Hz.
-                let last = &mut self.last_log[idx.min(8)];
+                let last = &mut self.error_log[idx];
                 if last.is_none_or(|t| o.finished.duration_since(t) > Duration::from_secs(60)) {
                     warn!(source = name, error = %e, "Cannot read source; keeping its last value.");
                     *last = Some(o.finished);
@@ -507,9 +558,16 @@ impl State {
             Reading::Meminfo(m) => {
                 if let Some(d) = m.dirty {
                     acc.dirty.push(at, d as f64, win);
-                    let bg = self.snap.vmstat.and_then(|v| v.nr_dirty_background_threshold);
+                    let bg = self
+                        .snap
+                        .vmstat
+                        .and_then(|v| v.nr_dirty_background_threshold);
                     if let Some(bg) = bg {
-                        acc.dirty_over_bg.observe(at, d > bg.saturating_mul(self.snap.page_size), gap);
+                        acc.dirty_over_bg.observe(
+                            at,
+                            d > bg.saturating_mul(self.snap.page_size),
+                            gap,
+                        );
                     }
                 }
                 if let Some(w) = m.writeback {
@@ -522,7 +580,11 @@ impl State {
             }
             Reading::Vmstat(v) => self.snap.vmstat = Some(v),
             Reading::Disks(d) => {
-                self.snap.disks = d.into_iter().filter(|d| cfg.disks.keep(d)).map(|d| d.stat).collect();
+                self.snap.disks = d
+                    .into_iter()
+                    .filter(|d| cfg.disks.keep(d))
+                    .map(|d| d.stat)
+                    .collect();
             }
             Reading::Tunables(t) => self.snap.tunables = Some(t),
         }
@@ -547,15 +609,33 @@ impl State {
         }
         let peaks = Peaks {
             dirty_bytes: self.snap.meminfo.and_then(|m| m.dirty).and(acc.dirty.max()),
-            writeback_bytes: self.snap.meminfo.and_then(|m| m.writeback).and(acc.writeback.max()),
-            procs_blocked: self.snap.stat.as_ref().and_then(|s| s.procs_blocked).and(acc.blocked.max()),
+            writeback_bytes: self
+                .snap
+                .meminfo
+                .and_then(|m| m.writeback)
+                .and(acc.writeback.max()),
+            procs_blocked: self
+                .snap
+                .stat
+                .as_ref()
+                .and_then(|s| s.procs_blocked)
+                .and(acc.blocked.max()),
             psi_avg10: std::array::from_fn(|i| {
                 std::array::from_fn(|k| {
                     let w = &mut acc.psi[i][k];
                     w.expire(now, win);
-                    let present = self.snap.pressure[i]
-                        .is_some_and(|p| if k == 0 { p.some.is_some() } else { p.full.is_some() });
-                    if present { w.max() } else { None }
+                    let present = self.snap.pressure[i].is_some_and(|p| {
+                        if k == 0 {
+                            p.some.is_some()
+                        } else {
+                            p.full.is_some()
+                        }
+                    });
+                    if present {
+                        w.max()
+                    } else {
+                        None
+                    }
                 })
             }),
         };
@@ -575,7 +655,13 @@ mod tests {
     use super::*;
 
     fn disk(name: &str, partition: bool) -> Disk {
-        Disk { stat: DiskStat { name: name.into(), ..DiskStat::default() }, partition }
+        Disk {
+            stat: DiskStat {
+                name: name.into(),
+                ..DiskStat::default()
+            },
+            partition,
+        }
     }
 
     #[test]

@@ -7,19 +7,27 @@ pub mod host;
 pub mod window;
 pub mod worker;
 
-pub use host::{HostConfig, HostSnapshot, HostSampler};
+pub use host::{HostConfig, HostSampler, HostSnapshot};
 
 /// Clock ticks per second for `/proc/stat` and `/proc/<pid>/stat` times (`USER_HZ`). Read
 /// once at start; falls back to 100, the value on every mainstream Linux architecture.
 pub fn clock_ticks() -> u64 {
     // SAFETY: sysconf has no preconditions and only reads process-wide constants.
     let v = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
-    if v > 0 { v as u64 } else { 100 }
+    if v > 0 {
+        v as u64
+    } else {
+        100
+    }
 }
 
 /// The page size in bytes, read once at start; falls back to 4096.
 pub fn page_size() -> u64 {
     // SAFETY: as above.
     let v = unsafe { libc::sysconf(libc::_SC_PAGESIZE) };
-    if v > 0 { v as u64 } else { 4096 }
+    if v > 0 {
+        v as u64
+    } else {
+        4096
+    }
 }

@@ -22,7 +22,11 @@ impl WindowMax {
 
     /// Drops samples older than `window`.
     pub fn expire(&mut self, now: Instant, window: Duration) {
-        while self.q.front().is_some_and(|&(t, _)| now.saturating_duration_since(t) > window) {
+        while self
+            .q
+            .front()
+            .is_some_and(|&(t, _)| now.saturating_duration_since(t) > window)
+        {
             self.q.pop_front();
         }
     }
@@ -107,7 +111,15 @@ mod tests {
         let t0 = Instant::now();
         let gap = Duration::from_secs(3);
         let mut a = AboveThreshold::default();
-        for (s, above) in [(0, false), (1, true), (2, true), (3, false), (4, false), (5, true), (6, false)] {
+        for (s, above) in [
+            (0, false),
+            (1, true),
+            (2, true),
+            (3, false),
+            (4, false),
+            (5, true),
+            (6, false),
+        ] {
             a.observe(t0 + Duration::from_secs(s), above, gap);
         }
         assert_eq!(a.episodes, 2);

@@ -45,12 +45,24 @@ impl Worker {
                     let started = Instant::now();
                     let result = read();
                     let finished = Instant::now();
-                    if results.send(Outcome { idx, started, finished, result }).is_err() {
+                    if results
+                        .send(Outcome {
+                            idx,
+                            started,
+                            finished,
+                            result,
+                        })
+                        .is_err()
+                    {
                         break;
                     }
                 }
             })?;
-        Ok(Worker { name, req, busy_since: None })
+        Ok(Worker {
+            name,
+            req,
+            busy_since: None,
+        })
     }
 
     /// Asks for a reading unless one is outstanding. Returns whether a request was sent.
