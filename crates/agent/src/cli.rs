@@ -29,6 +29,33 @@ pub enum Command {
     Run,
     /// Parse and validate the config file (and web config file), print the result, exit 0 or 2.
     CheckConfig,
+    /// Who is stuck in D state right now: the `ps | grep " D "` loop done right.
+    Dstate(DstateArgs),
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct DstateArgs {
+    /// Print one table (after observing for --observe) and exit.
+    #[arg(long)]
+    pub once: bool,
+    /// Machine-readable output (one JSON document per refresh).
+    #[arg(long)]
+    pub json: bool,
+    /// Also print the kernel stack of the longest-stuck threads (/proc/<pid>/task/<tid>/stack).
+    #[arg(long)]
+    pub stack: bool,
+    /// How many stacks --stack prints.
+    #[arg(long, default_value_t = 5)]
+    pub stacks: usize,
+    /// Refresh interval of the live view.
+    #[arg(long, default_value = "1s", value_parser = humantime::parse_duration)]
+    pub interval: std::time::Duration,
+    /// With --once: how long to watch before printing, so ages mean something.
+    #[arg(long, default_value = "1s", value_parser = humantime::parse_duration)]
+    pub observe: std::time::Duration,
+    /// At most this many threads are listed (longest first).
+    #[arg(long, default_value_t = 50)]
+    pub limit: usize,
 }
 
 #[derive(Debug, Clone, Args)]

@@ -12,6 +12,7 @@ use regex::Regex;
 use serde::de::{self, Deserializer};
 use serde::Deserialize;
 use stallwatch_collector::sample::host::{DiskFilter, HostConfig, Threshold};
+use stallwatch_collector::sample::threads::{GroupRule, ThreadsConfig};
 
 /// What the file says, as written.
 #[derive(Debug, Clone, Default, Deserialize)]
@@ -20,6 +21,75 @@ pub struct FileConfig {
     pub sampler: SamplerSection,
     pub disks: DisksSection,
     pub writeback: WritebackSection,
+    pub threads: ThreadsSection,
+}
+
+/// `[threads]`: the D-state thread walk.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ThreadsSection {
+    pub enabled: bool,
+    /// Walk cadence when nothing is suspicious.
+    #[serde(deserialize_with = "positive_duration")]
+    pub interval: Duration,
+    /// Walk cadence while a stall is suspected.
+    #[serde(deserialize_with = "positive_duration")]
+    pub fast_interval: Duration,
+    /// io PSI `some` avg10 above which a stall is suspected, e.g. "5%".
+    pub stall_psi_threshold: PercentSpec,
+    pub top_groups: usize,
+    pub top_wchans: usize,
+    /// A walk outstanding for longer marks the `threads` source stuck.
+    #[serde(deserialize_with = "positive_duration")]
+    pub timeout: Duration,
+    /// `[[threads.group_rules]]`: `regex` over the comm → `group`; first match wins.
+    pub group_rules: Vec<GroupRuleSpec>,
+}
+
+impl Default for ThreadsSection {
+    fn default() -> Self {
+        let d = ThreadsConfig::default();
+        ThreadsSection {
+            enabled: d.enabled,
+            interval: d.interval,
+            fast_interval: d.fast_interval,
+            stall_psi_threshold: PercentSpec(d.stall_psi_threshold),
+            top_groups: d.top_groups,
+            top_wchans: d.top_wchans,
+            timeout: d.source_timeout,
+            group_rules: Vec::new(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct GroupRuleSpec {
+    pub regex: RegexSpec,
+    pub group: String,
+}
+
+/// `"5%"` → 0.05.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct PercentSpec(pub f64);
+
+impl<'de> Deserialize<'de> for PercentSpec {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        let v: f64 = s
+            .trim()
+            .strip_suffix('%')
+            .and_then(|p| p.trim().parse().ok())
+            .ok_or_else(|| {
+                de::Error::custom(format!("expected a percentage like \"5%\", got {s:?}"))
+            })?;
+        if !(0.0..=100.0).contains(&v) {
+            return Err(de::Error::custom(format!(
+                "percentage {s:?} out of range [0, 100]"
+            )));
+        }
+        Ok(PercentSpec(v / 100.0))
+    }
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -165,6 +235,7 @@ fn positive_duration<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Err
 #[derive(Debug, Clone)]
 pub struct Config {
     pub host: HostConfig,
+    pub threads: ThreadsConfig,
     /// The file it came from, if any.
     pub source: Option<PathBuf>,
 }
@@ -175,6 +246,7 @@ impl Default for Config {
             .validate("<defaults>", "")
             .unwrap_or_else(|_| Config {
                 host: HostConfig::default(),
+                threads: ThreadsConfig::default(),
                 source: None,
             })
     }
@@ -232,8 +304,58 @@ impl FileConfig {
                 format!("{:?} is longer than an hour", s.interval),
             ));
         }
+        let t = &self.threads;
+        if t.fast_interval > t.interval {
+            return Err(err(
+                "threads.fast_interval",
+                format!(
+                    "must not exceed threads.interval ({:?}), is {:?}",
+                    t.interval, t.fast_interval
+                ),
+            ));
+        }
+        if t.top_groups == 0 || t.top_groups > 1000 {
+            return Err(err(
+                "threads.top_groups",
+                format!("must be 1..=1000, is {}", t.top_groups),
+            ));
+        }
+        if t.top_wchans == 0 || t.top_wchans > 1000 {
+            return Err(err(
+                "threads.top_wchans",
+                format!("must be 1..=1000, is {}", t.top_wchans),
+            ));
+        }
+        if let Some(r) = t
+            .group_rules
+            .iter()
+            .find(|r| r.group.trim().is_empty() || r.group.chars().any(char::is_control))
+        {
+            return Err(err(
+                "threads.group",
+                format!("group name {:?} must be non-empty printable text", r.group),
+            ));
+        }
+        let threads = ThreadsConfig {
+            enabled: t.enabled,
+            interval: t.interval,
+            fast_interval: t.fast_interval,
+            stall_psi_threshold: t.stall_psi_threshold.0,
+            top_groups: t.top_groups,
+            top_wchans: t.top_wchans,
+            rules: t
+                .group_rules
+                .iter()
+                .map(|r| GroupRule {
+                    regex: r.regex.0.clone(),
+                    name: r.group.clone(),
+                })
+                .collect(),
+            source_timeout: t.timeout,
+        };
         let d = self.disks;
         Ok(Config {
+            threads,
             host: HostConfig {
                 interval: s.interval,
                 peak_window: s.peak_window,
@@ -383,6 +505,40 @@ mod tests {
             (Some(3), Some("sampler.peak_window"))
         );
         assert!(parse("f", "[sampler\n").is_err());
+    }
+
+    #[test]
+    fn threads_section_and_group_rules() {
+        let c = parse(
+            "f",
+            "[threads]\ninterval = \"5s\"\nstall_psi_threshold = \"2.5%\"\n\n[[threads.group_rules]]\nregex = \"^(dockerd|containerd)\"\ngroup = \"docker\"\n",
+        )
+        .unwrap();
+        assert_eq!(c.threads.interval, Duration::from_secs(5));
+        assert!((c.threads.stall_psi_threshold - 0.025).abs() < 1e-12);
+        assert_eq!(c.threads.rules.len(), 1);
+        assert_eq!(c.threads.rules[0].name, "docker");
+        let e = parse(
+            "f",
+            "[threads]\ninterval = \"1s\"\nfast_interval = \"2s\"\n",
+        )
+        .unwrap_err();
+        assert_eq!(
+            (e.line, e.key.as_deref()),
+            (Some(3), Some("threads.fast_interval"))
+        );
+        let e = parse(
+            "f",
+            "[[threads.group_rules]]\nregex = \"(\"\ngroup = \"x\"\n",
+        )
+        .unwrap_err();
+        assert_eq!(
+            (e.line, e.key.as_deref()),
+            (Some(2), Some("threads.group_rules.regex"))
+        );
+        assert!(e.msg.contains("invalid regex"), "{e}");
+        let e = parse("f", "[threads]\nstall_psi_threshold = \"120%\"\n").unwrap_err();
+        assert_eq!(e.key.as_deref(), Some("threads.stall_psi_threshold"));
     }
 
     #[test]

@@ -2,6 +2,7 @@
 
 mod cli;
 mod config;
+mod dstate;
 mod metrics;
 mod reload;
 mod server;
@@ -15,13 +16,14 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use arc_swap::ArcSwap;
 use clap::Parser;
 use prometheus_client::registry::Registry;
-use stallwatch_collector::sample::{HostSampler, HostSnapshot};
+use stallwatch_collector::sample::{HostSampler, HostSnapshot, ThreadSampler, ThreadSnapshot};
 use tracing::{error, info};
 
 use crate::cli::{Cli, Command, Common};
 use crate::config::Config;
 use crate::metrics::host::HostCollector;
 use crate::metrics::selfmon::{ReloadStatus, SelfCollector};
+use crate::metrics::threads::ThreadsCollector;
 
 /// Exit code for a bad config or bad flags at start-up.
 const EXIT_BAD_CONFIG: u8 = 2;
@@ -32,6 +34,7 @@ fn main() -> ExitCode {
     match cli.command.unwrap_or(Command::Run) {
         Command::Run => run(cli.common),
         Command::CheckConfig => check_config(&cli.common),
+        Command::Dstate(args) => dstate::main(&cli.common, &args),
     }
 }
 
@@ -104,12 +107,25 @@ fn run(common: Common) -> ExitCode {
     let local = listener.local_addr().unwrap_or(addr);
 
     let roots = Arc::new(common.roots());
-    let host_cfg = Arc::new(ArcSwap::from_pointee(cfg.host.clone()));
+    let live = reload::Live::new(&cfg);
     let host_snap = Arc::new(ArcSwap::from_pointee(HostSnapshot::default()));
-    let sampler = match HostSampler::spawn(roots.clone(), host_cfg.clone(), host_snap.clone()) {
+    let thread_snap = Arc::new(ArcSwap::from_pointee(ThreadSnapshot::default()));
+    let sampler = match HostSampler::spawn(roots.clone(), live.host.clone(), host_snap.clone()) {
         Ok(s) => s,
         Err(e) => {
             eprintln!("stallwatch: cannot start the sampler: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let thread_sampler = match ThreadSampler::spawn(
+        roots.clone(),
+        live.threads.clone(),
+        host_snap.clone(),
+        thread_snap.clone(),
+    ) {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("stallwatch: cannot start the thread sampler: {e}");
             return ExitCode::FAILURE;
         }
     };
@@ -122,8 +138,12 @@ fn run(common: Common) -> ExitCode {
     registry.register_collector(Box::new(HostCollector {
         snap: host_snap.clone(),
     }));
+    registry.register_collector(Box::new(ThreadsCollector {
+        snap: thread_snap.clone(),
+    }));
     registry.register_collector(Box::new(SelfCollector {
         host: host_snap.clone(),
+        threads: thread_snap.clone(),
         reload: reload_status.clone(),
         start_time,
     }));
@@ -131,7 +151,7 @@ fn run(common: Common) -> ExitCode {
         registry,
         telemetry_path: common.telemetry_path.clone(),
         host: host_snap,
-        host_config: host_cfg.clone(),
+        host_config: live.host.clone(),
     });
     let tls = web.as_ref().and_then(|w| w.tls.clone());
     let app = server::app(state, web);
@@ -152,7 +172,7 @@ fn run(common: Common) -> ExitCode {
         let handle = axum_server::Handle::<std::net::SocketAddr>::new();
         if let Some(path) = common.config_file.clone() {
             let initial = std::fs::read(&path).ok();
-            tokio::spawn(reload::run(path, host_cfg, reload_status, initial));
+            tokio::spawn(reload::run(path, live, reload_status, initial));
         }
         tokio::spawn(shutdown_on_signal(handle.clone()));
         info!(
@@ -166,6 +186,7 @@ fn run(common: Common) -> ExitCode {
         server::serve(listener, app, tls, handle).await
     });
     sampler.stop();
+    thread_sampler.stop();
     match result {
         Ok(()) => {
             info!("Shut down.");

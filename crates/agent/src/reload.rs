@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use arc_swap::ArcSwap;
 use notify::{RecursiveMode, Watcher};
-use stallwatch_collector::sample::HostConfig;
+use stallwatch_collector::sample::{HostConfig, ThreadsConfig};
 use tokio::signal::unix::{signal, SignalKind};
 use tokio::sync::mpsc;
 use tracing::{error, info, warn};
@@ -21,13 +21,29 @@ use crate::metrics::selfmon::ReloadStatus;
 
 const DEBOUNCE: Duration = Duration::from_secs(1);
 
+/// The configs the samplers read at every tick; a reload swaps them all.
+#[derive(Clone)]
+pub struct Live {
+    pub host: Arc<ArcSwap<HostConfig>>,
+    pub threads: Arc<ArcSwap<ThreadsConfig>>,
+}
+
+impl Live {
+    pub fn new(c: &config::Config) -> Live {
+        Live {
+            host: Arc::new(ArcSwap::from_pointee(c.host.clone())),
+            threads: Arc::new(ArcSwap::from_pointee(c.threads.clone())),
+        }
+    }
+
+    pub fn apply(&self, c: config::Config) {
+        self.host.store(Arc::new(c.host));
+        self.threads.store(Arc::new(c.threads));
+    }
+}
+
 /// Runs until the process exits. `initial` is the text the running config was loaded from.
-pub async fn run(
-    path: PathBuf,
-    host: Arc<ArcSwap<HostConfig>>,
-    status: Arc<ReloadStatus>,
-    initial: Option<Vec<u8>>,
-) {
+pub async fn run(path: PathBuf, live: Live, status: Arc<ReloadStatus>, initial: Option<Vec<u8>>) {
     let (tx, mut rx) = mpsc::unbounded_channel::<()>();
     let _watcher = match watch_dir(&path, tx) {
         Ok(w) => Some(w),
@@ -58,21 +74,16 @@ pub async fn run(
         if !forced && bytes.is_some() && bytes == last {
             continue; // an event in the directory, but our file did not change
         }
-        reload_now(&path, &host, &status, forced);
+        reload_now(&path, &live, &status, forced);
         last = bytes;
     }
 }
 
 /// Loads the file and swaps it in, or keeps the old config and records the failure.
-pub fn reload_now(
-    path: &Path,
-    host: &ArcSwap<HostConfig>,
-    status: &ReloadStatus,
-    forced: bool,
-) -> bool {
+pub fn reload_now(path: &Path, live: &Live, status: &ReloadStatus, forced: bool) -> bool {
     match config::load(path) {
         Ok(c) => {
-            host.store(Arc::new(c.host));
+            live.apply(c);
             status.mark(true);
             info!(path = %path.display(), trigger = if forced { "SIGHUP" } else { "file change" }, "Configuration reloaded.");
             true

@@ -6,6 +6,7 @@
 pub mod exposition;
 pub mod host;
 pub mod selfmon;
+pub mod threads;
 
 use std::borrow::Cow;
 

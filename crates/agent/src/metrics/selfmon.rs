@@ -11,7 +11,7 @@ use prometheus_client::collector::Collector;
 use prometheus_client::encoding::DescriptorEncoder;
 use prometheus_client::metrics::MetricType::{self, Counter, Gauge};
 use prometheus_client::registry::Unit;
-use stallwatch_collector::sample::HostSnapshot;
+use stallwatch_collector::sample::{HostSnapshot, SourceStatus, ThreadSnapshot};
 
 use super::{family, single, Labels};
 
@@ -54,6 +54,7 @@ impl Default for ReloadStatus {
 #[derive(Debug)]
 pub struct SelfCollector {
     pub host: Arc<ArcSwap<HostSnapshot>>,
+    pub threads: Arc<ArcSwap<ThreadSnapshot>>,
     pub reload: Arc<ReloadStatus>,
     pub start_time: f64,
 }
@@ -101,7 +102,12 @@ impl Collector for SelfCollector {
             f64::from_bits(self.reload.last_success.load(Ordering::Relaxed)),
         )?;
 
-        let snap = self.host.load();
+        let host = self.host.load();
+        let threads = self.threads.load();
+        let mut all: Vec<&SourceStatus> = host.sources.iter().collect();
+        if threads.enabled {
+            all.push(&threads.status);
+        }
         let now = Instant::now();
         let src = |name: &'static str| -> Labels<'static> { vec![("source", Cow::Borrowed(name))] };
         family(
@@ -110,8 +116,7 @@ impl Collector for SelfCollector {
             "Wall time of the source's last completed read.",
             secs,
             Gauge,
-            snap.sources
-                .iter()
+            all.iter()
                 .filter_map(|s| s.last_duration.map(|d| (src(s.name), d.as_secs_f64()))),
         )?;
         family(
@@ -120,7 +125,7 @@ impl Collector for SelfCollector {
             "Failed reads of the source, by kind (parse, permission, io).",
             None,
             Counter,
-            snap.sources.iter().flat_map(|s| {
+            all.iter().flat_map(|s| {
                 s.errors.iter().map(move |(k, n)| {
                     (
                         vec![
@@ -135,10 +140,10 @@ impl Collector for SelfCollector {
         family(
             &mut e,
             "source_stuck",
-            "1 while a read of the source has been outstanding longer than sampler.source_timeout.",
+            "1 while a read of the source has been outstanding longer than its timeout (sampler.source_timeout, threads.timeout).",
             None,
             Gauge,
-            snap.sources
+            all
                 .iter()
                 .map(|s| (src(s.name), if s.stuck(now) { 1.0 } else { 0.0 })),
         )?;
@@ -148,10 +153,25 @@ impl Collector for SelfCollector {
             "0 when the source's file does not exist on this host (its metrics are absent).",
             None,
             Gauge,
-            snap.sources
-                .iter()
+            all.iter()
                 .filter(|s| s.last_success.is_some())
                 .map(|s| (src(s.name), if s.missing { 0.0 } else { 1.0 })),
+        )?;
+        family(
+            &mut e,
+            "source_cpu",
+            "CPU time the source's reader thread spent in completed reads (RUSAGE_THREAD); divide by source_reads_total for CPU per read.",
+            secs,
+            Counter,
+            all.iter().map(|s| (src(s.name), s.cpu.as_secs_f64())),
+        )?;
+        family(
+            &mut e,
+            "source_reads",
+            "Completed reads of the source (successful or not).",
+            None,
+            Counter,
+            all.iter().map(|s| (src(s.name), s.reads as f64)),
         )?;
         family(
             &mut e,
@@ -159,8 +179,7 @@ impl Collector for SelfCollector {
             "Age of the source's last completed read; keeps growing while the source is stuck.",
             secs,
             Gauge,
-            snap.sources
-                .iter()
+            all.iter()
                 .filter_map(|s| s.age(now).map(|a| (src(s.name), a.as_secs_f64()))),
         )?;
         Ok(())

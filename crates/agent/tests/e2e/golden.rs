@@ -13,6 +13,8 @@ const VOLATILE: &[&str] = &[
     "stallwatch_config_last_reload_success_timestamp_seconds",
     "stallwatch_source_duration_seconds",
     "stallwatch_snapshot_age_seconds",
+    "stallwatch_source_cpu_seconds_total",
+    "stallwatch_source_reads_total",
     // integrals over time: they grow with every tick
     "stallwatch_procs_blocked_seconds_total",
     "stallwatch_dirty_over_background_seconds_total",
@@ -50,6 +52,7 @@ fn run_fixture(name: &str) -> String {
             "diskstats",
             "sys_vm",
             "pressure_io",
+            "threads",
         ]
         .iter()
         .all(|s| {

@@ -3,11 +3,13 @@
 pub mod diskstats;
 pub mod loadavg;
 pub mod meminfo;
+pub mod pid_cgroup;
 pub mod pressure;
 #[cfg(test)]
 mod proptests;
 pub mod stat;
 pub mod sys_vm;
+pub mod task_stat;
 pub mod vmstat;
 
 use std::path::Path;

@@ -14,7 +14,7 @@ use arc_swap::ArcSwap;
 use regex::Regex;
 use tracing::{info, warn};
 
-use crate::error::{Error, ErrorKind};
+use crate::error::Error;
 use crate::proc::diskstats::DiskStat;
 use crate::proc::loadavg::LoadAvg;
 use crate::proc::meminfo::Meminfo;
@@ -24,6 +24,7 @@ use crate::proc::sys_vm::VmTunables;
 use crate::proc::vmstat::Vmstat;
 use crate::proc::{diskstats, loadavg, meminfo, pressure, stat, sys_vm, vmstat};
 use crate::roots::Roots;
+use crate::sample::status::SourceStatus;
 use crate::sample::window::{AboveThreshold, Integral, WindowMax};
 use crate::sample::worker::{Outcome, Worker};
 
@@ -108,54 +109,6 @@ pub struct Disk {
     pub stat: DiskStat,
     /// A partition (sysfs `class/block/<dev>/partition` exists, or the name says so).
     pub partition: bool,
-}
-
-/// Health of one source, as of the snapshot.
-#[derive(Debug, Clone)]
-pub struct SourceStatus {
-    /// Label value, e.g. `pressure_io`.
-    pub name: &'static str,
-    /// Completion time of the last read that returned (successfully or not).
-    pub last_success: Option<Instant>,
-    /// When the outstanding read started; `None` when idle.
-    pub in_flight_since: Option<Instant>,
-    /// Wall time of the last completed read.
-    pub last_duration: Option<Duration>,
-    /// Errors since start, by kind.
-    pub errors: [(ErrorKind, u64); 3],
-    /// The file does not exist on this host (feature off): its metrics are absent.
-    pub missing: bool,
-    /// Deadline after which an outstanding read counts as stuck.
-    pub timeout: Duration,
-}
-
-impl SourceStatus {
-    fn new(name: &'static str) -> Self {
-        SourceStatus {
-            name,
-            last_success: None,
-            in_flight_since: None,
-            last_duration: None,
-            errors: [
-                (ErrorKind::Parse, 0),
-                (ErrorKind::Permission, 0),
-                (ErrorKind::Io, 0),
-            ],
-            missing: false,
-            timeout: Duration::from_secs(2),
-        }
-    }
-
-    /// A read has been outstanding for longer than the deadline.
-    pub fn stuck(&self, now: Instant) -> bool {
-        self.in_flight_since
-            .is_some_and(|t| now.saturating_duration_since(t) > self.timeout)
-    }
-
-    /// Age of the last good reading (grows while the source is stuck or failing).
-    pub fn age(&self, now: Instant) -> Option<Duration> {
-        self.last_success.map(|t| now.saturating_duration_since(t))
-    }
 }
 
 /// Window maxima over `peak_window`, in base units.
@@ -476,7 +429,7 @@ impl State {
         let idx = o.idx;
         self.workers[idx].busy_since = None;
         let s = &mut self.snap.sources[idx];
-        s.last_duration = Some(o.finished.saturating_duration_since(o.started));
+        s.record(&o);
         let name = s.name;
         match o.result {
             Ok(Some(r)) => {
@@ -499,12 +452,7 @@ impl State {
                 self.clear(idx);
             }
             Err(e) => {
-                let kind = e.kind();
-                for (k, n) in &mut s.errors {
-                    if *k == kind {
-                        *n += 1;
-                    }
-                }
+                s.count_error(e.kind());
                 // Rate-limited: a broken file must not flood the log at 1 Hz.
                 let last = &mut self.error_log[idx];
                 if last.is_none_or(|t| o.finished.duration_since(t) > Duration::from_secs(60)) {

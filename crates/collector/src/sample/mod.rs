@@ -4,10 +4,14 @@
 //! that only ever grow, so a 60 s scrape and an HA pair scraping twice both see it.
 
 pub mod host;
+pub mod status;
+pub mod threads;
 pub mod window;
 pub mod worker;
 
 pub use host::{HostConfig, HostSampler, HostSnapshot};
+pub use status::SourceStatus;
+pub use threads::{ThreadSampler, ThreadSnapshot, ThreadsConfig};
 
 /// Clock ticks per second for `/proc/stat` and `/proc/<pid>/stat` times (`USER_HZ`). Read
 /// once at start; falls back to 100, the value on every mainstream Linux architecture.

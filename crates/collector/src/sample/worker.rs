@@ -6,7 +6,7 @@
 
 use std::sync::mpsc::{self, Receiver, Sender, SyncSender};
 use std::thread;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 /// What a worker sends back after one read.
 pub struct Outcome<R> {
@@ -14,7 +14,22 @@ pub struct Outcome<R> {
     pub idx: usize,
     pub started: Instant,
     pub finished: Instant,
+    /// CPU time the worker thread spent on this read.
+    pub cpu: Duration,
     pub result: R,
+}
+
+/// CPU time (user + system) of the calling thread so far.
+pub fn thread_cpu() -> Duration {
+    // SAFETY: getrusage writes into the zeroed struct we pass; RUSAGE_THREAD is Linux-only,
+    // which this crate is.
+    let mut ru: libc::rusage = unsafe { std::mem::zeroed() };
+    if unsafe { libc::getrusage(libc::RUSAGE_THREAD, &mut ru) } != 0 {
+        return Duration::ZERO;
+    }
+    let tv =
+        |t: libc::timeval| Duration::new(t.tv_sec.max(0) as u64, (t.tv_usec.max(0) as u32) * 1000);
+    tv(ru.ru_utime) + tv(ru.ru_stime)
 }
 
 /// The sampler's handle on one worker thread.
@@ -43,13 +58,16 @@ impl Worker {
             .spawn(move || {
                 while rx.recv().is_ok() {
                     let started = Instant::now();
+                    let cpu0 = thread_cpu();
                     let result = read();
+                    let cpu = thread_cpu().saturating_sub(cpu0);
                     let finished = Instant::now();
                     if results
                         .send(Outcome {
                             idx,
                             started,
                             finished,
+                            cpu,
                             result,
                         })
                         .is_err()

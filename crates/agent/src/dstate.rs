@@ -1,0 +1,252 @@
+//! `stallwatch dstate`: the `ps -eLo stat,... | grep " D "` loop done right. Lists threads in
+//! uninterruptible sleep now with their process, group, cgroup, kernel wait channel and how
+//! long they have been stuck (tracked across walks by thread id + start time), optionally with
+//! the kernel stacks of the longest-stuck ones. Same walker and grouping as the agent.
+
+use std::collections::HashMap;
+use std::io::Write;
+use std::process::ExitCode;
+use std::time::{Duration, Instant, SystemTime};
+
+use serde::Serialize;
+use stallwatch_collector::proc::{pressure, stat};
+use stallwatch_collector::sample::threads::{DThread, DTracker, ThreadsConfig, Walk, Walker};
+use stallwatch_collector::Roots;
+
+use crate::cli::{Common, DstateArgs};
+
+/// One walk applied to the tracker: the walk, threads in D now, D threads per group.
+type Observed = (Walk, Vec<DThread>, HashMap<std::sync::Arc<str>, u64>);
+
+#[derive(Serialize)]
+struct Report<'a> {
+    time: String,
+    threads_total: u64,
+    threads_in_d: usize,
+    procs_blocked: Option<u64>,
+    io_pressure_some_avg10: Option<f64>,
+    groups: Vec<GroupOut>,
+    dstate: Vec<ThreadOut<'a>>,
+}
+
+#[derive(Serialize)]
+struct GroupOut {
+    group: String,
+    threads: u64,
+}
+
+#[derive(Serialize)]
+struct ThreadOut<'a> {
+    pid: u32,
+    tid: u32,
+    comm: &'a str,
+    group: &'a str,
+    wchan: Option<&'a str>,
+    cgroup: Option<&'a str>,
+    kernel_thread: bool,
+    /// Lower bound: time since the first walk that saw it in D.
+    seconds_in_d: f64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    stack: Option<Vec<String>>,
+}
+
+pub fn main(common: &Common, args: &DstateArgs) -> ExitCode {
+    let cfg = match &common.config_file {
+        Some(p) => match crate::config::load(p) {
+            Ok(c) => c.threads,
+            Err(e) => {
+                eprintln!("stallwatch: bad config: {e}");
+                return ExitCode::from(2);
+            }
+        },
+        None => ThreadsConfig::default(),
+    };
+    let roots = common.roots();
+    let mut walker = Walker::new();
+    let mut tracker = DTracker::default();
+    let mut walk_once = |tracker: &mut DTracker| -> Result<Observed, String> {
+        let walk = walker.walk(&roots).map_err(|e| e.to_string())?;
+        let (stuck, counts) = tracker.apply(&walk, Instant::now(), &cfg, Duration::from_secs(3600));
+        Ok((walk, stuck, counts))
+    };
+    let stdout = std::io::stdout();
+    if args.once {
+        if let Err(e) = walk_once(&mut tracker) {
+            eprintln!("stallwatch: {e}");
+            return ExitCode::FAILURE;
+        }
+        std::thread::sleep(args.observe);
+        return match walk_once(&mut tracker) {
+            Ok((walk, stuck, counts)) => {
+                let mut out = stdout.lock();
+                let _ = print(&mut out, &roots, args, &walk, stuck, &counts, false);
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("stallwatch: {e}");
+                ExitCode::FAILURE
+            }
+        };
+    }
+    loop {
+        match walk_once(&mut tracker) {
+            Ok((walk, stuck, counts)) => {
+                let mut out = stdout.lock();
+                if print(&mut out, &roots, args, &walk, stuck, &counts, !args.json).is_err() {
+                    return ExitCode::SUCCESS; // stdout closed (piped into head)
+                }
+            }
+            Err(e) => eprintln!("stallwatch: {e}"),
+        }
+        std::thread::sleep(args.interval);
+    }
+}
+
+fn stack_of(roots: &Roots, d: &DThread) -> Option<Vec<String>> {
+    let text =
+        std::fs::read_to_string(roots.proc(&format!("{}/task/{}/stack", d.pid, d.tid))).ok()?;
+    // "[<0>] io_schedule+0x46/0x70": the address is hidden (kptr_restrict) and noise.
+    Some(
+        text.lines()
+            .map(|l| l.split_once("] ").map_or(l, |(_, f)| f).to_string())
+            .collect(),
+    )
+}
+
+fn print(
+    out: &mut impl Write,
+    roots: &Roots,
+    args: &DstateArgs,
+    walk: &Walk,
+    mut stuck: Vec<DThread>,
+    counts: &HashMap<std::sync::Arc<str>, u64>,
+    clear: bool,
+) -> std::io::Result<()> {
+    let now = Instant::now();
+    stuck.sort_by_key(|d| d.since);
+    let total_d = stuck.len();
+    stuck.truncate(args.limit);
+    let blocked = stat::read(roots)
+        .ok()
+        .flatten()
+        .and_then(|s| s.procs_blocked);
+    let psi = pressure::read(roots, pressure::Resource::Io)
+        .ok()
+        .flatten()
+        .and_then(|p| p.some)
+        .map(|r| r.avg10);
+    let mut groups: Vec<GroupOut> = counts
+        .iter()
+        .map(|(g, n)| GroupOut {
+            group: g.to_string(),
+            threads: *n,
+        })
+        .collect();
+    groups.sort_by(|a, b| {
+        b.threads
+            .cmp(&a.threads)
+            .then_with(|| a.group.cmp(&b.group))
+    });
+    let stacks: Vec<Option<Vec<String>>> = stuck
+        .iter()
+        .enumerate()
+        .map(|(i, d)| {
+            (args.stack && i < args.stacks)
+                .then(|| stack_of(roots, d))
+                .flatten()
+        })
+        .collect();
+    let time = humantime::format_rfc3339_seconds(SystemTime::now()).to_string();
+    if args.json {
+        let report = Report {
+            time,
+            threads_total: walk.total,
+            threads_in_d: total_d,
+            procs_blocked: blocked,
+            io_pressure_some_avg10: psi,
+            groups,
+            dstate: stuck
+                .iter()
+                .zip(stacks)
+                .map(|(d, stack)| ThreadOut {
+                    pid: d.pid,
+                    tid: d.tid,
+                    comm: &d.comm,
+                    group: &d.group,
+                    wchan: d.wchan.as_deref(),
+                    cgroup: d.cgroup.as_deref(),
+                    kernel_thread: d.kernel_thread,
+                    seconds_in_d: now.saturating_duration_since(d.since).as_secs_f64(),
+                    stack,
+                })
+                .collect(),
+        };
+        serde_json::to_writer(&mut *out, &report).map_err(std::io::Error::other)?;
+        writeln!(out)?;
+        return out.flush();
+    }
+    if clear {
+        write!(out, "\x1b[H\x1b[2J")?;
+    }
+    writeln!(
+        out,
+        "{time}  threads in D: {total_d} of {}  procs_blocked: {}  io PSI some avg10: {}",
+        walk.total,
+        blocked.map_or("-".into(), |b| b.to_string()),
+        psi.map_or("-".into(), |p| format!("{:.1}%", p * 100.0)),
+    )?;
+    if !groups.is_empty() {
+        let g: Vec<String> = groups
+            .iter()
+            .take(8)
+            .map(|g| format!("{}×{}", g.threads, g.group))
+            .collect();
+        writeln!(out, "groups: {}", g.join("  "))?;
+    }
+    writeln!(out)?;
+    writeln!(
+        out,
+        "{:>8} {:>8} {:>8}  {:<16} {:<16} {:<24} CGROUP",
+        "IN D", "PID", "TID", "GROUP", "COMM", "WCHAN"
+    )?;
+    for (d, stack) in stuck.iter().zip(stacks) {
+        let age = now.saturating_duration_since(d.since).as_secs_f64();
+        writeln!(
+            out,
+            "{:>7.1}s {:>8} {:>8}  {:<16} {:<16} {:<24} {}",
+            age,
+            d.pid,
+            d.tid,
+            clip(&d.group, 16),
+            clip(&d.comm, 16),
+            clip(d.wchan.as_deref().unwrap_or("-"), 24),
+            d.cgroup.as_deref().unwrap_or(if d.kernel_thread {
+                "(kernel thread)"
+            } else {
+                "-"
+            }),
+        )?;
+        if let Some(frames) = stack {
+            for f in frames {
+                writeln!(out, "{:>30}{f}", "")?;
+            }
+        }
+    }
+    if total_d > stuck.len() {
+        writeln!(out, "… {} more", total_d - stuck.len())?;
+    }
+    if total_d == 0 {
+        writeln!(out, "(no thread is in D state)")?;
+    }
+    out.flush()
+}
+
+fn clip(s: &str, n: usize) -> String {
+    if s.chars().count() <= n {
+        s.to_string()
+    } else {
+        let mut t: String = s.chars().take(n - 1).collect();
+        t.push('…');
+        t
+    }
+}
