@@ -4,6 +4,7 @@
 //! that only ever grow, so a 60 s scrape and an HA pair scraping twice both see it.
 
 pub mod host;
+pub mod probe;
 pub mod status;
 pub mod threads;
 pub mod window;

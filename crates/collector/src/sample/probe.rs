@@ -1,0 +1,1 @@
+//! The sync-write probe (placeholder until written).
