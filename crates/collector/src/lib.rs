@@ -19,6 +19,7 @@ pub mod error;
 pub mod proc;
 pub mod roots;
 pub mod sample;
+pub mod sys;
 
 pub use error::{Error, ErrorKind, ParseError};
 pub use roots::Roots;

@@ -414,6 +414,17 @@ impl Collector for HostCollector {
         }
 
         encode_disks(&mut e, &s.disks)?;
+        encode_bdi(&mut e, &s)?;
+        if let Some(o) = &s.overlays {
+            family(
+                &mut e,
+                "overlay_mounts",
+                "Overlay mounts now, by the device holding their upper directory (what an unmount's syncfs flushes).",
+                None,
+                Gauge,
+                o.iter().map(|(d, n)| (vec![("upper_device", Cow::Borrowed(d.as_str()))], *n as f64)),
+            )?;
+        }
         Ok(())
     }
 }
@@ -443,6 +454,68 @@ fn meminfo_metric(stem: &str) -> (&'static str, &'static str) {
         "swap_free" => ("memory_swap_free", "SwapFree of /proc/meminfo."),
         _ => ("memory_unknown", "Unknown meminfo field."),
     }
+}
+
+/// Per-device writeback limits (`/sys/class/bdi/<maj:min>`), for the exported disks only.
+fn encode_bdi(e: &mut DescriptorEncoder<'_>, s: &HostSnapshot) -> std::fmt::Result {
+    let rows: Vec<(&DiskStat, &stallwatch_collector::sys::bdi::Bdi)> = s
+        .disks
+        .iter()
+        .filter_map(|d| {
+            s.bdi
+                .iter()
+                .find(|b| b.major == d.major && b.minor == d.minor)
+                .map(|b| (d, b))
+        })
+        .collect();
+    let dev = |d: &DiskStat| -> Labels<'static> { vec![("device", Cow::Owned(d.name.clone()))] };
+    let ratio = ratio();
+    family(
+        e,
+        "bdi_min",
+        "Share of the dirty threshold reserved for the device (bdi min_ratio).",
+        Some(&ratio),
+        Gauge,
+        rows.iter()
+            .filter_map(|(d, b)| b.min_ratio.map(|v| (dev(d), v as f64 / 100.0))),
+    )?;
+    family(
+        e,
+        "bdi_max",
+        "Share of the dirty threshold the device may use at most (bdi max_ratio).",
+        Some(&ratio),
+        Gauge,
+        rows.iter()
+            .filter_map(|(d, b)| b.max_ratio.map(|v| (dev(d), v as f64 / 100.0))),
+    )?;
+    family(
+        e,
+        "bdi_max",
+        "Dirty bytes the device may hold at most (bdi max_bytes, kernel >= 6.2).",
+        Some(&Unit::Bytes),
+        Gauge,
+        rows.iter()
+            .filter_map(|(d, b)| b.max_bytes.map(|v| (dev(d), v as f64))),
+    )?;
+    family(
+        e,
+        "bdi_strict_limit",
+        "1 when the device's limit applies even below the background threshold (bdi strict_limit).",
+        None,
+        Gauge,
+        rows.iter()
+            .filter_map(|(d, b)| b.strict_limit.map(|v| (dev(d), v as f64))),
+    )?;
+    family(
+        e,
+        "bdi_read_ahead",
+        "Read-ahead window of the device (bdi read_ahead_kb).",
+        Some(&Unit::Bytes),
+        Gauge,
+        rows.iter()
+            .filter_map(|(d, b)| b.read_ahead_kb.map(|v| (dev(d), v as f64 * 1024.0))),
+    )?;
+    Ok(())
 }
 
 fn encode_disks(e: &mut DescriptorEncoder<'_>, disks: &[DiskStat]) -> std::fmt::Result {

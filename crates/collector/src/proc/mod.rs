@@ -3,6 +3,7 @@
 pub mod diskstats;
 pub mod loadavg;
 pub mod meminfo;
+pub mod mountinfo;
 pub mod pid_cgroup;
 pub mod pressure;
 #[cfg(test)]

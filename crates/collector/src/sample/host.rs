@@ -22,11 +22,12 @@ use crate::proc::pressure::{Pressure, Resource};
 use crate::proc::stat::Stat;
 use crate::proc::sys_vm::VmTunables;
 use crate::proc::vmstat::Vmstat;
-use crate::proc::{diskstats, loadavg, meminfo, pressure, stat, sys_vm, vmstat};
+use crate::proc::{diskstats, loadavg, meminfo, mountinfo, pressure, stat, sys_vm, vmstat};
 use crate::roots::Roots;
 use crate::sample::status::SourceStatus;
 use crate::sample::window::{AboveThreshold, Integral, WindowMax};
 use crate::sample::worker::{Outcome, Worker};
+use crate::sys::bdi::{self, Bdi};
 
 /// Which block devices to export. Partitions, loop and RAM devices are off by default: they
 /// repeat their parent's I/O or are not storage, and each costs ~20 series.
@@ -148,6 +149,11 @@ pub struct HostSnapshot {
     /// Filtered by the config's [`DiskFilter`].
     pub disks: Vec<DiskStat>,
     pub tunables: Option<VmTunables>,
+    /// Overlay mounts by upper device; `None` when no mount table could be read.
+    pub overlays: Option<Vec<(String, u64)>>,
+    /// Writeback settings of the backing devices (all of them; the encoder joins them with
+    /// the exported disks by major:minor).
+    pub bdi: Vec<Bdi>,
     pub peaks: Peaks,
     pub integrals: Integrals,
     /// The writeback burst threshold in effect, bytes.
@@ -167,6 +173,9 @@ pub enum Reading {
     Vmstat(Vmstat),
     Disks(Vec<Disk>),
     Tunables(VmTunables),
+    /// Overlay mounts per device of their upper directory.
+    Overlays(Vec<(String, u64)>),
+    Bdi(Vec<Bdi>),
 }
 
 type ReadResult = Result<Option<Reading>, Error>;
@@ -212,6 +221,14 @@ fn sources() -> Vec<(&'static str, Reader)> {
             "sys_vm",
             Box::new(|r: &Roots| wrap(sys_vm::read(r), Reading::Tunables)),
         ),
+        (
+            "mountinfo",
+            Box::new(|r: &Roots| wrap(read_overlays(r), Reading::Overlays)),
+        ),
+        (
+            "bdi",
+            Box::new(|r: &Roots| wrap(bdi::read(r), Reading::Bdi)),
+        ),
     ]
 }
 
@@ -242,6 +259,59 @@ impl Default for HostReaders {
     fn default() -> Self {
         Self::new()
     }
+}
+
+/// Counts overlay mounts by the block device of their upper directory: that filesystem is what
+/// `syncfs` flushes when an overlay unmounts (Garden's 10 s unmounts). The mount table is the
+/// host's init's (`<procfs>/1/mountinfo`, which with a host `/proc` is the host's even from a
+/// container), else our own.
+fn read_overlays(roots: &Roots) -> Result<Option<Vec<(String, u64)>>, Error> {
+    let mut text = None;
+    for who in ["1", "self"] {
+        let p = roots.proc(&format!("{who}/mountinfo"));
+        match crate::roots::read_optional(&p) {
+            Ok(Some(t)) => {
+                text = Some((p, t));
+                break;
+            }
+            Ok(None) => {}
+            Err(e) if who == "1" => {
+                tracing::debug!(error = %e, "Cannot read init's mount table; using our own.");
+            }
+            Err(e) => return Err(e),
+        }
+    }
+    let Some((path, text)) = text else {
+        return Ok(None);
+    };
+    let mounts = mountinfo::parse(&text).map_err(|e| Error::Parse { path, source: e })?;
+    let mut by_dev: std::collections::BTreeMap<String, u64> = std::collections::BTreeMap::new();
+    for m in mounts.iter().filter(|m| m.fs_type == "overlay") {
+        let dev = m
+            .upperdir
+            .as_deref()
+            .and_then(|u| mountinfo::mount_of(&mounts, u))
+            .map(|up| device_name(roots, up))
+            .unwrap_or_else(|| "none".to_string());
+        *by_dev.entry(dev).or_insert(0) += 1;
+    }
+    Ok(Some(by_dev.into_iter().collect()))
+}
+
+/// A mount's block device name (`loop0`) from sysfs, or its filesystem type for mounts that
+/// are not on a block device (`tmpfs`).
+fn device_name(roots: &Roots, m: &mountinfo::Mount) -> String {
+    if m.major != 0 {
+        if let Ok(target) =
+            std::fs::read_link(roots.sys(&format!("dev/block/{}:{}", m.major, m.minor)))
+        {
+            if let Some(name) = target.file_name().and_then(|n| n.to_str()) {
+                return name.to_string();
+            }
+        }
+        return format!("{}:{}", m.major, m.minor);
+    }
+    m.fs_type.clone()
 }
 
 /// Remembers which devices are partitions: sysfs is asked once per (name, major, minor).
@@ -474,6 +544,8 @@ impl State {
             "vmstat" => self.snap.vmstat = None,
             "diskstats" => self.snap.disks.clear(),
             "sys_vm" => self.snap.tunables = None,
+            "mountinfo" => self.snap.overlays = None,
+            "bdi" => self.snap.bdi.clear(),
             _ => {}
         }
     }
@@ -535,6 +607,8 @@ impl State {
                     .collect();
             }
             Reading::Tunables(t) => self.snap.tunables = Some(t),
+            Reading::Overlays(o) => self.snap.overlays = Some(o),
+            Reading::Bdi(b) => self.snap.bdi = b,
         }
     }
 

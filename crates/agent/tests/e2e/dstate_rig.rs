@@ -1,0 +1,730 @@
+//! `DStateRig`: REAL threads in uninterruptible sleep ("D state") with a hostile name, for the
+//! end-to-end tests of D-state attribution. Needs root.
+//!
+//! How: a sparse file → loop device → ext4 mounted in a tempdir; a cgroup v1 blkio group with
+//! `blkio.throttle.write_iops_device` limited on that loop device; a python3 writer process moved
+//! into the group whose threads each name themselves `HOSTILE_COMM` (prctl PR_SET_NAME) and loop
+//! on 4 KiB O_DIRECT writes into their own file. Every write waits in `__iomap_dio_rw` for a bio
+//! that blk-throttle holds back, so at a few iops the threads spend nearly all their time in D.
+//!
+//! Why O_DIRECT: cgroup v1 blkio charges only I/O that the task itself submits; buffered writes
+//! are written back later by kworkers in the root group and escape the throttle. Why no fsync: a
+//! task in a throttled fsync ignores even SIGKILL until the fsync ends.
+//!
+//! cgroup version: v1 only. This host has the hybrid layout (v1 controllers under
+//! /sys/fs/cgroup/<controller>, v2 at /sys/fs/cgroup/unified with no `io` controller enabled),
+//! and the v2 equivalent (`io.max` `wiops=`) would need the io controller in the unified
+//! hierarchy, which is not available here. `start` panics with a clear message when there is no
+//! v1 blkio hierarchy.
+//!
+//! cgroups-rs (0.5): we pass its `V1` hierarchy explicitly instead of `hierarchies::auto()`.
+//! `auto()` picks v2 only if /sys/fs/cgroup itself is cgroup2 (here it is a tmpfs, so it would
+//! pick v1 too), but being explicit keeps the rig from silently landing in the unified tree on
+//! a host where that guess differs. `new_with_specified_controllers(["blkio"])` creates the
+//! directory in the blkio hierarchy only (plain `Cgroup::new` would create one in every mounted
+//! v1 hierarchy: memory, pids, cpuset, name=systemd, …).
+//!
+//! Cleanup (`Drop`) runs even when the test panics, and also for a rig that `start` abandoned
+//! half-built. What it cannot cover is a test process killed with SIGKILL: then the writer exits
+//! by itself once its stdin closes (when its current throttled write completes), but the mount,
+//! loop device and cgroup stay behind (`losetup -a`, `grep stallwatch /proc/mounts`,
+//! `ls /sys/fs/cgroup/blkio`).
+
+use std::ffi::CString;
+use std::io::Write;
+use std::os::unix::ffi::OsStrExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, ChildStdin, Command, Stdio};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use cgroups_rs::fs::blkio::BlkIoController;
+use cgroups_rs::fs::hierarchies::V1;
+use cgroups_rs::fs::{Cgroup, Controllers};
+use cgroups_rs::CgroupPid;
+
+/// The writer threads' name: 15 bytes (TASK_COMM_LEN-1), with a ')' followed by a fake state
+/// field (" S 0 ", so a parser that cuts /proc/<pid>/stat at the first ')' reads state S while
+/// the thread is in D), spaces, a newline and an invalid UTF-8 byte.
+pub const HOSTILE_COMM: &[u8] = b"sw) S 0 \n\xffwrite";
+const _: () = assert!(HOSTILE_COMM.len() == 15);
+
+/// How long `start` waits for the threads to be seen in D.
+const START_TIMEOUT: Duration = Duration::from_secs(15);
+/// Size of the sparse backing file.
+const IMAGE_BYTES: u64 = 64 << 20;
+
+/// The writer. argv: mount dir, thread count, thread name in hex. It waits for "go\n" on stdin
+/// (the Rust side moves it into the cgroup first, so every thread starts inside it), starts the
+/// threads, then blocks on stdin and exits when it closes (the test process is gone).
+const WRITER_PY: &str = r#"
+import ctypes, mmap, os, sys, threading
+mnt, n, name = sys.argv[1], int(sys.argv[2]), bytes.fromhex(sys.argv[3])
+libc = ctypes.CDLL(None, use_errno=True)
+libc.prctl.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_ulong, ctypes.c_ulong, ctypes.c_ulong]
+libc.prctl.restype = ctypes.c_int
+if sys.stdin.buffer.readline() != b"go\n":
+    os._exit(3)
+
+def work(i):
+    try:
+        # PR_SET_NAME names the calling thread only.
+        if libc.prctl(15, name, 0, 0, 0) != 0:
+            raise OSError(ctypes.get_errno(), "prctl(PR_SET_NAME)")
+        buf = mmap.mmap(-1, 4096)  # page-aligned, as O_DIRECT needs
+        buf.write(b"x" * 4096)
+        fd = os.open(os.path.join(mnt, "w%d" % i), os.O_WRONLY | os.O_CREAT | os.O_DIRECT, 0o600)
+        k = 0
+        while True:
+            # os.pwrite releases the GIL and passes the mmap's memory as is (no copy).
+            os.pwrite(fd, buf, (k % 16) * 4096)
+            k += 1
+    except BaseException as e:
+        sys.stderr.write("writer thread %d: %r\n" % (i, e))
+        sys.stderr.flush()
+        os._exit(5)
+
+for i in range(n):
+    threading.Thread(target=work, args=(i,), daemon=True).start()
+sys.stdin.buffer.read()
+os._exit(0)
+"#;
+
+static SEQ: AtomicUsize = AtomicUsize::new(0);
+
+/// Real D-state threads; everything is torn down on drop. See the module docs.
+pub struct DStateRig {
+    /// Holds the backing image, the mount point and the writer's stderr; removed last.
+    dir: Option<tempfile::TempDir>,
+    image: PathBuf,
+    mnt: PathBuf,
+    stderr_file: PathBuf,
+    /// "loopN", once attached.
+    loop_dev: Option<String>,
+    /// The loop device's major:minor.
+    devnum: Option<(u64, u64)>,
+    mounted: bool,
+    cgroup: Option<Cgroup>,
+    /// /sys/fs/cgroup/blkio/<name>
+    cgroup_dir: PathBuf,
+    /// As /proc/<pid>/cgroup shows it for blkio.
+    cgroup_path: String,
+    child: Option<Child>,
+    stdin: Option<ChildStdin>,
+}
+
+impl DStateRig {
+    /// Builds the loop device, the throttled blkio cgroup and the writer with `threads` threads,
+    /// and returns once at least `threads` of them are in D at the same time (else panics after
+    /// 15 s with diagnostics). `iops` is the write iops limit on the loop device; keep it small
+    /// (2–5) so each thread waits about `threads / iops` seconds per write.
+    pub fn start(threads: usize, iops: u32) -> DStateRig {
+        assert!(threads > 0 && iops > 0, "threads and iops must be > 0");
+        let t0 = Instant::now();
+        let dir = tempfile::Builder::new()
+            .prefix("stallwatch-dstate-")
+            .tempdir()
+            .expect("create tempdir");
+        // From here on a panic drops `rig`, which undoes whatever was already set up.
+        let mut rig = DStateRig {
+            image: dir.path().join("disk.img"),
+            mnt: dir.path().join("mnt"),
+            stderr_file: dir.path().join("writer.stderr"),
+            dir: Some(dir),
+            loop_dev: None,
+            devnum: None,
+            mounted: false,
+            cgroup: None,
+            cgroup_dir: PathBuf::new(),
+            cgroup_path: String::new(),
+            child: None,
+            stdin: None,
+        };
+
+        // Sparse image with ext4 (inode tables and journal initialised now, so no ext4lazyinit
+        // writes happen later).
+        std::fs::File::create(&rig.image)
+            .and_then(|f| f.set_len(IMAGE_BYTES))
+            .expect("create sparse image");
+        run(Command::new("mkfs.ext4")
+            .args(["-q", "-F", "-E", "lazy_itable_init=0,lazy_journal_init=0"])
+            .arg(&rig.image));
+
+        // Loop device.
+        let dev = run(Command::new("losetup")
+            .args(["--find", "--show"])
+            .arg(&rig.image));
+        let name = dev
+            .trim()
+            .strip_prefix("/dev/")
+            .unwrap_or_else(|| panic!("losetup printed {dev:?}"))
+            .to_string();
+        rig.loop_dev = Some(name.clone());
+        let mm = std::fs::read_to_string(format!("/sys/block/{name}/dev"))
+            .unwrap_or_else(|e| panic!("read /sys/block/{name}/dev: {e}"));
+        let (maj, min) = mm
+            .trim()
+            .split_once(':')
+            .and_then(|(a, b)| Some((a.parse::<u64>().ok()?, b.parse::<u64>().ok()?)))
+            .unwrap_or_else(|| panic!("bad /sys/block/{name}/dev: {mm:?}"));
+        rig.devnum = Some((maj, min));
+
+        // Mount.
+        std::fs::create_dir(&rig.mnt).expect("mkdir mount point");
+        let src = cstr(Path::new(&format!("/dev/{name}")));
+        let target = cstr(&rig.mnt);
+        let fstype = CString::new("ext4").unwrap();
+        // SAFETY: valid NUL-terminated strings that outlive the call; no mount data.
+        let rc = unsafe {
+            libc::mount(
+                src.as_ptr(),
+                target.as_ptr(),
+                fstype.as_ptr(),
+                0,
+                std::ptr::null(),
+            )
+        };
+        if rc != 0 {
+            panic!(
+                "mount /dev/{name} on {}: {}",
+                rig.mnt.display(),
+                std::io::Error::last_os_error()
+            );
+        }
+        rig.mounted = true;
+
+        // The blkio v1 cgroup with the throttle.
+        let hier = V1::new();
+        let (blkio_mount, _) = hier.get_mount_point(Controllers::BlkIo).unwrap_or_else(|| {
+            panic!(
+                "no cgroup v1 blkio hierarchy is mounted (see /proc/self/mountinfo); the rig \
+                 needs blkio.throttle.write_iops_device (cgroup v2 io.max is not supported)"
+            )
+        });
+        let cg_name = format!(
+            "stallwatch-test-{}-{}",
+            std::process::id(),
+            SEQ.fetch_add(1, Ordering::Relaxed)
+        );
+        rig.cgroup_dir = blkio_mount.join(&cg_name);
+        let cg = Cgroup::new_with_specified_controllers(
+            Box::new(hier),
+            &cg_name,
+            Some(vec!["blkio".to_string()]),
+        )
+        .unwrap_or_else(|e| panic!("create blkio cgroup {cg_name}: {e}"));
+        rig.cgroup = Some(cg);
+        assert!(
+            rig.cgroup_dir.is_dir(),
+            "cgroups-rs did not create {}",
+            rig.cgroup_dir.display()
+        );
+        rig.blkio()
+            .throttle_write_iops_for_device(maj, min, u64::from(iops))
+            .unwrap_or_else(|e| panic!("set write_iops {maj}:{min} {iops}: {e}"));
+
+        // The writer, held at "go" until it is in the cgroup.
+        let stderr = std::fs::File::create(&rig.stderr_file).expect("create writer stderr file");
+        let mut child = Command::new("python3")
+            .arg("-c")
+            .arg(WRITER_PY)
+            .arg(&rig.mnt)
+            .arg(threads.to_string())
+            .arg(hex(HOSTILE_COMM))
+            .stdin(Stdio::piped())
+            .stdout(Stdio::null())
+            .stderr(stderr)
+            .spawn()
+            .expect("spawn python3 writer");
+        rig.stdin = child.stdin.take();
+        let pid = child.id();
+        rig.child = Some(child);
+        rig.cgroup
+            .as_ref()
+            .expect("cgroup")
+            .add_task_by_tgid(CgroupPid::from(u64::from(pid)))
+            .unwrap_or_else(|e| panic!("move writer {pid} into {cg_name}: {e}"));
+        let cgroups = std::fs::read_to_string(format!("/proc/{pid}/cgroup")).unwrap_or_default();
+        rig.cgroup_path = cgroups
+            .lines()
+            .find_map(|l| {
+                let mut f = l.splitn(3, ':');
+                let (_, ctrl, path) = (f.next()?, f.next()?, f.next()?);
+                ctrl.split(',')
+                    .any(|c| c == "blkio")
+                    .then(|| path.to_string())
+            })
+            .unwrap_or_default();
+        assert!(
+            rig.cgroup_path.ends_with(&format!("/{cg_name}")),
+            "writer {pid} is not in the blkio cgroup {cg_name}; /proc/{pid}/cgroup:\n{cgroups}"
+        );
+        {
+            let stdin = rig.stdin.as_mut().expect("writer stdin");
+            stdin
+                .write_all(b"go\n")
+                .and_then(|()| stdin.flush())
+                .expect("release the writer");
+        }
+
+        // Wait for the threads to be in D.
+        let released = Instant::now();
+        let deadline = released + START_TIMEOUT;
+        loop {
+            if rig.d_threads_now() >= threads {
+                eprintln!(
+                    "dstate_rig: {threads} threads of pid {pid} in D {} ms after release ({} ms \
+                     after start; /dev/{name}, {iops} write iops, blkio {})",
+                    released.elapsed().as_millis(),
+                    t0.elapsed().as_millis(),
+                    rig.cgroup_path
+                );
+                return rig;
+            }
+            let exited = rig.child.as_mut().and_then(|c| c.try_wait().ok().flatten());
+            if exited.is_some() || Instant::now() > deadline {
+                panic!(
+                    "dstate_rig: wanted {threads} threads in D within {START_TIMEOUT:?}, writer \
+                     exit status {exited:?}\n{}",
+                    rig.diagnostics()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+
+    /// The writer process's pid.
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().map(Child::id).expect("writer running")
+    }
+
+    /// The writer's thread ids whose comm is `HOSTILE_COMM` (the main thread is not one).
+    pub fn tids(&self) -> Vec<u32> {
+        let mut want = HOSTILE_COMM.to_vec();
+        want.push(b'\n'); // /proc/<pid>/task/<tid>/comm ends with a newline of its own
+        let mut tids: Vec<u32> = self
+            .threads()
+            .into_iter()
+            .filter(|tid| {
+                std::fs::read(format!("/proc/{}/task/{tid}/comm", self.pid()))
+                    .ok()
+                    .as_deref()
+                    == Some(&want[..])
+            })
+            .collect();
+        tids.sort_unstable();
+        tids
+    }
+
+    /// The loop device's name, e.g. "loop3".
+    pub fn loop_device(&self) -> String {
+        self.loop_dev.clone().expect("loop device attached")
+    }
+
+    /// The cgroup path as /proc/<pid>/cgroup shows it for blkio, e.g. "/stallwatch-test-1234-0".
+    pub fn cgroup_path(&self) -> String {
+        self.cgroup_path.clone()
+    }
+
+    /// The cgroup's directory, e.g. "/sys/fs/cgroup/blkio/stallwatch-test-1234-0".
+    pub fn cgroup_dir(&self) -> PathBuf {
+        self.cgroup_dir.clone()
+    }
+
+    /// Where the loop device's ext4 is mounted.
+    pub fn mount_point(&self) -> PathBuf {
+        self.mnt.clone()
+    }
+
+    /// The loop device's backing file (as `losetup -a` lists it).
+    pub fn backing_file(&self) -> PathBuf {
+        self.image.clone()
+    }
+
+    /// How many of the writer's threads are in state D right now, from /proc/<pid>/task/*/stat.
+    pub fn d_threads_now(&self) -> usize {
+        let Some(pid) = self.child.as_ref().map(Child::id) else {
+            return 0;
+        };
+        self.threads()
+            .into_iter()
+            .filter(|tid| task_state(pid, *tid) == Some(b'D'))
+            .count()
+    }
+
+    /// Removes the throttle: the queued writes go through and the threads leave D within
+    /// milliseconds (they stay busy writing, now unthrottled).
+    pub fn lift(&self) {
+        if let Err(e) = self.try_lift() {
+            panic!("dstate_rig: lift: {e}");
+        }
+    }
+
+    fn try_lift(&self) -> Result<(), String> {
+        let (Some(_), Some((maj, min))) = (&self.cgroup, self.devnum) else {
+            return Ok(());
+        };
+        // "MAJ:MIN 0" deletes the rule in v1.
+        self.blkio()
+            .throttle_write_iops_for_device(maj, min, 0)
+            .map_err(|e| {
+                format!(
+                    "write_iops {maj}:{min} 0 in {}: {e}",
+                    self.cgroup_dir.display()
+                )
+            })
+    }
+
+    fn blkio(&self) -> &BlkIoController {
+        self.cgroup
+            .as_ref()
+            .and_then(|c| c.controller_of::<BlkIoController>())
+            .expect("blkio controller in the rig's cgroup")
+    }
+
+    fn threads(&self) -> Vec<u32> {
+        let Some(pid) = self.child.as_ref().map(Child::id) else {
+            return Vec::new();
+        };
+        std::fs::read_dir(format!("/proc/{pid}/task"))
+            .map(|rd| {
+                rd.filter_map(|e| e.ok()?.file_name().to_str()?.parse().ok())
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+
+    /// Per-thread state, wchan and comm, the throttle, its counters and the writer's stderr.
+    fn diagnostics(&self) -> String {
+        let mut s = String::new();
+        if let Some(pid) = self.child.as_ref().map(Child::id) {
+            for tid in self.threads() {
+                let stat =
+                    std::fs::read(format!("/proc/{pid}/task/{tid}/stat")).unwrap_or_default();
+                let wchan = std::fs::read_to_string(format!("/proc/{pid}/task/{tid}/wchan"))
+                    .unwrap_or_default();
+                s += &format!(
+                    "  tid {tid}: state {:?} wchan {wchan:?} stat {:?}\n",
+                    task_state(pid, tid).map(char::from),
+                    String::from_utf8_lossy(&stat)
+                );
+            }
+        }
+        for f in [
+            "blkio.throttle.write_iops_device",
+            "blkio.throttle.io_serviced",
+            "cgroup.procs",
+        ] {
+            let text = std::fs::read_to_string(self.cgroup_dir.join(f)).unwrap_or_default();
+            s += &format!("  {f}: {:?}\n", text.trim());
+        }
+        s += &format!(
+            "  writer stderr: {:?}\n",
+            std::fs::read_to_string(&self.stderr_file).unwrap_or_default()
+        );
+        s
+    }
+}
+
+impl Drop for DStateRig {
+    fn drop(&mut self) {
+        // 1. Lift the throttle first: a thread in a throttled write only dies once its bio is
+        //    through.
+        if let Err(e) = self.try_lift() {
+            eprintln!("dstate_rig cleanup: lift: {e}");
+        }
+        eprintln!("TIMING before Kill {:?}", std::time::SystemTime::now());
+        // 2. Kill the writer and reap it (bounded: it should take milliseconds once lifted).
+        self.stdin = None;
+        if let Some(mut child) = self.child.take() {
+            if let Err(e) = child.kill() {
+                eprintln!("dstate_rig cleanup: kill writer {}: {e}", child.id());
+            }
+            let deadline = Instant::now() + Duration::from_secs(30);
+            loop {
+                match child.try_wait() {
+                    Ok(Some(_)) => break,
+                    Ok(None) if Instant::now() < deadline => {
+                        std::thread::sleep(Duration::from_millis(10))
+                    }
+                    Ok(None) => {
+                        eprintln!(
+                            "dstate_rig cleanup: writer {} did not exit within 30 s",
+                            child.id()
+                        );
+                        break;
+                    }
+                    Err(e) => {
+                        eprintln!("dstate_rig cleanup: wait writer {}: {e}", child.id());
+                        break;
+                    }
+                }
+            }
+        }
+        eprintln!("TIMING before Unmount {:?}", std::time::SystemTime::now());
+        // 3. Unmount (retry on EBUSY, lazy as the last resort).
+        if self.mounted {
+            let target = cstr(&self.mnt);
+            let mut done = false;
+            for _ in 0..20 {
+                // SAFETY: valid NUL-terminated path.
+                if unsafe { libc::umount2(target.as_ptr(), 0) } == 0 {
+                    done = true;
+                    break;
+                }
+                let e = std::io::Error::last_os_error();
+                if e.raw_os_error() != Some(libc::EBUSY) {
+                    eprintln!("dstate_rig cleanup: umount {}: {e}", self.mnt.display());
+                    break;
+                }
+                std::thread::sleep(Duration::from_millis(100));
+            }
+            if !done {
+                // SAFETY: as above.
+                if unsafe { libc::umount2(target.as_ptr(), libc::MNT_DETACH) } == 0 {
+                    eprintln!(
+                        "dstate_rig cleanup: {} lazily unmounted",
+                        self.mnt.display()
+                    );
+                } else {
+                    eprintln!(
+                        "dstate_rig cleanup: lazy umount {}: {}",
+                        self.mnt.display(),
+                        std::io::Error::last_os_error()
+                    );
+                }
+            }
+            self.mounted = false;
+        }
+        eprintln!("TIMING before Detach {:?}", std::time::SystemTime::now());
+        // 4. Detach the loop device and wait until the kernel has let go of our image.
+        if let Some(name) = self.loop_dev.take() {
+            match Command::new("losetup")
+                .arg("-d")
+                .arg(format!("/dev/{name}"))
+                .output()
+            {
+                Ok(o) if o.status.success() => {}
+                Ok(o) => eprintln!(
+                    "dstate_rig cleanup: losetup -d /dev/{name}: {} {}",
+                    o.status,
+                    String::from_utf8_lossy(&o.stderr).trim()
+                ),
+                Err(e) => eprintln!("dstate_rig cleanup: losetup -d /dev/{name}: {e}"),
+            }
+            let backing = format!("/sys/block/{name}/loop/backing_file");
+            let deadline = Instant::now() + Duration::from_secs(5);
+            while std::fs::read(&backing)
+                .is_ok_and(|b| b.trim_ascii() == self.image.as_os_str().as_bytes())
+            {
+                if Instant::now() > deadline {
+                    eprintln!(
+                        "dstate_rig cleanup: /dev/{name} still attached to {}",
+                        self.image.display()
+                    );
+                    break;
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            }
+        }
+        eprintln!("TIMING before Remove {:?}", std::time::SystemTime::now());
+        // 5. Remove the cgroup (rmdir fails while the dead writer is still being released).
+        if let Some(cg) = self.cgroup.take() {
+            let deadline = Instant::now() + Duration::from_secs(10);
+            loop {
+                let res = cg.delete();
+                if !self.cgroup_dir.exists() {
+                    break;
+                }
+                if Instant::now() > deadline {
+                    eprintln!(
+                        "dstate_rig cleanup: cannot remove {}: {res:?}; cgroup.procs {:?}",
+                        self.cgroup_dir.display(),
+                        std::fs::read_to_string(self.cgroup_dir.join("cgroup.procs"))
+                            .unwrap_or_default()
+                    );
+                    break;
+                }
+                std::thread::sleep(Duration::from_millis(50));
+            }
+        }
+        eprintln!("TIMING before Temp {:?}", std::time::SystemTime::now());
+        // 6. Temp files (image, mount point, stderr).
+        if let Some(dir) = self.dir.take() {
+            let path = dir.path().to_path_buf();
+            if let Err(e) = dir.close() {
+                eprintln!("dstate_rig cleanup: remove {}: {e}", path.display());
+            }
+        }
+    }
+}
+
+/// The state letter of /proc/<pid>/task/<tid>/stat: the field after the LAST ')' (the comm may
+/// contain ')' and spaces).
+fn task_state(pid: u32, tid: u32) -> Option<u8> {
+    let stat = std::fs::read(format!("/proc/{pid}/task/{tid}/stat")).ok()?;
+    let close = stat.iter().rposition(|&b| b == b')')?;
+    stat.get(close + 2).copied()
+}
+
+/// Runs a command to success and returns its stdout, or panics with its stderr.
+fn run(cmd: &mut Command) -> String {
+    let out = cmd.output().unwrap_or_else(|e| panic!("run {cmd:?}: {e}"));
+    if !out.status.success() {
+        panic!(
+            "{cmd:?}: {}\n{}",
+            out.status,
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+fn cstr(p: &Path) -> CString {
+    CString::new(p.as_os_str().as_bytes()).expect("path without NUL")
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// What must be gone once a rig is dropped.
+fn assert_cleaned_up(pid: u32, backing: &Path, mnt: &Path, cgroup_dir: &Path) {
+    assert!(
+        !Path::new(&format!("/proc/{pid}")).exists(),
+        "writer {pid} still exists"
+    );
+    let losetup = run(Command::new("losetup").arg("-a"));
+    let backing_s = backing.to_string_lossy();
+    assert!(
+        !losetup.contains(&*backing_s),
+        "loop device still attached to {backing_s}:\n{losetup}"
+    );
+    let mountinfo = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
+    let mnt_s = mnt.to_string_lossy();
+    assert!(
+        !mountinfo
+            .lines()
+            .any(|l| l.split(' ').nth(4) == Some(&*mnt_s)),
+        "{mnt_s} still mounted:\n{mountinfo}"
+    );
+    assert!(
+        !cgroup_dir.exists(),
+        "{} still exists",
+        cgroup_dir.display()
+    );
+    assert!(!backing.exists(), "{} still exists", backing.display());
+}
+
+#[test]
+fn rig_makes_real_dstate_threads_and_cleans_up() {
+    if !crate::harness::require_root("rig_makes_real_dstate_threads_and_cleans_up") {
+        return;
+    }
+    let rig = DStateRig::start(4, 3);
+    let pid = rig.pid();
+    let (backing, mnt, cgroup_dir) = (rig.backing_file(), rig.mount_point(), rig.cgroup_dir());
+    assert!(
+        rig.loop_device().starts_with("loop"),
+        "{}",
+        rig.loop_device()
+    );
+    assert!(
+        rig.cgroup_path().starts_with('/') && rig.cgroup_path().contains("stallwatch-test-"),
+        "{}",
+        rig.cgroup_path()
+    );
+    let tids = rig.tids();
+    assert_eq!(tids.len(), 4, "hostile-named threads: {tids:?}");
+    assert!(!tids.contains(&pid), "the main thread keeps its name");
+
+    // The threads stay in D, not just for an instant.
+    for i in 0..20 {
+        let d = rig.d_threads_now();
+        assert!(
+            d >= 3,
+            "sample {i}: only {d} threads in D\n{}",
+            rig.diagnostics()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+
+    // The hostile comm survives verbatim in stat, between the first '(' and the LAST ')'.
+    let tid = tids[0];
+    let stat = std::fs::read(format!("/proc/{pid}/task/{tid}/stat")).unwrap();
+    let open = stat.iter().position(|&b| b == b'(').unwrap();
+    let close = stat.iter().rposition(|&b| b == b')').unwrap();
+    assert_eq!(
+        &stat[open + 1..close],
+        HOSTILE_COMM,
+        "stat: {:?}",
+        String::from_utf8_lossy(&stat)
+    );
+    // ...and a parser cutting at the first ')' would be fooled into state S.
+    let first_close = stat.iter().position(|&b| b == b')').unwrap();
+    assert_eq!(stat[first_close + 2], b'S');
+
+    // wchan of a thread in D names the kernel function it sleeps in.
+    let mut wchan = String::new();
+    for _ in 0..100 {
+        if let Some(&t) = tids.iter().find(|&&t| task_state(pid, t) == Some(b'D')) {
+            wchan = std::fs::read_to_string(format!("/proc/{pid}/task/{t}/wchan")).unwrap();
+            if task_state(pid, t) == Some(b'D') && !wchan.is_empty() && wchan != "0" {
+                break;
+            }
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    assert!(!wchan.is_empty() && wchan != "0", "wchan {wchan:?}");
+    eprintln!("dstate_rig: wchan of a D thread: {wchan}");
+
+    // lift() frees them quickly.
+    rig.lift();
+    let lifted = Instant::now();
+    let mut min_d = usize::MAX;
+    while lifted.elapsed() < Duration::from_millis(500) {
+        min_d = min_d.min(rig.d_threads_now());
+        if min_d < 2 {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    assert!(
+        min_d < 2,
+        "threads stayed in D after lift\n{}",
+        rig.diagnostics()
+    );
+
+    let dropped = Instant::now();
+    drop(rig);
+    eprintln!(
+        "dstate_rig: cleanup took {} ms",
+        dropped.elapsed().as_millis()
+    );
+    assert_cleaned_up(pid, &backing, &mnt, &cgroup_dir);
+}
+
+#[test]
+fn rig_cleans_up_after_a_panic() {
+    if !crate::harness::require_root("rig_cleans_up_after_a_panic") {
+        return;
+    }
+    let (tx, rx) = std::sync::mpsc::channel();
+    let joined = std::thread::spawn(move || {
+        let rig = DStateRig::start(2, 2);
+        tx.send((
+            rig.pid(),
+            rig.backing_file(),
+            rig.mount_point(),
+            rig.cgroup_dir(),
+        ))
+        .unwrap();
+        // Still throttled: Drop has to lift before it can kill.
+        assert!(rig.d_threads_now() >= 1);
+        panic!("deliberate panic while the rig's threads are in D");
+    })
+    .join();
+    assert!(joined.is_err(), "the thread was meant to panic");
+    let (pid, backing, mnt, cgroup_dir) = rx.recv().expect("the rig had started");
+    assert_cleaned_up(pid, &backing, &mnt, &cgroup_dir);
+}

@@ -1,0 +1,3 @@
+//! One module per sysfs file family: a pure `parse` and a thin `read(&Roots)`.
+
+pub mod bdi;
