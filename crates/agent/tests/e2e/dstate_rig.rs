@@ -255,10 +255,14 @@ impl DStateRig {
                     .then(|| path.to_string())
             })
             .unwrap_or_default();
-        assert!(
-            rig.cgroup_path.ends_with(&format!("/{cg_name}")),
-            "writer {pid} is not in the blkio cgroup {cg_name}; /proc/{pid}/cgroup:\n{cgroups}"
-        );
+        if !rig.cgroup_path.ends_with(&format!("/{cg_name}")) {
+            let exited = rig.child.as_mut().and_then(|c| c.try_wait().ok().flatten());
+            panic!(
+                "dstate_rig: writer {pid} is not in the blkio cgroup {cg_name} (writer exit \
+                 status {exited:?}); /proc/{pid}/cgroup:\n{cgroups}\n{}",
+                rig.diagnostics()
+            );
+        }
         {
             let stdin = rig.stdin.as_mut().expect("writer stdin");
             stdin
@@ -428,12 +432,15 @@ impl DStateRig {
 
 impl Drop for DStateRig {
     fn drop(&mut self) {
+        let t0 = Instant::now();
+        let mut steps: Vec<(&str, Duration)> = Vec::new();
+        let mut mark = |step: &'static str| steps.push((step, t0.elapsed()));
         // 1. Lift the throttle first: a thread in a throttled write only dies once its bio is
         //    through.
         if let Err(e) = self.try_lift() {
             eprintln!("dstate_rig cleanup: lift: {e}");
         }
-        eprintln!("TIMING before Kill {:?}", std::time::SystemTime::now());
+        mark("lift");
         // 2. Kill the writer and reap it (bounded: it should take milliseconds once lifted).
         self.stdin = None;
         if let Some(mut child) = self.child.take() {
@@ -461,7 +468,7 @@ impl Drop for DStateRig {
                 }
             }
         }
-        eprintln!("TIMING before Unmount {:?}", std::time::SystemTime::now());
+        mark("kill");
         // 3. Unmount (retry on EBUSY, lazy as the last resort).
         if self.mounted {
             let target = cstr(&self.mnt);
@@ -496,7 +503,7 @@ impl Drop for DStateRig {
             }
             self.mounted = false;
         }
-        eprintln!("TIMING before Detach {:?}", std::time::SystemTime::now());
+        mark("umount");
         // 4. Detach the loop device and wait until the kernel has let go of our image.
         if let Some(name) = self.loop_dev.take() {
             match Command::new("losetup")
@@ -527,7 +534,7 @@ impl Drop for DStateRig {
                 std::thread::sleep(Duration::from_millis(20));
             }
         }
-        eprintln!("TIMING before Remove {:?}", std::time::SystemTime::now());
+        mark("losetup -d");
         // 5. Remove the cgroup (rmdir fails while the dead writer is still being released).
         if let Some(cg) = self.cgroup.take() {
             let deadline = Instant::now() + Duration::from_secs(10);
@@ -548,13 +555,17 @@ impl Drop for DStateRig {
                 std::thread::sleep(Duration::from_millis(50));
             }
         }
-        eprintln!("TIMING before Temp {:?}", std::time::SystemTime::now());
+        mark("rmdir cgroup");
         // 6. Temp files (image, mount point, stderr).
         if let Some(dir) = self.dir.take() {
             let path = dir.path().to_path_buf();
             if let Err(e) = dir.close() {
                 eprintln!("dstate_rig cleanup: remove {}: {e}", path.display());
             }
+        }
+        mark("temp files");
+        if t0.elapsed() > Duration::from_secs(1) {
+            eprintln!("dstate_rig cleanup was slow; elapsed at the end of each step: {steps:?}");
         }
     }
 }

@@ -139,7 +139,9 @@ pub fn validate(path: &Path) -> Result<(), String> {
         let e = io::Error::last_os_error();
         // SAFETY: geteuid has no preconditions.
         let uid = unsafe { libc::geteuid() };
-        return Err(format!("probe path {shown} is not writable by uid {uid}: {e}"));
+        return Err(format!(
+            "probe path {shown} is not writable by uid {uid}: {e}"
+        ));
     }
     Ok(())
 }
@@ -557,7 +559,7 @@ fn run(shared: &Shared, mut write: WriteFn) {
                 }
                 // Recomputed on every wake: a reload may have changed the interval.
                 let now = Instant::now();
-                let due = next_due(last, st.config.interval);
+                let due = next_due(last, st.config.interval, now);
                 if now >= due {
                     break;
                 }
@@ -579,7 +581,14 @@ fn run(shared: &Shared, mut write: WriteFn) {
             started,
             timed_out: false,
         });
-        let result = attempt(&shared.file, &mut file, &mut ours, size as u64, &buf, &mut write);
+        let result = attempt(
+            &shared.file,
+            &mut file,
+            &mut ours,
+            size as u64,
+            &buf,
+            &mut write,
+        );
         let finished = Instant::now();
         let took = finished.saturating_duration_since(started);
         last = Some((started, finished));
@@ -634,9 +643,10 @@ fn run(shared: &Shared, mut write: WriteFn) {
 /// When the next write is due. Fixed rate from the last start; a write that overran its slot
 /// is followed by a full interval of rest rather than an immediate retry, so the probe does not
 /// add a back-to-back stream of sync writes to a disk that is already struggling.
-fn next_due(last: Option<(Instant, Instant)>, interval: Duration) -> Instant {
+/// The first write is due at once (`now`).
+fn next_due(last: Option<(Instant, Instant)>, interval: Duration, now: Instant) -> Instant {
     match last {
-        None => Instant::now(),
+        None => now,
         Some((started, finished)) => {
             let slot = started + interval;
             if slot >= finished {
@@ -745,6 +755,14 @@ fn open(path: &Path, size: u64) -> Result<File, ProbeError> {
     if m.len() > size {
         f.set_len(size).map_err(err)?;
     }
+    if m.mode() & 0o7777 != 0o600 {
+        // An adopted leftover (or a file someone else made): our mode, best effort; the
+        // content is random bytes, so a failure here is not worth failing the probe for.
+        use std::os::unix::fs::PermissionsExt;
+        if let Err(e) = f.set_permissions(std::fs::Permissions::from_mode(0o600)) {
+            debug!(file = %path.display(), error = %e, "Cannot chmod the probe file to 0600.");
+        }
+    }
     Ok(f)
 }
 
@@ -798,6 +816,12 @@ mod tests {
     }
 
     #[test]
+    fn probes_can_be_shared_with_scrape_handlers() {
+        fn send_sync<T: Send + Sync>() {}
+        send_sync::<Probes>();
+    }
+
+    #[test]
     fn defaults() {
         let c = ProbeConfig::default();
         assert_eq!(c.size, 1 << 20);
@@ -838,7 +862,10 @@ mod tests {
         let file = dir.path().join("f");
         std::fs::write(&file, b"x").unwrap();
         let e = validate(&file).unwrap_err();
-        assert!(e.contains("not a directory") && e.contains(&*file.to_string_lossy()), "{e}");
+        assert!(
+            e.contains("not a directory") && e.contains(&*file.to_string_lossy()),
+            "{e}"
+        );
 
         let e = validate(Path::new("relative/dir")).unwrap_err();
         assert!(e.contains("absolute"), "{e}");
@@ -905,7 +932,9 @@ mod tests {
     fn validate_read_only_filesystem() {
         // SAFETY: geteuid has no preconditions.
         if unsafe { libc::geteuid() } != 0 {
-            eprintln!("SKIPPED validate_read_only_filesystem: needs root to mount a read-only tmpfs");
+            eprintln!(
+                "SKIPPED validate_read_only_filesystem: needs root to mount a read-only tmpfs"
+            );
             return;
         }
         let dir = tempfile::tempdir().unwrap();
@@ -945,7 +974,10 @@ mod tests {
         assert!(s.sum > 0.0);
         assert!(s.last_duration.is_some() && s.last_success.is_some());
         assert_eq!(s.bucket_counts.len(), BUCKETS.len());
-        assert!(s.bucket_counts.windows(2).all(|w| w[0] <= w[1]), "cumulative");
+        assert!(
+            s.bucket_counts.windows(2).all(|w| w[0] <= w[1]),
+            "cumulative"
+        );
         assert!(*s.bucket_counts.last().unwrap() <= s.count);
         assert!(s.failures.iter().all(|&(_, n)| n == 0), "{:?}", s.failures);
         assert_eq!(
@@ -970,8 +1002,7 @@ mod tests {
             tempfile::tempdir().unwrap(),
             tempfile::tempdir().unwrap(),
         );
-        let mut p =
-            Probes::spawn(vec![cfg(a.path(), 30), cfg(b.path(), 30)]).unwrap();
+        let mut p = Probes::spawn(vec![cfg(a.path(), 30), cfg(b.path(), 30)]).unwrap();
         wait_until(10, "2 writes each", || {
             p.snapshot().iter().all(|s| s.count >= 2)
         });
@@ -984,7 +1015,8 @@ mod tests {
 
         let mut c_changed = cfg(c.path(), 30);
         c_changed.timeout = Duration::from_secs(9);
-        p.reconcile(vec![cfg(c.path(), 30), cfg(a.path(), 30)]).unwrap();
+        p.reconcile(vec![cfg(c.path(), 30), cfg(a.path(), 30)])
+            .unwrap();
         let s = p.snapshot();
         assert_eq!(s.len(), 2);
         assert_eq!(s[0].path, c.path().to_string_lossy(), "config order");
@@ -1032,10 +1064,8 @@ mod tests {
         std::fs::write(&victim, b"precious").unwrap();
         std::os::unix::fs::symlink(&victim, dir.path().join(FILE_NAME)).unwrap();
         let fifo_dir = tempfile::tempdir().unwrap();
-        let fifo = std::ffi::CString::new(
-            fifo_dir.path().join(FILE_NAME).as_os_str().as_bytes(),
-        )
-        .unwrap();
+        let fifo =
+            std::ffi::CString::new(fifo_dir.path().join(FILE_NAME).as_os_str().as_bytes()).unwrap();
         // SAFETY: a valid NUL-terminated path.
         assert_eq!(unsafe { libc::mkfifo(fifo.as_ptr(), 0o600) }, 0);
 
@@ -1045,8 +1075,14 @@ mod tests {
         });
         p.stop();
         assert_eq!(std::fs::read(&victim).unwrap(), b"precious");
-        assert!(dir.path().join(FILE_NAME).symlink_metadata().is_ok(), "not ours: left alone");
-        assert!(fifo_dir.path().join(FILE_NAME).exists(), "not ours: left alone");
+        assert!(
+            dir.path().join(FILE_NAME).symlink_metadata().is_ok(),
+            "not ours: left alone"
+        );
+        assert!(
+            fifo_dir.path().join(FILE_NAME).exists(),
+            "not ours: left alone"
+        );
     }
 
     /// A writer that sleeps `ms` on every write, counting calls.
@@ -1065,19 +1101,36 @@ mod tests {
     fn hung_write_counts_one_timeout_while_in_flight_and_is_observed_when_it_returns() {
         let dir = tempfile::tempdir().unwrap();
         let calls = Arc::new(AtomicUsize::new(0));
+        // The write sleeps 300 ms and then also waits for the test's go, so the "still in
+        // flight" checks below cannot race the write's return on a loaded CI machine.
+        let (go_tx, go_rx) = mpsc::channel::<()>();
+        let go_rx = Arc::new(Mutex::new(go_rx));
+        let calls2 = Arc::clone(&calls);
+        let make: MakeWriter = Box::new(move || {
+            let (calls, go) = (Arc::clone(&calls2), Arc::clone(&go_rx));
+            Box::new(move |_f: &File, _b: &[u8]| {
+                calls.fetch_add(1, Ordering::SeqCst);
+                thread::sleep(Duration::from_millis(300));
+                let _ = go.lock().unwrap().recv();
+                Ok(())
+            }) as WriteFn
+        });
         let c = ProbeConfig {
             path: dir.path().to_path_buf(),
             size: 4096,
             interval: Duration::from_secs(3600), // exactly one write
             timeout: Duration::from_millis(100),
         };
-        let p = Probes::spawn_with(vec![c], slow_writer(300, Arc::clone(&calls))).unwrap();
-        wait_until(5, "write started", || p.snapshot()[0].in_flight_since.is_some());
+        let p = Probes::spawn_with(vec![c], make).unwrap();
+        wait_until(5, "write started", || {
+            p.snapshot()[0].in_flight_since.is_some()
+        });
         let started = p.snapshot()[0].in_flight_since.unwrap();
-        // Well past the timeout, well before the write returns.
-        thread::sleep(
-            Duration::from_millis(180).saturating_sub(started.elapsed()),
-        );
+        let early = p.snapshot();
+        if started.elapsed() < Duration::from_millis(100) {
+            assert_eq!(failures(&early[0], "timeout"), 0, "not yet");
+        }
+        thread::sleep(Duration::from_millis(180).saturating_sub(started.elapsed()));
         for _ in 0..3 {
             let s = &p.snapshot()[0];
             assert_eq!(s.in_flight_since, Some(started), "still hung");
@@ -1085,11 +1138,12 @@ mod tests {
             assert_eq!(s.count, 0);
             thread::sleep(Duration::from_millis(20));
         }
+        go_tx.send(()).unwrap();
         wait_until(5, "write returned", || p.snapshot()[0].count == 1);
         let s = &p.snapshot()[0];
         assert!(s.in_flight_since.is_none());
         assert_eq!(failures(s, "timeout"), 1, "not counted again on return");
-        assert!(s.sum >= 0.29 && s.sum < 1.0, "sum {}", s.sum);
+        assert!(s.sum >= 0.3 && s.sum < 1.0, "sum {}", s.sum);
         let le = |b: f64| s.bucket_counts[BUCKETS.iter().position(|&x| x == b).unwrap()];
         assert_eq!(le(0.25), 0);
         assert_eq!(le(0.5), 1);
@@ -1109,9 +1163,10 @@ mod tests {
             timeout: Duration::from_millis(50),
         };
         let p = Probes::spawn_with(vec![c], slow_writer(150, Arc::clone(&calls))).unwrap();
-        // No snapshot during the write: wait on the side channel, then look once.
-        wait_until(5, "write called", || calls.load(Ordering::SeqCst) == 1);
-        thread::sleep(Duration::from_millis(400));
+        // No snapshot during the write: watch the raw state, then look once.
+        wait_until(5, "write returned", || {
+            p.probes[0].shared.lock().stats.count == 1
+        });
         let s = &p.snapshot()[0];
         assert_eq!(s.count, 1);
         assert_eq!(failures(s, "timeout"), 1);
@@ -1132,15 +1187,23 @@ mod tests {
             }) as WriteFn
         });
         let p = Probes::spawn_with(vec![cfg(dir.path(), 20)], make).unwrap();
-        wait_until(5, "write stuck", || p.snapshot()[0].in_flight_since.is_some());
+        wait_until(5, "write stuck", || {
+            p.snapshot()[0].in_flight_since.is_some()
+        });
         let file = dir.path().join(FILE_NAME);
         assert!(file.exists(), "opened before the write");
         let t = Instant::now();
         p.stop();
-        assert!(t.elapsed() < STOP_GRACE + Duration::from_millis(300), "{:?}", t.elapsed());
+        assert!(
+            t.elapsed() < STOP_GRACE + Duration::from_millis(300),
+            "{:?}",
+            t.elapsed()
+        );
         // The write returns later; the abandoned thread cleans up after itself.
         release_tx.send(()).unwrap();
-        wait_until(5, "file removed by the left-behind thread", || !file.exists());
+        wait_until(5, "file removed by the left-behind thread", || {
+            !file.exists()
+        });
     }
 
     #[test]
@@ -1175,7 +1238,8 @@ mod tests {
         let t = Instant::now();
         let i = Duration::from_secs(30);
         let s = Duration::from_secs(1);
-        assert_eq!(next_due(Some((t, t + s)), i), t + i);
-        assert_eq!(next_due(Some((t, t + 40 * s)), i), t + 40 * s + i);
+        assert_eq!(next_due(None, i, t), t);
+        assert_eq!(next_due(Some((t, t + s)), i, t), t + i);
+        assert_eq!(next_due(Some((t, t + 40 * s)), i, t), t + 40 * s + i);
     }
 }
