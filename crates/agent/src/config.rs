@@ -12,6 +12,7 @@ use regex::Regex;
 use serde::de::{self, Deserializer};
 use serde::Deserialize;
 use stallwatch_collector::sample::host::{DiskFilter, HostConfig, Threshold};
+use stallwatch_collector::sample::probe::{self, ProbeConfig};
 use stallwatch_collector::sample::threads::{GroupRule, ThreadsConfig};
 
 /// What the file says, as written.
@@ -22,6 +23,48 @@ pub struct FileConfig {
     pub disks: DisksSection,
     pub writeback: WritebackSection,
     pub threads: ThreadsSection,
+    /// `[[probe]]`: sync-write probes, one per directory.
+    pub probe: Vec<ProbeSection>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ProbeSection {
+    /// A directory on the filesystem to probe (the probe owns `<path>/.stallwatch-probe`).
+    pub path: PathBuf,
+    #[serde(default = "default_probe_size")]
+    pub size: SizeSpec,
+    #[serde(
+        default = "default_probe_interval",
+        deserialize_with = "positive_duration"
+    )]
+    pub interval: Duration,
+    #[serde(
+        default = "default_probe_timeout",
+        deserialize_with = "positive_duration"
+    )]
+    pub timeout: Duration,
+}
+
+fn default_probe_size() -> SizeSpec {
+    SizeSpec(ProbeConfig::default().size)
+}
+fn default_probe_interval() -> Duration {
+    ProbeConfig::default().interval
+}
+fn default_probe_timeout() -> Duration {
+    ProbeConfig::default().timeout
+}
+
+/// A size like `"1MiB"`.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct SizeSpec(pub u64);
+
+impl<'de> Deserialize<'de> for SizeSpec {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        parse_size(&s).map(SizeSpec).map_err(de::Error::custom)
+    }
 }
 
 /// `[threads]`: the D-state thread walk.
@@ -236,6 +279,7 @@ fn positive_duration<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Err
 pub struct Config {
     pub host: HostConfig,
     pub threads: ThreadsConfig,
+    pub probes: Vec<ProbeConfig>,
     /// The file it came from, if any.
     pub source: Option<PathBuf>,
 }
@@ -247,6 +291,7 @@ impl Default for Config {
             .unwrap_or_else(|_| Config {
                 host: HostConfig::default(),
                 threads: ThreadsConfig::default(),
+                probes: Vec::new(),
                 source: None,
             })
     }
@@ -353,9 +398,42 @@ impl FileConfig {
                 .collect(),
             source_timeout: t.timeout,
         };
+        // Probes: each path must be a writable directory on a writable filesystem, once.
+        let mut probes: Vec<ProbeConfig> = Vec::new();
+        for (i, p) in self.probe.iter().enumerate() {
+            let line = find_nth_table_line(text, "probe", i);
+            let perr = |key: &str, msg: String| ConfigError {
+                file: file.to_string(),
+                line,
+                key: Some(format!("probe[{i}].{key}")),
+                msg,
+            };
+            if let Err(e) = probe::validate(&p.path) {
+                return Err(perr("path", e));
+            }
+            if probes.iter().any(|q| q.path == p.path) {
+                return Err(perr(
+                    "path",
+                    format!("{} is probed twice", p.path.display()),
+                ));
+            }
+            if p.size.0 == 0 || p.size.0 > (1 << 30) {
+                return Err(perr(
+                    "size",
+                    format!("must be between 1 byte and 1GiB, is {}", p.size.0),
+                ));
+            }
+            probes.push(ProbeConfig {
+                path: p.path.clone(),
+                size: p.size.0,
+                interval: p.interval,
+                timeout: p.timeout,
+            });
+        }
         let d = self.disks;
         Ok(Config {
             threads,
+            probes,
             host: HostConfig {
                 interval: s.interval,
                 peak_window: s.peak_window,
@@ -428,6 +506,16 @@ fn key_at_line(text: &str, line: usize) -> Option<String> {
         }
     }
     None
+}
+
+/// The line (1-based) of the `n`th (0-based) `[[table]]` header.
+fn find_nth_table_line(text: &str, table: &str, n: usize) -> Option<usize> {
+    let header = format!("[[{table}]]");
+    text.lines()
+        .enumerate()
+        .filter(|(_, l)| l.trim().replace(' ', "") == header)
+        .nth(n)
+        .map(|(i, _)| i + 1)
 }
 
 /// The line (1-based) where `key` is assigned inside `[section]`.
@@ -539,6 +627,41 @@ mod tests {
         assert!(e.msg.contains("invalid regex"), "{e}");
         let e = parse("f", "[threads]\nstall_psi_threshold = \"120%\"\n").unwrap_err();
         assert_eq!(e.key.as_deref(), Some("threads.stall_psi_threshold"));
+    }
+
+    #[test]
+    fn probes_are_validated_naming_the_path() {
+        let dir = tempfile::tempdir().unwrap();
+        let ok = format!(
+            "[[probe]]\npath = \"{}\"\nsize = \"64KiB\"\ntimeout = \"2s\"\n",
+            dir.path().display()
+        );
+        let c = parse("f", &ok).unwrap();
+        assert_eq!(c.probes.len(), 1);
+        assert_eq!(
+            (c.probes[0].size, c.probes[0].timeout),
+            (64 << 10, Duration::from_secs(2))
+        );
+        assert_eq!(c.probes[0].interval, Duration::from_secs(30));
+        let missing = "\n[[probe]]\npath = \"/nonexistent/stallwatch\"\n";
+        let e = parse("f", missing).unwrap_err();
+        assert_eq!((e.line, e.key.as_deref()), (Some(2), Some("probe[0].path")));
+        assert!(e.msg.contains("/nonexistent/stallwatch"), "{e}");
+        let twice = format!("{ok}{ok}");
+        let e = parse("f", &twice).unwrap_err();
+        assert!(e.msg.contains("twice"), "{e}");
+        assert_eq!(e.line, Some(5));
+        let e = parse(
+            "f",
+            &format!(
+                "[[probe]]\npath = \"{}\"\nsize = \"0\"\n",
+                dir.path().display()
+            ),
+        )
+        .unwrap_err();
+        assert_eq!(e.key.as_deref(), Some("probe[0].size"));
+        let e = parse("f", "[[probe]]\nsize = \"1MiB\"\n").unwrap_err();
+        assert!(e.msg.contains("path"), "missing path: {e}");
     }
 
     #[test]

@@ -22,6 +22,7 @@ use tracing::{error, info};
 use crate::cli::{Cli, Command, Common};
 use crate::config::Config;
 use crate::metrics::host::HostCollector;
+use crate::metrics::probe::ProbeCollector;
 use crate::metrics::selfmon::{ReloadStatus, SelfCollector};
 use crate::metrics::threads::ThreadsCollector;
 
@@ -107,7 +108,13 @@ fn run(common: Common) -> ExitCode {
     let local = listener.local_addr().unwrap_or(addr);
 
     let roots = Arc::new(common.roots());
-    let live = reload::Live::new(&cfg);
+    let live = match reload::Live::new(&cfg) {
+        Ok(l) => l,
+        Err(e) => {
+            eprintln!("stallwatch: cannot start the probes: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
     let host_snap = Arc::new(ArcSwap::from_pointee(HostSnapshot::default()));
     let thread_snap = Arc::new(ArcSwap::from_pointee(ThreadSnapshot::default()));
     let sampler = match HostSampler::spawn(roots.clone(), live.host.clone(), host_snap.clone()) {
@@ -141,6 +148,9 @@ fn run(common: Common) -> ExitCode {
     registry.register_collector(Box::new(ThreadsCollector {
         snap: thread_snap.clone(),
     }));
+    registry.register_collector(Box::new(ProbeCollector {
+        probes: live.probes.clone(),
+    }));
     registry.register_collector(Box::new(SelfCollector {
         host: host_snap.clone(),
         threads: thread_snap.clone(),
@@ -154,6 +164,7 @@ fn run(common: Common) -> ExitCode {
         host_config: live.host.clone(),
     });
     let tls = web.as_ref().and_then(|w| w.tls.clone());
+    let stop_probes = live.clone();
     let app = server::app(state, web);
 
     let rt = match tokio::runtime::Builder::new_multi_thread()
@@ -172,7 +183,7 @@ fn run(common: Common) -> ExitCode {
         let handle = axum_server::Handle::<std::net::SocketAddr>::new();
         if let Some(path) = common.config_file.clone() {
             let initial = std::fs::read(&path).ok();
-            tokio::spawn(reload::run(path, live, reload_status, initial));
+            tokio::spawn(reload::run(path, live.clone(), reload_status, initial));
         }
         tokio::spawn(shutdown_on_signal(handle.clone()));
         info!(
@@ -187,6 +198,7 @@ fn run(common: Common) -> ExitCode {
     });
     sampler.stop();
     thread_sampler.stop();
+    stop_probes.stop();
     match result {
         Ok(()) => {
             info!("Shut down.");

@@ -6,11 +6,12 @@
 //! stays in force.
 
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use arc_swap::ArcSwap;
 use notify::{RecursiveMode, Watcher};
+use stallwatch_collector::sample::probe::Probes;
 use stallwatch_collector::sample::{HostConfig, ThreadsConfig};
 use tokio::signal::unix::{signal, SignalKind};
 use tokio::sync::mpsc;
@@ -26,19 +27,38 @@ const DEBOUNCE: Duration = Duration::from_secs(1);
 pub struct Live {
     pub host: Arc<ArcSwap<HostConfig>>,
     pub threads: Arc<ArcSwap<ThreadsConfig>>,
+    /// Running probes; a reload reconciles them (unchanged probes keep their counters).
+    pub probes: Arc<Mutex<Probes>>,
 }
 
 impl Live {
-    pub fn new(c: &config::Config) -> Live {
-        Live {
+    pub fn new(c: &config::Config) -> std::io::Result<Live> {
+        Ok(Live {
             host: Arc::new(ArcSwap::from_pointee(c.host.clone())),
             threads: Arc::new(ArcSwap::from_pointee(c.threads.clone())),
-        }
+            probes: Arc::new(Mutex::new(Probes::spawn(c.probes.clone())?)),
+        })
     }
 
-    pub fn apply(&self, c: config::Config) {
+    /// Swaps the new config in. Probes are reconciled first: if that fails (e.g. a thread
+    /// cannot be started) nothing is swapped and the error is returned.
+    pub fn apply(&self, c: config::Config) -> std::io::Result<()> {
+        match self.probes.lock() {
+            Ok(mut p) => p.reconcile(c.probes)?,
+            Err(poisoned) => poisoned.into_inner().reconcile(c.probes)?,
+        }
         self.host.store(Arc::new(c.host));
         self.threads.store(Arc::new(c.threads));
+        Ok(())
+    }
+
+    /// Stops the probes and removes their files (never waits on a hung write for long).
+    pub fn stop(&self) {
+        let probes = match self.probes.lock() {
+            Ok(mut p) => std::mem::replace(&mut *p, Probes::empty()),
+            Err(poisoned) => std::mem::replace(&mut *poisoned.into_inner(), Probes::empty()),
+        };
+        probes.stop();
     }
 }
 
@@ -83,7 +103,11 @@ pub async fn run(path: PathBuf, live: Live, status: Arc<ReloadStatus>, initial: 
 pub fn reload_now(path: &Path, live: &Live, status: &ReloadStatus, forced: bool) -> bool {
     match config::load(path) {
         Ok(c) => {
-            live.apply(c);
+            if let Err(e) = live.apply(c) {
+                status.mark(false);
+                error!(path = %path.display(), error = %e, "Cannot apply the reloaded configuration; keeping the running one.");
+                return false;
+            }
             status.mark(true);
             info!(path = %path.display(), trigger = if forced { "SIGHUP" } else { "file change" }, "Configuration reloaded.");
             true

@@ -5,6 +5,7 @@
 
 pub mod exposition;
 pub mod host;
+pub mod probe;
 pub mod selfmon;
 pub mod threads;
 

@@ -25,7 +25,10 @@ fn real_dstate_threads_are_named_counted_aged_and_listed() {
     let rig = DStateRig::start(4, 3);
     let dir = tempfile::tempdir().unwrap();
     let cfg = dir.path().join("cfg.toml");
-    write(&cfg, "[threads]\ninterval = \"10s\"\nfast_interval = \"1s\"\n");
+    write(
+        &cfg,
+        "[threads]\ninterval = \"10s\"\nfast_interval = \"1s\"\n",
+    );
     let t0 = Instant::now();
     let agent = Agent::start(&[&format!("--config.file={}", cfg.display())]);
 
@@ -34,10 +37,18 @@ fn real_dstate_threads_are_named_counted_aged_and_listed() {
     let m1 = agent.wait_for(Duration::from_secs(3), "the hostile group in D", |m| {
         m.get(&threads).is_some_and(|n| n >= 3.0)
     });
-    eprintln!("agent reported {} D threads after {:?}", m1.get(&threads).unwrap(), t0.elapsed());
+    eprintln!(
+        "agent reported {} D threads after {:?}",
+        m1.get(&threads).unwrap(),
+        t0.elapsed()
+    );
     assert!(m1.get("stallwatch_threads{state=\"D\"}").unwrap() >= 3.0);
     assert_eq!(m1.get("stallwatch_stall_suspected"), Some(1.0));
-    assert_eq!(m1.get("stallwatch_thread_walk_interval_seconds"), Some(1.0), "fast cadence while stalled");
+    assert_eq!(
+        m1.get("stallwatch_thread_walk_interval_seconds"),
+        Some(1.0),
+        "fast cadence while stalled"
+    );
     let by_wchan: f64 = m1
         .series
         .iter()
@@ -50,16 +61,31 @@ fn real_dstate_threads_are_named_counted_aged_and_listed() {
     // Still stuck two seconds later: the longest age grows and the integral advances.
     std::thread::sleep(Duration::from_secs(2));
     let m2 = agent.wait_for(Duration::from_secs(5), "D time to accumulate", |m| {
-        m.get(&series("stallwatch_dstate_seconds_total")).is_some_and(|s| s >= 3.0)
+        m.get(&series("stallwatch_dstate_seconds_total"))
+            .is_some_and(|s| s >= 3.0)
     });
-    let longest1 = m1.get(&series("stallwatch_dstate_longest_seconds")).unwrap();
-    let longest2 = m2.get(&series("stallwatch_dstate_longest_seconds")).unwrap();
-    assert!(longest2 >= longest1 + 1.5, "longest D grew from {longest1} to {longest2}");
+    let longest1 = m1
+        .get(&series("stallwatch_dstate_longest_seconds"))
+        .unwrap();
+    let longest2 = m2
+        .get(&series("stallwatch_dstate_longest_seconds"))
+        .unwrap();
+    assert!(
+        longest2 >= longest1 + 1.5,
+        "longest D grew from {longest1} to {longest2}"
+    );
     assert!(rig.d_threads_now() >= 1, "the rig is still stalled");
 
     // `stallwatch dstate --once --json` names the threads with their wait channel.
-    let out = Command::new(BIN).args(["dstate", "--once", "--json", "--stack", "--observe", "1s"]).output().unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let out = Command::new(BIN)
+        .args(["dstate", "--once", "--json", "--stack", "--observe", "1s"])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     let ours: Vec<&serde_json::Value> = report["dstate"]
         .as_array()
@@ -71,20 +97,38 @@ fn real_dstate_threads_are_named_counted_aged_and_listed() {
     for t in &ours {
         assert_eq!(t["comm"], EXPECTED_GROUP);
         assert_eq!(t["group"], EXPECTED_GROUP);
-        assert!(t["wchan"].as_str().is_some_and(|w| !w.is_empty() && w != "0"), "{t}");
+        assert!(
+            t["wchan"]
+                .as_str()
+                .is_some_and(|w| !w.is_empty() && w != "0"),
+            "{t}"
+        );
         assert!(t["cgroup"].as_str().is_some(), "{t}");
-        assert!(t["seconds_in_d"].as_f64().unwrap() >= 0.9, "observed for 1 s: {t}");
+        assert!(
+            t["seconds_in_d"].as_f64().unwrap() >= 0.9,
+            "observed for 1 s: {t}"
+        );
         assert!(rig.tids().contains(&(t["tid"].as_u64().unwrap() as u32)));
     }
     assert!(
-        ours.iter().any(|t| t["stack"].as_array().is_some_and(|s| !s.is_empty())),
+        ours.iter()
+            .any(|t| t["stack"].as_array().is_some_and(|s| !s.is_empty())),
         "--stack gives the longest thread's kernel stack: {report:#}"
     );
     // The human table too: one row per stuck thread with the escaped comm.
-    let out = Command::new(BIN).args(["dstate", "--once", "--observe", "200ms"]).output().unwrap();
+    let out = Command::new(BIN)
+        .args(["dstate", "--once", "--observe", "200ms"])
+        .output()
+        .unwrap();
     let table = String::from_utf8(out.stdout).unwrap();
-    assert!(table.contains(&rig.pid().to_string()) && table.contains("sw) S 0 ?"), "{table}");
-    assert!(!table.contains('\u{1b}'), "--once prints no terminal escapes");
+    assert!(
+        table.contains(&rig.pid().to_string()) && table.contains("sw) S 0 ?"),
+        "{table}"
+    );
+    assert!(
+        !table.contains('\u{1b}'),
+        "--once prints no terminal escapes"
+    );
 
     // Lift the stall: the threads leave D; counters keep their totals, the gauge drops to 0.
     let total = m2.get(&series("stallwatch_dstate_seconds_total")).unwrap();

@@ -358,6 +358,14 @@ impl Probes {
         Self::spawn_with(configs, Box::new(real_writer))
     }
 
+    /// No probes (what a config without `[[probe]]` runs).
+    pub fn empty() -> Probes {
+        Probes {
+            probes: Vec::new(),
+            make_writer: Box::new(real_writer),
+        }
+    }
+
     fn spawn_with(configs: Vec<ProbeConfig>, make_writer: MakeWriter) -> io::Result<Probes> {
         let mut p = Probes {
             probes: Vec::new(),
