@@ -9,3 +9,4 @@ mod harness;
 mod http;
 mod kernel;
 mod stuck;
+mod writeback;
