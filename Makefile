@@ -25,7 +25,7 @@ test: test-deps
 	$(CARGO) build --locked --workspace --all-targets
 	$(CARGO) nextest run --locked --workspace --no-fail-fast
 
-BENCH_DEBS := prometheus-node-exporter
+BENCH_DEBS := prometheus-node-exporter prometheus-process-exporter
 bench-deps:
 	@bash tests/scripts/ensure-debs.sh $(BENCH_DEBS)
 
@@ -33,6 +33,7 @@ bench: bench-deps
 	$(CARGO) build --release --locked -p stallwatch
 	$(CARGO) bench --locked -p stallwatch-collector --bench parsers
 	bash tests/scripts/bench.sh
+	python3 tests/scripts/bench_threads.py
 
 lint:
 	$(CARGO) clippy --workspace --all-targets -- -D warnings

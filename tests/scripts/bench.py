@@ -90,6 +90,16 @@ def measure(name, argv, port):
             lat.append((time.perf_counter() - t) * 1000.0)
             size = len(body)
         c1 = cpu_seconds(proc.pid)
+        per_source = {}
+        if name == "stallwatch":
+            # CPU per read of each source, from the agent's own RUSAGE_THREAD accounting.
+            cpu, reads = {}, {}
+            for line in body.decode(errors="replace").splitlines():
+                for metric, into in (("stallwatch_source_cpu_seconds_total{", cpu), ("stallwatch_source_reads_total{", reads)):
+                    if line.startswith(metric):
+                        src = line.split('source="', 1)[1].split('"', 1)[0]
+                        into[src] = float(line.rsplit(" ", 1)[1])
+            per_source = {k: 1000.0 * cpu[k] / reads[k] for k in cpu if reads.get(k)}
         series = sum(1 for l in body.decode(errors="replace").splitlines() if l and not l.startswith("#"))
         return {
             "name": name,
@@ -100,6 +110,7 @@ def measure(name, argv, port):
             "cpu_ms_per_scrape": 1000.0 * (c1 - c0) / SCRAPES,
             "bytes": size,
             "series": series,
+            "per_source_ms": per_source,
         }
     finally:
         proc.send_signal(signal.SIGTERM)
@@ -125,6 +136,15 @@ def main():
     for r in results:
         print(f"{r['name']:<14}{r['idle_cpu_pct']:>11.3f}{r['rss_mib']:>9.1f}{r['p50_ms']:>9.2f}{r['p99_ms']:>9.2f}"
               f"{r['cpu_ms_per_scrape']:>15.3f}{r['series']:>8}{r['bytes']:>9}")
+    for r in results:
+        if r["per_source_ms"]:
+            print(f"\n{r['name']}: CPU ms per read, by source (mean since start, RUSAGE_THREAD)")
+            fast = 0.0
+            for src, ms in sorted(r["per_source_ms"].items()):
+                print(f"  {src:<16}{ms:>8.4f}")
+                if src != "threads":
+                    fast += ms
+            print(f"  {'one 1 s pass':<16}{fast:>8.4f}   (every host source once; the thread walk runs every 10 s)")
     if len(results) == 2:
         a, b = results
         print(f"ratios stallwatch/node_exporter: p50 {a['p50_ms'] / b['p50_ms']:.2f}, p99 {a['p99_ms'] / b['p99_ms']:.2f}, "

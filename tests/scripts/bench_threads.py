@@ -26,6 +26,7 @@ Environment (or the matching options, see --help): BENCH_SCENARIOS (1000,10000),
 (200), BENCH_REPS (20), BENCH_DSTATE (1 as root, else 0), BENCH_STALLWATCH (path of the binary).
 """
 import argparse
+import glob
 import http.client
 import os
 import re
@@ -409,7 +410,7 @@ class DStateRig:
         blkio = "/sys/fs/cgroup/blkio"
         if not os.path.exists(os.path.join(blkio, "blkio.throttle.write_iops_device")):
             raise RuntimeError(f"no cgroup v1 blkio throttle at {blkio}")
-        self.tmp = tempfile.mkdtemp(prefix="swbench-d-")
+        self.tmp = tempfile.mkdtemp(prefix=f"swbench-d-{os.getpid()}-")
         img = os.path.join(self.tmp, "disk.img")
         with open(img, "wb") as f:
             f.truncate(128 * 2**20)
@@ -504,6 +505,71 @@ class DStateRig:
                 log(f"warning: could not rmdir {self.cg}")
         if self.tmp and not self.mounted:
             shutil.rmtree(self.tmp, ignore_errors=True)
+
+
+def bench_alive(pid):
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as f:
+            return b"bench_threads" in f.read()
+    except OSError:
+        return False
+
+
+def cleanup_stale_rigs():
+    """Tear down D-state rigs left by a run of this script that was SIGKILLed (its children died
+    with it, by PDEATHSIG, but the throttle, mount, loop device and cgroup stay)."""
+    blkio = "/sys/fs/cgroup/blkio"
+    for cg in sorted(glob.glob(os.path.join(blkio, "swbench-*"))):
+        pid = cg.rsplit("-", 1)[1]
+        if not pid.isdigit() or bench_alive(int(pid)):
+            continue
+        print(f"cleaning up a stale D-state rig of pid {pid}: {cg}")
+        try:
+            with open(os.path.join(cg, "blkio.throttle.write_iops_device")) as f:
+                for line in f.read().splitlines():
+                    if line.split():
+                        DStateRig._write(os.path.join(cg, "blkio.throttle.write_iops_device"), f"{line.split()[0]} 0")
+            with open(os.path.join(cg, "cgroup.procs")) as f:
+                for p in f.read().split():
+                    if bench_alive(int(p)) or os.path.exists(f"/proc/{p}"):
+                        try:
+                            os.kill(int(p), signal.SIGKILL)
+                        except ProcessLookupError:
+                            pass
+        except OSError as e:
+            log(f"warning: {cg}: {e}")
+    for tmp in sorted(glob.glob(os.path.join(tempfile.gettempdir(), "swbench-d-*-*"))):
+        pid = os.path.basename(tmp).split("-")[2]
+        if not pid.isdigit() or bench_alive(int(pid)):
+            continue
+        print(f"cleaning up a stale D-state rig of pid {pid}: {tmp}")
+        mnt, img = os.path.join(tmp, "mnt"), os.path.join(tmp, "disk.img")
+        if os.path.ismount(mnt):
+            for _ in range(20):
+                if subprocess.run(["umount", mnt], capture_output=True, timeout=60).returncode == 0:
+                    break
+                time.sleep(0.5)
+            else:
+                subprocess.run(["umount", "-l", mnt], capture_output=True, timeout=60)
+        if os.path.exists(img):
+            out = subprocess.run(["losetup", "-j", img], capture_output=True, text=True, timeout=30).stdout
+            for line in out.splitlines():
+                dev = line.split(":", 1)[0]
+                if dev.startswith("/dev/loop"):
+                    subprocess.run(["losetup", "-d", dev], capture_output=True, timeout=60)
+        if not os.path.ismount(mnt):
+            shutil.rmtree(tmp, ignore_errors=True)
+    for cg in sorted(glob.glob(os.path.join(blkio, "swbench-*"))):
+        pid = cg.rsplit("-", 1)[1]
+        if pid.isdigit() and not bench_alive(int(pid)):
+            for _ in range(20):
+                try:
+                    os.rmdir(cg)
+                    break
+                except OSError:
+                    time.sleep(0.25)
+            else:
+                log(f"warning: could not rmdir {cg}")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -637,20 +703,43 @@ def start_agent(name, argv, port, tmpdir):
     return p, None, ""
 
 
-def measure_scrapes(name, argv, port, reps, tmpdir, check):
-    """CPU ns per scrape (median over reps) of an exporter that does its work on each scrape."""
-    p, rc, err = start_agent(name, argv, port, tmpdir)
-    if p is None:
-        return {"error": f"{name} did not start (exit {rc}): {err.strip()[-400:]}"}
-    sc = Scraper(port)
-    try:
-        return _measure_scrapes(name, p, argv, sc, reps, check)
-    except (OSError, RuntimeError, http.client.HTTPException) as e:
-        return {"error": f"{name}: {e!r}; exit status {p.poll()}; stderr: {stderr_tail(tmpdir, name)}",
-                "argv": argv}
-    finally:
-        sc.close()
-        stop_started(p)
+def measure_scrapes(name, argv, port, reps, tmpdir, check, attempts=3):
+    """CPU ns per scrape (median over reps) of an exporter that does its work on each scrape.
+    An exporter that dies (process-exporter panics on a non-UTF-8 comm anywhere on the host,
+    ncabatoff/process-exporter#239) is restarted, at most `attempts` times in all, and its
+    crashes are reported with the result."""
+    crashes = []
+    for _ in range(attempts):
+        p, rc, err = start_agent(name, argv, port, tmpdir)
+        if p is None:
+            crashes.append(f"did not start (exit {rc}): {first_error(err)}")
+            continue
+        sc = Scraper(port)
+        try:
+            res = _measure_scrapes(name, p, argv, sc, reps, check)
+        except (OSError, RuntimeError, http.client.HTTPException) as e:
+            time.sleep(0.2)
+            rc = p.poll()
+            if rc is None:  # alive: not a crash, a real failure of the scrape
+                return {"error": f"{name}: {e!r}", "argv": argv}
+            crashes.append(f"exited {rc} during the scrapes: {first_error(stderr_tail(tmpdir, name, 4000))}")
+            continue
+        finally:
+            sc.close()
+            stop_started(p)
+        if crashes:
+            res["crashes"] = crashes
+        return res
+    return {"error": f"{name} failed {attempts} times: " + " | ".join(crashes), "argv": argv}
+
+
+def first_error(text):
+    """The line that says why a Go program died (its panic), else the last line."""
+    lines = [l for l in text.strip().splitlines() if l.strip()]
+    for l in lines:
+        if l.startswith(("panic:", "fatal error:")):
+            return l[:300]
+    return lines[-1][:300] if lines else "(no output)"
 
 
 def stderr_tail(tmpdir, name, n=400):
@@ -819,7 +908,7 @@ def print_table(label, info, ne, pe, sw):
     print(f"threads observed in /proc: {info['tasks']:,} tasks system-wide (/proc/*/task), "
           f"{info['workload_tasks']:,} in the workload processes, {info['d_threads']} in state D")
     print(f"loadavg before {info['load'][0]}, after {info['load'][1]} (this machine has {os.cpu_count()} CPUs; "
-          f"anything else running skews the numbers)")
+          f"anything else running skews the numbers; D-state threads count in the load average)")
     rows = []
     ne_ms = ne.get("cpu_ms") if ne else None
     pe_ms = pe.get("cpu_ms") if pe else None
@@ -830,8 +919,11 @@ def print_table(label, info, ne, pe, sw):
             return "not installed"
         if "error" in r:
             return r["error"]
-        return (f"n={r['n']}, median latency {r['lat_ms']:.1f} ms, mean incl. CPU between scrapes "
-                f"{r['cpu_ms_incl']:.3f} ms; {r['seen']}")
+        d = (f"n={r['n']}, median latency {r['lat_ms']:.1f} ms, mean incl. CPU between scrapes "
+             f"{r['cpu_ms_incl']:.3f} ms; {r['seen']}")
+        if r.get("crashes"):
+            d += f"; CRASHED {len(r['crashes'])}x before this run: {r['crashes'][0]}"
+        return d
 
     rows.append(("node_exporter processes collector CPU ms/scrape", fmt(ne_ms), detail_scrape(ne)))
     rows.append(("process-exporter CPU ms/scrape", fmt(pe_ms), detail_scrape(pe)))
@@ -905,7 +997,11 @@ def main():
     if sw_note:
         print(f"stallwatch: {sw_note}")
 
-    tmpdir = tempfile.mkdtemp(prefix="swbench-threads-")
+    for old in glob.glob(os.path.join(tempfile.gettempdir(), "swbench-threads-*-*")):
+        pid = os.path.basename(old).split("-")[2]
+        if pid.isdigit() and not bench_alive(int(pid)):
+            shutil.rmtree(old, ignore_errors=True)  # left by a SIGKILLed run
+    tmpdir = tempfile.mkdtemp(prefix=f"swbench-threads-{os.getpid()}-")
     rig = None
     rc = 0
     try:
@@ -920,6 +1016,10 @@ def main():
             if os.geteuid() != 0:
                 print("BENCH_DSTATE=1 needs root: no D-state rig")
             else:
+                try:
+                    cleanup_stale_rigs()
+                except (OSError, subprocess.SubprocessError) as e:
+                    log(f"warning: cleaning up stale D-state rigs: {e}")
                 rig = DStateRig()
                 try:
                     rig.setup()
@@ -972,7 +1072,7 @@ def main():
             finally:
                 wl.stop()
     except (KeyboardInterrupt, Interrupted) as e:
-        print(f"\ninterrupted ({e or 'Ctrl-C'}): cleaning up", flush=True)
+        print(f"\ninterrupted ({str(e) or 'Ctrl-C'}): cleaning up", flush=True)
         rc = 130
     finally:
         # no second Ctrl-C in the middle of the cleanup
