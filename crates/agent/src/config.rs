@@ -87,6 +87,8 @@ pub struct ThreadsSection {
     pub timeout: Duration,
     /// `[[threads.group_rules]]`: `regex` over the comm → `group`; first match wins.
     pub group_rules: Vec<GroupRuleSpec>,
+    /// CPU budget of the walk, share of one core ("5%"): the cadence stretches to keep under it.
+    pub max_cpu: PercentSpec,
 }
 
 impl Default for ThreadsSection {
@@ -101,6 +103,7 @@ impl Default for ThreadsSection {
             top_wchans: d.top_wchans,
             timeout: d.source_timeout,
             group_rules: Vec::new(),
+            max_cpu: PercentSpec(d.max_cpu),
         }
     }
 }
@@ -397,6 +400,7 @@ impl FileConfig {
                 })
                 .collect(),
             source_timeout: t.timeout,
+            max_cpu: t.max_cpu.0,
         };
         // Probes: each path must be a writable directory on a writable filesystem, once.
         let mut probes: Vec<ProbeConfig> = Vec::new();

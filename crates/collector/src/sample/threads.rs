@@ -18,10 +18,8 @@
 use std::collections::HashMap;
 use std::io::Read;
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc;
 use std::sync::Arc;
-use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant, SystemTime};
 
 use arc_swap::ArcSwap;
@@ -33,7 +31,7 @@ use crate::proc::{pid_cgroup, task_stat};
 use crate::roots::Roots;
 use crate::sample::host::HostSnapshot;
 use crate::sample::status::SourceStatus;
-use crate::sample::worker::{Outcome, Worker};
+use crate::sample::worker::{Background, Outcome, Worker};
 
 /// A configured grouping rule: comms matching `regex` are grouped as `name`.
 #[derive(Debug, Clone)]
@@ -55,6 +53,10 @@ pub struct ThreadsConfig {
     pub top_wchans: usize,
     pub rules: Vec<GroupRule>,
     pub source_timeout: Duration,
+    /// CPU budget of the walk, as a share of one core: the cadence is stretched so that
+    /// walk CPU / cadence stays under it (10k threads cost ~0.2 s a walk here: at 5 % they are
+    /// walked every 4 s during a stall instead of every second).
+    pub max_cpu: f64,
 }
 
 impl Default for ThreadsConfig {
@@ -68,6 +70,7 @@ impl Default for ThreadsConfig {
             top_wchans: 20,
             rules: Vec::new(),
             source_timeout: Duration::from_secs(5),
+            max_cpu: 0.05,
         }
     }
 }
@@ -587,11 +590,7 @@ pub fn wchan_rows(stuck: &[DThread], top: usize) -> Vec<(String, u64)> {
 }
 
 /// Running thread sampler.
-pub struct ThreadSampler {
-    stop: Arc<AtomicBool>,
-    wake: mpsc::Sender<()>,
-    thread: Option<JoinHandle<()>>,
-}
+pub struct ThreadSampler(Background);
 
 impl ThreadSampler {
     pub fn spawn(
@@ -604,15 +603,16 @@ impl ThreadSampler {
         let mut walker = Walker::new();
         let r = roots.clone();
         let mut worker = Worker::spawn("threads", 0, res_tx, move || walker.walk(&r))?;
-        let stop = Arc::new(AtomicBool::new(false));
-        let (wake, wake_rx) = mpsc::channel::<()>();
-        let stop2 = stop.clone();
-        let thread = thread::Builder::new().name("sw-threads".into()).spawn(move || {
+        let bg = Background::spawn("sw-threads", move |sleeper| {
             let mut tracker = DTracker::default();
             let mut prev_totals = HashMap::new();
-            let mut snap = ThreadSnapshot { status: SourceStatus::new("threads"), ..ThreadSnapshot::default() };
+            let mut snap = ThreadSnapshot {
+                status: SourceStatus::new("threads"),
+                ..ThreadSnapshot::default()
+            };
             let mut last_walk: Option<Instant> = None;
             let mut had_d = false;
+            let mut last_walk_cpu = Duration::ZERO;
             let mut last_err_log: Option<Instant> = None;
             let mut last_stuck_log: Option<Instant> = None;
             let started = Instant::now();
@@ -624,34 +624,55 @@ impl ThreadSampler {
                 // Judge suspicion on real data: wait (briefly) for the host sampler's first
                 // snapshot before the first walk.
                 if h.taken.is_none() && started.elapsed() < Duration::from_secs(5) {
-                    let _ = wake_rx.recv_timeout(Duration::from_millis(20));
-                    if stop2.load(Ordering::Relaxed) {
+                    if !sleeper.sleep(Duration::from_millis(20)) {
                         break;
                     }
                     continue;
                 }
                 let suspected = had_d
-                    || h.stat.as_ref().and_then(|s| s.procs_blocked).is_some_and(|b| b > 0)
-                    || h.pressure[1].and_then(|p| p.some).is_some_and(|r| r.avg10 > cfg.stall_psi_threshold);
-                let cadence = if suspected { cfg.fast_interval } else { cfg.interval };
-                let due = last_walk.is_none_or(|t| now.saturating_duration_since(t) + Duration::from_millis(20) >= cadence);
+                    || h.stat
+                        .as_ref()
+                        .and_then(|s| s.procs_blocked)
+                        .is_some_and(|b| b > 0)
+                    || h.pressure[1]
+                        .and_then(|p| p.some)
+                        .is_some_and(|r| r.avg10 > cfg.stall_psi_threshold);
+                let wanted = if suspected {
+                    cfg.fast_interval
+                } else {
+                    cfg.interval
+                };
+                // Never make the stall worse than the budget allows: a walk that cost c seconds
+                // of CPU waits at least c / max_cpu before the next one.
+                let cadence = if cfg.max_cpu > 0.0 {
+                    wanted.max(last_walk_cpu.div_f64(cfg.max_cpu))
+                } else {
+                    wanted
+                };
+                let due = last_walk.is_none_or(|t| {
+                    now.saturating_duration_since(t) + Duration::from_millis(20) >= cadence
+                });
                 if cfg.enabled && due {
                     worker.request(now);
                     let wait = cfg.source_timeout.min(cfg.fast_interval);
                     if let Ok(o) = res_rx.recv_timeout(wait) {
                         worker.busy_since = None;
                         snap.status.record(&o);
+                        last_walk_cpu = o.cpu;
                         match o.result {
                             Ok(walk) => {
                                 let gap = cfg.interval * 2 + cfg.source_timeout;
-                                let (mut stuck, counts) = tracker.apply(&walk, o.finished, &cfg, gap);
-                                snap.groups = tracker.rows(&counts, &stuck, cfg.top_groups, &mut prev_totals);
+                                let (mut stuck, counts) =
+                                    tracker.apply(&walk, o.finished, &cfg, gap);
+                                snap.groups =
+                                    tracker.rows(&counts, &stuck, cfg.top_groups, &mut prev_totals);
                                 snap.wchans = wchan_rows(&stuck, cfg.top_wchans);
                                 stuck.sort_by_key(|d| d.since);
                                 stuck.truncate(1000);
                                 had_d = !stuck.is_empty();
                                 snap.stuck = stuck;
-                                let mut states: Vec<(char, u64)> = walk.states.iter().map(|(s, n)| (*s as char, *n)).collect();
+                                let mut states: Vec<(char, u64)> =
+                                    walk.states.iter().map(|(s, n)| (*s as char, *n)).collect();
                                 states.sort();
                                 snap.states = states;
                                 snap.total_threads = walk.total;
@@ -659,7 +680,9 @@ impl ThreadSampler {
                             }
                             Err(e) => {
                                 snap.status.count_error(e.kind());
-                                if last_err_log.is_none_or(|t| t.elapsed() > Duration::from_secs(60)) {
+                                if last_err_log
+                                    .is_none_or(|t| t.elapsed() > Duration::from_secs(60))
+                                {
                                     warn!(source = "threads", error = %e, "Thread walk failed.");
                                     last_err_log = Some(Instant::now());
                                 }
@@ -674,8 +697,13 @@ impl ThreadSampler {
                 }
                 snap.status.in_flight_since = worker.busy_since;
                 snap.status.timeout = cfg.source_timeout;
-                if snap.status.stuck(Instant::now()) && last_stuck_log.is_none_or(|t| t.elapsed() > Duration::from_secs(60)) {
-                    warn!(source = "threads", "Thread walk is stuck; keeping the last result.");
+                if snap.status.stuck(Instant::now())
+                    && last_stuck_log.is_none_or(|t| t.elapsed() > Duration::from_secs(60))
+                {
+                    warn!(
+                        source = "threads",
+                        "Thread walk is stuck; keeping the last result."
+                    );
                     last_stuck_log = Some(Instant::now());
                 }
                 snap.suspected = suspected;
@@ -685,31 +713,24 @@ impl ThreadSampler {
                 // Re-check suspicion every fast_interval, so a stall starting during a 10 s
                 // pause is walked within about a second.
                 let wait = cfg.fast_interval.saturating_sub(now.elapsed());
-                let _ = wake_rx.recv_timeout(wait);
-                if stop2.load(Ordering::Relaxed) {
+                if !sleeper.sleep(wait) {
                     break;
                 }
             }
         })?;
-        Ok(ThreadSampler {
-            stop,
-            wake,
-            thread: Some(thread),
-        })
+        Ok(ThreadSampler(bg))
     }
 
-    pub fn stop(mut self) {
-        self.stop.store(true, Ordering::Relaxed);
-        let _ = self.wake.send(());
-        if let Some(t) = self.thread.take() {
-            let _ = t.join();
-        }
+    pub fn stop(self) {
+        self.0.stop();
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::thread;
 
     fn g(comm: &str, k: bool) -> String {
         group_of(comm, k, &[])

@@ -4,7 +4,9 @@
 //! stops its own source; the sampler marks it stuck and keeps publishing everything else.
 //! A stuck worker is never replaced by a new thread, so a long hang cannot pile up threads.
 
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{self, Receiver, Sender, SyncSender};
+use std::sync::Arc;
 use std::thread;
 use std::time::{Duration, Instant};
 
@@ -94,6 +96,59 @@ impl Worker {
                 true
             }
             Err(_) => false,
+        }
+    }
+}
+
+/// A sampler's own thread, which can be stopped at once even while it sleeps between ticks.
+pub struct Background {
+    stop: Arc<AtomicBool>,
+    wake: mpsc::Sender<()>,
+    thread: Option<thread::JoinHandle<()>>,
+}
+
+/// Handed to a sampler loop: sleeps until the next tick unless a stop is requested.
+pub struct Sleeper {
+    stop: Arc<AtomicBool>,
+    wake: Receiver<()>,
+}
+
+impl Sleeper {
+    /// Sleeps for up to `d`; `false` when the sampler must stop now.
+    pub fn sleep(&self, d: Duration) -> bool {
+        let _ = self.wake.recv_timeout(d);
+        !self.stop.load(Ordering::Relaxed)
+    }
+}
+
+impl Background {
+    pub fn spawn(
+        name: &str,
+        f: impl FnOnce(Sleeper) + Send + 'static,
+    ) -> std::io::Result<Background> {
+        let stop = Arc::new(AtomicBool::new(false));
+        let (wake, rx) = mpsc::channel();
+        let sleeper = Sleeper {
+            stop: Arc::clone(&stop),
+            wake: rx,
+        };
+        let thread = thread::Builder::new()
+            .name(name.to_string())
+            .spawn(move || f(sleeper))?;
+        Ok(Background {
+            stop,
+            wake,
+            thread: Some(thread),
+        })
+    }
+
+    /// Stops the thread and waits for it (it finishes its current tick first; a tick never
+    /// blocks on I/O, which the workers do).
+    pub fn stop(mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        let _ = self.wake.send(());
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
         }
     }
 }
