@@ -810,7 +810,9 @@ def stallwatch_binary(explicit):
 def measure_stallwatch(binary, reps, tmpdir):
     toml = os.path.join(tmpdir, "stallwatch-threads.toml")
     with open(toml, "w") as f:
-        f.write('[threads]\ninterval = "1s"\n')
+        # Walk every second with no CPU budget, to measure the walk itself 20+ times; the
+        # agent's default is a 10 s cadence (1 s during a stall) capped at 5% of a core.
+        f.write('[threads]\ninterval = "1s"\nmax_cpu = "100%"\n')
     base = [binary, f"--web.listen-address={HOST}:{PORT_STALLWATCH}", "--log.level=warn"]
     argv = [binary, f"--config.file={toml}"] + base[1:]
     notes = []

@@ -4,6 +4,7 @@ pub mod diskstats;
 pub mod loadavg;
 pub mod meminfo;
 pub mod mountinfo;
+pub mod net_dev;
 pub mod pid_cgroup;
 pub mod pressure;
 #[cfg(test)]
