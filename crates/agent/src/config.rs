@@ -11,6 +11,7 @@ use std::time::Duration;
 use regex::Regex;
 use serde::de::{self, Deserializer};
 use serde::Deserialize;
+use stallwatch_collector::sample::containers::ContainersConfig;
 use stallwatch_collector::sample::host::{DiskFilter, HostConfig, Threshold};
 use stallwatch_collector::sample::probe::{self, ProbeConfig};
 use stallwatch_collector::sample::threads::{GroupRule, ThreadsConfig};
@@ -25,6 +26,32 @@ pub struct FileConfig {
     pub threads: ThreadsSection,
     /// `[[probe]]`: sync-write probes, one per directory.
     pub probe: Vec<ProbeSection>,
+    pub containers: ContainersSection,
+}
+
+/// `[containers]`: the per-container view from the cgroup tree.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ContainersSection {
+    pub enabled: bool,
+    #[serde(deserialize_with = "positive_duration")]
+    pub interval: Duration,
+    /// Containers read per pass; more are counted in `stallwatch_containers_dropped`.
+    pub max_containers: usize,
+    #[serde(deserialize_with = "positive_duration")]
+    pub timeout: Duration,
+}
+
+impl Default for ContainersSection {
+    fn default() -> Self {
+        let d = ContainersConfig::default();
+        ContainersSection {
+            enabled: d.enabled,
+            interval: d.interval,
+            max_containers: d.max_containers,
+            timeout: d.source_timeout,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -283,6 +310,7 @@ pub struct Config {
     pub host: HostConfig,
     pub threads: ThreadsConfig,
     pub probes: Vec<ProbeConfig>,
+    pub containers: ContainersConfig,
     /// The file it came from, if any.
     pub source: Option<PathBuf>,
 }
@@ -295,6 +323,7 @@ impl Default for Config {
                 host: HostConfig::default(),
                 threads: ThreadsConfig::default(),
                 probes: Vec::new(),
+                containers: ContainersConfig::default(),
                 source: None,
             })
     }
@@ -434,10 +463,24 @@ impl FileConfig {
                 timeout: p.timeout,
             });
         }
+        let c = &self.containers;
+        if c.max_containers == 0 || c.max_containers > 100_000 {
+            return Err(err(
+                "containers.max_containers",
+                format!("must be 1..=100000, is {}", c.max_containers),
+            ));
+        }
+        let containers = ContainersConfig {
+            enabled: c.enabled,
+            interval: c.interval,
+            max_containers: c.max_containers,
+            source_timeout: c.timeout,
+        };
         let d = self.disks;
         Ok(Config {
             threads,
             probes,
+            containers,
             host: HostConfig {
                 interval: s.interval,
                 peak_window: s.peak_window,

@@ -16,11 +16,13 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use arc_swap::ArcSwap;
 use clap::Parser;
 use prometheus_client::registry::Registry;
+use stallwatch_collector::sample::containers::{ContainerSampler, ContainerSnapshot};
 use stallwatch_collector::sample::{HostSampler, HostSnapshot, ThreadSampler, ThreadSnapshot};
 use tracing::{error, info};
 
 use crate::cli::{Cli, Command, Common};
 use crate::config::Config;
+use crate::metrics::containers::ContainersCollector;
 use crate::metrics::host::HostCollector;
 use crate::metrics::probe::ProbeCollector;
 use crate::metrics::selfmon::{ReloadStatus, SelfCollector};
@@ -124,6 +126,18 @@ fn run(common: Common) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
+    let container_snap = Arc::new(ArcSwap::from_pointee(ContainerSnapshot::default()));
+    let container_sampler = match ContainerSampler::spawn(
+        roots.clone(),
+        live.containers.clone(),
+        container_snap.clone(),
+    ) {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("stallwatch: cannot start the container sampler: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
     let thread_sampler = match ThreadSampler::spawn(
         roots.clone(),
         live.threads.clone(),
@@ -148,12 +162,18 @@ fn run(common: Common) -> ExitCode {
     registry.register_collector(Box::new(ThreadsCollector {
         snap: thread_snap.clone(),
     }));
+    registry.register_collector(Box::new(ContainersCollector {
+        snap: container_snap.clone(),
+        threads: thread_snap.clone(),
+        host: host_snap.clone(),
+    }));
     registry.register_collector(Box::new(ProbeCollector {
         probes: live.probes.clone(),
     }));
     registry.register_collector(Box::new(SelfCollector {
         host: host_snap.clone(),
         threads: thread_snap.clone(),
+        containers: container_snap.clone(),
         reload: reload_status.clone(),
         start_time,
     }));
@@ -198,6 +218,7 @@ fn run(common: Common) -> ExitCode {
     });
     sampler.stop();
     thread_sampler.stop();
+    container_sampler.stop();
     stop_probes.stop();
     match result {
         Ok(()) => {

@@ -11,6 +11,7 @@ use std::time::Duration;
 
 use arc_swap::ArcSwap;
 use notify::{RecursiveMode, Watcher};
+use stallwatch_collector::sample::containers::ContainersConfig;
 use stallwatch_collector::sample::probe::Probes;
 use stallwatch_collector::sample::{HostConfig, ThreadsConfig};
 use tokio::signal::unix::{signal, SignalKind};
@@ -27,6 +28,7 @@ const DEBOUNCE: Duration = Duration::from_secs(1);
 pub struct Live {
     pub host: Arc<ArcSwap<HostConfig>>,
     pub threads: Arc<ArcSwap<ThreadsConfig>>,
+    pub containers: Arc<ArcSwap<ContainersConfig>>,
     /// Running probes; a reload reconciles them (unchanged probes keep their counters).
     pub probes: Arc<Mutex<Probes>>,
 }
@@ -36,6 +38,7 @@ impl Live {
         Ok(Live {
             host: Arc::new(ArcSwap::from_pointee(c.host.clone())),
             threads: Arc::new(ArcSwap::from_pointee(c.threads.clone())),
+            containers: Arc::new(ArcSwap::from_pointee(c.containers.clone())),
             probes: Arc::new(Mutex::new(Probes::spawn(c.probes.clone())?)),
         })
     }
@@ -49,6 +52,7 @@ impl Live {
         }
         self.host.store(Arc::new(c.host));
         self.threads.store(Arc::new(c.threads));
+        self.containers.store(Arc::new(c.containers));
         Ok(())
     }
 

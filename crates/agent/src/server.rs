@@ -159,6 +159,7 @@ mod tests {
         registry.register_collector(Box::new(SelfCollector {
             host: host.clone(),
             threads: Arc::new(ArcSwap::from_pointee(Default::default())),
+            containers: Arc::new(ArcSwap::from_pointee(Default::default())),
             reload: Arc::new(ReloadStatus::new()),
             start_time: 1.0,
         }));

@@ -11,6 +11,7 @@ use prometheus_client::collector::Collector;
 use prometheus_client::encoding::DescriptorEncoder;
 use prometheus_client::metrics::MetricType::{self, Counter, Gauge};
 use prometheus_client::registry::Unit;
+use stallwatch_collector::sample::containers::ContainerSnapshot;
 use stallwatch_collector::sample::{HostSnapshot, SourceStatus, ThreadSnapshot};
 
 use super::{family, single, Labels};
@@ -55,6 +56,7 @@ impl Default for ReloadStatus {
 pub struct SelfCollector {
     pub host: Arc<ArcSwap<HostSnapshot>>,
     pub threads: Arc<ArcSwap<ThreadSnapshot>>,
+    pub containers: Arc<ArcSwap<ContainerSnapshot>>,
     pub reload: Arc<ReloadStatus>,
     pub start_time: f64,
 }
@@ -107,6 +109,10 @@ impl Collector for SelfCollector {
         let mut all: Vec<&SourceStatus> = host.sources.iter().collect();
         if threads.enabled {
             all.push(&threads.status);
+        }
+        let containers = self.containers.load();
+        if containers.enabled {
+            all.push(&containers.status);
         }
         let now = Instant::now();
         let src = |name: &'static str| -> Labels<'static> { vec![("source", Cow::Borrowed(name))] };

@@ -53,6 +53,7 @@ fn run_fixture(name: &str) -> String {
             "sys_vm",
             "pressure_io",
             "threads",
+            "containers",
         ]
         .iter()
         .all(|s| {

@@ -1,0 +1,200 @@
+//! Real container cgroups in the docker (cgroupfs) and kubelet (cgroupfs) shapes, made with
+//! cgroups-rs in every v1 hierarchy of this host (plus the unified v2 directory, where PSI
+//! lives), with real processes burning CPU and dirtying page cache. The agent must find them,
+//! label them from the path, agree with the kernel's own counters, and drop them from the next
+//! scrape once the cgroup is removed.
+
+use std::io::Write;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use cgroups_rs::fs::hierarchies::V1;
+use cgroups_rs::fs::Cgroup;
+use cgroups_rs::CgroupPid;
+
+use crate::harness::{require_root, write, Agent};
+
+/// A cgroup in every v1 hierarchy and in the unified tree, with one process in it; the process
+/// is killed and every directory removed on drop.
+struct FakeContainer {
+    cg: Option<Cgroup>,
+    unified: PathBuf,
+    child: Child,
+    /// Ancestor paths (relative) that did not exist before: removed again, deepest first.
+    created_parents: Vec<String>,
+}
+
+impl FakeContainer {
+    /// Runs `script` in the new cgroup: the shell waits on stdin until it has been moved, so
+    /// everything it starts (and every page it dirties) is charged to the container.
+    fn start(rel: &str, script: &str) -> FakeContainer {
+        let mut created_parents = Vec::new();
+        let mut acc = String::new();
+        for part in rel
+            .split('/')
+            .collect::<Vec<_>>()
+            .split_last()
+            .map(|(_, p)| p.to_vec())
+            .unwrap_or_default()
+        {
+            acc = if acc.is_empty() {
+                part.to_string()
+            } else {
+                format!("{acc}/{part}")
+            };
+            if !PathBuf::from("/sys/fs/cgroup/memory").join(&acc).exists() {
+                created_parents.push(acc.clone());
+            }
+        }
+        let cg =
+            Cgroup::new(Box::new(V1::new()), rel).unwrap_or_else(|e| panic!("create {rel}: {e}"));
+        let unified = PathBuf::from("/sys/fs/cgroup/unified").join(rel);
+        std::fs::create_dir_all(&unified).unwrap();
+        let child = Command::new("sh")
+            .args(["-c", &format!("read go; {script}")])
+            .stdin(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let pid = child.id();
+        let mut c = FakeContainer {
+            cg: Some(cg),
+            unified,
+            child,
+            created_parents,
+        };
+        c.cg.as_ref()
+            .unwrap()
+            .add_task_by_tgid(CgroupPid::from(pid as u64))
+            .unwrap();
+        std::fs::write(c.unified.join("cgroup.procs"), pid.to_string()).unwrap();
+        c.child.stdin.take().unwrap().write_all(b"go\n").unwrap();
+        c
+    }
+
+    fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    fn remove(&mut self) {
+        self.kill();
+        if let Some(cg) = self.cg.take() {
+            for _ in 0..50 {
+                if cg.delete().is_ok() {
+                    break;
+                }
+                std::thread::sleep(Duration::from_millis(50));
+            }
+        }
+        let _ = std::fs::remove_dir(&self.unified);
+        // Parents we created, in every hierarchy (v1 controllers and unified), deepest first.
+        for parent in self.created_parents.iter().rev() {
+            if let Ok(rd) = std::fs::read_dir("/sys/fs/cgroup") {
+                for h in rd.filter_map(|e| e.ok()) {
+                    let _ = std::fs::remove_dir(h.path().join(parent));
+                }
+            }
+        }
+    }
+}
+
+impl Drop for FakeContainer {
+    fn drop(&mut self) {
+        self.remove();
+    }
+}
+
+fn hex_id(seed: u64) -> String {
+    (0..4)
+        .map(|i| {
+            format!(
+                "{:016x}",
+                seed.wrapping_mul(0x9e37_79b9_7f4a_7c15).rotate_left(i * 13) | 1
+            )
+        })
+        .collect()
+}
+
+#[test]
+fn real_container_cgroups_are_found_labelled_counted_and_gone_after_rmdir() {
+    if !require_root("real_container_cgroups_are_found_labelled_counted_and_gone_after_rmdir") {
+        return;
+    }
+    let seed = std::process::id() as u64 * 7919 + 17;
+    let id = hex_id(seed);
+    let pod_id = hex_id(seed + 1);
+    let uid = "1b4e28ba-2fa1-11d2-883f-0016d3cca427";
+    let dir = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).unwrap();
+    let file = dir.path().join("dirty.bin");
+    let mut docker = FakeContainer::start(
+        &format!("docker/{id}"),
+        &format!(
+            "dd if=/dev/zero of={} bs=1M count=64 2>/dev/null; while :; do :; done",
+            file.display()
+        ),
+    );
+    let mut pod = FakeContainer::start(
+        &format!("kubepods/burstable/pod{uid}/{pod_id}"),
+        "exec sleep 600",
+    );
+
+    let cfg = dir.path().join("cfg.toml");
+    write(&cfg, "[containers]\ninterval = \"1s\"\n");
+    let agent = Agent::start(&[&format!("--config.file={}", cfg.display())]);
+    let d = format!("container_id=\"{id}\",runtime=\"docker\"");
+    let p = format!(
+        "container_id=\"{pod_id}\",runtime=\"unknown\",pod_uid=\"{uid}\",qos=\"burstable\""
+    );
+    let cpu = format!("stallwatch_container_cpu_usage_seconds_total{{{d}}}");
+    let m = agent.wait_for(
+        Duration::from_secs(15),
+        "both containers, the busy one with CPU and cache",
+        |m| {
+            m.get(&cpu).is_some_and(|c| c >= 0.5)
+                && m.get(&format!("stallwatch_container_memory_cache_bytes{{{d}}}"))
+                    .is_some_and(|c| c >= 32.0 * 1048576.0)
+                && m.get(&format!("stallwatch_container_pids{{{p}}}")) == Some(1.0)
+        },
+    );
+    // Agreement with the kernel's own counter, read right after the scrape: the agent's value
+    // is at most one pass (1 s of one busy core, plus scheduling slack) behind.
+    let kernel_ns: f64 =
+        std::fs::read_to_string(format!("/sys/fs/cgroup/cpuacct/docker/{id}/cpuacct.usage"))
+            .unwrap()
+            .trim()
+            .parse()
+            .unwrap();
+    let agent_cpu = m.get(&cpu).unwrap();
+    assert!(
+        agent_cpu <= kernel_ns / 1e9 + 0.01 && agent_cpu >= kernel_ns / 1e9 - 2.5,
+        "agent {agent_cpu} s vs kernel {} s",
+        kernel_ns / 1e9
+    );
+    assert_eq!(
+        m.get(&format!("stallwatch_container_pids{{{d}}}")),
+        Some(1.0)
+    );
+    assert!(m.get("stallwatch_containers{runtime=\"docker\"}").unwrap() >= 1.0);
+    assert!(m.get("stallwatch_container_starts_total").unwrap() >= 2.0);
+    // PSI comes from the unified directory of the same path.
+    assert!(m.get(&format!("stallwatch_container_pressure_stall_seconds_total{{{d},resource=\"cpu\",kind=\"some\"}}")).is_some(), "{}", m.text);
+
+    // rmdir: gone from the next pass's scrape, and counted as a stop.
+    let stops0 = m.get("stallwatch_container_stops_total").unwrap();
+    docker.remove();
+    let m2 = agent.wait_for(Duration::from_secs(10), "the removed container gone", |m| {
+        m.get(&cpu).is_none()
+    });
+    assert!(
+        !m2.text.contains(&id),
+        "no series of the removed container remain"
+    );
+    assert!(m2.get("stallwatch_container_stops_total").unwrap() >= stops0 + 1.0);
+    assert!(
+        m2.get(&format!("stallwatch_container_pids{{{p}}}"))
+            .is_some(),
+        "the other one stays"
+    );
+    pod.remove();
+}

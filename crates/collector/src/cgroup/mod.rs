@@ -1,0 +1,337 @@
+//! Containers, from the cgroup filesystem: who they are ([`identity`]), where they are
+//! ([`discover`]) and what they use ([`v1`], [`v2`], combined by [`read_stats`]).
+//!
+//! Every counter is an `Option`: a controller that is not mounted or not enabled for a cgroup
+//! has no file, and its metrics are absent rather than zero (on this hybrid host the v2 tree
+//! has only `cpu.stat` and the `*.pressure` files; a pure-v2 host without the `io` controller
+//! delegated to a slice has no `io.stat`).
+
+pub mod discover;
+pub mod identity;
+pub mod v1;
+pub mod v2;
+
+use std::io::Read;
+use std::path::{Path, PathBuf};
+
+use crate::error::{parse_u64, Error, ErrorKind, ParseError};
+use crate::proc::pressure::Pressure;
+use crate::proc::read_with;
+
+pub use discover::{detect, discover, Found, Layout};
+pub use identity::{identify, Identity, Qos, Runtime};
+
+/// CPU accounting of a container (counters since the cgroup was created).
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct CpuStats {
+    /// User time, seconds (v1 `cpuacct.stat` user, USER_HZ ticks; v2 `cpu.stat` user_usec).
+    pub user_seconds: Option<f64>,
+    /// System time, seconds (v1 `cpuacct.stat` system; v2 system_usec).
+    pub system_seconds: Option<f64>,
+    /// Total CPU time, seconds (v1 `cpuacct.usage` ns; v2 usage_usec).
+    pub usage_seconds: Option<f64>,
+    /// CFS enforcement periods elapsed (`cpu.stat` nr_periods; 0 without a quota).
+    pub nr_periods: Option<u64>,
+    /// Periods in which the cgroup was throttled (`cpu.stat` nr_throttled).
+    pub nr_throttled: Option<u64>,
+    /// Time throttled, seconds (v1 `cpu.stat` throttled_time ns; v2 throttled_usec).
+    pub throttled_seconds: Option<f64>,
+}
+
+/// Memory of a container.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct MemoryStats {
+    /// Bytes charged now (v1 `memory.usage_in_bytes`; v2 `memory.current`).
+    pub usage_bytes: Option<u64>,
+    /// Hard limit, bytes; `None` when unlimited (v1 `memory.limit_in_bytes` ≥ 2^62; v2
+    /// `memory.max` "max") or unknown.
+    pub limit_bytes: Option<u64>,
+    /// Anonymous memory, bytes (v1 `memory.stat` total_rss; v2 anon).
+    pub rss_bytes: Option<u64>,
+    /// Page cache, bytes (v1 total_cache; v2 file).
+    pub cache_bytes: Option<u64>,
+    /// Dirty page cache, bytes (v1 total_dirty; v2 file_dirty).
+    pub dirty_bytes: Option<u64>,
+    /// Page cache under writeback, bytes (v1 total_writeback; v2 file_writeback).
+    pub writeback_bytes: Option<u64>,
+    /// Major page faults, count (v1 total_pgmajfault; v2 pgmajfault).
+    pub major_faults: Option<u64>,
+    /// OOM kills in the cgroup, count (v1 `memory.oom_control` oom_kill, kernel ≥ 4.13; v2
+    /// `memory.events` oom_kill).
+    pub oom_kills: Option<u64>,
+}
+
+/// Block I/O of a container on one device, counters since the cgroup was created.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, PartialOrd, Ord)]
+pub struct DeviceIo {
+    pub major: u32,
+    pub minor: u32,
+    pub read_bytes: u64,
+    pub write_bytes: u64,
+    pub read_ops: u64,
+    pub write_ops: u64,
+}
+
+/// A failed read of one file, kept (cloneable) with the stats for the sampler to count and log.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StatError {
+    pub kind: ErrorKind,
+    pub message: String,
+}
+
+impl From<Error> for StatError {
+    fn from(e: Error) -> Self {
+        StatError {
+            kind: e.kind(),
+            message: e.to_string(),
+        }
+    }
+}
+
+/// Everything read for one container in one pass.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct ContainerStats {
+    pub cpu: CpuStats,
+    pub memory: MemoryStats,
+    /// Per device, sorted by (major, minor); `None` when no blkio/io file exists.
+    pub io: Option<Vec<DeviceIo>>,
+    /// PSI of the cgroup, indexed like [`crate::proc::pressure::Resource::ALL`] (v2 only).
+    pub pressure: [Option<Pressure>; 3],
+    /// Tasks in the cgroup (`pids.current`).
+    pub pids: Option<u64>,
+    /// The first process listed in `cgroup.procs`, whose `/proc/<pid>/net/dev` shows the
+    /// container's network namespace.
+    pub first_pid: Option<u32>,
+    /// Files that failed to read or parse (absent files are not errors).
+    pub errors: Vec<StatError>,
+}
+
+macro_rules! fill {
+    ($dst:expr, $src:expr, $($f:ident),+) => { $( if $dst.$f.is_none() { $dst.$f = $src.$f; } )+ };
+}
+
+impl ContainerStats {
+    /// Fills the fields this one lacks from `other` (hybrid hosts: v1 first, then unified).
+    pub fn fill_missing(&mut self, other: ContainerStats) {
+        fill!(
+            self.cpu,
+            other.cpu,
+            user_seconds,
+            system_seconds,
+            usage_seconds,
+            nr_periods,
+            nr_throttled,
+            throttled_seconds
+        );
+        fill!(
+            self.memory,
+            other.memory,
+            usage_bytes,
+            limit_bytes,
+            rss_bytes,
+            cache_bytes,
+            dirty_bytes,
+            writeback_bytes,
+            major_faults,
+            oom_kills
+        );
+        fill!(self, other, io, pids, first_pid);
+        for (a, b) in self.pressure.iter_mut().zip(other.pressure) {
+            if a.is_none() {
+                *a = b;
+            }
+        }
+        self.errors.extend(other.errors);
+    }
+}
+
+/// Reads a container's counters. `path` is relative to the hierarchy roots (`/docker/<id>`).
+/// v1 controllers are read from their own hierarchies; on hybrid hosts what v1 lacks (PSI,
+/// and cpu times when no cpuacct hierarchy exists) comes from the unified tree.
+pub fn read_stats(layout: &Layout, path: &str) -> ContainerStats {
+    if path.split('/').any(|c| c == "..") {
+        return ContainerStats {
+            errors: vec![StatError {
+                kind: ErrorKind::Parse,
+                message: format!("cgroup path {path:?} leaves the hierarchy"),
+            }],
+            ..ContainerStats::default()
+        };
+    }
+    match layout {
+        Layout::V2 { root } => v2::read(&join(root, path)),
+        Layout::V1 { .. } => v1::read(layout, path),
+        Layout::Hybrid { unified, .. } => {
+            let mut s = v1::read(layout, path);
+            let dir = join(unified, path);
+            if dir.is_dir() {
+                s.fill_missing(v2::read(&dir));
+            }
+            s
+        }
+    }
+}
+
+/// `root` + a relative cgroup path (`Path::join` of `/docker/x` would replace the root).
+pub(crate) fn join(root: &Path, rel: &str) -> PathBuf {
+    root.join(rel.trim_start_matches('/'))
+}
+
+/// Reads and parses one cgroup file into `Option`: absent (`ENOENT`), removed under us
+/// (`ENODEV`) or disabled (`EOPNOTSUPP`, e.g. PSI with `cgroup.pressure` 0) is `None`; other
+/// failures are pushed to `errors` and give `None` too.
+pub(crate) fn read_file<T>(
+    path: &Path,
+    parse: impl FnOnce(&str) -> Result<T, ParseError>,
+    errors: &mut Vec<StatError>,
+) -> Option<T> {
+    match read_with(path, parse) {
+        Ok(v) => v,
+        Err(Error::Io { source, .. })
+            if matches!(
+                source.raw_os_error(),
+                Some(libc::ENODEV) | Some(libc::EOPNOTSUPP)
+            ) =>
+        {
+            None
+        }
+        Err(e) => {
+            errors.push(e.into());
+            None
+        }
+    }
+}
+
+/// A file holding one unsigned integer (`cpuacct.usage`, `memory.current`, `pids.current`).
+pub fn parse_single_u64(text: &str) -> Result<u64, ParseError> {
+    parse_u64(text.trim(), 1, "value")
+}
+
+/// Flat keyed files (`key value` per line: `memory.stat`, `cpu.stat`, `memory.events`, …).
+/// Every non-empty line must have that shape; `f` picks the keys it wants.
+pub(crate) fn parse_keyed(text: &str, mut f: impl FnMut(&str, u64)) -> Result<(), ParseError> {
+    for (i, line) in text.lines().enumerate() {
+        let mut it = line.split_ascii_whitespace();
+        let Some(k) = it.next() else {
+            continue;
+        };
+        let (Some(v), None) = (it.next(), it.next()) else {
+            return Err(ParseError::new(
+                i + 1,
+                format!("expected `key value`, got {line:?}"),
+            ));
+        };
+        f(k, parse_u64(v, i + 1, k)?);
+    }
+    Ok(())
+}
+
+/// `major:minor`.
+pub(crate) fn parse_dev(s: &str, line: usize) -> Result<(u32, u32), ParseError> {
+    let bad = || ParseError::new(line, format!("expected major:minor, got {s:?}"));
+    let (a, b) = s.split_once(':').ok_or_else(bad)?;
+    Ok((a.parse().map_err(|_| bad())?, b.parse().map_err(|_| bad())?))
+}
+
+/// The first pid in `<dir>/cgroup.procs`, reading only the first bytes (a big container's
+/// list can be long; we need one member).
+pub(crate) fn first_pid(dir: &Path, errors: &mut Vec<StatError>) -> Option<u32> {
+    let path = dir.join("cgroup.procs");
+    let mut buf = [0u8; 64];
+    let n = match std::fs::File::open(&path).and_then(|mut f| f.read(&mut buf)) {
+        Ok(n) => n,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return None,
+        Err(e) if e.raw_os_error() == Some(libc::ENODEV) => return None,
+        Err(source) => {
+            errors.push(Error::Io { path, source }.into());
+            return None;
+        }
+    };
+    let text = String::from_utf8_lossy(&buf[..n]);
+    let first = text.lines().next()?.trim();
+    if first.is_empty() {
+        return None;
+    }
+    match first.parse() {
+        Ok(p) => Some(p),
+        Err(_) => {
+            errors.push(
+                Error::Parse {
+                    path,
+                    source: ParseError::new(1, format!("pid: got {first:?}")),
+                }
+                .into(),
+            );
+            None
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn keyed_files_unknown_keys_and_garbage() {
+        let mut got = Vec::new();
+        parse_keyed("a 1\n\nb 2\nnew_key_from_a_newer_kernel 3\n", |k, v| {
+            got.push((k.to_string(), v))
+        })
+        .unwrap();
+        assert_eq!(got.len(), 3);
+        assert_eq!(parse_keyed("a 1\nb\n", |_, _| {}).unwrap_err().line, 2);
+        assert_eq!(parse_keyed("a 1 2\n", |_, _| {}).unwrap_err().line, 1);
+        assert_eq!(parse_keyed("a x\n", |_, _| {}).unwrap_err().line, 1);
+    }
+
+    #[test]
+    fn single_values_and_devices() {
+        assert_eq!(parse_single_u64("481777005\n").unwrap(), 481777005);
+        assert!(parse_single_u64("max\n").is_err());
+        assert!(parse_single_u64("").is_err());
+        assert_eq!(parse_dev("254:0", 1).unwrap(), (254, 0));
+        assert!(parse_dev("254", 1).is_err());
+        assert!(parse_dev("a:b", 1).is_err());
+    }
+
+    #[test]
+    fn fill_missing_prefers_what_is_there() {
+        let mut a = ContainerStats::default();
+        a.cpu.user_seconds = Some(1.0);
+        a.pids = Some(3);
+        let mut b = ContainerStats::default();
+        b.cpu.user_seconds = Some(2.0);
+        b.cpu.throttled_seconds = Some(0.5);
+        b.pids = Some(4);
+        b.first_pid = Some(42);
+        a.fill_missing(b);
+        assert_eq!(a.cpu.user_seconds, Some(1.0));
+        assert_eq!(a.cpu.throttled_seconds, Some(0.5));
+        assert_eq!((a.pids, a.first_pid), (Some(3), Some(42)));
+    }
+
+    #[test]
+    fn first_pid_of_a_fixture_and_of_nothing() {
+        let t = tempfile::tempdir().unwrap();
+        let mut errors = Vec::new();
+        assert_eq!(first_pid(t.path(), &mut errors), None);
+        std::fs::write(t.path().join("cgroup.procs"), "").unwrap();
+        assert_eq!(first_pid(t.path(), &mut errors), None);
+        std::fs::write(t.path().join("cgroup.procs"), "4242\n4243\n").unwrap();
+        assert_eq!(first_pid(t.path(), &mut errors), Some(4242));
+        assert!(errors.is_empty());
+        std::fs::write(t.path().join("cgroup.procs"), "x\n").unwrap();
+        assert_eq!(first_pid(t.path(), &mut errors), None);
+        assert_eq!(errors.len(), 1);
+    }
+
+    #[test]
+    fn read_stats_refuses_dot_dot() {
+        let l = Layout::V2 {
+            root: PathBuf::from("/nonexistent"),
+        };
+        let s = read_stats(&l, "/docker/../../etc");
+        assert_eq!(s.errors.len(), 1);
+        assert_eq!(s.pids, None);
+    }
+}
