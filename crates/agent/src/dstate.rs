@@ -43,6 +43,10 @@ struct ThreadOut<'a> {
     group: &'a str,
     wchan: Option<&'a str>,
     cgroup: Option<&'a str>,
+    /// The container the thread belongs to, from its cgroup path's shape.
+    container_id: Option<String>,
+    runtime: Option<&'static str>,
+    pod_uid: Option<String>,
     kernel_thread: bool,
     /// Lower bound: time since the first walk that saw it in D.
     seconds_in_d: f64,
@@ -175,6 +179,9 @@ fn print(
                     group: &d.group,
                     wchan: d.wchan.as_deref(),
                     cgroup: d.cgroup.as_deref(),
+                    container_id: container_of(d).map(|i| i.container_id),
+                    runtime: container_of(d).map(|i| i.runtime.as_str()),
+                    pod_uid: container_of(d).and_then(|i| i.pod_uid),
                     kernel_thread: d.kernel_thread,
                     seconds_in_d: now.saturating_duration_since(d.since).as_secs_f64(),
                     stack,
@@ -206,20 +213,26 @@ fn print(
     writeln!(out)?;
     writeln!(
         out,
-        "{:>8} {:>8} {:>8}  {:<16} {:<16} {:<24} CGROUP",
-        "IN D", "PID", "TID", "GROUP", "COMM", "WCHAN"
+        "{:>8} {:>8} {:>8}  {:<16} {:<16} {:<24} {:<13} CGROUP",
+        "IN D", "PID", "TID", "GROUP", "COMM", "WCHAN", "CONTAINER"
     )?;
     for (d, stack) in stuck.iter().zip(stacks) {
         let age = now.saturating_duration_since(d.since).as_secs_f64();
         writeln!(
             out,
-            "{:>7.1}s {:>8} {:>8}  {:<16} {:<16} {:<24} {}",
+            "{:>7.1}s {:>8} {:>8}  {:<16} {:<16} {:<24} {:<13} {}",
             age,
             d.pid,
             d.tid,
             clip(&d.group, 16),
             clip(&d.comm, 16),
             clip(d.wchan.as_deref().unwrap_or("-"), 24),
+            // Docker's short form: the first 12 hex digits of the id.
+            container_of(d).map_or("-".to_string(), |i| i
+                .container_id
+                .chars()
+                .take(12)
+                .collect()),
             d.cgroup.as_deref().unwrap_or(if d.kernel_thread {
                 "(kernel thread)"
             } else {
@@ -239,6 +252,12 @@ fn print(
         writeln!(out, "(no thread is in D state)")?;
     }
     out.flush()
+}
+
+fn container_of(d: &DThread) -> Option<stallwatch_collector::cgroup::Identity> {
+    d.cgroup
+        .as_deref()
+        .and_then(stallwatch_collector::cgroup::identify)
 }
 
 fn clip(s: &str, n: usize) -> String {
