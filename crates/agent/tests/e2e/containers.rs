@@ -198,3 +198,131 @@ fn real_container_cgroups_are_found_labelled_counted_and_gone_after_rmdir() {
     );
     pod.remove();
 }
+
+/// A network namespace with one end of a veth pair in it and the other on the host, removed
+/// on drop. Addresses are link-local and live only on this pair: the traffic never leaves the
+/// machine.
+struct NetNs {
+    name: String,
+    host_if: String,
+}
+
+impl NetNs {
+    fn new(tag: u32) -> NetNs {
+        let name = format!("swtest{tag}");
+        let host_if = format!("swh{tag}");
+        let ctr_if = format!("swc{tag}");
+        let ip = |args: &[&str]| {
+            let out = Command::new("ip").args(args).output().unwrap();
+            assert!(
+                out.status.success(),
+                "ip {args:?}: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        };
+        let ns = NetNs {
+            name: name.clone(),
+            host_if: host_if.clone(),
+        };
+        ip(&["netns", "add", &name]);
+        ip(&[
+            "link", "add", &host_if, "type", "veth", "peer", "name", &ctr_if,
+        ]);
+        ip(&["link", "set", &ctr_if, "netns", &name]);
+        ip(&["addr", "add", "169.254.77.1/30", "dev", &host_if]);
+        ip(&["link", "set", &host_if, "up"]);
+        ip(&[
+            "-n",
+            &name,
+            "addr",
+            "add",
+            "169.254.77.2/30",
+            "dev",
+            &ctr_if,
+        ]);
+        ip(&["-n", &name, "link", "set", &ctr_if, "up"]);
+        ip(&["-n", &name, "link", "set", "lo", "up"]);
+        ns
+    }
+}
+
+impl Drop for NetNs {
+    fn drop(&mut self) {
+        let _ = Command::new("ip")
+            .args(["link", "del", &self.host_if])
+            .output();
+        let _ = Command::new("ip")
+            .args(["netns", "del", &self.name])
+            .output();
+    }
+}
+
+#[test]
+fn container_network_counters_come_from_its_namespace() {
+    if !require_root("container_network_counters_come_from_its_namespace") {
+        return;
+    }
+    let tag = std::process::id() % 100_000;
+    let ns = NetNs::new(tag);
+    let id = hex_id(tag as u64 * 31 + 5);
+    let mut c = FakeContainer::start(
+        &format!("docker/{id}"),
+        &format!("exec ip netns exec {} sleep 600", ns.name),
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = dir.path().join("cfg.toml");
+    write(&cfg, "[containers]\ninterval = \"1s\"\n");
+    let agent = Agent::start(&[&format!("--config.file={}", cfg.display())]);
+    let ctr_if = format!("swc{tag}");
+    let l = format!("container_id=\"{id}\",runtime=\"docker\",interface=\"{ctr_if}\"");
+    let rx = format!("stallwatch_container_network_receive_packets_total{{{l}}}");
+    agent.wait_for(Duration::from_secs(10), "the container's interface", |m| {
+        m.get(&rx).is_some()
+    });
+
+    // 30 UDP datagrams from the host end to the container's address (no listener: the
+    // container's kernel answers with ICMP port-unreachable, so its transmit side grows too).
+    let sock = std::net::UdpSocket::bind("169.254.77.1:0").unwrap();
+    for i in 0..30u8 {
+        sock.send_to(&[i; 64], "169.254.77.2:9").unwrap();
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let m = agent.wait_for(Duration::from_secs(10), "30 packets received", |m| {
+        m.get(&rx).is_some_and(|n| n >= 30.0)
+    });
+    // Agreement with the kernel's view from inside the namespace, read after the scrape.
+    let text = std::fs::read_to_string(format!("/proc/{}/net/dev", c.child.id())).unwrap();
+    let line = text
+        .lines()
+        .find(|l| l.trim_start().starts_with(&format!("{ctr_if}:")))
+        .unwrap();
+    let kernel_rx: f64 = line
+        .split(':')
+        .nth(1)
+        .unwrap()
+        .split_whitespace()
+        .nth(1)
+        .unwrap()
+        .parse()
+        .unwrap();
+    let agent_rx = m.get(&rx).unwrap();
+    assert!(
+        agent_rx <= kernel_rx && agent_rx >= kernel_rx - 5.0,
+        "agent {agent_rx} vs kernel {kernel_rx}"
+    );
+    assert!(
+        m.get(&format!(
+            "stallwatch_container_network_transmit_packets_total{{{l}}}"
+        ))
+        .unwrap()
+            >= 1.0
+    );
+    assert!(
+        !m.text.contains(&format!(
+            "container_id=\"{id}\",runtime=\"docker\",interface=\"lo\""
+        )),
+        "loopback is not reported"
+    );
+    c.remove();
+    drop(ns);
+}

@@ -11,11 +11,13 @@ const MIB: f64 = 1048576.0;
 #[test]
 fn buffered_writes_raise_the_dirty_peak_and_sync_advances_written_pages() {
     // A real disk-backed filesystem (the target dir), not tmpfs: tmpfs pages are never dirty.
+    // Sampling at 100 ms catches the peak while the data is being written, even if another
+    // process on the machine calls sync(2) right after (dockerd does when it extracts layers).
     let dir = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).unwrap();
     let cfg = dir.path().join("cfg.toml");
     write(
         &cfg,
-        "[sampler]\ninterval = \"1s\"\npeak_window = \"120s\"\n",
+        "[sampler]\ninterval = \"100ms\"\npeak_window = \"120s\"\n",
     );
     let agent = Agent::start(&[&format!("--config.file={}", cfg.display())]);
     let m0 = agent.wait_for(Duration::from_secs(10), "first snapshot", |m| {
