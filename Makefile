@@ -15,9 +15,11 @@ build:
 run: build
 	./target/release/stallwatch --config.file=$(CONFIG) --web.listen-address=$(LISTEN)
 
-# Debian packages the tests use: promtool (prometheus) parses our exposition; curl and
-# e2fsprogs for the real-kernel tests. Installed only when missing.
-TEST_DEBS := prometheus curl e2fsprogs util-linux
+# Debian packages the tests use: promtool (prometheus) parses our exposition; e2fsprogs and
+# util-linux (mkfs, losetup) for the real-kernel tests; docker.io, busybox-static and iptables
+# for the real-container test (a private dockerd the test starts and stops). Installed only
+# when missing.
+TEST_DEBS := prometheus curl e2fsprogs util-linux docker.io busybox-static iptables
 test-deps:
 	@bash tests/scripts/ensure-debs.sh $(TEST_DEBS)
 

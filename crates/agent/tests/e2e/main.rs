@@ -3,6 +3,7 @@
 //! binary (modules below) to keep link time down.
 
 mod containers;
+mod docker;
 mod dstate;
 mod dstate_rig;
 mod golden;
