@@ -93,6 +93,14 @@ impl Collector for ContainersCollector {
             Gauge,
             s.dropped as f64,
         )?;
+        single(
+            &mut e,
+            "container_reads_dropped",
+            "Containers not read because of containers.max_containers, summed over passes.",
+            None,
+            Counter,
+            s.dropped_total as f64,
+        )?;
 
         macro_rules! per {
             ($name:expr, $help:expr, $unit:expr, $ty:expr, $get:expr) => {

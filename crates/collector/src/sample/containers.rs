@@ -76,6 +76,8 @@ pub struct ContainerSnapshot {
     pub stops: u64,
     /// Containers discovered by the last pass but not read (over `max_containers`).
     pub dropped: u64,
+    /// Sum over all passes of the containers not read because of the cap (a counter).
+    pub dropped_total: u64,
     /// The discovery walk hit its directory bound in the last pass.
     pub walk_truncated: bool,
     pub status: SourceStatus,
@@ -90,6 +92,7 @@ impl Default for ContainerSnapshot {
             starts: 0,
             stops: 0,
             dropped: 0,
+            dropped_total: 0,
             walk_truncated: false,
             status: SourceStatus::new("containers"),
         }
@@ -247,6 +250,7 @@ impl ContainerSampler {
                     snap.starts = churn.starts;
                     snap.stops = churn.stops;
                     snap.dropped = p.dropped as u64;
+                    snap.dropped_total += p.dropped as u64;
                     snap.walk_truncated = p.truncated;
                     snap.containers = p.rows;
                     snap.status.last_success = Some(o.finished);
@@ -257,15 +261,8 @@ impl ContainerSampler {
                 }
                 snap.status.in_flight_since = worker.busy_since;
                 snap.status.timeout = cfg.source_timeout;
-                if snap.status.stuck(Instant::now())
-                    && last_stuck_log.is_none_or(|t| t.elapsed() > Duration::from_secs(60))
-                {
-                    warn!(
-                        source = "containers",
-                        "Container pass is stuck; keeping the last result."
-                    );
-                    last_stuck_log = Some(Instant::now());
-                }
+                snap.status
+                    .warn_if_stuck(Instant::now(), &mut last_stuck_log);
                 out.store(Arc::new(snap.clone()));
                 // Wake at least every second: a config change (enabled, interval) and a late
                 // pass are picked up promptly.
@@ -282,6 +279,34 @@ impl ContainerSampler {
 
     pub fn stop(self) {
         self.0.stop();
+    }
+}
+
+#[cfg(test)]
+mod cap_tests {
+    use super::*;
+
+    /// The pure-v2 fixture has two containers: a cap of one reads one and drops one, and the
+    /// ids of both are still known (for start/stop accounting).
+    #[test]
+    fn cap_reads_at_most_max_containers_and_counts_the_rest() {
+        let base = std::path::Path::new(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/../../tests/fixtures/v2-nopsi-5.4"
+        ));
+        let roots = Roots {
+            procfs: base.join("proc"),
+            sysfs: base.join("sys"),
+            cgroupfs: base.join("sys/fs/cgroup"),
+            rootfs: base.to_path_buf(),
+        };
+        let all = pass(&roots, 1000);
+        assert_eq!(all.rows.len(), 2);
+        let capped = pass(&roots, 1);
+        assert_eq!(
+            (capped.rows.len(), capped.dropped, capped.ids.len()),
+            (1, 1, 2)
+        );
     }
 }
 

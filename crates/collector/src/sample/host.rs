@@ -476,13 +476,7 @@ impl State {
         for (i, (w, s)) in self.workers.iter().zip(&mut self.snap.sources).enumerate() {
             s.in_flight_since = w.busy_since;
             s.timeout = cfg.source_timeout;
-            let logged = &mut self.stuck_log[i];
-            if s.stuck(now)
-                && logged.is_none_or(|t| now.duration_since(t) > Duration::from_secs(60))
-            {
-                warn!(source = s.name, timeout = ?cfg.source_timeout, "Source read is stuck; keeping its last value.");
-                *logged = Some(now);
-            }
+            s.warn_if_stuck(now, &mut self.stuck_log[i]);
         }
         self.snap.taken = Some(SystemTime::now());
         self.update_derived(cfg, now);

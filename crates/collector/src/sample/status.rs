@@ -75,6 +75,16 @@ impl SourceStatus {
             .is_some_and(|t| now.saturating_duration_since(t) > self.timeout)
     }
 
+    /// Logs a warning when a read is stuck, at most once a minute (`last` remembers when).
+    pub fn warn_if_stuck(&self, now: Instant, last: &mut Option<Instant>) {
+        if self.stuck(now)
+            && last.is_none_or(|t| now.saturating_duration_since(t) > Duration::from_secs(60))
+        {
+            tracing::warn!(source = self.name, timeout = ?self.timeout, "Source read is stuck; keeping its last value.");
+            *last = Some(now);
+        }
+    }
+
     /// Age of the last good reading (grows while the source is stuck or failing).
     pub fn age(&self, now: Instant) -> Option<Duration> {
         self.last_success.map(|t| now.saturating_duration_since(t))

@@ -741,15 +741,8 @@ impl ThreadSampler {
                 }
                 snap.status.in_flight_since = worker.busy_since;
                 snap.status.timeout = cfg.source_timeout;
-                if snap.status.stuck(Instant::now())
-                    && last_stuck_log.is_none_or(|t| t.elapsed() > Duration::from_secs(60))
-                {
-                    warn!(
-                        source = "threads",
-                        "Thread walk is stuck; keeping the last result."
-                    );
-                    last_stuck_log = Some(Instant::now());
-                }
+                snap.status
+                    .warn_if_stuck(Instant::now(), &mut last_stuck_log);
                 snap.suspected = suspected;
                 snap.current_interval = cadence;
                 snap.taken = Some(SystemTime::now());
