@@ -218,6 +218,22 @@ fn bad_config_at_start_exits_2_naming_file_line_and_key() {
         );
         assert!(err.contains("unknown field"), "{err}");
     }
+    // A probe path that does not exist, and one on a read-only filesystem (/proc): exit 2 naming
+    // the path.
+    for bad in ["/nonexistent/stallwatch-probe", "/proc/sys"] {
+        write(&cfg, &format!("\n[[probe]]\npath = \"{bad}\"\n"));
+        let out = Command::new(BIN)
+            .arg(format!("--config.file={}", cfg.display()))
+            .arg("--web.listen-address=127.0.0.1:0")
+            .output()
+            .unwrap();
+        assert_eq!(out.status.code(), Some(2), "{bad}");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            err.contains(&format!("{}:2: key `probe[0].path`", cfg.display())) && err.contains(bad),
+            "{err}"
+        );
+    }
     // And a bad web config.
     let web = dir.path().join("web.yml");
     write(
