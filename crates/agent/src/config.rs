@@ -40,6 +40,9 @@ pub struct ContainersSection {
     pub max_containers: usize,
     #[serde(deserialize_with = "positive_duration")]
     pub timeout: Duration,
+    /// Docker's data root, for container names (default `/var/lib/docker` under
+    /// `--path.rootfs`).
+    pub docker_root: Option<PathBuf>,
 }
 
 impl Default for ContainersSection {
@@ -50,6 +53,7 @@ impl Default for ContainersSection {
             interval: d.interval,
             max_containers: d.max_containers,
             timeout: d.source_timeout,
+            docker_root: None,
         }
     }
 }
@@ -475,6 +479,7 @@ impl FileConfig {
             interval: c.interval,
             max_containers: c.max_containers,
             source_timeout: c.timeout,
+            docker_root: c.docker_root.clone(),
         };
         let d = self.disks;
         Ok(Config {

@@ -43,6 +43,9 @@ fn base(r: &ContainerRow) -> Labels<'_> {
     if let Some(q) = id.qos {
         l.push(("qos", Cow::Borrowed(q.as_str())));
     }
+    if let Some(n) = &r.name {
+        l.push(("name", Cow::Borrowed(n.as_str())));
+    }
     l
 }
 

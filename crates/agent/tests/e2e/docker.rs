@@ -441,11 +441,18 @@ fn real_docker_containers_match_docker_stats() {
 
     let dir = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).unwrap();
     let cfg = dir.path().join("cfg.toml");
-    write(&cfg, "[containers]\ninterval = \"1s\"\n");
+    // Names come from this daemon's own state (its private data root).
+    write(
+        &cfg,
+        &format!(
+            "[containers]\ninterval = \"1s\"\ndocker_root = \"{}\"\n",
+            d.root.join("data").display()
+        ),
+    );
     let agent = Agent::start(&[&format!("--config.file={}", cfg.display())]);
 
-    let c = format!("container_id=\"{cpu_id}\",runtime=\"docker\"");
-    let i = format!("container_id=\"{io_id}\",runtime=\"docker\"");
+    let c = format!("container_id=\"{cpu_id}\",runtime=\"docker\",name=\"swtest-cpu-{pid}\"");
+    let i = format!("container_id=\"{io_id}\",runtime=\"docker\",name=\"swtest-io-{pid}\"");
     let cpu = format!("stallwatch_container_cpu_usage_seconds_total{{{c}}}");
     let pids = format!("stallwatch_container_pids{{{c}}}");
     let mem = format!("stallwatch_container_memory_usage_bytes{{{c}}}");

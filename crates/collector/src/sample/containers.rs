@@ -37,6 +37,9 @@ pub struct ContainersConfig {
     pub max_containers: usize,
     /// A pass outstanding longer than this marks the source stuck.
     pub source_timeout: Duration,
+    /// Docker's data root, for container names (`<root>/containers/<id>/config.v2.json`);
+    /// `None`: `/var/lib/docker` under `--path.rootfs`.
+    pub docker_root: Option<std::path::PathBuf>,
 }
 
 impl Default for ContainersConfig {
@@ -46,6 +49,7 @@ impl Default for ContainersConfig {
             interval: Duration::from_secs(10),
             max_containers: 1000,
             source_timeout: Duration::from_secs(5),
+            docker_root: None,
         }
     }
 }
@@ -61,6 +65,9 @@ pub struct ContainerRow {
     /// when no member could be read, or when an earlier container of this pass already
     /// reported the same namespace (a pod's containers share one: counted once).
     pub network: Option<Vec<NetDev>>,
+    /// The name the runtime gave the container (docker's `--name`), when its state on the host
+    /// says so. Chosen by whoever starts the container, not by what runs inside it.
+    pub name: Option<String>,
 }
 
 #[derive(Debug, Clone)]
@@ -111,8 +118,66 @@ pub struct Pass {
     pub no_hierarchy: bool,
 }
 
+/// Container names from the runtime's own state, cached per id (a name never changes for an
+/// id, except by `docker rename`, which a restart of the agent picks up).
+#[derive(Debug, Default)]
+pub struct Names {
+    cache: std::collections::HashMap<String, Option<String>>,
+}
+
+/// Longest name exported; docker allows any length.
+const MAX_NAME: usize = 128;
+
+impl Names {
+    /// Docker: `<root>/containers/<id>/config.v2.json`, top-level `"Name": "/web"`.
+    fn docker(&mut self, docker_root: &std::path::Path, id: &str) -> Option<String> {
+        if let Some(n) = self.cache.get(id) {
+            return n.clone();
+        }
+        let path = docker_root
+            .join("containers")
+            .join(id)
+            .join("config.v2.json");
+        let name = std::fs::read(&path)
+            .ok()
+            .and_then(|b| serde_json::from_slice::<serde_json::Value>(&b).ok())
+            .and_then(|v| {
+                v.get("Name")?
+                    .as_str()
+                    .map(|s| s.trim_start_matches('/').to_string())
+            })
+            .filter(|n| !n.is_empty())
+            .map(|n| {
+                n.chars()
+                    .map(|c| if c.is_control() { '?' } else { c })
+                    .take(MAX_NAME)
+                    .collect::<String>()
+            });
+        // Only a found name is cached: the state file may be written just after the cgroup.
+        if name.is_some() {
+            if self.cache.len() > 10_000 {
+                self.cache.clear();
+            }
+            self.cache.insert(id.to_string(), name.clone());
+        }
+        name
+    }
+}
+
 /// One pass: detect the layout, discover, read up to `max_containers`.
 pub fn pass(roots: &Roots, max_containers: usize) -> Pass {
+    pass_named(roots, max_containers, None, &mut Names::default())
+}
+
+/// [`pass`], plus container names from the runtimes' state (cached in `names`).
+pub fn pass_named(
+    roots: &Roots,
+    max_containers: usize,
+    docker_root: Option<&std::path::Path>,
+    names: &mut Names,
+) -> Pass {
+    let default_root = roots.root("var/lib/docker");
+    let docker_root = docker_root.unwrap_or(&default_root);
     let layout = discover::detect(roots);
     let d = discover::discover_bounded(&layout, DEFAULT_MAX_DEPTH, DEFAULT_MAX_DIRS);
     let ids = d
@@ -136,11 +201,18 @@ pub fn pass(roots: &Roots, max_containers: usize) -> Pass {
                     *inode != 0 && Some(*inode) != host_netns(roots) && seen_netns.insert(*inode)
                 })
                 .map(|(_, devs)| devs);
+            let name = match f.identity.runtime {
+                crate::cgroup::Runtime::Docker => {
+                    names.docker(docker_root, &f.identity.container_id)
+                }
+                _ => None,
+            };
             ContainerRow {
                 stats,
                 identity: f.identity,
                 path: f.path,
                 network,
+                name,
             }
         })
         .collect();
@@ -191,8 +263,15 @@ impl ContainerSampler {
     ) -> std::io::Result<ContainerSampler> {
         let (res_tx, res_rx) = mpsc::channel::<Outcome<Pass>>();
         let wcfg = Arc::clone(&config);
+        let mut names = Names::default();
         let mut worker = Worker::spawn("containers", 0, res_tx, move || {
-            pass(&roots, wcfg.load().max_containers)
+            let cfg = wcfg.load();
+            pass_named(
+                &roots,
+                cfg.max_containers,
+                cfg.docker_root.as_deref(),
+                &mut names,
+            )
         })?;
         let bg = Background::spawn("sw-containers", move |sleeper| {
             let mut snap = ContainerSnapshot::default();
@@ -285,6 +364,36 @@ impl ContainerSampler {
 #[cfg(test)]
 mod cap_tests {
     use super::*;
+
+    #[test]
+    fn docker_names_from_config_v2_json_are_label_safe_and_cached() {
+        let root = tempfile::tempdir().unwrap();
+        let id = "ab".repeat(32);
+        let dir = root.path().join("containers").join(&id);
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(
+            dir.join("config.v2.json"),
+            r#"{"ID":"x","Config":{"Name":"inner"},"Name":"/web\n1"}"#,
+        )
+        .unwrap();
+        let mut n = Names::default();
+        assert_eq!(
+            n.docker(root.path(), &id).as_deref(),
+            Some("web?1"),
+            "top-level Name, control chars made safe"
+        );
+        std::fs::remove_dir_all(root.path().join("containers")).unwrap();
+        assert_eq!(
+            n.docker(root.path(), &id).as_deref(),
+            Some("web?1"),
+            "cached"
+        );
+        assert_eq!(
+            n.docker(root.path(), &"cd".repeat(32)),
+            None,
+            "no state: no name"
+        );
+    }
 
     /// The pure-v2 fixture has two containers: a cap of one reads one and drops one, and the
     /// ids of both are still known (for start/stop accounting).
