@@ -172,16 +172,17 @@ fn print(
             dstate: stuck
                 .iter()
                 .zip(stacks)
-                .map(|(d, stack)| ThreadOut {
+                .map(|(d, stack)| (d, stack, container_of(d)))
+                .map(|(d, stack, ctr)| ThreadOut {
                     pid: d.pid,
                     tid: d.tid,
                     comm: &d.comm,
                     group: &d.group,
                     wchan: d.wchan.as_deref(),
                     cgroup: d.cgroup.as_deref(),
-                    container_id: container_of(d).map(|i| i.container_id),
-                    runtime: container_of(d).map(|i| i.runtime.as_str()),
-                    pod_uid: container_of(d).and_then(|i| i.pod_uid),
+                    runtime: ctr.as_ref().map(|i| i.runtime.as_str()),
+                    pod_uid: ctr.as_ref().and_then(|i| i.pod_uid.clone()),
+                    container_id: ctr.map(|i| i.container_id),
                     kernel_thread: d.kernel_thread,
                     seconds_in_d: now.saturating_duration_since(d.since).as_secs_f64(),
                     stack,

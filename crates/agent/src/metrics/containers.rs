@@ -397,22 +397,26 @@ impl Collector for ContainersCollector {
 
         // Threads in D per container, from the thread walk (matched by container id in the
         // stuck thread's cgroup path).
+        // Stuck threads are counted per distinct cgroup path once, so a scrape costs
+        // containers × distinct paths (a handful) rather than containers × stuck threads.
         let t = self.threads.load();
+        let mut by_cgroup: HashMap<&str, u64> = HashMap::new();
+        for c in t.stuck.iter().filter_map(|d| d.cgroup.as_deref()) {
+            *by_cgroup.entry(c).or_insert(0) += 1;
+        }
         per!(
             "container_dstate_threads",
             "Threads of the container in D state at the last thread walk.",
             None,
             Gauge,
             |r: &ContainerRow| {
+                let id = r.identity.container_id.as_str();
                 Some(
-                    t.stuck
+                    by_cgroup
                         .iter()
-                        .filter(|d| {
-                            d.cgroup
-                                .as_deref()
-                                .is_some_and(|c| c.contains(r.identity.container_id.as_str()))
-                        })
-                        .count() as f64,
+                        .filter(|(c, _)| c.contains(id))
+                        .map(|(_, n)| n)
+                        .sum::<u64>() as f64,
                 )
             }
         );

@@ -67,22 +67,27 @@ pub fn parse(text: &str) -> Result<Vec<NetDev>, ParseError> {
 /// Reads the interfaces `pid` sees and the inode of its network namespace (for dedupe).
 /// `Ok(None)` when the process is gone.
 pub fn read_for_pid(roots: &Roots, pid: u32) -> Result<Option<(u64, Vec<NetDev>)>, crate::Error> {
-    let ns = match std::fs::read_link(roots.proc(&format!("{pid}/ns/net"))) {
-        Ok(l) => l,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
-        Err(source) => {
-            return Err(crate::Error::Io {
-                path: roots.proc(&format!("{pid}/ns/net")),
-                source,
-            })
-        }
+    let Some(inode) = netns_inode(roots, &pid.to_string())? else {
+        return Ok(None);
     };
-    let inode = ns
-        .to_str()
-        .and_then(|s| s.strip_prefix("net:[")?.strip_suffix(']')?.parse().ok())
-        .unwrap_or(0);
     let path = roots.proc(&format!("{pid}/net/dev"));
     Ok(crate::proc::read_with(&path, parse)?.map(|d| (inode, d)))
+}
+
+/// The inode of `<procfs>/<who>/ns/net` (`net:[4026531840]` → 4026531840); `who` is a pid
+/// or `self`. `Ok(None)` when the process is gone; 0 when the link has an unexpected form.
+pub fn netns_inode(roots: &Roots, who: &str) -> Result<Option<u64>, crate::Error> {
+    let path = roots.proc(&format!("{who}/ns/net"));
+    let ns = match std::fs::read_link(&path) {
+        Ok(l) => l,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(source) => return Err(crate::Error::Io { path, source }),
+    };
+    Ok(Some(
+        ns.to_str()
+            .and_then(|s| s.strip_prefix("net:[")?.strip_suffix(']')?.parse().ok())
+            .unwrap_or(0),
+    ))
 }
 
 #[cfg(test)]

@@ -187,6 +187,9 @@ pub fn pass_named(
         .collect();
     let dropped = d.found.len().saturating_sub(max_containers);
     let mut seen_netns: HashSet<u64> = HashSet::new();
+    // The host's (init's) namespace: `--network host` containers are not the container's to
+    // report. Read once per pass, not once per container.
+    let host_netns = net_dev::netns_inode(roots, "1").ok().flatten();
     let rows = d
         .found
         .into_iter()
@@ -196,9 +199,8 @@ pub fn pass_named(
             let network = stats
                 .first_pid
                 .and_then(|pid| net_dev::read_for_pid(roots, pid).ok().flatten())
-                // The host's namespace (`--network host`) is not the container's to report.
                 .filter(|(inode, _)| {
-                    *inode != 0 && Some(*inode) != host_netns(roots) && seen_netns.insert(*inode)
+                    *inode != 0 && Some(*inode) != host_netns && seen_netns.insert(*inode)
                 })
                 .map(|(_, devs)| devs);
             let name = match f.identity.runtime {
@@ -223,16 +225,6 @@ pub fn pass_named(
         truncated: d.truncated,
         no_hierarchy: layout.reference().is_none(),
     }
-}
-
-/// The network namespace inode of the host (init's), to leave host-network containers out.
-fn host_netns(roots: &Roots) -> Option<u64> {
-    let l = std::fs::read_link(roots.proc("1/ns/net")).ok()?;
-    l.to_str()?
-        .strip_prefix("net:[")?
-        .strip_suffix(']')?
-        .parse()
-        .ok()
 }
 
 /// Counts ids that appear and vanish across passes.
