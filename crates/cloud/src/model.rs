@@ -1,1 +1,1012 @@
-//! (being written)
+//! The local EBS credit-bucket model: pure arithmetic, no I/O, no clock reads (the caller passes
+//! every timestamp), so it is deterministic and property-tested.
+//!
+//! # Facts (AWS documentation, checked for this module)
+//!
+//! - gp2 (EBS User Guide, "General Purpose SSD volumes", gp2 section,
+//!   <https://docs.aws.amazon.com/ebs/latest/userguide/general-purpose.html>): baseline 3 IOPS per
+//!   GiB, at least 100 and at most 16,000; volumes below 1 TiB burst to 3,000 IOPS; every volume
+//!   starts with, and its bucket holds at most, 5.4 million I/O credits ("enough to sustain the
+//!   maximum burst performance of 3,000 IOPS for 30 minutes"). Credits are earned at the baseline
+//!   rate and spent one per I/O, so the net change is `baseline − used` per second in both
+//!   directions (earning more than is spent adds the difference; the bucket is clamped to
+//!   `[0, 5.4 M]`). When the bucket is empty the volume is held to its baseline.
+//! - I/O size (AWS knowledge center "How does Amazon EBS calculate the optimal I/O size…",
+//!   <https://repost.aws/knowledge-center/ebs-calculate-optimal-io-size>): on SSD volumes an I/O
+//!   is counted in units of up to 256 KiB (a 500 KiB I/O counts as 2); sequential I/O of 32 KiB or
+//!   more may be merged by EBS into one 256 KiB unit.
+//! - st1 and sc1 ("Throughput Optimized HDD and Cold HDD volumes",
+//!   <https://docs.aws.amazon.com/ebs/latest/userguide/hdd-vols.html>): a burst bucket of throughput
+//!   credits. st1: baseline 40 MiB/s per TiB (at most 500), burst 250 MiB/s per TiB (at most 500);
+//!   sc1: baseline 12 MiB/s per TiB (at most 192), burst 80 MiB/s per TiB (at most 250); the bucket
+//!   holds 1 TiB of credits per TiB of volume size. An HDD I/O of 1 MiB or less counts as 1 MiB.
+//! - CloudWatch `BurstBalance` (EBS CloudWatch metrics): gp2, st1 and sc1 only; "for a volume
+//!   1 TiB or larger, baseline performance is higher than maximum burst performance, so I/O
+//!   credits are never spent" and on Nitro the balance is not reported. gp3, io1, io2 and
+//!   standard have no bucket.
+//!
+//! # Decisions
+//!
+//! - Credit units from `/proc/diskstats` deltas, see [`CreditUnit::units`].
+//! - [`VolumeType::has_burst_balance`] and [`Bucket::new`] answer the same question with one rule
+//!   (gp2 below 1 TiB = 1024 GiB, st1 and sc1 of any non-zero size). A gp2 of 1000–1023 GiB has
+//!   a baseline of 3,000–3,069 IOPS, so its bucket exists but can never drain (usage is clamped to
+//!   the burst rate, which is then the baseline); likewise st1 from 12.5 TiB (baseline = burst =
+//!   500 MiB/s). CloudWatch may or may not publish BurstBalance for those: asking costs one
+//!   metric and a missing series is harmless.
+//! - Usage measured above the burst rate is clamped to it: the volume cannot deliver more, so a
+//!   higher measurement means EBS merged I/O we counted separately.
+//! - A new bucket starts full (the documented initial balance) and unanchored; the first
+//!   CloudWatch point corrects it ([`Bucket::last_anchor`] says whether that happened).
+
+use std::collections::VecDeque;
+use std::fmt;
+use std::str::FromStr;
+
+const KIB: u64 = 1024;
+const MIB: u64 = 1024 * KIB;
+
+/// gp2 bucket size and initial balance, in I/O credits.
+pub const GP2_BUCKET_CREDITS: f64 = 5_400_000.0;
+/// gp2 burst rate (IOPS) for volumes below 1 TiB.
+pub const GP2_BURST_IOPS: f64 = 3_000.0;
+/// gp2 baseline floor and ceiling (IOPS).
+pub const GP2_MIN_BASELINE_IOPS: f64 = 100.0;
+pub const GP2_MAX_BASELINE_IOPS: f64 = 16_000.0;
+/// I/O accounting unit on SSD volumes.
+pub const SSD_IO_UNIT_BYTES: u64 = 256 * KIB;
+/// I/O accounting unit on HDD volumes.
+pub const HDD_IO_UNIT_BYTES: u64 = MIB;
+/// How far back [`Bucket::anchor`] can replay: CloudWatch points arrive 5–15 minutes late, so two
+/// hours is ample; a point older than that is anchored at the start of the history.
+pub const HISTORY_SECONDS: f64 = 7_200.0;
+/// Hard cap on recorded steps (24 bytes each, ≤ 192 KiB per volume). At the agent's 1 s cadence
+/// the age limit binds first; a caller advancing faster gets a shorter replay horizon.
+pub const HISTORY_MAX_STEPS: usize = 8_192;
+/// Window of the drain rate behind [`Bucket::seconds_to_empty`].
+pub const DRAIN_WINDOW_SECONDS: f64 = 60.0;
+
+/// An EBS volume type as the EC2 API spells it.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum VolumeType {
+    Gp2,
+    Gp3,
+    Io1,
+    Io2,
+    St1,
+    Sc1,
+    /// Magnetic (previous generation): no bucket model.
+    Standard,
+    /// Anything else, kept verbatim (for labels).
+    Other(String),
+}
+
+impl VolumeType {
+    /// Parses the EC2 `VolumeType` string ("gp2", "st1", …); case and surrounding white space
+    /// are ignored; anything unknown is [`VolumeType::Other`].
+    pub fn parse(s: &str) -> Self {
+        let t = s.trim();
+        match t.to_ascii_lowercase().as_str() {
+            "gp2" => Self::Gp2,
+            "gp3" => Self::Gp3,
+            "io1" => Self::Io1,
+            "io2" => Self::Io2,
+            "st1" => Self::St1,
+            "sc1" => Self::Sc1,
+            "standard" => Self::Standard,
+            _ => Self::Other(t.to_string()),
+        }
+    }
+
+    pub fn as_str(&self) -> &str {
+        match self {
+            Self::Gp2 => "gp2",
+            Self::Gp3 => "gp3",
+            Self::Io1 => "io1",
+            Self::Io2 => "io2",
+            Self::St1 => "st1",
+            Self::Sc1 => "sc1",
+            Self::Standard => "standard",
+            Self::Other(s) => s,
+        }
+    }
+
+    /// Whether CloudWatch `BurstBalance` is worth fetching for a volume of this type and size,
+    /// and whether [`Bucket::new`] models it: gp2 below 1 TiB (1024 GiB), st1 and sc1 of any
+    /// non-zero size.
+    pub fn has_burst_balance(&self, size_gib: u64) -> bool {
+        match self {
+            Self::Gp2 => size_gib > 0 && size_gib < 1024,
+            Self::St1 | Self::Sc1 => size_gib > 0,
+            _ => false,
+        }
+    }
+
+    /// The unit credits are counted in, for the bursting types.
+    pub fn credit_unit(&self) -> Option<CreditUnit> {
+        match self {
+            Self::Gp2 => Some(CreditUnit::Io256KiB),
+            Self::St1 | Self::Sc1 => Some(CreditUnit::MiB),
+            _ => None,
+        }
+    }
+
+    /// Baseline, burst and bucket size of a gp2/st1/sc1 volume of `size_gib`, at any size (gp2
+    /// from 1000 GiB has `burst == baseline`); `None` for the other types and for size 0.
+    pub fn performance(&self, size_gib: u64) -> Option<Performance> {
+        if size_gib == 0 {
+            return None;
+        }
+        let gib = size_gib as f64;
+        let tib = gib / 1024.0;
+        match self {
+            Self::Gp2 => {
+                let baseline = (3.0 * gib).clamp(GP2_MIN_BASELINE_IOPS, GP2_MAX_BASELINE_IOPS);
+                Some(Performance {
+                    unit: CreditUnit::Io256KiB,
+                    baseline_per_sec: baseline,
+                    burst_per_sec: GP2_BURST_IOPS.max(baseline),
+                    capacity: GP2_BUCKET_CREDITS,
+                })
+            }
+            Self::St1 => Some(Performance::hdd(tib, 40.0, 500.0, 250.0, 500.0)),
+            Self::Sc1 => Some(Performance::hdd(tib, 12.0, 192.0, 80.0, 250.0)),
+            _ => None,
+        }
+    }
+}
+
+impl FromStr for VolumeType {
+    type Err = std::convert::Infallible;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        Ok(Self::parse(s))
+    }
+}
+
+impl fmt::Display for VolumeType {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// Baseline, burst and bucket size of a bursting volume, in [`CreditUnit`]s (per second).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Performance {
+    pub unit: CreditUnit,
+    pub baseline_per_sec: f64,
+    pub burst_per_sec: f64,
+    pub capacity: f64,
+}
+
+impl Performance {
+    fn hdd(tib: f64, base_per_tib: f64, base_cap: f64, burst_per_tib: f64, burst_cap: f64) -> Self {
+        Performance {
+            unit: CreditUnit::MiB,
+            baseline_per_sec: (base_per_tib * tib).min(base_cap),
+            burst_per_sec: (burst_per_tib * tib).min(burst_cap),
+            // 1 TiB of credits per TiB of size, counted in MiB.
+            capacity: tib * 1024.0 * 1024.0,
+        }
+    }
+}
+
+/// What one credit is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum CreditUnit {
+    /// SSD: one I/O of up to 256 KiB.
+    Io256KiB,
+    /// HDD: one MiB of throughput (an I/O below 1 MiB counts as 1 MiB).
+    MiB,
+}
+
+impl CreditUnit {
+    /// A short name for labels and logs: `"io"` or `"MiB"`.
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Io256KiB => "io",
+            Self::MiB => "MiB",
+        }
+    }
+
+    /// Credits consumed by `ops` completed I/Os totalling `bytes` (read + write deltas from
+    /// `/proc/diskstats`; sectors × 512).
+    ///
+    /// EBS charges each I/O separately: `ceil(size / 256 KiB)` units on SSD, `max(size, 1 MiB)`
+    /// on HDD. Summed over I/Os, both are bounded below by `max(ops, bytes / unit)` —
+    /// `max(ops, ceil(bytes / 256 KiB))` on SSD, `max(ops × 1 MiB, bytes)` on HDD — and equal it
+    /// when every I/O is at most one unit (the common case: small random I/O) or every I/O is a
+    /// whole number of units (large streaming I/O). Mixed sizes make it undercount slightly.
+    /// It overcounts when EBS merges sequential I/O the kernel already submitted separately
+    /// (diskstats counts requests after the block layer's own merging); usage above the burst
+    /// rate is clamped in [`Bucket`], which bounds that error where it matters most. Erring
+    /// towards more usage makes the warning early rather than late.
+    pub fn units(self, ops: u64, bytes: u64) -> f64 {
+        match self {
+            Self::Io256KiB => ops.max(bytes.div_ceil(SSD_IO_UNIT_BYTES)) as f64,
+            Self::MiB => {
+                // In f64: ops × 1 MiB can exceed u64 only for absurd inputs, but stay total.
+                let by_ops = ops as f64;
+                let by_bytes = bytes as f64 / HDD_IO_UNIT_BYTES as f64;
+                by_ops.max(by_bytes)
+            }
+        }
+    }
+}
+
+/// One recorded interval of usage: `units` credits used over `(t_end − dt, t_end]`.
+#[derive(Debug, Clone, Copy, PartialEq)]
+struct Step {
+    t_end: f64,
+    dt: f64,
+    units: f64,
+}
+
+/// What [`Bucket::anchor`] did with a point.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Anchor {
+    /// The balance was set at the point's time and `steps` recorded steps were replayed to now.
+    /// `gap_seconds > 0` when the point precedes the recorded history (at start-up, or older
+    /// than [`HISTORY_SECONDS`]): the balance was assumed unchanged over that gap.
+    Applied { steps: usize, gap_seconds: f64 },
+    /// The point is later than the last [`Bucket::advance`] (clock skew, or no advance yet): it
+    /// was taken as the balance now.
+    Future { ahead_seconds: f64 },
+    /// Ignored: older than the last applied point (a newer point is better information).
+    Superseded,
+    /// Ignored: percent or time not finite.
+    Invalid,
+}
+
+/// The credit bucket of one gp2/st1/sc1 volume, integrated from local I/O and re-anchored to
+/// CloudWatch `BurstBalance`.
+#[derive(Debug, Clone)]
+pub struct Bucket {
+    volume_type: VolumeType,
+    size_gib: u64,
+    perf: Performance,
+    balance: f64,
+    /// Time of the last [`Bucket::advance`]; `None` until the first one starts the clock.
+    now: Option<f64>,
+    /// Units seen in calls with no elapsed time, charged to the next interval.
+    pending_units: f64,
+    history: VecDeque<Step>,
+    last_anchor: Option<f64>,
+}
+
+impl Bucket {
+    /// A full, unanchored bucket; `None` when the volume cannot burst
+    /// (see [`VolumeType::has_burst_balance`]).
+    pub fn new(volume_type: &VolumeType, size_gib: u64) -> Option<Bucket> {
+        if !volume_type.has_burst_balance(size_gib) {
+            return None;
+        }
+        let perf = volume_type.performance(size_gib)?;
+        Some(Bucket {
+            volume_type: volume_type.clone(),
+            size_gib,
+            perf,
+            balance: perf.capacity,
+            now: None,
+            pending_units: 0.0,
+            history: VecDeque::new(),
+            last_anchor: None,
+        })
+    }
+
+    pub fn volume_type(&self) -> &VolumeType {
+        &self.volume_type
+    }
+    pub fn size_gib(&self) -> u64 {
+        self.size_gib
+    }
+    pub fn unit(&self) -> CreditUnit {
+        self.perf.unit
+    }
+    /// Bucket size in credits ([`CreditUnit`]).
+    pub fn capacity(&self) -> f64 {
+        self.perf.capacity
+    }
+    /// Credits earned per second (IOPS for gp2, MiB/s for st1/sc1).
+    pub fn baseline_per_sec(&self) -> f64 {
+        self.perf.baseline_per_sec
+    }
+    /// The most the volume delivers per second while it has credits.
+    pub fn burst_per_sec(&self) -> f64 {
+        self.perf.burst_per_sec
+    }
+    /// Credits in the bucket now.
+    pub fn balance(&self) -> f64 {
+        self.balance
+    }
+    /// Balance as a percentage of capacity, like CloudWatch `BurstBalance`.
+    pub fn percent(&self) -> f64 {
+        self.balance / self.perf.capacity * 100.0
+    }
+    /// Time of the last [`Bucket::advance`].
+    pub fn now(&self) -> Option<f64> {
+        self.now
+    }
+    /// Time of the last applied CloudWatch point; `None` while the balance is only the initial
+    /// full-bucket guess.
+    pub fn last_anchor(&self) -> Option<f64> {
+        self.last_anchor
+    }
+    /// How many seconds of usage are recorded for replay.
+    pub fn history_seconds(&self) -> f64 {
+        match (self.history.front(), self.now) {
+            (Some(first), Some(now)) => now - (first.t_end - first.dt),
+            _ => 0.0,
+        }
+    }
+
+    /// Feeds the device's completed read+write `ops` and `bytes` since the previous call, at time
+    /// `t_unix` (seconds). The first call only starts the clock (its deltas have no interval).
+    /// A call at the same time as the previous one carries its usage into the next interval; a
+    /// time earlier than the previous one (the wall clock stepped back) restarts the clock and
+    /// forgets the history, since recorded times no longer compare with CloudWatch's.
+    pub fn advance(&mut self, t_unix: f64, ops: u64, bytes: u64) {
+        let units = self.perf.unit.units(ops, bytes);
+        self.advance_units(t_unix, units);
+    }
+
+    /// [`Bucket::advance`] with usage already in credits.
+    pub fn advance_units(&mut self, t_unix: f64, units: f64) {
+        if !t_unix.is_finite() {
+            return;
+        }
+        let units = if units.is_finite() && units > 0.0 {
+            units
+        } else {
+            0.0
+        };
+        let Some(now) = self.now else {
+            self.now = Some(t_unix);
+            return;
+        };
+        let dt = t_unix - now;
+        if dt <= 0.0 {
+            self.pending_units += units;
+            if dt < 0.0 {
+                self.history.clear();
+                self.now = Some(t_unix);
+                // Anchors are compared on the new time axis from now on.
+                self.last_anchor = self.last_anchor.map(|a| a.min(t_unix));
+            }
+            return;
+        }
+        let units = units + std::mem::take(&mut self.pending_units);
+        self.balance = self.step(self.balance, units, dt);
+        self.now = Some(t_unix);
+        self.history.push_back(Step {
+            t_end: t_unix,
+            dt,
+            units,
+        });
+        let oldest = t_unix - HISTORY_SECONDS;
+        while self.history.len() > HISTORY_MAX_STEPS
+            || self.history.front().is_some_and(|s| s.t_end < oldest)
+        {
+            self.history.pop_front();
+        }
+    }
+
+    /// One interval at constant usage: exact for piecewise-constant usage, because a linear
+    /// trajectory that reaches 0 or the capacity stays there for the rest of the interval.
+    fn step(&self, balance: f64, units: f64, dt: f64) -> f64 {
+        let used = units.min(self.perf.burst_per_sec * dt);
+        // Net first: usage at or below the baseline can then never lower the balance by rounding.
+        (balance + (self.perf.baseline_per_sec * dt - used)).clamp(0.0, self.perf.capacity)
+    }
+
+    /// A CloudWatch `BurstBalance` point says the bucket held `percent` at `at_unix`: set the
+    /// balance then and replay the usage recorded since to now.
+    ///
+    /// Points older than the last applied one are ignored; a point before the recorded history
+    /// is applied at its start (see [`Anchor::Applied`]); a point after the last advance is
+    /// taken as now. For a per-minute average use [`Bucket::anchor_period_average`].
+    pub fn anchor(&mut self, percent: f64, at_unix: f64) -> Anchor {
+        if !percent.is_finite() || !at_unix.is_finite() {
+            return Anchor::Invalid;
+        }
+        if self.last_anchor.is_some_and(|last| at_unix < last) {
+            return Anchor::Superseded;
+        }
+        let value = (percent / 100.0 * self.perf.capacity).clamp(0.0, self.perf.capacity);
+        let Some(now) = self.now.filter(|&now| at_unix <= now) else {
+            self.balance = value;
+            let ahead = self.now.map_or(0.0, |now| at_unix - now);
+            // Keep later points comparable: never record an anchor ahead of our clock.
+            self.last_anchor = Some(self.now.unwrap_or(at_unix));
+            return Anchor::Future {
+                ahead_seconds: ahead,
+            };
+        };
+        let history_start = self.history.front().map_or(now, |s| s.t_end - s.dt);
+        let from = at_unix.max(history_start);
+        let mut balance = value;
+        let mut steps = 0;
+        for s in self.history.iter().filter(|s| s.t_end > from) {
+            let start = s.t_end - s.dt;
+            balance = if start >= from {
+                self.step(balance, s.units, s.dt)
+            } else {
+                // The point falls inside this step: replay its later part, usage pro rata.
+                let f = (s.t_end - from) / s.dt;
+                self.step(balance, s.units * f, s.dt * f)
+            };
+            steps += 1;
+        }
+        self.balance = balance;
+        self.last_anchor = Some(at_unix);
+        Anchor::Applied {
+            steps,
+            gap_seconds: (history_start - at_unix).max(0.0),
+        }
+    }
+
+    /// Anchors a CloudWatch datapoint that is the *average* of the balance over
+    /// `[period_start, period_start + period_seconds)` (GetMetricData timestamps are period
+    /// starts; `BurstBalance` is a per-minute average). Within a minute the balance moves
+    /// linearly unless it hits 0 or full, and the average of a linear function equals its value
+    /// at the midpoint, so the point is anchored at `period_start + period_seconds / 2`. Near the
+    /// clamps this is off by at most what the bucket moves in half a period.
+    pub fn anchor_period_average(
+        &mut self,
+        percent: f64,
+        period_start: f64,
+        period_seconds: f64,
+    ) -> Anchor {
+        let half = if period_seconds.is_finite() && period_seconds > 0.0 {
+            period_seconds / 2.0
+        } else {
+            0.0
+        };
+        self.anchor(percent, period_start + half)
+    }
+
+    /// Net credits drained per second over the last [`DRAIN_WINDOW_SECONDS`] (positive while
+    /// draining, negative while refilling; 0 with no recorded interval).
+    ///
+    /// A sliding window rather than an EWMA: under a constant load it reaches the exact rate
+    /// once the window has passed (an EWMA only approaches it), a burst leaves the window
+    /// entirely after 60 s instead of decaying forever, and it costs one pass over the last
+    /// ~60 recorded steps that the history keeps anyway. 60 s smooths the per-second jitter of
+    /// diskstats while following a new load within a minute.
+    pub fn drain_rate(&self) -> f64 {
+        let mut used = 0.0;
+        let mut span = 0.0;
+        for s in self.history.iter().rev() {
+            let left = DRAIN_WINDOW_SECONDS - span;
+            if left <= 0.0 {
+                break;
+            }
+            let f = if s.dt > left { left / s.dt } else { 1.0 };
+            used += (s.units * f).min(self.perf.burst_per_sec * s.dt * f);
+            span += s.dt * f;
+        }
+        if span <= 0.0 {
+            return 0.0;
+        }
+        let net = used / span - self.perf.baseline_per_sec;
+        // Usage exactly at the baseline must read as "not draining", not as ±1 ulp of drain.
+        if net.abs() <= 1e-9 * self.perf.baseline_per_sec {
+            0.0
+        } else {
+            net
+        }
+    }
+
+    /// Seconds until the bucket is empty at the recent drain rate ([`Bucket::drain_rate`]):
+    /// `f64::INFINITY` when not draining, `0` when already empty (the volume is then held to its
+    /// baseline, so its usage no longer drains the bucket, yet "empty" is the answer that
+    /// matters).
+    pub fn seconds_to_empty(&self) -> f64 {
+        if self.balance <= 0.0 {
+            return 0.0;
+        }
+        let rate = self.drain_rate();
+        if rate > 0.0 {
+            self.balance / rate
+        } else {
+            f64::INFINITY
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    const T0: f64 = 1_700_000_000.0;
+
+    fn gp2(size: u64) -> Bucket {
+        Bucket::new(&VolumeType::Gp2, size).expect("gp2 below 1 TiB bursts")
+    }
+
+    fn approx(a: f64, b: f64, tol: f64) -> bool {
+        (a - b).abs() <= tol
+    }
+
+    #[test]
+    fn parses_ec2_volume_types() {
+        for (s, t) in [
+            ("gp2", VolumeType::Gp2),
+            ("gp3", VolumeType::Gp3),
+            ("io1", VolumeType::Io1),
+            ("io2", VolumeType::Io2),
+            ("st1", VolumeType::St1),
+            (" SC1 ", VolumeType::Sc1),
+            ("standard", VolumeType::Standard),
+        ] {
+            assert_eq!(VolumeType::parse(s), t);
+            assert_eq!(s.trim().to_ascii_lowercase(), t.to_string());
+        }
+        let other: VolumeType = "io3".parse().expect("infallible");
+        assert_eq!(other, VolumeType::Other("io3".into()));
+        assert_eq!(other.as_str(), "io3");
+    }
+
+    #[test]
+    fn which_volumes_burst() {
+        for t in [
+            VolumeType::Gp3,
+            VolumeType::Io1,
+            VolumeType::Io2,
+            VolumeType::Standard,
+            VolumeType::Other("x".into()),
+        ] {
+            assert!(!t.has_burst_balance(100), "{t}");
+            assert!(Bucket::new(&t, 100).is_none(), "{t}");
+            assert!(t.performance(100).is_none());
+        }
+        assert!(VolumeType::Gp2.has_burst_balance(1));
+        assert!(VolumeType::Gp2.has_burst_balance(999));
+        assert!(VolumeType::Gp2.has_burst_balance(1023));
+        assert!(!VolumeType::Gp2.has_burst_balance(1024));
+        assert!(!VolumeType::Gp2.has_burst_balance(0));
+        assert!(Bucket::new(&VolumeType::Gp2, 1024).is_none());
+        assert!(VolumeType::St1.has_burst_balance(16 * 1024));
+        assert!(VolumeType::Sc1.has_burst_balance(125));
+        assert!(Bucket::new(&VolumeType::St1, 0).is_none());
+    }
+
+    #[test]
+    fn gp2_baseline_edges() {
+        let p = |size| VolumeType::Gp2.performance(size).expect("gp2");
+        assert_eq!(p(1).baseline_per_sec, 100.0);
+        assert_eq!(p(33).baseline_per_sec, 100.0); // 99 → floor 100
+        assert_eq!(p(34).baseline_per_sec, 102.0);
+        assert_eq!(p(100).baseline_per_sec, 300.0);
+        assert_eq!(p(999).baseline_per_sec, 2_997.0);
+        assert_eq!(p(999).burst_per_sec, 3_000.0);
+        assert_eq!(p(1000).baseline_per_sec, 3_000.0);
+        assert_eq!(p(1000).burst_per_sec, 3_000.0);
+        assert_eq!(p(5333).baseline_per_sec, 15_999.0);
+        assert_eq!(p(5334).baseline_per_sec, 16_000.0); // 16,002 → ceiling
+        assert_eq!(p(16 * 1024).baseline_per_sec, 16_000.0);
+        assert_eq!(p(16 * 1024).burst_per_sec, 16_000.0);
+        assert_eq!(p(1).capacity, 5_400_000.0);
+        assert_eq!(p(1).unit, CreditUnit::Io256KiB);
+    }
+
+    #[test]
+    fn hdd_baseline_burst_and_bucket_edges() {
+        let st1 = |size| VolumeType::St1.performance(size).expect("st1");
+        let sc1 = |size| VolumeType::Sc1.performance(size).expect("sc1");
+        // st1, 1 TiB: 40 / 250 MiB/s, 1 TiB of credits = 1,048,576 MiB.
+        assert_eq!(st1(1024).baseline_per_sec, 40.0);
+        assert_eq!(st1(1024).burst_per_sec, 250.0);
+        assert_eq!(st1(1024).capacity, 1_048_576.0);
+        assert_eq!(st1(1024).unit, CreditUnit::MiB);
+        // st1 minimum size 125 GiB: 125/1024 TiB.
+        assert_eq!(st1(125).baseline_per_sec, 40.0 * 125.0 / 1024.0);
+        assert_eq!(st1(125).burst_per_sec, 250.0 * 125.0 / 1024.0);
+        assert_eq!(st1(125).capacity, 125.0 * 1024.0);
+        // burst cap 500 reached at 2 TiB; baseline cap 500 at 12.5 TiB.
+        assert_eq!(st1(2048).burst_per_sec, 500.0);
+        assert_eq!(st1(4096).burst_per_sec, 500.0);
+        assert_eq!(st1(12_800).baseline_per_sec, 500.0);
+        assert_eq!(st1(16_384).baseline_per_sec, 500.0);
+        // sc1: 12 / 80 per TiB; burst cap 250 at 3.125 TiB; baseline 192 at 16 TiB.
+        assert_eq!(sc1(1024).baseline_per_sec, 12.0);
+        assert_eq!(sc1(1024).burst_per_sec, 80.0);
+        assert_eq!(sc1(3200).burst_per_sec, 250.0);
+        assert_eq!(sc1(3100).burst_per_sec, 80.0 * 3100.0 / 1024.0);
+        assert_eq!(sc1(16_384).baseline_per_sec, 192.0);
+        assert_eq!(sc1(16_384).burst_per_sec, 250.0);
+        assert_eq!(sc1(16_384).capacity, 16.0 * 1_048_576.0);
+    }
+
+    #[test]
+    fn credit_units() {
+        let ssd = CreditUnit::Io256KiB;
+        assert_eq!(ssd.units(0, 0), 0.0);
+        assert_eq!(ssd.units(10, 10 * 4096), 10.0); // small I/O: one each
+        assert_eq!(ssd.units(1, 512 * KIB), 2.0); // 512 KiB counts as 2
+        assert_eq!(ssd.units(1, 500 * KIB), 2.0); // 500 KiB: 256 + 244
+        assert_eq!(ssd.units(4, 4 * 256 * KIB), 4.0);
+        assert_eq!(ssd.units(1, 256 * KIB + 1), 2.0);
+        let hdd = CreditUnit::MiB;
+        assert_eq!(hdd.units(10, 10 * 4096), 10.0); // each small I/O counts as 1 MiB
+        assert_eq!(hdd.units(1, 3 * MIB), 3.0);
+        assert_eq!(hdd.units(2, 3 * MIB), 3.0);
+        assert_eq!(hdd.units(0, MIB / 2), 0.5);
+        assert_eq!(hdd.name(), "MiB");
+        assert_eq!(ssd.name(), "io");
+    }
+
+    #[test]
+    fn gp2_100_gib_at_3000_iops_empties_in_2000_s() {
+        // baseline 300, usage 3,000 → 2,700 credits/s; 5.4 M / 2,700 = 2,000 s.
+        let mut b = gp2(100);
+        b.advance(T0, 0, 0);
+        assert_eq!(b.seconds_to_empty(), f64::INFINITY);
+        for i in 1..=1000 {
+            b.advance(T0 + i as f64, 3_000, 3_000 * 16 * KIB);
+        }
+        assert_eq!(b.balance(), 2_700_000.0);
+        assert_eq!(b.percent(), 50.0);
+        assert_eq!(b.drain_rate(), 2_700.0);
+        assert_eq!(b.seconds_to_empty(), 1_000.0);
+        for i in 1001..=1999 {
+            b.advance(T0 + i as f64, 3_000, 3_000 * 16 * KIB);
+        }
+        assert_eq!(b.balance(), 2_700.0);
+        assert_eq!(b.seconds_to_empty(), 1.0);
+        b.advance(T0 + 2000.0, 3_000, 3_000 * 16 * KIB);
+        assert_eq!(b.balance(), 0.0);
+        assert_eq!(b.seconds_to_empty(), 0.0);
+        // Empty, then an hour idle refills 300/s × 3600 = 1.08 M = 20 %.
+        b.advance(T0 + 2000.0 + 3600.0, 0, 0);
+        assert_eq!(b.balance(), 1_080_000.0);
+        assert!(approx(b.percent(), 20.0, 1e-9));
+        assert_eq!(b.seconds_to_empty(), f64::INFINITY);
+        assert_eq!(b.drain_rate(), -300.0);
+    }
+
+    #[test]
+    fn st1_drains_in_mib() {
+        // st1 1 TiB: baseline 40 MiB/s, burst 250; streaming 1 MiB I/O at 250 MiB/s drains
+        // 210 MiB/s: a full 1 TiB bucket lasts 1,048,576 / 210 ≈ 4,993 s.
+        let mut b = Bucket::new(&VolumeType::St1, 1024).expect("st1");
+        b.advance(T0, 0, 0);
+        for i in 1..=100 {
+            b.advance(T0 + i as f64, 250, 250 * MIB);
+        }
+        assert_eq!(b.balance(), 1_048_576.0 - 21_000.0);
+        assert!(approx(
+            b.seconds_to_empty(),
+            (1_048_576.0 - 21_000.0) / 210.0,
+            1e-6
+        ));
+        // 4 KiB random reads on HDD count 1 MiB each: 100 of them a second is 100 MiB/s.
+        let mut c = Bucket::new(&VolumeType::St1, 1024).expect("st1");
+        c.advance(T0, 0, 0);
+        c.advance(T0 + 1.0, 100, 100 * 4 * KIB);
+        assert_eq!(c.capacity() - c.balance(), 60.0);
+    }
+
+    #[test]
+    fn usage_above_burst_is_clamped() {
+        let mut b = gp2(100);
+        b.advance(T0, 0, 0);
+        b.advance(T0 + 1.0, 1_000_000, 0);
+        assert_eq!(b.balance(), 5_400_000.0 - 2_700.0);
+        assert_eq!(b.drain_rate(), 2_700.0);
+    }
+
+    #[test]
+    fn first_advance_starts_the_clock() {
+        let mut b = gp2(100);
+        b.advance(T0, 1_000_000, 0);
+        assert_eq!(b.balance(), b.capacity());
+        assert_eq!(b.now(), Some(T0));
+        assert_eq!(b.history_seconds(), 0.0);
+    }
+
+    #[test]
+    fn same_time_usage_carries_over_and_clock_step_back_resets_history() {
+        let mut b = gp2(100);
+        b.advance(T0, 0, 0);
+        b.advance(T0 + 1.0, 1_000, 0);
+        b.advance(T0 + 1.0, 1_000, 0); // no time passed: carried
+        assert_eq!(b.balance(), 5_400_000.0 - 700.0);
+        b.advance(T0 + 2.0, 1_000, 0); // 2,000 used over 1 s
+        assert_eq!(b.balance(), 5_400_000.0 - 700.0 - 1_700.0);
+        assert_eq!(b.history_seconds(), 2.0);
+        b.advance(T0 - 100.0, 0, 0); // the wall clock stepped back
+        assert_eq!(b.history_seconds(), 0.0);
+        assert_eq!(b.now(), Some(T0 - 100.0));
+        b.advance(T0 - 99.0, 3_000, 0);
+        assert_eq!(b.balance(), 5_400_000.0 - 700.0 - 1_700.0 - 2_700.0);
+        // Non-finite times are ignored.
+        b.advance(f64::NAN, 3_000, 0);
+        assert_eq!(b.now(), Some(T0 - 99.0));
+    }
+
+    #[test]
+    fn anchor_replays_usage_since_the_point() {
+        // 600 s at 3,000 IOPS on 100 GiB drains 1.62 M (to 70 %). CloudWatch says 50 % at
+        // +300 s: 2.7 M then, minus 300 × 2,700 = 810 k since → 1.89 M = 35 %.
+        let mut b = gp2(100);
+        b.advance(T0, 0, 0);
+        for i in 1..=600 {
+            b.advance(T0 + i as f64, 3_000, 0);
+        }
+        assert!(approx(b.percent(), 70.0, 1e-9));
+        assert_eq!(
+            b.anchor(50.0, T0 + 300.0),
+            Anchor::Applied {
+                steps: 300,
+                gap_seconds: 0.0
+            }
+        );
+        assert_eq!(b.balance(), 1_890_000.0);
+        assert_eq!(b.last_anchor(), Some(T0 + 300.0));
+        // Inside a step: 50 % at +599.5 → half a second of 2,700 drained since.
+        assert!(matches!(
+            b.anchor(50.0, T0 + 599.5),
+            Anchor::Applied { steps: 1, .. }
+        ));
+        assert!(approx(b.balance(), 2_700_000.0 - 1_350.0, 1e-6));
+        // An older point than the last one applied is ignored.
+        assert_eq!(b.anchor(90.0, T0 + 400.0), Anchor::Superseded);
+        assert!(approx(b.balance(), 2_700_000.0 - 1_350.0, 1e-6));
+        // Percent outside [0, 100] is clamped; NaN ignored.
+        assert_eq!(b.anchor(f64::NAN, T0 + 600.0), Anchor::Invalid);
+        b.anchor(150.0, T0 + 600.0);
+        assert_eq!(b.balance(), b.capacity());
+    }
+
+    #[test]
+    fn anchor_before_history_and_in_the_future() {
+        let mut b = gp2(100);
+        // No clock yet: taken as now.
+        assert_eq!(b.anchor(10.0, T0), Anchor::Future { ahead_seconds: 0.0 });
+        assert!(approx(b.percent(), 10.0, 1e-9));
+        b.advance(T0 + 100.0, 0, 0); // starts the clock
+        for i in 1..=10 {
+            b.advance(T0 + 100.0 + i as f64, 0, 0); // idle: +300/s
+        }
+        // A point 60 s before the recorded history: applied at its start, 10 s replayed.
+        assert_eq!(
+            b.anchor(20.0, T0 + 40.0),
+            Anchor::Applied {
+                steps: 10,
+                gap_seconds: 60.0
+            }
+        );
+        assert_eq!(b.balance(), 1_080_000.0 + 3_000.0);
+        // A point ahead of our clock: the balance now; later points stay comparable.
+        assert_eq!(
+            b.anchor(30.0, T0 + 200.0),
+            Anchor::Future {
+                ahead_seconds: 90.0
+            }
+        );
+        assert!(approx(b.percent(), 30.0, 1e-9));
+        assert_eq!(b.last_anchor(), Some(T0 + 110.0));
+        assert!(matches!(b.anchor(40.0, T0 + 110.0), Anchor::Applied { .. }));
+    }
+
+    #[test]
+    fn period_average_anchors_at_the_midpoint() {
+        let mut a = gp2(100);
+        let mut b = gp2(100);
+        for bucket in [&mut a, &mut b] {
+            bucket.advance(T0, 0, 0);
+            for i in 1..=120 {
+                bucket.advance(T0 + i as f64, 3_000, 0);
+            }
+        }
+        a.anchor_period_average(50.0, T0 + 60.0, 60.0);
+        b.anchor(50.0, T0 + 90.0);
+        assert_eq!(a.balance(), b.balance());
+        assert_eq!(a.balance(), 2_700_000.0 - 30.0 * 2_700.0);
+    }
+
+    #[test]
+    fn history_is_bounded() {
+        let mut b = gp2(100);
+        b.advance(T0, 0, 0);
+        for i in 1..=(HISTORY_SECONDS as usize + 500) {
+            b.advance(T0 + i as f64, 100, 0);
+        }
+        assert!(b.history.len() <= HISTORY_MAX_STEPS);
+        assert!(b.history_seconds() <= HISTORY_SECONDS + 1.0);
+        assert!(b.history_seconds() >= HISTORY_SECONDS);
+        // Ten per second: the step cap binds.
+        let mut c = gp2(100);
+        c.advance(T0, 0, 0);
+        for i in 1..=(HISTORY_MAX_STEPS + 1000) {
+            c.advance(T0 + i as f64 / 10.0, 10, 0);
+        }
+        assert_eq!(c.history.len(), HISTORY_MAX_STEPS);
+    }
+
+    #[test]
+    fn drain_window_covers_the_last_minute_only() {
+        let mut b = gp2(100);
+        b.advance(T0, 0, 0);
+        for i in 1..=100 {
+            b.advance(T0 + i as f64, 3_000, 0);
+        }
+        for i in 101..=160 {
+            b.advance(T0 + i as f64, 300, 0); // at baseline
+        }
+        assert_eq!(b.drain_rate(), 0.0);
+        assert_eq!(b.seconds_to_empty(), f64::INFINITY);
+        // One long interval (the agent was paused) is prorated, not ignored.
+        b.advance(T0 + 760.0, 600 * 1_300, 0);
+        assert!(approx(b.drain_rate(), 1_000.0, 1e-9));
+    }
+
+    // ---- properties ----
+
+    fn any_bursting() -> impl Strategy<Value = (VolumeType, u64)> {
+        prop_oneof![
+            (1u64..1024).prop_map(|s| (VolumeType::Gp2, s)),
+            (1u64..=16_384).prop_map(|s| (VolumeType::St1, s)),
+            (1u64..=16_384).prop_map(|s| (VolumeType::Sc1, s)),
+        ]
+    }
+
+    /// (dt, ops, bytes) steps; dt sometimes 0 or negative.
+    fn steps() -> impl Strategy<Value = Vec<(f64, u64, u64)>> {
+        prop::collection::vec(
+            (
+                prop_oneof![8 => 0.01f64..30.0, 1 => Just(0.0), 1 => -5.0f64..0.0],
+                0u64..200_000,
+                0u64..(4 * 1024 * MIB),
+            ),
+            0..200,
+        )
+    }
+
+    proptest! {
+        #[test]
+        fn balance_stays_within_the_bucket(
+            (vt, size) in any_bursting(),
+            s in steps(),
+            anchors in prop::collection::vec((-50.0f64..150.0, 0usize..200), 0..4),
+        ) {
+            let mut b = Bucket::new(&vt, size).expect("bursting");
+            let mut t = T0;
+            b.advance(t, 0, 0);
+            for (i, (dt, ops, bytes)) in s.iter().enumerate() {
+                t += dt;
+                b.advance(t, *ops, *bytes);
+                for (p, at) in &anchors {
+                    if *at == i {
+                        b.anchor(*p, t - 10.0);
+                    }
+                }
+                prop_assert!(b.balance() >= 0.0 && b.balance() <= b.capacity());
+                prop_assert!((0.0..=100.0).contains(&b.percent()));
+                prop_assert!(b.seconds_to_empty() >= 0.0);
+            }
+        }
+
+        #[test]
+        fn usage_at_or_below_baseline_never_drains(
+            (vt, size) in any_bursting(),
+            s in prop::collection::vec((0.1f64..20.0, 0.0f64..=1.0), 1..100),
+            start in 0.0f64..=100.0,
+        ) {
+            let mut b = Bucket::new(&vt, size).expect("bursting");
+            b.advance(T0, 0, 0);
+            b.anchor(start, T0);
+            let mut t = T0;
+            for (dt, frac) in s {
+                let before = b.balance();
+                t += dt;
+                b.advance_units(t, b.baseline_per_sec() * dt * frac);
+                prop_assert!(b.balance() >= before);
+                prop_assert_eq!(b.seconds_to_empty(), if b.balance() > 0.0 { f64::INFINITY } else { 0.0 });
+            }
+        }
+
+        #[test]
+        fn anchoring_then_replaying_equals_advancing_from_the_anchor(
+            (vt, size) in any_bursting(),
+            s in prop::collection::vec((0.01f64..30.0, 0u64..200_000, 0u64..(4 * 1024 * MIB)), 1..150),
+            k in 0usize..150,
+            p in 0.0f64..=100.0,
+        ) {
+            let k = k % s.len();
+            let times: Vec<f64> = s.iter().scan(T0, |t, (dt, _, _)| { *t += dt; Some(*t) }).collect();
+            let mut a = Bucket::new(&vt, size).expect("bursting");
+            a.advance(T0, 0, 0);
+            for ((_, ops, bytes), t) in s.iter().zip(&times) {
+                a.advance(*t, *ops, *bytes);
+            }
+            let out = a.anchor(p, times[k]);
+            prop_assert_eq!(out, Anchor::Applied { steps: s.len() - k - 1, gap_seconds: 0.0 });
+
+            let mut b = Bucket::new(&vt, size).expect("bursting");
+            b.advance(times[k], 0, 0);
+            b.anchor(p, times[k]);
+            for ((_, ops, bytes), t) in s.iter().zip(&times).skip(k + 1) {
+                b.advance(*t, *ops, *bytes);
+            }
+            prop_assert_eq!(a.balance(), b.balance());
+        }
+
+        #[test]
+        fn seconds_to_empty_is_infinite_iff_not_draining(
+            (vt, size) in any_bursting(),
+            s in steps(),
+        ) {
+            let mut b = Bucket::new(&vt, size).expect("bursting");
+            let mut t = T0;
+            b.advance(t, 0, 0);
+            for (dt, ops, bytes) in s {
+                t += dt;
+                b.advance(t, ops, bytes);
+                if b.balance() > 0.0 {
+                    prop_assert_eq!(b.seconds_to_empty().is_infinite(), b.drain_rate() <= 0.0);
+                } else {
+                    prop_assert_eq!(b.seconds_to_empty(), 0.0);
+                }
+            }
+        }
+
+        #[test]
+        fn constant_drain_predicts_the_time_to_empty(
+            (vt, size) in any_bursting(),
+            load in 0.05f64..=1.0,
+            start in 5.0f64..=100.0,
+        ) {
+            let mut b = Bucket::new(&vt, size).expect("bursting");
+            let (base, burst) = (b.baseline_per_sec(), b.burst_per_sec());
+            prop_assume!(burst > base);
+            let rate = base + (burst - base) * load;
+            b.advance(T0, 0, 0);
+            b.anchor(start, T0);
+            // Fill the window, then predict, then run until empty.
+            let mut t = T0;
+            for _ in 0..(DRAIN_WINDOW_SECONDS as usize) {
+                t += 1.0;
+                b.advance_units(t, rate);
+            }
+            prop_assume!(b.balance() > 0.0);
+            let predicted = b.seconds_to_empty();
+            prop_assert!(predicted.is_finite());
+            let from = t;
+            // Steps of at most 1/2000 of the prediction (at least 1 s): the measured time is
+            // known to within the last step.
+            let dt = (predicted / 2000.0).max(1.0);
+            let mut n = 0u64;
+            while b.balance() > 0.0 {
+                t += dt;
+                n += 1;
+                b.advance_units(t, rate * dt);
+                prop_assert!(n < 10_000);
+            }
+            let actual = t - from;
+            prop_assert!(predicted <= actual * 1.01 && predicted >= (actual - dt) * 0.99,
+                "predicted {predicted} actual {actual}");
+        }
+
+        #[test]
+        fn performance_is_monotone_and_capped(size in 1u64..=16_384, more in 0u64..=4096) {
+            for vt in [VolumeType::Gp2, VolumeType::St1, VolumeType::Sc1] {
+                let p = vt.performance(size).expect("bursting type");
+                let q = vt.performance(size + more).expect("bursting type");
+                prop_assert!(q.baseline_per_sec >= p.baseline_per_sec);
+                prop_assert!(q.burst_per_sec >= p.burst_per_sec);
+                prop_assert!(q.capacity >= p.capacity);
+                prop_assert!(p.burst_per_sec >= p.baseline_per_sec);
+                prop_assert!(p.baseline_per_sec > 0.0);
+                let (base_cap, burst_cap) = match vt {
+                    VolumeType::Gp2 => (16_000.0, 16_000.0),
+                    VolumeType::St1 => (500.0, 500.0),
+                    _ => (192.0, 250.0),
+                };
+                prop_assert!(p.baseline_per_sec <= base_cap && p.burst_per_sec <= burst_cap);
+                prop_assert_eq!(vt.has_burst_balance(size), Bucket::new(&vt, size).is_some());
+            }
+        }
+    }
+}
