@@ -40,7 +40,7 @@ pub const MAX_HISTOGRAM_BINS: usize = 64;
 
 const OFF_COUNTERS: usize = 8;
 const OFF_READ_HIST: usize = 512;
-const OFF_WRITE_HIST: usize = 2056;
+const OFF_WRITE_HIST: usize = OFF_READ_HIST + HIST_LEN;
 const HIST_LEN: usize = 8 + MAX_HISTOGRAM_BINS * BIN_LEN;
 const BIN_LEN: usize = 24;
 
@@ -336,7 +336,7 @@ mod tests {
     fn layout_matches_the_packed_c_struct() {
         // amzn_latency_log_page_base: 8 + 11 × 8 + 416 + 2 × (8 + 64 × 24) + 4 + 8 × 4 + 460.
         assert_eq!(8 + 11 * 8 + 416, OFF_READ_HIST);
-        assert_eq!(OFF_READ_HIST + HIST_LEN, OFF_WRITE_HIST);
+        assert_eq!(OFF_WRITE_HIST, 2056);
         assert_eq!(OFF_WRITE_HIST + HIST_LEN + 4 + 8 * 4 + 460, LOG_PAGE_LEN);
     }
 
