@@ -10,5 +10,6 @@ mod golden;
 mod harness;
 mod http;
 mod kernel;
+mod rules;
 mod stuck;
 mod writeback;
