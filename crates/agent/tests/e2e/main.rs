@@ -3,13 +3,16 @@
 //! binary (modules below) to keep link time down.
 
 mod containers;
+mod dashboards;
 mod docker;
 mod dstate;
+mod dstate_alerting;
 mod dstate_rig;
 mod golden;
 mod harness;
 mod http;
 mod kernel;
+mod promstack;
 mod rules;
 mod stuck;
 mod writeback;
