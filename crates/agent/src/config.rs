@@ -11,6 +11,7 @@ use std::time::Duration;
 use regex::Regex;
 use serde::de::{self, Deserializer};
 use serde::Deserialize;
+use stallwatch_cloud::config::{CloudConfig, Enabled, VolumeOverride};
 use stallwatch_collector::sample::containers::ContainersConfig;
 use stallwatch_collector::sample::host::{DiskFilter, HostConfig, Threshold};
 use stallwatch_collector::sample::probe::{self, ProbeConfig};
@@ -27,6 +28,102 @@ pub struct FileConfig {
     /// `[[probe]]`: sync-write probes, one per directory.
     pub probe: Vec<ProbeSection>,
     pub containers: ContainersSection,
+    pub cloud: CloudSection,
+}
+
+/// `enabled = "auto"` (default), `true` or `false`.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct EnabledSpec(pub Enabled);
+
+impl<'de> Deserialize<'de> for EnabledSpec {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum Raw {
+            B(bool),
+            S(String),
+        }
+        match Raw::deserialize(d)? {
+            Raw::B(true) => Ok(EnabledSpec(Enabled::On)),
+            Raw::B(false) => Ok(EnabledSpec(Enabled::Off)),
+            Raw::S(s) if s == "auto" => Ok(EnabledSpec(Enabled::Auto)),
+            Raw::S(s) => Err(de::Error::custom(format!(
+                "expected true, false or \"auto\", got {s:?}"
+            ))),
+        }
+    }
+}
+
+/// `[cloud]`: AWS discovery, EBS volumes, BurstBalance and the local credit model.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct CloudSection {
+    pub enabled: EnabledSpec,
+    pub region: Option<String>,
+    pub instance_id: Option<String>,
+    pub availability_zone: Option<String>,
+    pub imds_endpoint: Option<String>,
+    #[serde(deserialize_with = "positive_duration")]
+    pub imds_timeout: Duration,
+    pub ec2_endpoint: Option<String>,
+    pub cloudwatch_endpoint: Option<String>,
+    #[serde(deserialize_with = "positive_duration")]
+    pub request_timeout: Duration,
+    #[serde(deserialize_with = "positive_duration")]
+    pub describe_interval: Duration,
+    #[serde(deserialize_with = "positive_duration")]
+    pub poll_interval: Duration,
+    #[serde(deserialize_with = "positive_duration")]
+    pub fast_poll_interval: Duration,
+    /// Poll at `fast_poll_interval` while a balance is below this, e.g. "30%".
+    pub fast_poll_below: PercentSpec,
+    #[serde(deserialize_with = "positive_duration")]
+    pub lookback: Duration,
+    #[serde(deserialize_with = "positive_duration")]
+    pub staleness: Duration,
+    #[serde(deserialize_with = "positive_duration")]
+    pub retry_min: Duration,
+    #[serde(deserialize_with = "positive_duration")]
+    pub model_interval: Duration,
+    pub nvme_stats: bool,
+    pub dev_dir: PathBuf,
+    /// `[[cloud.volume]]`: device → volume id, for devices the agent cannot map itself.
+    pub volume: Vec<VolumeSection>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct VolumeSection {
+    pub device: String,
+    pub volume_id: String,
+}
+
+impl Default for CloudSection {
+    fn default() -> Self {
+        let d = CloudConfig::default();
+        CloudSection {
+            enabled: EnabledSpec(d.enabled),
+            region: d.region,
+            instance_id: d.instance_id,
+            availability_zone: d.availability_zone,
+            imds_endpoint: d.imds_endpoint,
+            imds_timeout: d.imds_timeout,
+            ec2_endpoint: d.ec2_endpoint,
+            cloudwatch_endpoint: d.cloudwatch_endpoint,
+            request_timeout: d.request_timeout,
+            describe_interval: d.describe_interval,
+            poll_interval: d.poll_interval,
+            fast_poll_interval: d.fast_poll_interval,
+            fast_poll_below: PercentSpec(d.fast_poll_below_percent / 100.0),
+            lookback: d.lookback,
+            staleness: d.staleness,
+            retry_min: d.retry_min,
+            model_interval: d.model_interval,
+            nvme_stats: d.nvme_stats,
+            dev_dir: d.dev_dir,
+            volume: Vec::new(),
+        }
+    }
 }
 
 /// `[containers]`: the per-container view from the cgroup tree.
@@ -315,6 +412,7 @@ pub struct Config {
     pub threads: ThreadsConfig,
     pub probes: Vec<ProbeConfig>,
     pub containers: ContainersConfig,
+    pub cloud: CloudConfig,
     /// The file it came from, if any.
     pub source: Option<PathBuf>,
 }
@@ -328,6 +426,7 @@ impl Default for Config {
                 threads: ThreadsConfig::default(),
                 probes: Vec::new(),
                 containers: ContainersConfig::default(),
+                cloud: CloudConfig::default(),
                 source: None,
             })
     }
@@ -481,11 +580,13 @@ impl FileConfig {
             source_timeout: c.timeout,
             docker_root: c.docker_root.clone(),
         };
+        let cloud = self.cloud.validate(&err)?;
         let d = self.disks;
         Ok(Config {
             threads,
             probes,
             containers,
+            cloud,
             host: HostConfig {
                 interval: s.interval,
                 peak_window: s.peak_window,
@@ -500,6 +601,89 @@ impl FileConfig {
                 writeback_burst_threshold: self.writeback.burst_threshold.0,
             },
             source: None,
+        })
+    }
+}
+
+impl CloudSection {
+    fn validate(
+        self,
+        err: &dyn Fn(&str, String) -> ConfigError,
+    ) -> Result<CloudConfig, ConfigError> {
+        for (key, v) in [
+            ("cloud.imds_endpoint", &self.imds_endpoint),
+            ("cloud.ec2_endpoint", &self.ec2_endpoint),
+            ("cloud.cloudwatch_endpoint", &self.cloudwatch_endpoint),
+        ] {
+            if let Some(u) = v {
+                if !(u.starts_with("http://") || u.starts_with("https://")) {
+                    return Err(err(
+                        key,
+                        format!("must be an http:// or https:// URL, is {u:?}"),
+                    ));
+                }
+            }
+        }
+        if self.instance_id.is_some() && self.region.is_none() {
+            return Err(err(
+                "cloud.instance_id",
+                "needs cloud.region too (with both set, IMDS is not asked)".into(),
+            ));
+        }
+        if self.fast_poll_interval > self.poll_interval {
+            return Err(err(
+                "cloud.fast_poll_interval",
+                format!(
+                    "must not exceed cloud.poll_interval ({:?}), is {:?}",
+                    self.poll_interval, self.fast_poll_interval
+                ),
+            ));
+        }
+        for v in &self.volume {
+            if !v.volume_id.starts_with("vol-") {
+                return Err(err(
+                    "cloud.volume_id",
+                    format!("{:?} is not a volume id (vol-…)", v.volume_id),
+                ));
+            }
+            if v.device.is_empty() || v.device.contains('/') {
+                return Err(err(
+                    "cloud.device",
+                    format!(
+                        "{:?} must be a kernel device name like nvme1n1 or xvdf",
+                        v.device
+                    ),
+                ));
+            }
+        }
+        Ok(CloudConfig {
+            enabled: self.enabled.0,
+            region: self.region,
+            instance_id: self.instance_id,
+            availability_zone: self.availability_zone,
+            imds_endpoint: self.imds_endpoint,
+            imds_timeout: self.imds_timeout,
+            ec2_endpoint: self.ec2_endpoint,
+            cloudwatch_endpoint: self.cloudwatch_endpoint,
+            request_timeout: self.request_timeout,
+            describe_interval: self.describe_interval,
+            poll_interval: self.poll_interval,
+            fast_poll_interval: self.fast_poll_interval,
+            fast_poll_below_percent: self.fast_poll_below.0 * 100.0,
+            lookback: self.lookback,
+            staleness: self.staleness,
+            retry_min: self.retry_min,
+            model_interval: self.model_interval,
+            nvme_stats: self.nvme_stats,
+            dev_dir: self.dev_dir,
+            volumes: self
+                .volume
+                .into_iter()
+                .map(|v| VolumeOverride {
+                    device: v.device,
+                    volume_id: v.volume_id,
+                })
+                .collect(),
         })
     }
 }

@@ -22,6 +22,7 @@ use tracing::{error, info};
 
 use crate::cli::{Cli, Command, Common};
 use crate::config::Config;
+use crate::metrics::cloud::CloudCollector;
 use crate::metrics::containers::ContainersCollector;
 use crate::metrics::host::HostCollector;
 use crate::metrics::probe::ProbeCollector;
@@ -167,6 +168,12 @@ fn run(common: Common) -> ExitCode {
         threads: thread_snap.clone(),
         host: host_snap.clone(),
     }));
+    let cloud_snap = Arc::new(ArcSwap::from_pointee(
+        stallwatch_cloud::CloudSnapshot::default(),
+    ));
+    registry.register_collector(Box::new(CloudCollector {
+        snap: cloud_snap.clone(),
+    }));
     registry.register_collector(Box::new(ProbeCollector {
         probes: live.probes.clone(),
     }));
@@ -206,6 +213,13 @@ fn run(common: Common) -> ExitCode {
             tokio::spawn(reload::run(path, live.clone(), reload_status, initial));
         }
         tokio::spawn(shutdown_on_signal(handle.clone()));
+        let (stop_cloud, cloud_stopped) = tokio::sync::watch::channel(false);
+        let cloud = stallwatch_cloud::runner::spawn(
+            live.cloud.clone(),
+            roots.clone(),
+            cloud_snap,
+            cloud_stopped,
+        );
         info!(
             address = %local,
             tls = tls.is_some(),
@@ -214,7 +228,11 @@ fn run(common: Common) -> ExitCode {
             version = env!("CARGO_PKG_VERSION"),
             "Listening."
         );
-        server::serve(listener, app, tls, handle).await
+        let r = server::serve(listener, app, tls, handle).await;
+        let _ = stop_cloud.send(true);
+        // The cloud tasks stop at their next wait; a call in flight is not waited for long.
+        let _ = tokio::time::timeout(Duration::from_secs(2), cloud).await;
+        r
     });
     sampler.stop();
     thread_sampler.stop();

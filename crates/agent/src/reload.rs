@@ -11,6 +11,7 @@ use std::time::Duration;
 
 use arc_swap::ArcSwap;
 use notify::{RecursiveMode, Watcher};
+use stallwatch_cloud::config::CloudConfig;
 use stallwatch_collector::sample::containers::ContainersConfig;
 use stallwatch_collector::sample::probe::Probes;
 use stallwatch_collector::sample::{HostConfig, ThreadsConfig};
@@ -29,6 +30,9 @@ pub struct Live {
     pub host: Arc<ArcSwap<HostConfig>>,
     pub threads: Arc<ArcSwap<ThreadsConfig>>,
     pub containers: Arc<ArcSwap<ContainersConfig>>,
+    /// Intervals, thresholds and `[[cloud.volume]]` apply on reload; `enabled`, region,
+    /// instance and endpoints are read once at start (a change is logged as needing a restart).
+    pub cloud: Arc<ArcSwap<CloudConfig>>,
     /// Running probes; a reload reconciles them (unchanged probes keep their counters).
     pub probes: Arc<Mutex<Probes>>,
 }
@@ -39,6 +43,7 @@ impl Live {
             host: Arc::new(ArcSwap::from_pointee(c.host.clone())),
             threads: Arc::new(ArcSwap::from_pointee(c.threads.clone())),
             containers: Arc::new(ArcSwap::from_pointee(c.containers.clone())),
+            cloud: Arc::new(ArcSwap::from_pointee(c.cloud.clone())),
             probes: Arc::new(Mutex::new(Probes::spawn(c.probes.clone())?)),
         })
     }
@@ -53,6 +58,25 @@ impl Live {
         self.host.store(Arc::new(c.host));
         self.threads.store(Arc::new(c.threads));
         self.containers.store(Arc::new(c.containers));
+        let old = self.cloud.load();
+        if (
+            old.enabled,
+            &old.region,
+            &old.instance_id,
+            &old.imds_endpoint,
+            &old.ec2_endpoint,
+            &old.cloudwatch_endpoint,
+        ) != (
+            c.cloud.enabled,
+            &c.cloud.region,
+            &c.cloud.instance_id,
+            &c.cloud.imds_endpoint,
+            &c.cloud.ec2_endpoint,
+            &c.cloud.cloudwatch_endpoint,
+        ) {
+            warn!("[cloud] enabled, region, instance_id and endpoints take effect on restart; the rest of [cloud] was applied.");
+        }
+        self.cloud.store(Arc::new(c.cloud));
         Ok(())
     }
 

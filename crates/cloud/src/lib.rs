@@ -9,3 +9,12 @@
 pub mod devices;
 pub mod model;
 pub mod nvme;
+
+pub mod cloudwatch;
+pub mod config;
+pub mod ec2;
+pub mod imds;
+pub mod runner;
+pub mod snapshot;
+
+pub use snapshot::CloudSnapshot;

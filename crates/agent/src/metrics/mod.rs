@@ -3,6 +3,7 @@
 //! per snapshot plus formatting, so it answers in milliseconds even while a disk is hung.
 //! A row that is not in the snapshot (a disk that vanished) is simply not encoded.
 
+pub mod cloud;
 pub mod containers;
 pub mod exposition;
 pub mod host;

@@ -27,7 +27,14 @@ pub struct Agent {
 impl Agent {
     /// Starts `stallwatch` on 127.0.0.1:0 with `args` and waits for it to listen.
     pub fn start(args: &[&str]) -> Agent {
-        let mut child = Command::new(BIN)
+        Agent::start_with(args, |_| {})
+    }
+
+    /// Like [`Agent::start`], with a hook to adjust the command (environment) first.
+    pub fn start_with(args: &[&str], adjust: impl FnOnce(&mut Command)) -> Agent {
+        let mut cmd = Command::new(BIN);
+        adjust(&mut cmd);
+        let mut child = cmd
             .arg("--web.listen-address=127.0.0.1:0")
             .args(args)
             .stdout(Stdio::null())

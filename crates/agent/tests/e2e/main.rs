@@ -2,6 +2,7 @@
 //! End-to-end tests: the real `stallwatch` binary, real sockets, real kernel files. One test
 //! binary (modules below) to keep link time down.
 
+mod cloud;
 mod containers;
 mod dashboards;
 mod docker;
