@@ -140,6 +140,11 @@ pub struct ContainersSection {
     /// Docker's data root, for container names (default `/var/lib/docker` under
     /// `--path.rootfs`).
     pub docker_root: Option<PathBuf>,
+    /// containers/storage's root, for CRI-O and podman container names (default
+    /// `/var/lib/containers/storage` under `--path.rootfs`).
+    pub storage_root: Option<PathBuf>,
+    /// CPU budget of a pass, share of one core ("1%"): the interval stretches to keep under it.
+    pub max_cpu: PercentSpec,
 }
 
 impl Default for ContainersSection {
@@ -151,6 +156,8 @@ impl Default for ContainersSection {
             max_containers: d.max_containers,
             timeout: d.source_timeout,
             docker_root: None,
+            storage_root: None,
+            max_cpu: PercentSpec(d.max_cpu),
         }
     }
 }
@@ -579,6 +586,8 @@ impl FileConfig {
             max_containers: c.max_containers,
             source_timeout: c.timeout,
             docker_root: c.docker_root.clone(),
+            storage_root: c.storage_root.clone(),
+            max_cpu: c.max_cpu.0,
         };
         let cloud = self.cloud.validate(&err)?;
         let d = self.disks;

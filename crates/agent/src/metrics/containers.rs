@@ -104,6 +104,14 @@ impl Collector for ContainersCollector {
             Counter,
             s.dropped_total as f64,
         )?;
+        single(
+            &mut e,
+            "container_pass_interval",
+            "The container pass cadence in force: containers.interval, stretched so that a pass's CPU stays under containers.max_cpu of one core.",
+            secs,
+            Gauge,
+            s.current_interval.as_secs_f64(),
+        )?;
 
         macro_rules! per {
             ($name:expr, $help:expr, $unit:expr, $ty:expr, $get:expr) => {

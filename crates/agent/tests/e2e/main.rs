@@ -4,6 +4,7 @@
 
 mod cloud;
 mod containers;
+mod containers_shapes;
 mod dashboards;
 mod docker;
 mod dstate;

@@ -3,6 +3,7 @@
 //! writeback burst, a pile-up of blocked tasks) is kept as sliding-window peaks and as counters
 //! that only ever grow, so a 60 s scrape and an HA pair scraping twice both see it.
 
+pub mod budget;
 pub mod containers;
 pub mod host;
 pub mod probe;

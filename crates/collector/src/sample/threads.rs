@@ -29,6 +29,7 @@ use tracing::warn;
 use crate::error::Error;
 use crate::proc::{pid_cgroup, task_stat};
 use crate::roots::Roots;
+use crate::sample::budget;
 use crate::sample::host::HostSnapshot;
 use crate::sample::status::SourceStatus;
 use crate::sample::worker::{Background, Outcome, Worker};
@@ -688,11 +689,7 @@ impl ThreadSampler {
                 };
                 // Never make the stall worse than the budget allows: a walk that cost c seconds
                 // of CPU waits at least c / max_cpu before the next one.
-                let cadence = if cfg.max_cpu > 0.0 {
-                    wanted.max(last_walk_cpu.div_f64(cfg.max_cpu))
-                } else {
-                    wanted
-                };
+                let cadence = budget::stretch(wanted, last_walk_cpu, cfg.max_cpu);
                 let due = last_walk.is_none_or(|t| {
                     now.saturating_duration_since(t) + Duration::from_millis(20) >= cadence
                 });
