@@ -37,9 +37,9 @@ const DOCKERD: &str = "/usr/sbin/dockerd";
 const IMAGE: &str = "stallwatch-test-busybox:1";
 
 /// A private dockerd with a private bridge network; everything is torn down on drop.
-struct Dockerd {
+pub(crate) struct Dockerd {
     dir: Option<tempfile::TempDir>,
-    root: PathBuf,
+    pub(crate) root: PathBuf,
     host: String,
     child: Option<Child>,
     bridge: String,
@@ -48,7 +48,7 @@ struct Dockerd {
 }
 
 impl Dockerd {
-    fn start() -> Dockerd {
+    pub(crate) fn start() -> Dockerd {
         for bin in [DOCKER, DOCKERD, "/bin/busybox"] {
             assert!(
                 Path::new(bin).exists(),
@@ -132,7 +132,7 @@ impl Dockerd {
         d
     }
 
-    fn log_tail(&self) -> String {
+    pub(crate) fn log_tail(&self) -> String {
         let text = std::fs::read_to_string(self.root.join("dockerd.log")).unwrap_or_default();
         let lines: Vec<&str> = text.lines().collect();
         lines[lines.len().saturating_sub(40)..].join("\n")
@@ -141,7 +141,7 @@ impl Dockerd {
     /// Runs `docker -H <ours> args`, killing it after `secs`; stdout (trimmed) or an error
     /// with the exit status and stderr. Output goes through files, so nothing can block on a
     /// full pipe.
-    fn docker(&mut self, args: &[&str], secs: u64) -> Result<String, String> {
+    pub(crate) fn docker(&mut self, args: &[&str], secs: u64) -> Result<String, String> {
         self.seq += 1;
         let out_p = self.root.join(format!("cli{}.out", self.seq));
         let err_p = self.root.join(format!("cli{}.err", self.seq));
@@ -182,7 +182,7 @@ impl Dockerd {
         res
     }
 
-    fn must(&mut self, args: &[&str]) -> String {
+    pub(crate) fn must(&mut self, args: &[&str]) -> String {
         match self.docker(args, 60) {
             Ok(s) => s,
             Err(e) => panic!("{e}\ndockerd log:\n{}", self.log_tail()),

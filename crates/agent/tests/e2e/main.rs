@@ -6,6 +6,7 @@ mod cloud;
 mod containers;
 mod containers_shapes;
 mod dashboards;
+mod deploy;
 mod docker;
 mod dstate;
 mod dstate_alerting;
