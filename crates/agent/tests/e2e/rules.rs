@@ -579,3 +579,14 @@ fn rules_alertmanager_config_checks_routes_and_inhibits_real_alerts() {
     }
     assert!(n >= 6, "inhibit rules parsed badly");
 }
+
+/// The README's "Alerts" table lists every alert with the severity the rules give it.
+#[test]
+fn rules_readme_lists_every_alert_with_its_severity() {
+    let readme = std::fs::read_to_string(repo().join("README.md")).unwrap();
+    let doc = yaml(&rules_file());
+    for a in alerts_of(&doc) {
+        let row = format!("| `{}` | {} |", s(&a["alert"]), s(&a["labels"]["severity"]));
+        assert!(readme.contains(&row), "README.md has no Alerts row {row:?}");
+    }
+}
