@@ -21,8 +21,11 @@ struct FakeContainer {
     cg: Option<Cgroup>,
     unified: PathBuf,
     child: Child,
-    /// Ancestor paths (relative) that did not exist before: removed again, deepest first.
-    created_parents: Vec<String>,
+    /// Ancestor directories, in any hierarchy (v1 controllers and unified), that did not exist
+    /// before: removed again, deepest first. Recorded per hierarchy, so that a parent that
+    /// existed in one hierarchy but not another (another test's, dockerd's) is neither leaked
+    /// where we made it nor removed where we did not.
+    created_parents: Vec<PathBuf>,
 }
 
 impl FakeContainer {
@@ -30,21 +33,25 @@ impl FakeContainer {
     /// everything it starts (and every page it dirties) is charged to the container.
     fn start(rel: &str, script: &str) -> FakeContainer {
         let mut created_parents = Vec::new();
-        let mut acc = String::new();
-        for part in rel
+        let parents: Vec<&str> = rel
             .split('/')
             .collect::<Vec<_>>()
             .split_last()
             .map(|(_, p)| p.to_vec())
-            .unwrap_or_default()
-        {
-            acc = if acc.is_empty() {
-                part.to_string()
-            } else {
-                format!("{acc}/{part}")
-            };
-            if !PathBuf::from("/sys/fs/cgroup/memory").join(&acc).exists() {
-                created_parents.push(acc.clone());
+            .unwrap_or_default();
+        let hierarchies: Vec<PathBuf> = std::fs::read_dir("/sys/fs/cgroup")
+            .unwrap()
+            .filter_map(|e| e.ok())
+            .map(|e| e.path())
+            .filter(|p| p.join("cgroup.procs").exists())
+            .collect();
+        for h in &hierarchies {
+            let mut d = h.clone();
+            for part in &parents {
+                d.push(part);
+                if !d.exists() {
+                    created_parents.push(d.clone());
+                }
             }
         }
         let cg =
@@ -88,13 +95,9 @@ impl FakeContainer {
             }
         }
         let _ = std::fs::remove_dir(&self.unified);
-        // Parents we created, in every hierarchy (v1 controllers and unified), deepest first.
+        // Parents we created, deepest first.
         for parent in self.created_parents.iter().rev() {
-            if let Ok(rd) = std::fs::read_dir("/sys/fs/cgroup") {
-                for h in rd.filter_map(|e| e.ok()) {
-                    let _ = std::fs::remove_dir(h.path().join(parent));
-                }
-            }
+            let _ = std::fs::remove_dir(parent);
         }
     }
 }

@@ -66,6 +66,8 @@ struct Shape {
     runtime: &'static str,
     pod_uid: Option<String>,
     qos: Option<&'static str>,
+    /// The `name` label, when the test wrote the runtime's state for it.
+    name: Option<String>,
 }
 
 impl Shape {
@@ -77,6 +79,9 @@ impl Shape {
         }
         if let Some(q) = self.qos {
             l.push_str(&format!(",qos=\"{q}\""));
+        }
+        if let Some(n) = &self.name {
+            l.push_str(&format!(",name=\"{n}\""));
         }
         l
     }
@@ -134,6 +139,7 @@ fn shapes(salt: u64) -> (Vec<Shape>, Vec<String>) {
         runtime,
         pod_uid: pod_uid.cloned(),
         qos,
+        name: None,
     };
     let ids: Vec<String> = (0..8).map(id).collect();
     let shapes = vec![
@@ -952,8 +958,34 @@ fn v2_every_shape_exports_exactly_what_the_unified_tree_has() {
     if !in_host_netns() {
         eprintln!("\n!!!!!!!!!! not in the host network namespace: the exact family sets are not checked (network series would appear) !!!!!!!!!!\n");
     }
-    let (shapes, monitors) = shapes(2);
+    let (mut shapes, monitors) = shapes(2);
     let tmp = tempfile::tempdir().unwrap();
+    // CRI-O's and podman's names, from a containers/storage list as they write it.
+    let storage = tmp.path().join("storage");
+    std::fs::create_dir_all(storage.join("overlay-containers")).unwrap();
+    let mut entries = Vec::new();
+    for s in shapes.iter_mut() {
+        let name = match s.tag {
+            "crio" => format!(
+                "k8s_app_app-{}_default_{}_0",
+                &s.id[..5],
+                s.pod_uid.as_deref().unwrap()
+            ),
+            "podman" => format!("web-{}", &s.id[..6]),
+            _ => continue,
+        };
+        entries.push(format!(
+            r#"{{"id":"{}","names":["{name}"],"image":"{}","layer":"{}","created":"2026-11-24T10:00:00Z"}}"#,
+            s.id,
+            "1".repeat(64),
+            "2".repeat(64)
+        ));
+        s.name = Some(name);
+    }
+    write(
+        &storage.join("overlay-containers/containers.json"),
+        &format!("[{}]", entries.join(",")),
+    );
     let mut rig = Rig::default();
     let mut leaves = Vec::new();
     let mut idx = Vec::new();
@@ -968,7 +1000,10 @@ fn v2_every_shape_exports_exactly_what_the_unified_tree_has() {
     }
     let agent = agent_with(
         tmp.path(),
-        "[containers]\ninterval = \"1s\"\n",
+        &format!(
+            "[containers]\ninterval = \"1s\"\nstorage_root = \"{}\"\n",
+            storage.display()
+        ),
         &[&format!("--path.cgroupfs={UNIFIED}")],
     );
     let m = converge(

@@ -18,9 +18,12 @@
 //! its own sub-cgroups (systemd inside) is counted whole. The plain keys are the fallback.
 //!
 //! Measured here: on kernel 6.18 the `blkio.throttle.*` counters stay at `Total 0` for a
-//! cgroup's I/O to a device until a throttle limit has been set for it (blk-throttle only
-//! accounts bios it sees); Docker sets none unless `--device-*-bps/iops` is given. The files
-//! still exist, so the counters are reported (as zeros), not absent.
+//! cgroup's I/O to a device until blk-throttle is active on that device's queue, which a
+//! throttle limit set on the device (for any cgroup) makes it; Docker sets none unless
+//! `--device-*-bps/iops` is given. Once active it counts every cgroup's bios there: on this
+//! host, after tests had set limits on `vda`, a fresh cgroup with no limit of its own counted
+//! its 4 KiB O_DIRECT reads of vda. The files still exist, so the counters are reported (as
+//! zeros, or no device rows), not absent.
 
 use std::collections::BTreeMap;
 use std::path::Path;
