@@ -578,10 +578,11 @@ def ebs():
         var_query("volume", "Volume", f"label_values(stallwatch_ebs_volume_info{{{N}}}, volume_id)",
                   multi=True, include_all=True, all_value=".*"),
     ]
-    # Disk counters carry `device`; stallwatch_disk_info maps device -> volume_id.
+    # Disk counters carry `device`; stallwatch_ebs_volume_info maps the volume to its device
+    # on this node (NVMe serial, Xen attachment name or a [[cloud.volume]] override).
     def per_volume(expr):
         return (f"sum by (volume_id) (({expr}) * on (instance, device) group_left (volume_id) "
-                f"stallwatch_disk_info{{{V}}})")
+                f"stallwatch_ebs_volume_info{{{V}}})")
 
     rows = [
         (
@@ -631,10 +632,16 @@ def ebs():
                    [t(rate("stallwatch_ec2_ebs_exceeded_iops_seconds_total", N), "IOPS"),
                     t(rate("stallwatch_ec2_ebs_exceeded_throughput_seconds_total", N), "throughput")],
                    "percentunit", min=0, w=6),
-                ts("NVMe I/O timeout per device",
+                ts("I/O timeout of the volume's device",
                    [t(f"stallwatch_disk_io_timeout_seconds{{{N}}} * on (instance, device) group_left (volume_id) "
-                      f"stallwatch_disk_info{{{V}}}", "{{volume_id}} {{device}}")],
-                   "s", min=0, w=12),
+                      f"stallwatch_ebs_volume_info{{{V}}}", "{{volume_id}} {{device}}")],
+                   "s", min=0, w=12,
+                   desc="Amazon Linux sets EBS NVMe devices to 4294967295 s: a stalled volume "
+                   "never errors, its I/O waits in D."),
+                Panel("table", "Block devices",
+                      [t(f"stallwatch_disk_info{{{N}}}", instant=True, table=True)],
+                      "short", w=12, h=8,
+                      desc="Model, serial and (for EBS) volume id of the node's block devices."),
             ],
         ),
         (
