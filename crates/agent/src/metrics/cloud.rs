@@ -178,13 +178,13 @@ impl Collector for CloudCollector {
             &mut e,
             "ebs_burst_seconds_to_empty",
             "Seconds until the credit bucket is empty at the last minute's net drain; +Inf when not draining.",
-            Some(&secs),
+            None,
             Gauge,
             per_volume(&s, |v| v.seconds_to_empty),
         )?;
         family(
             &mut e,
-            "ebs_exceeded_iops_seconds",
+            "ebs_exceeded_iops",
             "Time the volume's I/O exceeded its provisioned IOPS (EBS NVMe log page 0xD0).",
             Some(&secs),
             Counter,
@@ -192,7 +192,7 @@ impl Collector for CloudCollector {
         )?;
         family(
             &mut e,
-            "ebs_exceeded_throughput_seconds",
+            "ebs_exceeded_throughput",
             "Time the volume's I/O exceeded its provisioned throughput (EBS NVMe log page 0xD0).",
             Some(&secs),
             Counter,
@@ -208,7 +208,7 @@ impl Collector for CloudCollector {
         )?;
         opt(
             &mut e,
-            "ec2_ebs_exceeded_iops_seconds",
+            "ec2_ebs_exceeded_iops",
             "Time the instance's EBS I/O exceeded the instance's EBS IOPS limit (EBS NVMe log page 0xD0).",
             Some(&secs),
             Counter,
@@ -216,7 +216,7 @@ impl Collector for CloudCollector {
         )?;
         opt(
             &mut e,
-            "ec2_ebs_exceeded_throughput_seconds",
+            "ec2_ebs_exceeded_throughput",
             "Time the instance's EBS I/O exceeded the instance's EBS throughput limit (EBS NVMe log page 0xD0).",
             Some(&secs),
             Counter,

@@ -364,6 +364,18 @@ impl DStateRig {
         }
     }
 
+    /// Changes the throttle to `iops` writes per second (the cloud scenario plays an EBS volume
+    /// that drops to its baseline when its credits run out).
+    #[allow(dead_code)] // used by the cloud scenario only
+    pub fn set_write_iops(&self, iops: u32) {
+        let (Some(_), Some((maj, min))) = (&self.cgroup, self.devnum) else {
+            panic!("dstate_rig: set_write_iops before the rig was built");
+        };
+        self.blkio()
+            .throttle_write_iops_for_device(maj, min, u64::from(iops))
+            .unwrap_or_else(|e| panic!("dstate_rig: write_iops {maj}:{min} {iops}: {e}"));
+    }
+
     fn try_lift(&self) -> Result<(), String> {
         let (Some(_), Some((maj, min))) = (&self.cgroup, self.devnum) else {
             return Ok(());
