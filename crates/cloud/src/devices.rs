@@ -60,7 +60,7 @@ pub enum DevicesError {
     ReadDir { path: PathBuf, source: io::Error },
 }
 
-/// Scans `<sysfs>/block` for whole-disk `nvme<N>n<M>`, `xvd<letters>` and `sd<letters>`
+/// Scans `<sysfs>/block` for whole-disk `nvme<N>n<M>`, `xvd<letters>`, `sd<letters>` and `vd<letters>`
 /// devices, sorted by name. Only an unreadable `<sysfs>/block` is an error; a missing or
 /// unreadable attribute of one device leaves that field `None`.
 pub fn scan(sysfs: &Path) -> Result<Vec<BlockDevice>, DevicesError> {
@@ -118,7 +118,8 @@ fn read_trimmed(path: &Path) -> Option<String> {
     (!s.is_empty()).then(|| s.to_string())
 }
 
-/// `nvme<digits>n<digits>`, `xvd<letters>`, `sd<letters>`.
+/// `nvme<digits>n<digits>`, `xvd<letters>`, `sd<letters>`, `vd<letters>` (virtio: no EBS, but
+/// `disk_info` and `io_timeout` describe every real disk, on any cloud).
 fn is_candidate(name: &str) -> bool {
     let all = |s: &str, f: fn(char) -> bool| !s.is_empty() && s.chars().all(f);
     if let Some(rest) = name.strip_prefix("nvme") {
@@ -129,7 +130,7 @@ fn is_candidate(name: &str) -> bool {
             None => false,
         };
     }
-    for prefix in ["xvd", "sd"] {
+    for prefix in ["xvd", "sd", "vd"] {
         if let Some(rest) = name.strip_prefix(prefix) {
             return all(rest, |c| c.is_ascii_lowercase());
         }
@@ -185,7 +186,7 @@ mod tests {
 
     #[test]
     fn names() {
-        for yes in ["nvme0n1", "nvme12n3", "xvda", "xvdba", "sda", "sdf"] {
+        for yes in ["nvme0n1", "nvme12n3", "xvda", "xvdba", "sda", "sdf", "vda", "vdb"] {
             assert!(is_candidate(yes), "{yes}");
         }
         for no in [
@@ -198,7 +199,6 @@ mod tests {
             "sda1",
             "sd",
             "loop0",
-            "vda",
             "zram0",
             "dm-0",
         ] {
@@ -344,5 +344,12 @@ mod tests {
             got.iter().all(|d| !d.is_ebs() && d.volume_id.is_none()),
             "{got:?}"
         );
+        // Every real whole disk of a described kind is listed (this machine's is virtio).
+        for e in std::fs::read_dir("/sys/block").expect("/sys/block").flatten() {
+            let name = e.file_name().to_string_lossy().into_owned();
+            if is_candidate(&name) {
+                assert!(got.iter().any(|d| d.name == name), "{name} missing: {got:?}");
+            }
+        }
     }
 }
