@@ -172,6 +172,7 @@ fn attached_volumes_are_described_and_burst_balance_polled_for_bursting_ones_onl
             {"type": "st1", "size": 500},
             {"type": "gp2", "size": 2000},
             {"type": "io1", "size": 100, "iops": 1000},
+            {"type": "gp2", "size": 50},
         ]}),
     );
     let vols: Vec<String> = setup["volumes"]
@@ -181,6 +182,7 @@ fn attached_volumes_are_described_and_burst_balance_polled_for_bursting_ones_onl
         .map(|v| v.as_str().unwrap().to_string())
         .collect();
     let (gp2, gp3, st1, gp2_big, io1) = (&vols[0], &vols[1], &vols[2], &vols[3], &vols[4]);
+    let stale = &vols[5];
     let t = minute(now());
     // Newest first does not matter: the agent must pick the newest point by timestamp.
     for (v, base) in [(gp2, 80.0), (st1, 60.0), (gp3, 50.0)] {
@@ -189,11 +191,16 @@ fn attached_volumes_are_described_and_burst_balance_polled_for_bursting_ones_onl
             serde_json::json!({"volume_id": v, "points": [[t - 300.0, base + 5.0], [t - 120.0, base], [t - 240.0, base + 3.0]]}),
         );
     }
+    // Within the lookback but older than the staleness: fetched, not exported.
+    aws.call(
+        "put",
+        serde_json::json!({"volume_id": stale, "points": [[t - 1800.0, 42.0]]}),
+    );
     let dir = tempfile::tempdir().unwrap();
     let cfg = dir.path().join("stallwatch.toml");
     crate::harness::write(
         &cfg,
-        &aws.config("poll_interval = \"3s\"\nfast_poll_interval = \"3s\"\ndescribe_interval = \"3s\"\nretry_min = \"1s\""),
+        &aws.config("poll_interval = \"3s\"\nfast_poll_interval = \"3s\"\ndescribe_interval = \"3s\"\nretry_min = \"1s\"\nlookback = \"60m\"\nstaleness = \"10m\""),
     );
     let agent = start_agent(&cfg);
     let want_gp2 = format!("stallwatch_ebs_burst_balance_percent{{volume_id=\"{gp2}\"}}");
@@ -255,7 +262,8 @@ fn attached_volumes_are_described_and_burst_balance_polled_for_bursting_ones_onl
         Some(t - 120.0)
     );
     // Not asked, not exported: gp3 (even though the test put a point for it), io1, gp2 ≥ 1 TiB.
-    for v in [gp3, io1, gp2_big] {
+    // And asked but stale: the 30-minute-old point.
+    for v in [gp3, io1, gp2_big, stale] {
         assert!(
             !m.text.contains(&format!(
                 "stallwatch_ebs_burst_balance_percent{{volume_id=\"{v}\"}}"
@@ -269,8 +277,8 @@ fn attached_volumes_are_described_and_burst_balance_polled_for_bursting_ones_onl
     // moto's run_instances attaches a gp2 8 GiB root volume: it bursts too.
     for c in &calls {
         assert_eq!(
-            c["queries"], 3,
-            "only gp2 < 1 TiB (root + data) and st1 are requested: {c}"
+            c["queries"], 4,
+            "only gp2 < 1 TiB (root + 2 data) and st1 are requested: {c}"
         );
     }
     // The EC2 call was SigV4-signed with the instance role's credentials from IMDS.
@@ -289,9 +297,9 @@ fn attached_volumes_are_described_and_burst_balance_polled_for_bursting_ones_onl
     let m = Metrics::parse(&agent.scrape());
     let requested = m.get("stallwatch_cloud_metrics_requested_total").unwrap();
     let n_calls = aws.metric_calls().len() as f64;
-    assert!(requested >= 3.0 && requested % 3.0 == 0.0, "{requested}");
+    assert!(requested >= 4.0 && requested % 4.0 == 0.0, "{requested}");
     assert!(
-        (requested - 3.0 * n_calls).abs() <= 3.0,
+        (requested - 4.0 * n_calls).abs() <= 4.0,
         "requested {requested} vs {n_calls} calls"
     );
     let cost = m
@@ -345,7 +353,7 @@ fn attached_volumes_are_described_and_burst_balance_polled_for_bursting_ones_onl
             .lines()
             .filter(|l| l.starts_with("stallwatch_ebs_volume_info{"))
             .count(),
-        6,
+        7,
         "the volumes already known stay exported through a failed describe"
     );
     assert!(

@@ -829,11 +829,25 @@ fn v1_every_shape_agrees_with_the_kernel_and_vanishes_after_rmdir() {
     }
 
     // rmdir one container: gone from the next pass's scrape, counted as a stop; the rest stay.
-    let stops0 = m.get("stallwatch_container_stops_total").unwrap();
-    let gone = &shapes[1];
-    rig.remove(idx[1]);
+    remove_and_check_gone(&agent, &mut rig, &m, &shapes, &idx, 1, "pids");
+}
+
+/// Removes container `which` (kill, rmdir) and asserts that it is gone from the next scrape,
+/// counted as a stop, while every other shape still exports `family`.
+fn remove_and_check_gone(
+    agent: &Agent,
+    rig: &mut Rig,
+    before: &Metrics,
+    shapes: &[Shape],
+    idx: &[usize],
+    which: usize,
+    family: &str,
+) {
+    let stops0 = before.get("stallwatch_container_stops_total").unwrap();
+    let gone = &shapes[which];
+    rig.remove(idx[which]);
     let m2 = converge(
-        &agent,
+        agent,
         Duration::from_secs(10),
         "the removed container gone",
         |m| {
@@ -845,7 +859,7 @@ fn v1_every_shape_agrees_with_the_kernel_and_vanishes_after_rmdir() {
     );
     assert!(m2.get("stallwatch_container_stops_total").unwrap() >= stops0 + 1.0);
     for s in shapes.iter().filter(|s| s.id != gone.id) {
-        assert!(m2.get(&s.series("pids")).is_some(), "{} stays", s.tag);
+        assert!(m2.get(&s.series(family)).is_some(), "{} stays", s.tag);
     }
 }
 
@@ -1036,28 +1050,15 @@ fn v2_every_shape_exports_exactly_what_the_unified_tree_has() {
         assert!(!m.text.contains(monitor_id(mon)), "{mon}");
     }
     // rmdir: gone from the next scrape.
-    let stops0 = m.get("stallwatch_container_stops_total").unwrap();
-    let gone = shapes[4].clone();
-    rig.remove(idx[4]);
-    let m2 = converge(
+    remove_and_check_gone(
         &agent,
-        Duration::from_secs(10),
-        "the removed container gone",
-        |m| {
-            if m.text.contains(&gone.id) {
-                return Err(format!("{} still exported", gone.tag));
-            }
-            Ok(())
-        },
+        &mut rig,
+        &m,
+        &shapes,
+        &idx,
+        4,
+        "cpu_usage_seconds_total",
     );
-    assert!(m2.get("stallwatch_container_stops_total").unwrap() >= stops0 + 1.0);
-    for s in shapes.iter().filter(|s| s.id != gone.id) {
-        assert!(
-            m2.get(&s.series("cpu_usage_seconds_total")).is_some(),
-            "{} stays",
-            s.tag
-        );
-    }
 }
 
 /// A real thread in D state: a process that makes a child with `CLONE_VFORK` and waits for it
