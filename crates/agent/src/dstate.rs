@@ -47,6 +47,8 @@ struct ThreadOut<'a> {
     container_id: Option<String>,
     runtime: Option<&'static str>,
     pod_uid: Option<String>,
+    /// Kubernetes QoS class (guaranteed, burstable, besteffort) when the path says it.
+    qos: Option<&'static str>,
     kernel_thread: bool,
     /// Lower bound: time since the first walk that saw it in D.
     seconds_in_d: f64,
@@ -182,6 +184,7 @@ fn print(
                     cgroup: d.cgroup.as_deref(),
                     runtime: ctr.as_ref().map(|i| i.runtime.as_str()),
                     pod_uid: ctr.as_ref().and_then(|i| i.pod_uid.clone()),
+                    qos: ctr.as_ref().and_then(|i| i.qos).map(|q| q.as_str()),
                     container_id: ctr.map(|i| i.container_id),
                     kernel_thread: d.kernel_thread,
                     seconds_in_d: now.saturating_duration_since(d.since).as_secs_f64(),

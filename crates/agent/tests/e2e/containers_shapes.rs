@@ -1227,6 +1227,7 @@ fn dstate_names_the_container_of_a_d_thread_in_every_shape() {
             "{}: {row}",
             s.tag
         );
+        assert_eq!(row["qos"].as_str(), s.qos, "{}: {row}", s.tag);
         assert_eq!(
             row["cgroup"].as_str(),
             Some(format!("/{}", s.rel).as_str()),
