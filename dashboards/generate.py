@@ -632,6 +632,14 @@ def ebs():
                    [t(rate("stallwatch_ec2_ebs_exceeded_iops_seconds_total", N), "IOPS"),
                     t(rate("stallwatch_ec2_ebs_exceeded_throughput_seconds_total", N), "throughput")],
                    "percentunit", min=0, w=6),
+                ts("The instance's own EBS burst",
+                   [t(f"stallwatch_ec2_ebs_io_balance_percent{{{N}}}", "EBSIOBalance%"),
+                    t(f"stallwatch_ec2_ebs_byte_balance_percent{{{N}}}", "EBSByteBalance%")],
+                   "percent", min=0, max=100, w=12,
+                   thresholds={"mode": "absolute", "steps": [
+                       {"color": "red", "value": None}, {"color": "green", "value": 20}]},
+                   desc="Smaller instance sizes burst their EBS IOPS and bandwidth: when this "
+                   "bucket empties every volume is held to the instance's EBS baseline."),
                 ts("I/O timeout of the volume's device",
                    [t(f"stallwatch_disk_io_timeout_seconds{{{N}}} * on (instance, device) group_left (volume_id) "
                       f"stallwatch_ebs_volume_info{{{V}}}", "{{volume_id}} {{device}}")],

@@ -89,14 +89,20 @@ class World:
         return {"instance_id": iid, "availability_zone": az, "region": REGION, "volumes": ids}
 
     def put(self, spec):
+        # A volume's AWS/EBS metric (BurstBalance by default), or with "instance_id" an
+        # AWS/EC2 metric of the instance (EBSIOBalance%, EBSByteBalance%, CPUCreditBalance).
+        if "instance_id" in spec:
+            namespace, dims = "AWS/EC2", [{"Name": "InstanceId", "Value": spec["instance_id"]}]
+        else:
+            namespace, dims = "AWS/EBS", [{"Name": "VolumeId", "Value": spec["volume_id"]}]
         data = [{
             "MetricName": spec.get("metric", "BurstBalance"),
-            "Dimensions": [{"Name": "VolumeId", "Value": spec["volume_id"]}],
+            "Dimensions": dims,
             "Timestamp": datetime.datetime.fromtimestamp(ts, datetime.timezone.utc),
             "Value": float(val), "Unit": "Percent",
         } for ts, val in spec["points"]]
         for i in range(0, len(data), 20):
-            self.cw.put_metric_data(Namespace="AWS/EBS", MetricData=data[i:i + 20])
+            self.cw.put_metric_data(Namespace=namespace, MetricData=data[i:i + 20])
         return {"ok": True}
 
 

@@ -85,6 +85,7 @@ pub struct CloudSection {
     pub retry_min: Duration,
     #[serde(deserialize_with = "positive_duration")]
     pub model_interval: Duration,
+    pub instance_balances: bool,
     pub nvme_stats: bool,
     pub dev_dir: PathBuf,
     /// `[[cloud.volume]]`: device → volume id, for devices the agent cannot map itself.
@@ -119,6 +120,7 @@ impl Default for CloudSection {
             staleness: d.staleness,
             retry_min: d.retry_min,
             model_interval: d.model_interval,
+            instance_balances: d.instance_balances,
             nvme_stats: d.nvme_stats,
             dev_dir: d.dev_dir,
             volume: Vec::new(),
@@ -683,6 +685,7 @@ impl CloudSection {
             staleness: self.staleness,
             retry_min: self.retry_min,
             model_interval: self.model_interval,
+            instance_balances: self.instance_balances,
             nvme_stats: self.nvme_stats,
             dev_dir: self.dev_dir,
             volumes: self

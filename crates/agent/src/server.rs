@@ -16,7 +16,8 @@ use stallwatch_collector::sample::{HostConfig, HostSnapshot};
 use tower_http::compression::CompressionLayer;
 
 use crate::metrics::exposition::{
-    openmetrics_to_text, wants_openmetrics, OPENMETRICS_CONTENT_TYPE, TEXT_CONTENT_TYPE,
+    fix_infinities, openmetrics_to_text, wants_openmetrics, OPENMETRICS_CONTENT_TYPE,
+    TEXT_CONTENT_TYPE,
 };
 use crate::webconfig::{self, WebConfig};
 
@@ -54,6 +55,7 @@ async fn metrics(State(st): State<Arc<AppState>>, headers: HeaderMap) -> Respons
         tracing::error!(error = %e, "Cannot encode metrics.");
         return (StatusCode::INTERNAL_SERVER_ERROR, "cannot encode metrics\n").into_response();
     }
+    let body = fix_infinities(body);
     let accept = headers.get(header::ACCEPT).and_then(|v| v.to_str().ok());
     if wants_openmetrics(accept) {
         ([(header::CONTENT_TYPE, OPENMETRICS_CONTENT_TYPE)], body).into_response()

@@ -36,19 +36,53 @@ pub fn window(now: SystemTime, lookback: Duration) -> (i64, i64) {
     (start, end)
 }
 
-/// Fetches the newest `BurstBalance` point of each volume. Calls are made in batches of at most
-/// [`MAX_QUERIES_PER_CALL`]; `on_call(n)` is told the number of metrics each call requested
-/// (billing) before it is sent. The first failing call ends the fetch with its error.
-pub async fn fetch_burst_balance(
+/// One CloudWatch series: namespace, metric name and its single dimension.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Series {
+    pub namespace: &'static str,
+    pub metric: &'static str,
+    pub dimension: &'static str,
+    pub value: String,
+}
+
+impl Series {
+    /// `AWS/EBS` `BurstBalance` of a volume (gp2 < 1 TiB, st1, sc1 only).
+    pub fn burst_balance(volume_id: &str) -> Series {
+        Series {
+            namespace: "AWS/EBS",
+            metric: "BurstBalance",
+            dimension: "VolumeId",
+            value: volume_id.to_string(),
+        }
+    }
+
+    /// An `AWS/EC2` metric of the instance (`EBSIOBalance%`, `EBSByteBalance%`,
+    /// `CPUCreditBalance`).
+    pub fn instance(metric: &'static str, instance_id: &str) -> Series {
+        Series {
+            namespace: "AWS/EC2",
+            metric,
+            dimension: "InstanceId",
+            value: instance_id.to_string(),
+        }
+    }
+}
+
+/// Fetches the newest per-minute average of each series, keyed by its index in `series`.
+/// Calls are made in batches of at most [`MAX_QUERIES_PER_CALL`]; `on_call(n)` is told the
+/// number of metrics each call requested (billing) before it is sent. The first failing call
+/// ends the fetch with its error.
+pub async fn fetch_newest(
     client: &aws_sdk_cloudwatch::Client,
-    volume_ids: &[String],
+    series: &[Series],
     now: SystemTime,
     lookback: Duration,
     mut on_call: impl FnMut(usize),
-) -> Result<BTreeMap<String, BalancePoint>, CwError> {
+) -> Result<BTreeMap<usize, BalancePoint>, CwError> {
     let (start, end) = window(now, lookback);
     let mut out = BTreeMap::new();
-    for batch in volume_ids.chunks(MAX_QUERIES_PER_CALL) {
+    for (n, batch) in series.chunks(MAX_QUERIES_PER_CALL).enumerate() {
+        let base = n * MAX_QUERIES_PER_CALL;
         let queries: Vec<MetricDataQuery> =
             batch.iter().enumerate().map(|(i, v)| query(i, v)).collect();
         on_call(queries.len());
@@ -92,7 +126,9 @@ pub async fn fetch_burst_balance(
                 else {
                     continue;
                 };
-                let Some(vol) = batch.get(idx) else { continue };
+                if idx >= batch.len() {
+                    continue;
+                }
                 let newest = r
                     .timestamps()
                     .iter()
@@ -103,7 +139,7 @@ pub async fn fetch_burst_balance(
                     })
                     .max_by(|a, b| a.timestamp.total_cmp(&b.timestamp));
                 if let Some(p) = newest {
-                    let e = out.entry(vol.clone()).or_insert(p);
+                    let e = out.entry(base + idx).or_insert(p);
                     if p.timestamp > e.timestamp {
                         *e = p;
                     }
@@ -118,19 +154,19 @@ pub async fn fetch_burst_balance(
     Ok(out)
 }
 
-fn query(i: usize, volume_id: &str) -> MetricDataQuery {
+fn query(i: usize, s: &Series) -> MetricDataQuery {
     MetricDataQuery::builder()
         .id(format!("m{i}"))
         .metric_stat(
             MetricStat::builder()
                 .metric(
                     Metric::builder()
-                        .namespace("AWS/EBS")
-                        .metric_name("BurstBalance")
+                        .namespace(s.namespace)
+                        .metric_name(s.metric)
                         .dimensions(
                             Dimension::builder()
-                                .name("VolumeId")
-                                .value(volume_id)
+                                .name(s.dimension)
+                                .value(&s.value)
                                 .build(),
                         )
                         .build(),
@@ -162,7 +198,7 @@ mod tests {
     #[test]
     fn query_ids_are_valid_cloudwatch_ids() {
         // Ids must start with a lower-case letter; the index maps results back to volumes.
-        let q = query(499, "vol-1");
+        let q = query(499, &Series::burst_balance("vol-1"));
         assert_eq!(q.id(), Some("m499"));
         let ms = q.metric_stat().unwrap();
         assert_eq!(ms.period(), Some(60));

@@ -52,6 +52,9 @@ pub struct CloudConfig {
     pub retry_min: Duration,
     /// Local credit-model cadence (reads `/proc/diskstats`).
     pub model_interval: Duration,
+    /// Also poll the instance's `EBSIOBalance%`, `EBSByteBalance%` (and `CPUCreditBalance` on T
+    /// instances) with the volumes' BurstBalance.
+    pub instance_balances: bool,
     /// Read the EBS NVMe statistics log page of each EBS NVMe device (needs CAP_SYS_ADMIN).
     pub nvme_stats: bool,
     /// Where device nodes are (`/dev`; in a container, the host's /dev mounted somewhere).
@@ -79,6 +82,7 @@ impl Default for CloudConfig {
             staleness: Duration::from_secs(20 * 60),
             retry_min: Duration::from_secs(10),
             model_interval: Duration::from_secs(1),
+            instance_balances: true,
             nvme_stats: true,
             dev_dir: PathBuf::from("/dev"),
             volumes: Vec::new(),

@@ -186,7 +186,9 @@ mod tests {
 
     #[test]
     fn names() {
-        for yes in ["nvme0n1", "nvme12n3", "xvda", "xvdba", "sda", "sdf", "vda", "vdb"] {
+        for yes in [
+            "nvme0n1", "nvme12n3", "xvda", "xvdba", "sda", "sdf", "vda", "vdb",
+        ] {
             assert!(is_candidate(yes), "{yes}");
         }
         for no in [
@@ -345,10 +347,16 @@ mod tests {
             "{got:?}"
         );
         // Every real whole disk of a described kind is listed (this machine's is virtio).
-        for e in std::fs::read_dir("/sys/block").expect("/sys/block").flatten() {
+        for e in std::fs::read_dir("/sys/block")
+            .expect("/sys/block")
+            .flatten()
+        {
             let name = e.file_name().to_string_lossy().into_owned();
             if is_candidate(&name) {
-                assert!(got.iter().any(|d| d.name == name), "{name} missing: {got:?}");
+                assert!(
+                    got.iter().any(|d| d.name == name),
+                    "{name} missing: {got:?}"
+                );
             }
         }
     }

@@ -23,7 +23,9 @@ use crate::devices::{self, BlockDevice};
 use crate::ec2::{self, Ec2Client, Volume};
 use crate::model::{Bucket, VolumeType};
 use crate::nvme;
-use crate::snapshot::{Api, CloudSnapshot, Instance, NvmeCounters, Outcome, VolumeState};
+use crate::snapshot::{
+    Api, CloudSnapshot, Instance, InstanceBalance, NvmeCounters, Outcome, VolumeState,
+};
 use crate::{cloudwatch, imds};
 
 /// Shared state of the loops; every lock is held only for bookkeeping, never across I/O.
@@ -37,6 +39,7 @@ struct State {
     buckets: HashMap<String, Bucket>,
     /// Newest CloudWatch point per volume.
     balances: BTreeMap<String, crate::snapshot::BalancePoint>,
+    instance_balances: BTreeMap<InstanceBalance, crate::snapshot::BalancePoint>,
     /// Previous diskstats counters per device: (ops, bytes).
     prev_io: HashMap<String, (u64, u64)>,
     nvme: BTreeMap<String, nvme::Stats>,
@@ -105,6 +108,10 @@ impl State {
                                 queue_length: s.volume_queue_length as f64,
                                 read_ops: s.total_read_ops,
                                 write_ops: s.total_write_ops,
+                                read_time_seconds: us(s.total_read_time_us),
+                                write_time_seconds: us(s.total_write_time_us),
+                                read_latency: bins(&s.read_io_latency_histogram),
+                                write_latency: bins(&s.write_io_latency_histogram),
                             }
                         }),
                     }
@@ -115,6 +122,12 @@ impl State {
             instance: self.instance.clone(),
             disks: self.disks.clone(),
             volumes,
+            instance_balances: self
+                .instance_balances
+                .iter()
+                .filter(|(_, p)| now - p.timestamp <= staleness)
+                .map(|(k, p)| (*k, *p))
+                .collect(),
             instance_exceeded_iops_seconds: instance_iops,
             instance_exceeded_throughput_seconds: instance_tp,
             requests: self
@@ -186,6 +199,13 @@ fn baseline_iops(vt: &VolumeType, size_gib: u64, provisioned: Option<u64>) -> Op
         VolumeType::Gp3 | VolumeType::Io1 | VolumeType::Io2 => provisioned.map(|p| p as f64),
         _ => None,
     }
+}
+
+fn bins(h: &nvme::Histogram) -> Vec<(f64, u64)> {
+    h.bins
+        .iter()
+        .map(|b| (us(b.upper_us), u64::from(b.count)))
+        .collect()
 }
 
 fn us(v: u64) -> f64 {
@@ -486,27 +506,70 @@ async fn poll_loop(
     let mut failures = 0u32;
     loop {
         let c = cfg.load_full();
-        let ids: Vec<String> = {
+        // What to ask: BurstBalance of the volumes that burst, then the instance's balances.
+        let (ids, instance): (Vec<String>, Vec<InstanceBalance>) = {
             let s = lock(&state);
-            s.volumes
+            let ids = s
+                .volumes
                 .iter()
                 .filter(|v| VolumeType::parse(&v.volume_type).has_burst_balance(v.size_gib))
                 .map(|v| v.volume_id.clone())
-                .collect()
+                .collect();
+            let ty = s.instance.as_ref().map_or("", |i| i.instance_type.as_str());
+            let inst = if c.instance_balances {
+                InstanceBalance::ALL
+                    .into_iter()
+                    .filter(|b| b.applies_to(ty))
+                    .collect()
+            } else {
+                Vec::new()
+            };
+            (ids, inst)
         };
+        let instance_id = lock(&state)
+            .instance
+            .as_ref()
+            .map(|i| i.instance_id.clone())
+            .unwrap_or_default();
+        let mut series: Vec<cloudwatch::Series> = ids
+            .iter()
+            .map(|v| cloudwatch::Series::burst_balance(v))
+            .collect();
+        series.extend(
+            instance
+                .iter()
+                .map(|b| cloudwatch::Series::instance(b.cloudwatch_metric(), &instance_id)),
+        );
         let mut delay = c.poll_interval;
-        if !ids.is_empty() {
+        if !series.is_empty() {
             let st = state.clone();
-            let r =
-                cloudwatch::fetch_burst_balance(&cw, &ids, SystemTime::now(), c.lookback, |n| {
-                    lock(&st).metrics_requested += n as u64;
-                })
-                .await;
+            let r = cloudwatch::fetch_newest(&cw, &series, SystemTime::now(), c.lookback, |n| {
+                lock(&st).metrics_requested += n as u64;
+            })
+            .await
+            .map(|points| {
+                let mut vols = BTreeMap::new();
+                let mut inst = BTreeMap::new();
+                for (i, p) in points {
+                    match ids.get(i) {
+                        Some(v) => {
+                            vols.insert(v.clone(), p);
+                        }
+                        None => {
+                            if let Some(b) = instance.get(i - ids.len()) {
+                                inst.insert(*b, p);
+                            }
+                        }
+                    }
+                }
+                (vols, inst)
+            });
             let mut s = lock(&state);
             match r {
-                Ok(points) => {
+                Ok((points, inst)) => {
                     s.count(Api::GetMetricData, Outcome::Success);
                     failures = 0;
+                    s.instance_balances.extend(inst);
                     for (vol, p) in points {
                         let newer = s
                             .balances
@@ -564,7 +627,13 @@ fn low_balance(s: &State, c: &CloudConfig) -> bool {
             .map(|b| b.percent());
         let level = est.or_else(|| s.balances.get(&v.volume_id).map(|p| p.percent));
         level.is_some_and(|l| l < c.fast_poll_below_percent)
-    })
+    }) || [InstanceBalance::EbsIo, InstanceBalance::EbsByte]
+        .iter()
+        .any(|b| {
+            s.instance_balances
+                .get(b)
+                .is_some_and(|p| p.percent < c.fast_poll_below_percent)
+        })
 }
 
 async fn tick_loop(

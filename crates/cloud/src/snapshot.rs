@@ -59,14 +59,54 @@ pub struct BalancePoint {
     pub timestamp: f64,
 }
 
+/// Instance-level burst balances in `AWS/EC2` (smaller instance sizes burst their EBS bandwidth
+/// and IOPS; T instances their CPU). When the instance's EBS balance empties, every volume is
+/// held to the instance's baseline whatever its own credits say.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum InstanceBalance {
+    EbsIo,
+    EbsByte,
+    CpuCredit,
+}
+
+impl InstanceBalance {
+    pub const ALL: [InstanceBalance; 3] = [
+        InstanceBalance::EbsIo,
+        InstanceBalance::EbsByte,
+        InstanceBalance::CpuCredit,
+    ];
+    pub fn cloudwatch_metric(self) -> &'static str {
+        match self {
+            InstanceBalance::EbsIo => "EBSIOBalance%",
+            InstanceBalance::EbsByte => "EBSByteBalance%",
+            InstanceBalance::CpuCredit => "CPUCreditBalance",
+        }
+    }
+    /// Which instance types publish it: CPU credits only T instances; the EBS balances the
+    /// smaller sizes of most families (asking an instance that has none costs a metric and
+    /// returns nothing, so they are always asked).
+    pub fn applies_to(self, instance_type: &str) -> bool {
+        match self {
+            InstanceBalance::CpuCredit => instance_type.starts_with('t'),
+            _ => true,
+        }
+    }
+}
+
 /// EBS NVMe log page counters of one volume, converted to seconds.
-#[derive(Debug, Clone, Copy, PartialEq, Default)]
+#[derive(Debug, Clone, PartialEq, Default)]
 pub struct NvmeCounters {
     pub exceeded_iops_seconds: f64,
     pub exceeded_throughput_seconds: f64,
     pub queue_length: f64,
     pub read_ops: u64,
     pub write_ops: u64,
+    /// Total time of completed reads/writes, seconds (the latency histograms' sums).
+    pub read_time_seconds: f64,
+    pub write_time_seconds: f64,
+    /// Latency histograms as (upper bound in seconds, I/Os in this bin), bins in order.
+    pub read_latency: Vec<(f64, u64)>,
+    pub write_latency: Vec<(f64, u64)>,
 }
 
 /// One EBS volume attached to this instance.
@@ -103,6 +143,8 @@ pub struct CloudSnapshot {
     /// Block devices found in sysfs, with their volume ids when EBS (or mapped).
     pub disks: Vec<BlockDevice>,
     pub volumes: Vec<VolumeState>,
+    /// Instance-level burst balances from CloudWatch (newest point, while not stale).
+    pub instance_balances: Vec<(InstanceBalance, BalancePoint)>,
     /// Instance-level EBS limits exceeded (from any EBS NVMe device's log page), seconds.
     pub instance_exceeded_iops_seconds: Option<f64>,
     pub instance_exceeded_throughput_seconds: Option<f64>,

@@ -8,12 +8,34 @@ use std::sync::Arc;
 
 use arc_swap::ArcSwap;
 use prometheus_client::collector::Collector;
-use prometheus_client::encoding::DescriptorEncoder;
-use prometheus_client::metrics::MetricType::{Counter, Gauge};
+use prometheus_client::encoding::{DescriptorEncoder, NoLabelSet};
+use prometheus_client::metrics::MetricType::{Counter, Gauge, Histogram};
 use prometheus_client::registry::Unit;
-use stallwatch_cloud::snapshot::{CloudSnapshot, VolumeState, DOLLARS_PER_METRIC};
+use stallwatch_cloud::snapshot::{CloudSnapshot, InstanceBalance, VolumeState, DOLLARS_PER_METRIC};
 
 use super::{family, opt, single, Labels};
+
+/// The device's bins (upper bound, count in the bin) as histogram buckets: per-bucket counts
+/// with the bins' upper bounds as `le`, sorted, and the total as the `+Inf` bucket. Bins with
+/// the same upper bound are merged.
+fn latency_buckets(bins: &[(f64, u64)]) -> (Vec<(f64, u64)>, u64) {
+    let mut b: Vec<(f64, u64)> = bins
+        .iter()
+        .filter(|(le, _)| le.is_finite())
+        .copied()
+        .collect();
+    b.sort_by(|x, y| x.0.total_cmp(&y.0));
+    let mut out: Vec<(f64, u64)> = Vec::with_capacity(b.len() + 1);
+    for (le, c) in b {
+        match out.last_mut() {
+            Some(last) if last.0 == le => last.1 += c,
+            _ => out.push((le, c)),
+        }
+    }
+    let total: u64 = out.iter().map(|(_, c)| c).sum();
+    out.push((f64::INFINITY, 0));
+    (out, total)
+}
 
 #[derive(Debug)]
 pub struct CloudCollector {
@@ -188,7 +210,7 @@ impl Collector for CloudCollector {
             "Time the volume's I/O exceeded its provisioned IOPS (EBS NVMe log page 0xD0).",
             Some(&secs),
             Counter,
-            per_volume(&s, |v| v.nvme.map(|n| n.exceeded_iops_seconds)),
+            per_volume(&s, |v| v.nvme.as_ref().map(|n| n.exceeded_iops_seconds)),
         )?;
         family(
             &mut e,
@@ -196,7 +218,9 @@ impl Collector for CloudCollector {
             "Time the volume's I/O exceeded its provisioned throughput (EBS NVMe log page 0xD0).",
             Some(&secs),
             Counter,
-            per_volume(&s, |v| v.nvme.map(|n| n.exceeded_throughput_seconds)),
+            per_volume(&s, |v| {
+                v.nvme.as_ref().map(|n| n.exceeded_throughput_seconds)
+            }),
         )?;
         family(
             &mut e,
@@ -204,7 +228,83 @@ impl Collector for CloudCollector {
             "EBS volume queue length (EBS NVMe log page 0xD0).",
             None,
             Gauge,
-            per_volume(&s, |v| v.nvme.map(|n| n.queue_length)),
+            per_volume(&s, |v| v.nvme.as_ref().map(|n| n.queue_length)),
+        )?;
+        for (name, help, pick) in [
+            (
+                "ebs_read_latency",
+                "EBS read latency as the volume sees it (EBS NVMe log page 0xD0 histogram; sum is the total read time).",
+                true,
+            ),
+            (
+                "ebs_write_latency",
+                "EBS write latency as the volume sees it (EBS NVMe log page 0xD0 histogram; sum is the total write time).",
+                false,
+            ),
+        ] {
+            let rows: Vec<(&VolumeState, &stallwatch_cloud::snapshot::NvmeCounters)> = s
+                .volumes
+                .iter()
+                .filter_map(|v| v.nvme.as_ref().map(|n| (v, n)))
+                .filter(|(_, n)| !(if pick { &n.read_latency } else { &n.write_latency }).is_empty())
+                .collect();
+            if rows.is_empty() {
+                continue;
+            }
+            let mut m = e.encode_descriptor(name, help, Some(&secs), Histogram)?;
+            for (v, n) in rows {
+                let (bins, sum) = if pick {
+                    (&n.read_latency, n.read_time_seconds)
+                } else {
+                    (&n.write_latency, n.write_time_seconds)
+                };
+                let (buckets, count) = latency_buckets(bins);
+                m.encode_family(&vol(v))?
+                    .encode_histogram::<NoLabelSet>(sum, count, &buckets, None)?;
+            }
+        }
+        let inst = |b: InstanceBalance| {
+            s.instance_balances
+                .iter()
+                .find(|(k, _)| *k == b)
+                .map(|(_, p)| p.percent)
+        };
+        opt(
+            &mut e,
+            "ec2_ebs_io_balance_percent",
+            "CloudWatch EBSIOBalance%: the instance's EBS IOPS burst bucket (smaller instance sizes); at 0 every volume is held to the instance's EBS baseline.",
+            None,
+            Gauge,
+            inst(InstanceBalance::EbsIo),
+        )?;
+        opt(
+            &mut e,
+            "ec2_ebs_byte_balance_percent",
+            "CloudWatch EBSByteBalance%: the instance's EBS throughput burst bucket.",
+            None,
+            Gauge,
+            inst(InstanceBalance::EbsByte),
+        )?;
+        opt(
+            &mut e,
+            "ec2_cpu_credit_balance",
+            "CloudWatch CPUCreditBalance of a T instance (credits).",
+            None,
+            Gauge,
+            inst(InstanceBalance::CpuCredit),
+        )?;
+        family(
+            &mut e,
+            "ec2_balance_timestamp_seconds",
+            "Start of the minute the exported instance balance averages (Unix time).",
+            None,
+            Gauge,
+            s.instance_balances.iter().map(|(b, p)| {
+                (
+                    vec![("balance", Cow::Borrowed(b.cloudwatch_metric()))],
+                    p.timestamp,
+                )
+            }),
         )?;
         opt(
             &mut e,
@@ -267,5 +367,94 @@ impl Collector for CloudCollector {
             )?;
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use prometheus_client::registry::Registry;
+    use stallwatch_cloud::snapshot::{Api, BalancePoint, Instance, NvmeCounters, Outcome};
+
+    fn scrape(snap: CloudSnapshot) -> String {
+        let mut r = Registry::with_prefix("stallwatch");
+        r.register_collector(Box::new(CloudCollector {
+            snap: Arc::new(ArcSwap::from_pointee(snap)),
+        }));
+        let mut out = String::new();
+        prometheus_client::encoding::text::encode(&mut out, &r).unwrap();
+        out
+    }
+
+    #[test]
+    fn an_ebs_nvme_volume_is_encoded_with_its_log_page_counters_and_latency_histograms() {
+        let snap = CloudSnapshot {
+            enabled: true,
+            instance: Some(Instance {
+                instance_id: "i-1".into(),
+                region: "eu-west-1".into(),
+                availability_zone: "eu-west-1a".into(),
+                instance_type: "m5.large".into(),
+            }),
+            volumes: vec![VolumeState {
+                volume_id: "vol-0abc".into(),
+                device: Some("nvme1n1".into()),
+                volume_type: "gp2".into(),
+                availability_zone: "eu-west-1a".into(),
+                size_bytes: 100 << 30,
+                baseline_iops: Some(300.0),
+                burst_balance: Some(BalancePoint {
+                    percent: 42.0,
+                    timestamp: 1_700_000_000.0,
+                }),
+                estimate_percent: Some(40.5),
+                seconds_to_empty: Some(f64::INFINITY),
+                nvme: Some(NvmeCounters {
+                    exceeded_iops_seconds: 1.5,
+                    exceeded_throughput_seconds: 0.25,
+                    queue_length: 3.0,
+                    read_ops: 10,
+                    write_ops: 7,
+                    read_time_seconds: 0.012,
+                    write_time_seconds: 0.02,
+                    // Out of order and with a duplicated bound, as a device may report.
+                    read_latency: vec![(0.001, 6), (0.0005, 3), (0.001, 1)],
+                    write_latency: vec![(0.004, 7)],
+                }),
+                ..VolumeState::default()
+            }],
+            instance_exceeded_iops_seconds: Some(2.0),
+            instance_exceeded_throughput_seconds: Some(0.0),
+            requests: vec![(Api::GetMetricData, Outcome::Throttled, 2)],
+            metrics_requested: 3000,
+            ..CloudSnapshot::default()
+        };
+        let t = crate::metrics::exposition::fix_infinities(scrape(snap));
+        for want in [
+            r#"stallwatch_ebs_exceeded_iops_seconds_total{volume_id="vol-0abc"} 1.5"#,
+            r#"stallwatch_ebs_exceeded_throughput_seconds_total{volume_id="vol-0abc"} 0.25"#,
+            r#"stallwatch_ebs_volume_queue_length{volume_id="vol-0abc"} 3.0"#,
+            "stallwatch_ec2_ebs_exceeded_iops_seconds_total 2.0",
+            r#"stallwatch_ebs_read_latency_seconds_bucket{le="0.0005",volume_id="vol-0abc"} 3"#,
+            r#"stallwatch_ebs_read_latency_seconds_bucket{le="0.001",volume_id="vol-0abc"} 10"#,
+            r#"stallwatch_ebs_read_latency_seconds_bucket{le="+Inf",volume_id="vol-0abc"} 10"#,
+            r#"stallwatch_ebs_read_latency_seconds_count{volume_id="vol-0abc"} 10"#,
+            r#"stallwatch_ebs_read_latency_seconds_sum{volume_id="vol-0abc"} 0.012"#,
+            r#"stallwatch_ebs_write_latency_seconds_bucket{le="0.004",volume_id="vol-0abc"} 7"#,
+            r#"stallwatch_ebs_burst_seconds_to_empty{volume_id="vol-0abc"} +Inf"#,
+            r#"stallwatch_ebs_burst_balance_percent{volume_id="vol-0abc"} 42.0"#,
+            r#"stallwatch_cloud_requests_total{api="get_metric_data",outcome="throttled"} 2"#,
+            "stallwatch_cloud_estimated_cost_dollars_total 0.03", // + float noise
+        ] {
+            assert!(t.contains(want), "missing {want:?} in:\n{t}");
+        }
+    }
+
+    #[test]
+    fn off_ec2_only_the_switch_and_the_disks_are_encoded() {
+        let t = scrape(CloudSnapshot::default());
+        assert!(t.contains("stallwatch_cloud_enabled 0"), "{t}");
+        assert!(!t.contains("stallwatch_cloud_requests_total"), "{t}");
+        assert!(!t.contains("stallwatch_ebs_"), "{t}");
     }
 }

@@ -36,6 +36,19 @@ pub fn wants_openmetrics(accept: Option<&str>) -> bool {
     }
 }
 
+/// prometheus-client writes an infinite sample value as `inf`, which OpenMetrics does not allow
+/// (it wants `+Inf`/`-Inf`; the classic format accepts those too). Values are the last token of
+/// a sample line and label values cannot hold a raw newline, so ` inf\n` only ever matches a
+/// value. The pass is skipped unless one is present (`ebs_burst_seconds_to_empty` is +Inf while
+/// a volume is not draining).
+pub fn fix_infinities(body: String) -> String {
+    if !body.contains(" inf\n") && !body.contains(" -inf\n") {
+        return body;
+    }
+    body.replace(" inf\n", " +Inf\n")
+        .replace(" -inf\n", " -Inf\n")
+}
+
 /// Rewrites OpenMetrics text produced by prometheus-client into the classic text format.
 pub fn openmetrics_to_text(om: &str) -> String {
     let mut out = String::with_capacity(om.len());
@@ -84,6 +97,17 @@ pub fn openmetrics_to_text(om: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn infinite_values_are_spelled_as_openmetrics_wants() {
+        let om = "a 1.0\nb{x=\"inf\"} inf\nc_info 1\nd -inf\n# EOF\n";
+        assert_eq!(
+            fix_infinities(om.to_string()),
+            "a 1.0\nb{x=\"inf\"} +Inf\nc_info 1\nd -Inf\n# EOF\n"
+        );
+        let plain = "stallwatch_info 1\n# EOF\n".to_string();
+        assert_eq!(fix_infinities(plain.clone()), plain);
+    }
 
     #[test]
     fn accept_negotiation() {

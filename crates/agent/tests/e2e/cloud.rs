@@ -191,6 +191,12 @@ fn attached_volumes_are_described_and_burst_balance_polled_for_bursting_ones_onl
             serde_json::json!({"volume_id": v, "points": [[t - 300.0, base + 5.0], [t - 120.0, base], [t - 240.0, base + 3.0]]}),
         );
     }
+    // The instance's own EBS burst bucket (m5.large bursts its EBS bandwidth): AWS/EC2.
+    let iid = setup["instance_id"].as_str().unwrap();
+    aws.call(
+        "put",
+        serde_json::json!({"instance_id": iid, "metric": "EBSIOBalance%", "points": [[t - 180.0, 91.0], [t - 120.0, 88.0]]}),
+    );
     // Within the lookback but older than the staleness: fetched, not exported.
     aws.call(
         "put",
@@ -211,7 +217,6 @@ fn attached_volumes_are_described_and_burst_balance_polled_for_bursting_ones_onl
         |m| m.get(&want_gp2).is_some() && m.get(&want_st1).is_some(),
     );
     assert_eq!(m.get("stallwatch_cloud_enabled"), Some(1.0));
-    let iid = setup["instance_id"].as_str().unwrap();
     assert!(
         m.text.contains(&format!("instance_id=\"{iid}\"")),
         "instance from IMDS:\n{}",
@@ -261,6 +266,16 @@ fn attached_volumes_are_described_and_burst_balance_polled_for_bursting_ones_onl
         )),
         Some(t - 120.0)
     );
+    assert_eq!(m.get("stallwatch_ec2_ebs_io_balance_percent"), Some(88.0));
+    assert_eq!(
+        m.get("stallwatch_ec2_balance_timestamp_seconds{balance=\"EBSIOBalance%\"}"),
+        Some(t - 120.0)
+    );
+    assert!(
+        !m.has_family("stallwatch_ec2_ebs_byte_balance_percent"),
+        "no points, no series"
+    );
+    assert!(!m.has_family("stallwatch_ec2_cpu_credit_balance"));
     // Not asked, not exported: gp3 (even though the test put a point for it), io1, gp2 ≥ 1 TiB.
     // And asked but stale: the 30-minute-old point.
     for v in [gp3, io1, gp2_big, stale] {
@@ -277,8 +292,8 @@ fn attached_volumes_are_described_and_burst_balance_polled_for_bursting_ones_onl
     // moto's run_instances attaches a gp2 8 GiB root volume: it bursts too.
     for c in &calls {
         assert_eq!(
-            c["queries"], 4,
-            "only gp2 < 1 TiB (root + 2 data) and st1 are requested: {c}"
+            c["queries"], 6,
+            "only gp2 < 1 TiB (root + 2 data), st1 and the instance's two EBS balances (not CPU credits: m5 is no T instance) are requested: {c}"
         );
     }
     // The EC2 call was SigV4-signed with the instance role's credentials from IMDS.
@@ -297,9 +312,9 @@ fn attached_volumes_are_described_and_burst_balance_polled_for_bursting_ones_onl
     let m = Metrics::parse(&agent.scrape());
     let requested = m.get("stallwatch_cloud_metrics_requested_total").unwrap();
     let n_calls = aws.metric_calls().len() as f64;
-    assert!(requested >= 4.0 && requested % 4.0 == 0.0, "{requested}");
+    assert!(requested >= 6.0 && requested % 6.0 == 0.0, "{requested}");
     assert!(
-        (requested - 4.0 * n_calls).abs() <= 4.0,
+        (requested - 6.0 * n_calls).abs() <= 6.0,
         "requested {requested} vs {n_calls} calls"
     );
     let cost = m
@@ -391,17 +406,18 @@ fn get_metric_data_is_batched_at_500_metrics_per_call() {
         m.get("stallwatch_cloud_requests_total{api=\"get_metric_data\",outcome=\"success\"}")
             == Some(1.0)
     });
-    // 501 data volumes + moto's gp2 root volume = 502 metrics: one call of 500 and one of 2.
+    // 501 data volumes + moto's gp2 root volume + the instance's two EBS balances = 504
+    // metrics: one call of 500 and one of 4.
     let calls = aws.metric_calls();
     let mut sizes: Vec<u64> = calls
         .iter()
         .map(|c| c["queries"].as_u64().unwrap())
         .collect();
     sizes.sort_unstable();
-    assert_eq!(sizes, vec![2, 500], "{calls:?}");
+    assert_eq!(sizes, vec![4, 500], "{calls:?}");
     assert_eq!(
         m.get("stallwatch_cloud_metrics_requested_total"),
-        Some(502.0)
+        Some(504.0)
     );
     assert_eq!(
         m.text
@@ -524,6 +540,18 @@ fn early_warning_the_estimate_tracks_a_draining_gp2_bucket_and_predicts_when_it_
         );
     }
     let calls_before = aws.metric_calls().len();
+    // Refilling (5 IOPS < the 100 IOPS baseline): not draining, so +Inf, spelled as both
+    // exposition formats want it.
+    let idle = agent.scrape();
+    assert!(
+        idle.lines()
+            .any(|l| l.starts_with(&tte_series) && l.ends_with(" +Inf")),
+        "{}",
+        idle.lines()
+            .filter(|l| l.contains("to_empty"))
+            .collect::<Vec<_>>()
+            .join("\n")
+    );
 
     rig.set_write_iops(LOAD_IOPS);
     let load_start = now();

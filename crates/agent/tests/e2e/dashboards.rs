@@ -690,6 +690,14 @@ fn dashboards_every_panel_query_returns_data_from_real_prometheus() {
         "put",
         serde_json::json!({"volume_id": vol, "points": [[m0 - 180.0, 90.0], [m0 - 120.0, 88.0], [m0 - 60.0, 87.0]]}),
     );
+    // The instance's own EBS buckets (AWS/EC2), for the instance-burst panel.
+    let iid = setup["instance_id"].as_str().unwrap();
+    for (metric, v) in [("EBSIOBalance%", 93.0), ("EBSByteBalance%", 97.0)] {
+        aws.call(
+            "put",
+            serde_json::json!({"instance_id": iid, "metric": metric, "points": [[m0 - 120.0, v], [m0 - 60.0, v]]}),
+        );
+    }
     let disk = whole_disk_of(dir.path());
     let cfg = dir.path().join("cfg.toml");
     write(
