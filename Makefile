@@ -40,6 +40,7 @@ bench: bench-deps
 	$(CARGO) bench --locked -p stallwatch-collector --bench parsers
 	bash tests/scripts/bench.sh
 	python3 tests/scripts/bench_threads.py
+	python3 tests/scripts/bench_cloud.py
 
 lint:
 	$(CARGO) clippy --workspace --all-targets -- -D warnings
