@@ -632,6 +632,14 @@ def ebs():
                    [t(rate("stallwatch_ec2_ebs_exceeded_iops_seconds_total", N), "IOPS"),
                     t(rate("stallwatch_ec2_ebs_exceeded_throughput_seconds_total", N), "throughput")],
                    "percentunit", min=0, w=6),
+                ts("Who spends the credits: container I/O on the volume",
+                   [t(f'topk(10, sum by (volume_id, container_id, name) ('
+                      f'{rate("stallwatch_container_io_reads_total", V)} + '
+                      f'{rate("stallwatch_container_io_writes_total", V)}))',
+                      "{{volume_id}} {{name}} {{container_id}}")],
+                   "iops", min=0, w=12,
+                   desc="Container block I/O carries the volume_id of the device it hit (cgroup "
+                   "v1: direct I/O only; buffered writeback is charged to the flusher)."),
                 ts("The instance's own EBS burst",
                    [t(f"stallwatch_ec2_ebs_io_balance_percent{{{N}}}", "EBSIOBalance%"),
                     t(f"stallwatch_ec2_ebs_byte_balance_percent{{{N}}}", "EBSByteBalance%")],

@@ -163,14 +163,15 @@ fn run(common: Common) -> ExitCode {
     registry.register_collector(Box::new(ThreadsCollector {
         snap: thread_snap.clone(),
     }));
+    let cloud_snap = Arc::new(ArcSwap::from_pointee(
+        stallwatch_cloud::CloudSnapshot::default(),
+    ));
     registry.register_collector(Box::new(ContainersCollector {
         snap: container_snap.clone(),
         threads: thread_snap.clone(),
         host: host_snap.clone(),
+        cloud: cloud_snap.clone(),
     }));
-    let cloud_snap = Arc::new(ArcSwap::from_pointee(
-        stallwatch_cloud::CloudSnapshot::default(),
-    ));
     registry.register_collector(Box::new(CloudCollector {
         snap: cloud_snap.clone(),
     }));

@@ -29,6 +29,8 @@ pub struct ContainersCollector {
     pub threads: Arc<ArcSwap<ThreadSnapshot>>,
     /// Device names by (major, minor), from the host snapshot's diskstats.
     pub host: Arc<ArcSwap<stallwatch_collector::sample::HostSnapshot>>,
+    /// EBS volume ids by device name (the cloud side's mapping), for `volume_id` on I/O rows.
+    pub cloud: Arc<ArcSwap<stallwatch_cloud::CloudSnapshot>>,
 }
 
 fn base(r: &ContainerRow) -> Labels<'_> {
@@ -241,14 +243,36 @@ impl Collector for ContainersCollector {
                 .map(|d| d.name.clone())
                 .unwrap_or_else(|| format!("{ma}:{mi}"))
         };
+        // The EBS volume behind a device, when the cloud side knows it: "which container is
+        // spending this volume's burst credits" in one query.
+        let cloud = self.cloud.load();
+        let volume_of = |dev: &str| -> Option<String> {
+            cloud
+                .volumes
+                .iter()
+                .find(|v| v.device.as_deref() == Some(dev))
+                .map(|v| v.volume_id.clone())
+                .or_else(|| {
+                    cloud
+                        .disks
+                        .iter()
+                        .find(|d| d.name == dev)
+                        .and_then(|d| d.volume_id.clone())
+                })
+        };
         let io_rows: Vec<(
             &ContainerRow,
             String,
+            Option<String>,
             &stallwatch_collector::cgroup::DeviceIo,
         )> = rows
             .iter()
             .flat_map(|r| r.stats.io.iter().flatten().map(move |d| (r, d)))
-            .map(|(r, d)| (r, dev_name(d.major, d.minor), d))
+            .map(|(r, d)| {
+                let dev = dev_name(d.major, d.minor);
+                let vol = volume_of(&dev);
+                (r, dev, vol, d)
+            })
             .collect();
         macro_rules! io {
             ($name:expr, $help:expr, $unit:expr, $get:expr) => {
@@ -258,11 +282,12 @@ impl Collector for ContainersCollector {
                     $help,
                     $unit,
                     Counter,
-                    io_rows.iter().map(|(r, dev, d)| {
-                        (
-                            with(base(r), "device", Cow::Borrowed(dev.as_str())),
-                            $get(d) as f64,
-                        )
+                    io_rows.iter().map(|(r, dev, vol, d)| {
+                        let mut l = with(base(r), "device", Cow::Borrowed(dev.as_str()));
+                        if let Some(v) = vol {
+                            l.push(("volume_id", Cow::Borrowed(v.as_str())));
+                        }
+                        (l, $get(d) as f64)
                     }),
                 )?
             };
