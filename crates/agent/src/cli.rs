@@ -31,6 +31,9 @@ pub enum Command {
     CheckConfig,
     /// Who is stuck in D state right now: the `ps | grep " D "` loop done right.
     Dstate(DstateArgs),
+    /// Check what this node gives the agent (procfs, PSI, delay accounting, capabilities,
+    /// cgroups, EBS devices, IMDS) and what it will miss; exit 1 when something is broken.
+    Doctor,
 }
 
 #[derive(Debug, Clone, Args)]

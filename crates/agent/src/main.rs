@@ -2,6 +2,7 @@
 
 mod cli;
 mod config;
+mod doctor;
 mod dstate;
 mod metrics;
 mod reload;
@@ -39,6 +40,7 @@ fn main() -> ExitCode {
         Command::Run => run(cli.common),
         Command::CheckConfig => check_config(&cli.common),
         Command::Dstate(args) => dstate::main(&cli.common, &args),
+        Command::Doctor => doctor::main(&cli.common),
     }
 }
 

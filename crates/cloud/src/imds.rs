@@ -41,6 +41,12 @@ pub fn client(
     Ok(b.build())
 }
 
+/// One discovery as the agent does it, with its own HTTPS client (for `stallwatch doctor`).
+pub async fn probe(endpoint: Option<&str>, timeout: Duration) -> Result<Instance, DiscoveryError> {
+    let provider = ProviderConfig::default().with_http_client(crate::runner::https_client());
+    discover(&client(&provider, endpoint, timeout)?).await
+}
+
 const IDENTITY: &str = "/latest/dynamic/instance-identity/document";
 
 /// Instance id, region, AZ and type from the instance identity document (one call).

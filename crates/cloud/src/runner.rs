@@ -240,11 +240,7 @@ async fn run(
         info!("Cloud features off ([cloud] enabled = false).");
         return disks_only(cfg, roots, out, stop).await;
     }
-    let http = aws_smithy_http_client::Builder::new()
-        .tls_provider(aws_smithy_http_client::tls::Provider::Rustls(
-            aws_smithy_http_client::tls::rustls_provider::CryptoMode::Ring,
-        ))
-        .build_https();
+    let http = https_client();
     let provider = ProviderConfig::default().with_http_client(http.clone());
     let imds_client = match imds::client(&provider, c.imds_endpoint.as_deref(), c.imds_timeout) {
         Ok(i) => i,
@@ -386,6 +382,15 @@ async fn disks_only(
             return;
         }
     }
+}
+
+/// The SDK's HTTPS client on rustls with ring (the agent's own TLS stack; no aws-lc build).
+pub fn https_client() -> aws_smithy_runtime_api::client::http::SharedHttpClient {
+    aws_smithy_http_client::Builder::new()
+        .tls_provider(aws_smithy_http_client::tls::Provider::Rustls(
+            aws_smithy_http_client::tls::rustls_provider::CryptoMode::Ring,
+        ))
+        .build_https()
 }
 
 fn lock(s: &Mutex<State>) -> std::sync::MutexGuard<'_, State> {

@@ -8,6 +8,7 @@ mod containers_shapes;
 mod dashboards;
 mod deploy;
 mod docker;
+mod doctor;
 mod dstate;
 mod dstate_alerting;
 mod dstate_rig;
