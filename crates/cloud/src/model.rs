@@ -448,10 +448,12 @@ impl Bucket {
     /// `[period_start, period_start + period_seconds)` (GetMetricData timestamps are period
     /// starts; `BurstBalance` is a per-minute average).
     ///
-    /// When the recorded history covers the whole period, the balance at `period_start` is
-    /// solved for exactly: with the usage we recorded, the balance at time t in the period is
+    /// When the recorded history reaches the end of the period, the balance at `period_start`
+    /// is solved for: with the usage we recorded, the balance at time t in the period is
     /// `B + C(t)` (C the net credits earned since the start), so its average is
-    /// `B + mean(C)` and `B = average − mean(C)`. This matters when a load starts or stops
+    /// `B + mean(C)` and `B = average − mean(C)`. Any part of the period before the recorded
+    /// history (the agent started inside that minute) counts as no net change, the same
+    /// assumption [`Bucket::anchor`] makes for a point before the history. This matters when a load starts or stops
     /// inside the minute: the trajectory is then not a straight line, and taking the average as
     /// the midpoint's value (the fallback when the history does not cover the period) is off by
     /// up to what the bucket moves in half a minute — measured in the early-warning test as a
@@ -470,9 +472,7 @@ impl Bucket {
             return self.anchor(percent, period_start);
         }
         let end = period_start + period_seconds;
-        let history_start = self.history.front().map(|s| s.t_end - s.dt);
-        let covered = history_start.is_some_and(|h| h <= period_start)
-            && self.now.is_some_and(|now| now >= end);
+        let covered = !self.history.is_empty() && self.now.is_some_and(|now| now >= end);
         if !covered {
             return self.anchor(percent, period_start + period_seconds / 2.0);
         }
@@ -546,6 +546,42 @@ impl Bucket {
 
 #[cfg(test)]
 mod tests {
+
+    #[test]
+    fn a_period_average_from_before_the_history_counts_the_unrecorded_part_as_unchanged() {
+        // The agent starts 20 s into the minute; the volume ran at its baseline (no net change)
+        // until 40 s, then at 3,000 IOPS.
+        let mut b = Bucket::new(&VolumeType::Gp2, 100).unwrap();
+        let t0 = 1_000_000.0;
+        let start: f64 = 2_000_000.0;
+        let mut truth = vec![];
+        let mut bal = start;
+        for i in 1..=90 {
+            let units: f64 = if i > 40 { 3000.0 } else { 300.0 };
+            bal = (bal + 300.0 - units).clamp(0.0, GP2_BUCKET_CREDITS);
+            truth.push(bal);
+            if i == 20 {
+                b.advance_units(t0 + 20.0, 0.0);
+            } else if i > 20 {
+                b.advance_units(t0 + i as f64, units);
+            }
+        }
+        let mut prev = start;
+        let mut integral = 0.0;
+        for v in &truth[..60] {
+            integral += (prev + v) / 2.0;
+            prev = *v;
+        }
+        let avg = integral / 60.0;
+        let r = b.anchor_period_average(avg / GP2_BUCKET_CREDITS * 100.0, t0, 60.0);
+        assert!(matches!(r, Anchor::Applied { .. }), "{r:?}");
+        assert!(
+            (b.balance() - truth[89]).abs() < 1.0,
+            "{} vs {}",
+            b.balance(),
+            truth[89]
+        );
+    }
 
     #[test]
     fn a_period_average_with_a_load_starting_mid_minute_anchors_exactly() {

@@ -649,18 +649,39 @@ async fn tick_loop(
     stop: watch::Receiver<bool>,
 ) {
     let nvme_busy = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let mut pending_read: Option<
+        tokio::task::JoinHandle<
+            Result<
+                Option<Vec<stallwatch_collector::proc::diskstats::DiskStat>>,
+                stallwatch_collector::Error,
+            >,
+        >,
+    > = None;
     loop {
         let c = cfg.load_full();
         let started = Instant::now();
-        // Disk counters (never blocks on a disk, but keep the deadline discipline anyway).
-        let r = roots.clone();
-        let disks = tokio::time::timeout(
-            c.model_interval.max(Duration::from_secs(1)),
-            tokio::task::spawn_blocking(move || stallwatch_collector::proc::diskstats::read(&r)),
-        )
-        .await;
+        // Disk counters (never blocks on a disk, but keep the deadline discipline anyway): a
+        // read that misses its deadline is waited for on the next ticks, never started twice,
+        // so a wedged procfs costs one blocking thread, not one a second.
+        let mut read = match pending_read.take() {
+            Some(h) => h,
+            None => {
+                let r = roots.clone();
+                tokio::task::spawn_blocking(move || stallwatch_collector::proc::diskstats::read(&r))
+            }
+        };
+        let disks =
+            match tokio::time::timeout(c.model_interval.max(Duration::from_secs(1)), &mut read)
+                .await
+            {
+                Ok(r) => r.ok(),
+                Err(_) => {
+                    pending_read = Some(read);
+                    None
+                }
+            };
         let now = unix_now();
-        if let Ok(Ok(Ok(Some(disks)))) = disks {
+        if let Some(Ok(Some(disks))) = disks {
             let mut s = lock(&state);
             let devs: HashMap<String, String> = s
                 .devices
