@@ -547,6 +547,18 @@ impl Bucket {
 #[cfg(test)]
 mod tests {
 
+    /// The true average over the first minute of a balance that starts at `start` and is
+    /// `truth[i]` at the end of second i+1 (linear within each second, as the model steps are).
+    fn minute_average(start: f64, truth: &[f64]) -> f64 {
+        let mut prev = start;
+        let mut integral = 0.0;
+        for v in &truth[..60] {
+            integral += (prev + v) / 2.0;
+            prev = *v;
+        }
+        integral / 60.0
+    }
+
     #[test]
     fn a_period_average_from_before_the_history_counts_the_unrecorded_part_as_unchanged() {
         // The agent starts 20 s into the minute; the volume ran at its baseline (no net change)
@@ -566,13 +578,7 @@ mod tests {
                 b.advance_units(t0 + i as f64, units);
             }
         }
-        let mut prev = start;
-        let mut integral = 0.0;
-        for v in &truth[..60] {
-            integral += (prev + v) / 2.0;
-            prev = *v;
-        }
-        let avg = integral / 60.0;
+        let avg = minute_average(start, &truth);
         let r = b.anchor_period_average(avg / GP2_BUCKET_CREDITS * 100.0, t0, 60.0);
         assert!(matches!(r, Anchor::Applied { .. }), "{r:?}");
         assert!(
@@ -602,13 +608,7 @@ mod tests {
         }
         // The minute's true average (balance at each second's end, as a fine sampler sees it,
         // integrated piecewise linearly).
-        let mut prev = start;
-        let mut integral = 0.0;
-        for v in &truth[..60] {
-            integral += (prev + v) / 2.0;
-            prev = *v;
-        }
-        let avg = integral / 60.0;
+        let avg = minute_average(start, &truth);
         let r = b.anchor_period_average(avg / GP2_BUCKET_CREDITS * 100.0, t0, 60.0);
         assert!(matches!(r, Anchor::Applied { .. }), "{r:?}");
         let want = truth[89];
