@@ -512,7 +512,7 @@ async fn poll_loop(
     loop {
         let c = cfg.load_full();
         // What to ask: BurstBalance of the volumes that burst, then the instance's balances.
-        let (ids, instance): (Vec<String>, Vec<InstanceBalance>) = {
+        let (ids, instance, instance_id): (Vec<String>, Vec<InstanceBalance>, String) = {
             let s = lock(&state);
             let ids = s
                 .volumes
@@ -529,13 +529,13 @@ async fn poll_loop(
             } else {
                 Vec::new()
             };
-            (ids, inst)
+            let id = s
+                .instance
+                .as_ref()
+                .map(|i| i.instance_id.clone())
+                .unwrap_or_default();
+            (ids, inst, id)
         };
-        let instance_id = lock(&state)
-            .instance
-            .as_ref()
-            .map(|i| i.instance_id.clone())
-            .unwrap_or_default();
         let mut series: Vec<cloudwatch::Series> = ids
             .iter()
             .map(|v| cloudwatch::Series::burst_balance(v))

@@ -156,5 +156,22 @@ pub struct CloudSnapshot {
     pub last_success: Vec<(Api, f64)>,
 }
 
+impl CloudSnapshot {
+    /// The EBS volume behind kernel device `dev`: the cloud side's mapping (config overrides,
+    /// NVMe serials and Xen attachments of attached volumes), else the NVMe serial in sysfs.
+    pub fn volume_of_device(&self, dev: &str) -> Option<&str> {
+        self.volumes
+            .iter()
+            .find(|v| v.device.as_deref() == Some(dev))
+            .map(|v| v.volume_id.as_str())
+            .or_else(|| {
+                self.disks
+                    .iter()
+                    .find(|d| d.name == dev)
+                    .and_then(|d| d.volume_id.as_deref())
+            })
+    }
+}
+
 /// GetMetricData's price: $0.01 per 1,000 metrics requested (us-east-1 list price).
 pub const DOLLARS_PER_METRIC: f64 = 0.01 / 1000.0;

@@ -81,12 +81,7 @@ impl Collector for CloudCollector {
                     ("model", Cow::Borrowed(d.model.as_deref().unwrap_or(""))),
                     ("serial", Cow::Borrowed(d.serial.as_deref().unwrap_or(""))),
                 ];
-                let mapped = s
-                    .volumes
-                    .iter()
-                    .find(|v| v.device.as_deref() == Some(d.name.as_str()))
-                    .map(|v| v.volume_id.as_str());
-                if let Some(id) = d.volume_id.as_deref().or(mapped) {
+                if let Some(id) = s.volume_of_device(&d.name) {
                     l.push(("volume_id", Cow::Borrowed(id)));
                 }
                 (l, 1.0)

@@ -246,20 +246,6 @@ impl Collector for ContainersCollector {
         // The EBS volume behind a device, when the cloud side knows it: "which container is
         // spending this volume's burst credits" in one query.
         let cloud = self.cloud.load();
-        let volume_of = |dev: &str| -> Option<String> {
-            cloud
-                .volumes
-                .iter()
-                .find(|v| v.device.as_deref() == Some(dev))
-                .map(|v| v.volume_id.clone())
-                .or_else(|| {
-                    cloud
-                        .disks
-                        .iter()
-                        .find(|d| d.name == dev)
-                        .and_then(|d| d.volume_id.clone())
-                })
-        };
         let io_rows: Vec<(
             &ContainerRow,
             String,
@@ -270,7 +256,7 @@ impl Collector for ContainersCollector {
             .flat_map(|r| r.stats.io.iter().flatten().map(move |d| (r, d)))
             .map(|(r, d)| {
                 let dev = dev_name(d.major, d.minor);
-                let vol = volume_of(&dev);
+                let vol = cloud.volume_of_device(&dev).map(str::to_string);
                 (r, dev, vol, d)
             })
             .collect();
