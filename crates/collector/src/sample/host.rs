@@ -146,6 +146,12 @@ pub struct HostSnapshot {
     pub vmstat: Option<Vmstat>,
     /// Filtered by the config's [`DiskFilter`].
     pub disks: Vec<DiskStat>,
+    /// Every device of the last diskstats read, unfiltered (partitions, loop and excluded
+    /// devices included), shared rather than copied: the cloud side's credit model integrates
+    /// I/O of devices the `[disks]` filter may hide, from this one read.
+    pub all_disks: Arc<Vec<Disk>>,
+    /// Completion time of the diskstats read behind `disks` and `all_disks`.
+    pub disks_at: Option<Instant>,
     pub tunables: Option<VmTunables>,
     /// Overlay mounts by upper device; `None` when no mount table could be read.
     pub overlays: Option<Vec<(String, u64)>>,
@@ -529,7 +535,10 @@ impl State {
             "pressure_memory" => self.snap.pressure[2] = None,
             "meminfo" => self.snap.meminfo = None,
             "vmstat" => self.snap.vmstat = None,
-            "diskstats" => self.snap.disks.clear(),
+            "diskstats" => {
+                self.snap.disks.clear();
+                self.snap.all_disks = Arc::default();
+            }
             "sys_vm" => self.snap.tunables = None,
             "mountinfo" => self.snap.overlays = None,
             "bdi" => self.snap.bdi.clear(),
@@ -588,10 +597,12 @@ impl State {
             Reading::Vmstat(v) => self.snap.vmstat = Some(v),
             Reading::Disks(d) => {
                 self.snap.disks = d
-                    .into_iter()
+                    .iter()
                     .filter(|d| cfg.disks.keep(d))
-                    .map(|d| d.stat)
+                    .map(|d| d.stat.clone())
                     .collect();
+                self.snap.all_disks = Arc::new(d);
+                self.snap.disks_at = Some(at);
             }
             Reading::Tunables(t) => self.snap.tunables = Some(t),
             Reading::Overlays(o) => self.snap.overlays = Some(o),
