@@ -32,8 +32,55 @@ pub enum Command {
     /// Who is stuck in D state right now: the `ps | grep " D "` loop done right.
     Dstate(DstateArgs),
     /// Check what this node gives the agent (procfs, PSI, delay accounting, capabilities,
-    /// cgroups, EBS devices, IMDS) and what it will miss; exit 1 when something is broken.
+    /// cgroups, EBS devices, IMDS, probe directories) and what it will miss; exit 1 when
+    /// something is broken.
     Doctor,
+    /// Internal: check one probe directory in a child process that may hang on a stalled
+    /// filesystem without hanging its parent (see config/check.rs).
+    #[command(name = "__check-probe-dir", hide = true)]
+    CheckProbeDir { path: PathBuf },
+}
+
+/// The process exit status, one mapping for every subcommand.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(u8)]
+pub enum Exit {
+    Ok = 0,
+    /// Something failed at run time (cannot listen, `doctor` found a failure, a probe
+    /// directory did not answer `check-config` in time).
+    Failure = 1,
+    /// The operator's input is wrong: the config file, the web config file or a flag.
+    BadConfig = 2,
+}
+
+impl From<Exit> for std::process::ExitCode {
+    fn from(e: Exit) -> Self {
+        std::process::ExitCode::from(e as u8)
+    }
+}
+
+/// Context that marks an error as bad input (exit 2); a [`crate::config::ConfigError`]
+/// anywhere in the chain does too.
+#[derive(Debug, Clone, Copy)]
+pub struct BadInput;
+
+impl std::fmt::Display for BadInput {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("bad config")
+    }
+}
+
+impl Exit {
+    /// The exit status for an error that ended a subcommand.
+    pub fn of(e: &anyhow::Error) -> Exit {
+        if e.downcast_ref::<BadInput>().is_some()
+            || e.chain().any(|c| c.is::<crate::config::ConfigError>())
+        {
+            Exit::BadConfig
+        } else {
+            Exit::Failure
+        }
+    }
 }
 
 #[derive(Debug, Clone, Args)]
@@ -180,5 +227,20 @@ mod tests {
         assert_eq!(cli.common.procfs, PathBuf::from("/host/proc"));
         assert_eq!(cli.common.roots().cgroupfs, PathBuf::from("/sys/fs/cgroup"));
         assert!(matches!(cli.command, Some(Command::CheckConfig)));
+    }
+
+    #[test]
+    fn one_exit_mapping() {
+        use anyhow::Context;
+        let bad: anyhow::Result<()> = Err(anyhow::anyhow!("cert missing")).context(BadInput);
+        assert_eq!(Exit::of(&bad.unwrap_err()), Exit::BadConfig);
+        let cfg = crate::config::parse("f", "x = 1").unwrap_err();
+        let e = anyhow::Error::new(cfg).context("loading");
+        assert_eq!(Exit::of(&e), Exit::BadConfig);
+        assert_eq!(Exit::of(&anyhow::anyhow!("cannot listen")), Exit::Failure);
+        assert_eq!(
+            std::process::ExitCode::from(Exit::BadConfig),
+            std::process::ExitCode::from(2)
+        );
     }
 }

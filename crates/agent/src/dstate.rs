@@ -5,7 +5,6 @@
 
 use std::collections::HashMap;
 use std::io::Write;
-use std::process::ExitCode;
 use std::time::{Duration, Instant, SystemTime};
 
 use serde::Serialize;
@@ -13,7 +12,7 @@ use stallwatch_collector::proc::{pressure, stat};
 use stallwatch_collector::sample::threads::{DThread, DTracker, ThreadsConfig, Walk, Walker};
 use stallwatch_collector::Roots;
 
-use crate::cli::{Common, DstateArgs};
+use crate::cli::{Common, DstateArgs, Exit};
 
 /// One walk applied to the tracker: the walk, threads in D now, D threads per group.
 type Observed = (Walk, Vec<DThread>, HashMap<std::sync::Arc<str>, u64>);
@@ -56,15 +55,11 @@ struct ThreadOut<'a> {
     stack: Option<Vec<String>>,
 }
 
-pub fn main(common: &Common, args: &DstateArgs) -> ExitCode {
+pub fn main(common: &Common, args: &DstateArgs) -> anyhow::Result<Exit> {
+    // `[threads]` only: nothing else of the config matters here, and nothing in it is looked
+    // up on disk, so the tool runs during the stall it is for.
     let cfg = match &common.config_file {
-        Some(p) => match crate::config::load(p) {
-            Ok(c) => c.threads,
-            Err(e) => {
-                eprintln!("stallwatch: bad config: {e}");
-                return ExitCode::from(2);
-            }
-        },
+        Some(p) => crate::config::load_threads(p)?,
         None => ThreadsConfig::default(),
     };
     let roots = common.roots();
@@ -77,29 +72,19 @@ pub fn main(common: &Common, args: &DstateArgs) -> ExitCode {
     };
     let stdout = std::io::stdout();
     if args.once {
-        if let Err(e) = walk_once(&mut tracker) {
-            eprintln!("stallwatch: {e}");
-            return ExitCode::FAILURE;
-        }
+        walk_once(&mut tracker).map_err(anyhow::Error::msg)?;
         std::thread::sleep(args.observe);
-        return match walk_once(&mut tracker) {
-            Ok((walk, stuck, counts)) => {
-                let mut out = stdout.lock();
-                let _ = print(&mut out, &roots, args, &walk, stuck, &counts, false);
-                ExitCode::SUCCESS
-            }
-            Err(e) => {
-                eprintln!("stallwatch: {e}");
-                ExitCode::FAILURE
-            }
-        };
+        let (walk, stuck, counts) = walk_once(&mut tracker).map_err(anyhow::Error::msg)?;
+        let mut out = stdout.lock();
+        let _ = print(&mut out, &roots, args, &walk, stuck, &counts, false);
+        return Ok(Exit::Ok);
     }
     loop {
         match walk_once(&mut tracker) {
             Ok((walk, stuck, counts)) => {
                 let mut out = stdout.lock();
                 if print(&mut out, &roots, args, &walk, stuck, &counts, !args.json).is_err() {
-                    return ExitCode::SUCCESS; // stdout closed (piped into head)
+                    return Ok(Exit::Ok); // stdout closed (piped into head)
                 }
             }
             Err(e) => eprintln!("stallwatch: {e}"),
