@@ -3,6 +3,7 @@
 //! binary (modules below) to keep link time down.
 
 mod cloud;
+mod config_bounds;
 mod containers;
 mod containers_shapes;
 mod dashboards;
