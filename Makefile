@@ -5,7 +5,7 @@ CARGO ?= cargo
 LISTEN ?= 127.0.0.1:10139
 CONFIG ?= config/stallwatch.example.toml
 
-.PHONY: all build run test test-deps bench bench-deps lint clean
+.PHONY: all build run test test-deps soak bench bench-deps lint clean
 
 all: build
 
@@ -31,6 +31,13 @@ test-deps:
 test: test-deps
 	$(CARGO) build --locked --workspace --all-targets
 	$(CARGO) nextest run --locked --workspace --no-fail-fast
+
+# The soak (not part of `test`): an hour of process and container churn with the agent's RSS
+# sampled and a 10-minute hang of a probed disk, printed as a table
+# (crates/agent/tests/e2e/soak.rs). SOAK_SCALE scales every duration: 0.05 is 3 minutes.
+SOAK_SCALE ?= 1
+soak: test-deps
+	SOAK_SCALE=$(SOAK_SCALE) $(CARGO) test --locked -p stallwatch --test e2e -- --ignored --exact soak::soak --nocapture
 
 BENCH_DEBS := prometheus-node-exporter prometheus-process-exporter
 bench-deps:

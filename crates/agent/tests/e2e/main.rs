@@ -22,5 +22,6 @@ mod hung_tools;
 mod kernel;
 mod promstack;
 mod rules;
+mod soak;
 mod stuck;
 mod writeback;
