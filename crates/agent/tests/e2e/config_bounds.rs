@@ -119,7 +119,10 @@ fn threads_of(pid: u32) -> Vec<String> {
 fn every_key_at_its_maximum_and_minimum_runs_without_a_panic() {
     let dir = tempfile::tempdir().unwrap();
     let cfg = dir.path().join("sw.toml");
-    for (what, text) in [("maximum", at_max(dir.path())), ("minimum", at_min(dir.path()))] {
+    for (what, text) in [
+        ("maximum", at_max(dir.path())),
+        ("minimum", at_min(dir.path())),
+    ] {
         write(&cfg, &text);
         let agent = Agent::start(&[&format!("--config.file={}", cfg.display())]);
         agent.wait_for(Duration::from_secs(10), "a scrape", |m| {
@@ -130,10 +133,16 @@ fn every_key_at_its_maximum_and_minimum_runs_without_a_panic() {
         assert_eq!(m.get(RELOAD_OK), Some(1.0), "{what}");
         assert_eq!(get(&agent.url("/healthz")), "ok\n", "{what}");
         let log = agent.log();
-        assert!(!log.contains("panicked"), "{what}: a thread panicked:\n{log}");
+        assert!(
+            !log.contains("panicked"),
+            "{what}: a thread panicked:\n{log}"
+        );
         let threads = threads_of(agent.child.id());
         for t in ["sw-sampler", "sw-probe", "sw-reload"] {
-            assert!(threads.iter().any(|x| x == t), "{what}: no {t} thread in {threads:?}");
+            assert!(
+                threads.iter().any(|x| x == t),
+                "{what}: no {t} thread in {threads:?}"
+            );
         }
     }
 }
@@ -143,11 +152,27 @@ fn past_a_bound_start_exits_2_and_a_reload_keeps_the_old_config() {
     let dir = tempfile::tempdir().unwrap();
     let cfg = dir.path().join("sw.toml");
     let cases = [
-        ("[sampler]\nsource_timeout = \"18446744073709551615s\"\n", 2, "sampler.source_timeout"),
+        (
+            "[sampler]\nsource_timeout = \"18446744073709551615s\"\n",
+            2,
+            "sampler.source_timeout",
+        ),
         ("[threads]\ninterval = \"2h\"\n", 2, "threads.interval"),
-        ("\n[containers]\nmax_cpu = \"1e-30%\"\n", 3, "containers.max_cpu"),
-        ("[cloud]\n\nimds_timeout = \"100000000s\"\n", 3, "cloud.imds_timeout"),
-        ("[[probe]]\npath = \"/var/tmp\"\ninterval = \"999999999999s\"\n", 3, "probe[0].interval"),
+        (
+            "\n[containers]\nmax_cpu = \"1e-30%\"\n",
+            3,
+            "containers.max_cpu",
+        ),
+        (
+            "[cloud]\n\nimds_timeout = \"100000000s\"\n",
+            3,
+            "cloud.imds_timeout",
+        ),
+        (
+            "[[probe]]\npath = \"/var/tmp\"\ninterval = \"999999999999s\"\n",
+            3,
+            "probe[0].interval",
+        ),
     ];
     for (text, line, key) in cases {
         write(&cfg, text);
@@ -170,23 +195,38 @@ fn past_a_bound_start_exits_2_and_a_reload_keeps_the_old_config() {
     write(&cfg, "[writeback]\nburst_threshold = \"64MiB\"\n");
     let agent = Agent::start(&[&format!("--config.file={}", cfg.display())]);
     let threshold = "stallwatch_writeback_burst_threshold_bytes";
-    agent.wait_for(Duration::from_secs(10), "start", |m| m.get(RELOAD_OK) == Some(1.0));
+    agent.wait_for(Duration::from_secs(10), "start", |m| {
+        m.get(RELOAD_OK) == Some(1.0)
+    });
     for (text, line, key) in cases {
-        write(&cfg, &format!("{text}\n[writeback]\nburst_threshold = \"32MiB\"\n"));
+        write(
+            &cfg,
+            &format!("{text}\n[writeback]\nburst_threshold = \"32MiB\"\n"),
+        );
         agent.signal(libc::SIGHUP);
         let m = agent.wait_for(Duration::from_secs(10), "the reload refused", |m| {
             m.get(RELOAD_OK) == Some(0.0)
         });
-        assert_eq!(m.get(threshold), Some(64.0 * 1048576.0), "old config in force");
+        assert_eq!(
+            m.get(threshold),
+            Some(64.0 * 1048576.0),
+            "old config in force"
+        );
         let want = format!("{}:{line}: key `{key}`", cfg.display());
         let deadline = Instant::now() + Duration::from_secs(5);
         while !agent.log().contains(&want) {
-            assert!(Instant::now() < deadline, "{want} not logged:\n{}", agent.log());
+            assert!(
+                Instant::now() < deadline,
+                "{want} not logged:\n{}",
+                agent.log()
+            );
             std::thread::sleep(Duration::from_millis(50));
         }
         write(&cfg, "[writeback]\nburst_threshold = \"64MiB\"\n");
         agent.signal(libc::SIGHUP);
-        agent.wait_for(Duration::from_secs(10), "good again", |m| m.get(RELOAD_OK) == Some(1.0));
+        agent.wait_for(Duration::from_secs(10), "good again", |m| {
+            m.get(RELOAD_OK) == Some(1.0)
+        });
     }
     assert!(!agent.log().contains("panicked"), "{}", agent.log());
 }
@@ -208,7 +248,9 @@ fn a_fifo_or_dev_zero_as_the_config_fails_the_reload_at_once() {
     let cfg = dir.path().join("sw.toml");
     write(&cfg, "[sampler]\ninterval = \"1s\"\n");
     let agent = Agent::start(&[&format!("--config.file={}", cfg.display())]);
-    agent.wait_for(Duration::from_secs(10), "start", |m| m.get(RELOAD_OK) == Some(1.0));
+    agent.wait_for(Duration::from_secs(10), "start", |m| {
+        m.get(RELOAD_OK) == Some(1.0)
+    });
     let rss_before = rss_kib(agent.child.id());
 
     // A FIFO nobody writes: opening it for reading would wait forever.
@@ -218,24 +260,33 @@ fn a_fifo_or_dev_zero_as_the_config_fails_the_reload_at_once() {
     assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o600) }, 0);
     std::fs::rename(&fifo, &cfg).unwrap();
     agent.signal(libc::SIGHUP);
-    agent.wait_for(Duration::from_secs(10), "the FIFO refused", |m| m.get(RELOAD_OK) == Some(0.0));
+    agent.wait_for(Duration::from_secs(10), "the FIFO refused", |m| {
+        m.get(RELOAD_OK) == Some(0.0)
+    });
     assert!(agent.log().contains("is a FIFO"), "{}", agent.log());
 
     // A good file again: the reload thread is not wedged.
     std::fs::remove_file(&cfg).unwrap();
     write(&cfg, "[sampler]\ninterval = \"1s\"\n");
     agent.signal(libc::SIGHUP);
-    agent.wait_for(Duration::from_secs(10), "good again", |m| m.get(RELOAD_OK) == Some(1.0));
+    agent.wait_for(Duration::from_secs(10), "good again", |m| {
+        m.get(RELOAD_OK) == Some(1.0)
+    });
 
     // /dev/zero behind a symlink: endless; refused without reading it.
     std::fs::remove_file(&cfg).unwrap();
     std::os::unix::fs::symlink("/dev/zero", &cfg).unwrap();
     agent.signal(libc::SIGHUP);
-    agent.wait_for(Duration::from_secs(10), "/dev/zero refused", |m| m.get(RELOAD_OK) == Some(0.0));
+    agent.wait_for(Duration::from_secs(10), "/dev/zero refused", |m| {
+        m.get(RELOAD_OK) == Some(0.0)
+    });
     assert!(agent.log().contains("is a device"), "{}", agent.log());
     // A file bigger than the cap.
     std::fs::remove_file(&cfg).unwrap();
-    std::fs::File::create(&cfg).unwrap().set_len(64 << 20).unwrap();
+    std::fs::File::create(&cfg)
+        .unwrap()
+        .set_len(64 << 20)
+        .unwrap();
     agent.signal(libc::SIGHUP);
     let deadline = Instant::now() + Duration::from_secs(10);
     while !agent.log().contains("a config file may have at most") {

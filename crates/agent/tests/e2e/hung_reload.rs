@@ -66,7 +66,7 @@ fn sighup_and_an_edit_with_a_probe_on_a_hung_disk_keep_the_agent_answering() {
 
     // SIGHUP with a probe on the hung disk.
     let first = rig.path("first");
-    write(&cfg, &probe_toml(&[first.clone()]));
+    write(&cfg, &probe_toml(std::slice::from_ref(&first)));
     agent.signal(libc::SIGHUP);
     let slow1 = keep_scraping(&agent, Duration::from_secs(4), Duration::from_secs(3));
     let in_flight = |p: &std::path::Path| {

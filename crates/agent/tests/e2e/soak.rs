@@ -168,7 +168,7 @@ fn soak() {
         .unwrap();
     let mut phases = [Phase::default(), Phase::default(), Phase::default()];
     let rss_start = rss_kib(pid);
-    let (mut rss_max, mut rss_last) = (rss_start, rss_start);
+    let mut rss_max = rss_start;
     let mut last_rss_at = Instant::now();
     let mut hung_state = 0; // 0 before, 1 during, 2 after
     let mut last: Option<Metrics> = None;
@@ -209,8 +209,7 @@ fn soak() {
             _ => phases[hung_state].failures += 1,
         }
         if last_rss_at.elapsed() >= Duration::from_secs(5) {
-            rss_last = rss_kib(pid);
-            rss_max = rss_max.max(rss_last);
+            rss_max = rss_max.max(rss_kib(pid));
             last_rss_at = Instant::now();
         }
         std::thread::sleep(Duration::from_millis(500));
