@@ -204,6 +204,16 @@ pub fn check(loc: &Locator<'_>, table_key: &str, at: &str, v: Value) -> Result<(
     Err(loc.err(at, format!("{} is out of range: must be {r}", shown(v))))
 }
 
+/// Checks the number of entries of an array of tables (`[[probe]]`); the error names the
+/// first entry past the maximum (`probe[16]`) and its line.
+pub fn check_len(loc: &Locator<'_>, key: &str, len: usize) -> Result<(), ConfigError> {
+    let at = match range(key) {
+        Some(Range::Count { max, .. }) if len as u64 > max => format!("{key}[{max}]"),
+        _ => key.to_string(),
+    };
+    check(loc, key, &at, Value::Count(len as u64))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

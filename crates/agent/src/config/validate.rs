@@ -11,6 +11,7 @@
 //! and `stallwatch check-config` / `stallwatch doctor` look at it with a deadline.
 
 use std::path::{Component, Path};
+use std::time::Duration;
 
 use stallwatch_cloud::config::{CloudConfig, VolumeOverride};
 use stallwatch_collector::proc::mountinfo::{self, Mount};
@@ -19,7 +20,7 @@ use stallwatch_collector::sample::host::{DiskFilter, HostConfig, Threshold};
 use stallwatch_collector::sample::probe::ProbeConfig;
 use stallwatch_collector::sample::threads::{GroupRule, ThreadsConfig};
 
-use super::bounds::{check, Value};
+use super::bounds::{check, check_len, Value};
 use super::error::{ConfigError, Locator};
 use super::sections::{CloudSection, FileConfig, ThreadsSection};
 use super::Config;
@@ -111,47 +112,36 @@ pub fn probe_path(path: &Path, mounts: Option<&[Mount]>) -> Result<(), String> {
     Ok(())
 }
 
+/// A cross-field rule: the duration `key` must not exceed `limit` (the error is on `key`'s line).
+fn not_above(
+    loc: &Locator<'_>,
+    (key, v): (&str, Duration),
+    (limit_key, limit): (&str, Duration),
+) -> Result<(), ConfigError> {
+    if v > limit {
+        return Err(loc.err(
+            key,
+            format!("must not exceed {limit_key} ({limit:?}), is {v:?}"),
+        ));
+    }
+    Ok(())
+}
+
 /// `[threads]` → the walker's config. Shared by the agent and `stallwatch dstate`.
 pub fn threads(t: &ThreadsSection, loc: &Locator<'_>) -> Result<ThreadsConfig, ConfigError> {
-    let d = |k: &str, v| {
-        check(
-            loc,
-            &format!("threads.{k}"),
-            &format!("threads.{k}"),
-            Value::Duration(v),
-        )
-    };
-    d("interval", t.interval)?;
-    d("fast_interval", t.fast_interval)?;
-    d("timeout", t.timeout)?;
-    let n = |k: &str, v: usize| {
-        check(
-            loc,
-            &format!("threads.{k}"),
-            &format!("threads.{k}"),
-            Value::Count(v as u64),
-        )
-    };
-    n("top_groups", t.top_groups)?;
-    n("top_wchans", t.top_wchans)?;
-    let p = |k: &str, v: f64| {
-        check(
-            loc,
-            &format!("threads.{k}"),
-            &format!("threads.{k}"),
-            Value::Share(v),
-        )
-    };
-    p("stall_psi_threshold", t.stall_psi_threshold.0)?;
-    p("max_cpu", t.max_cpu.0)?;
-    if t.group_rules.len() > 100 {
-        check(
-            loc,
-            "threads.group_rules",
-            "threads.group_rules[100]",
-            Value::Count(t.group_rules.len() as u64),
-        )?;
+    for (k, v) in [
+        ("interval", Value::Duration(t.interval)),
+        ("fast_interval", Value::Duration(t.fast_interval)),
+        ("timeout", Value::Duration(t.timeout)),
+        ("top_groups", Value::Count(t.top_groups as u64)),
+        ("top_wchans", Value::Count(t.top_wchans as u64)),
+        ("stall_psi_threshold", Value::Share(t.stall_psi_threshold.0)),
+        ("max_cpu", Value::Share(t.max_cpu.0)),
+    ] {
+        let key = format!("threads.{k}");
+        check(loc, &key, &key, v)?;
     }
+    check_len(loc, "threads.group_rules", t.group_rules.len())?;
     for (i, r) in t.group_rules.iter().enumerate() {
         let g = &r.group;
         if g.trim().is_empty() || g.chars().any(char::is_control) || g.chars().count() > 128 {
@@ -161,15 +151,11 @@ pub fn threads(t: &ThreadsSection, loc: &Locator<'_>) -> Result<ThreadsConfig, C
             ));
         }
     }
-    if t.fast_interval > t.interval {
-        return Err(loc.err(
-            "threads.fast_interval",
-            format!(
-                "must not exceed threads.interval ({:?}), is {:?}",
-                t.interval, t.fast_interval
-            ),
-        ));
-    }
+    not_above(
+        loc,
+        ("threads.fast_interval", t.fast_interval),
+        ("threads.interval", t.interval),
+    )?;
     Ok(ThreadsConfig {
         enabled: t.enabled,
         interval: t.interval,
@@ -221,14 +207,7 @@ impl FileConfig {
         }
         let threads = threads(&self.threads, loc)?;
 
-        if self.probe.len() > 16 {
-            check(
-                loc,
-                "probe",
-                "probe[16]",
-                Value::Count(self.probe.len() as u64),
-            )?;
-        }
+        check_len(loc, "probe", self.probe.len())?;
         let mut probes: Vec<ProbeConfig> = Vec::new();
         for (i, p) in self.probe.iter().enumerate() {
             let key = |k: &str| format!("probe[{i}].{k}");
@@ -322,14 +301,7 @@ impl CloudSection {
             "cloud.fast_poll_below",
             Value::Share(self.fast_poll_below.0),
         )?;
-        if self.volume.len() > 256 {
-            check(
-                loc,
-                "cloud.volume",
-                "cloud.volume[256]",
-                Value::Count(self.volume.len() as u64),
-            )?;
-        }
+        check_len(loc, "cloud.volume", self.volume.len())?;
         for (key, v) in [
             ("cloud.imds_endpoint", &self.imds_endpoint),
             ("cloud.ec2_endpoint", &self.ec2_endpoint),
@@ -349,15 +321,11 @@ impl CloudSection {
                 "needs cloud.region too (with both set, IMDS is not asked)",
             ));
         }
-        if self.fast_poll_interval > self.poll_interval {
-            return Err(loc.err(
-                "cloud.fast_poll_interval",
-                format!(
-                    "must not exceed cloud.poll_interval ({:?}), is {:?}",
-                    self.poll_interval, self.fast_poll_interval
-                ),
-            ));
-        }
+        not_above(
+            loc,
+            ("cloud.fast_poll_interval", self.fast_poll_interval),
+            ("cloud.poll_interval", self.poll_interval),
+        )?;
         for (i, v) in self.volume.iter().enumerate() {
             if !v.volume_id.starts_with("vol-") {
                 return Err(loc.err(

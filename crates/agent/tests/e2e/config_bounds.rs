@@ -231,7 +231,8 @@ fn past_a_bound_start_exits_2_and_a_reload_keeps_the_old_config() {
     assert!(!agent.log().contains("panicked"), "{}", agent.log());
 }
 
-fn rss_kib(pid: u32) -> u64 {
+/// Resident set size of a process, KiB (`VmRSS`).
+pub fn rss_kib(pid: u32) -> u64 {
     std::fs::read_to_string(format!("/proc/{pid}/status"))
         .ok()
         .and_then(|s| {

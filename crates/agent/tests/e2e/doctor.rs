@@ -6,19 +6,7 @@ use std::process::Command;
 use std::time::Duration;
 
 use crate::harness::{fixture, write, Agent, BIN};
-
-fn copy_tree(from: &Path, to: &Path) {
-    std::fs::create_dir_all(to).unwrap();
-    for e in std::fs::read_dir(from).unwrap() {
-        let e = e.unwrap();
-        let dst = to.join(e.file_name());
-        if e.file_type().unwrap().is_dir() {
-            copy_tree(&e.path(), &dst);
-        } else {
-            std::fs::copy(e.path(), &dst).unwrap();
-        }
-    }
-}
+use crate::stuck::copy_tree;
 
 fn doctor(args: &[&str]) -> (i32, String) {
     let out = Command::new(BIN)

@@ -21,6 +21,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use crate::config_bounds::rss_kib;
 use crate::harness::{require_root, write, Agent, Metrics};
 use crate::hung::HungDisk;
 
@@ -30,17 +31,6 @@ fn scale() -> f64 {
         .and_then(|s| s.parse::<f64>().ok())
         .filter(|s| *s > 0.0 && s.is_finite())
         .unwrap_or(1.0)
-}
-
-fn rss_kib(pid: u32) -> u64 {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find_map(|l| l.strip_prefix("VmRSS:"))
-                .and_then(|v| v.split_whitespace().next()?.parse().ok())
-        })
-        .unwrap_or(0)
 }
 
 #[derive(Default)]
