@@ -236,7 +236,7 @@ fn bad_config_at_start_exits_2_naming_file_line_and_key() {
         assert_eq!(out.status.code(), Some(2), "{bad}");
         let err = String::from_utf8_lossy(&out.stderr);
         assert!(
-            err.contains(&format!("{}:2: key `probe[0].path`", cfg.display())) && err.contains(bad),
+            err.contains(&format!("{}:3: key `probe[0].path`", cfg.display())) && err.contains(bad),
             "{err}"
         );
     }
