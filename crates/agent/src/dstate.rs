@@ -116,7 +116,7 @@ fn print(
     let now = Instant::now();
     stuck.sort_by_key(|d| d.since);
     let total_d = stuck.len();
-    stuck.truncate(args.limit);
+    stuck.truncate(args.limit as usize);
     let blocked = stat::read(roots)
         .ok()
         .flatten()
@@ -142,7 +142,7 @@ fn print(
         .iter()
         .enumerate()
         .map(|(i, d)| {
-            (args.stack && i < args.stacks)
+            (args.stack && i < usize::from(args.stacks))
                 .then(|| stack_of(roots, d))
                 .flatten()
         })
