@@ -52,7 +52,9 @@ impl<'t> Locator<'t> {
         Locator {
             file,
             text,
-            root: DeTable::parse(text).ok(),
+            // Recoverable: a syntax error further down still leaves the lines above it
+            // locatable, and the broken key itself named where the parser got that far.
+            root: Some(DeTable::parse_recoverable(text).0),
         }
     }
 
@@ -84,7 +86,18 @@ impl<'t> Locator<'t> {
         let root = self.root.as_ref()?;
         let mut path = String::new();
         descend(root.get_ref(), at, &mut path);
-        (!path.is_empty()).then_some(path)
+        if !path.is_empty() {
+            return Some(path);
+        }
+        // Past any value (an unterminated string ends where the line does): the last key
+        // written on the same line before `at`.
+        let mut keys = Vec::new();
+        all_keys(root.get_ref(), "", &mut keys);
+        let line = self.line_of(at);
+        keys.into_iter()
+            .filter(|(_, start)| *start <= at && self.line_of(*start) == line)
+            .max_by_key(|(_, start)| *start)
+            .map(|(p, _)| p)
     }
 
     /// An error about `key`, on the line where it is written.
@@ -128,6 +141,29 @@ fn descend_value(v: &DeValue<'_>, at: usize, path: &mut String) {
             }
         }
         _ => {}
+    }
+}
+
+/// Every key path in `table` with the offset where its key is written.
+fn all_keys(table: &DeTable<'_>, prefix: &str, out: &mut Vec<(String, usize)>) {
+    for (k, v) in table.iter() {
+        let path = if prefix.is_empty() {
+            k.get_ref().to_string()
+        } else {
+            format!("{prefix}.{}", k.get_ref())
+        };
+        out.push((path.clone(), k.span().start));
+        match v.get_ref() {
+            DeValue::Table(t) => all_keys(t, &path, out),
+            DeValue::Array(a) => {
+                for (i, e) in a.iter().enumerate() {
+                    if let DeValue::Table(t) = e.get_ref() {
+                        all_keys(t, &format!("{path}[{i}]"), out);
+                    }
+                }
+            }
+            _ => {}
+        }
     }
 }
 
@@ -210,6 +246,14 @@ inline = { a = 1, b = 2 }
         );
         let e = l.err("probe[1].size", "too big");
         assert_eq!(e.to_string(), "f:14: key `probe[1].size`: too big");
+    }
+
+    #[test]
+    fn a_syntax_error_still_names_its_key() {
+        let e = crate::config::parse("f", "[sampler]\npeak_window = \"60s\"\ninterval = \"1s\n")
+            .unwrap_err();
+        assert_eq!(e.line, Some(3), "{e}");
+        assert_eq!(e.key.as_deref(), Some("sampler.interval"), "{e}");
     }
 
     #[test]
