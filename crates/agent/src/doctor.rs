@@ -11,8 +11,8 @@ use std::time::{Duration, Instant};
 use stallwatch_cloud::config::Enabled;
 use stallwatch_collector::cgroup::discover::{self, Layout};
 use stallwatch_collector::proc::pressure::{self, Resource};
+use stallwatch_collector::proc::tasks::Walker;
 use stallwatch_collector::proc::{diskstats, stat, sys_vm};
-use stallwatch_collector::sample::threads::Walker;
 
 use crate::cli::{Common, Exit};
 use crate::config::check::{check_dirs, DirState};

@@ -5,6 +5,7 @@ mod config;
 mod doctor;
 mod dstate;
 mod metrics;
+mod node;
 mod reload;
 mod server;
 mod telemetry;
@@ -15,11 +16,10 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use anyhow::Context;
-use arc_swap::ArcSwap;
 use clap::Parser;
 use prometheus_client::registry::Registry;
-use stallwatch_collector::sample::containers::{ContainerSampler, ContainerSnapshot};
-use stallwatch_collector::sample::{HostSampler, HostSnapshot, ThreadSampler, ThreadSnapshot};
+use stallwatch_collector::sample::containers::ContainerSampler;
+use stallwatch_collector::sample::{HostSampler, ThreadSampler};
 use tracing::{error, info};
 
 use crate::cli::{BadInput, Cli, Command, Common, Exit};
@@ -81,22 +81,28 @@ fn run(common: Common) -> anyhow::Result<Exit> {
 
     let roots = Arc::new(common.roots());
     let live = reload::Live::new(&cfg).context("cannot start the probes")?;
-    let host_snap = Arc::new(ArcSwap::from_pointee(HostSnapshot::default()));
-    let thread_snap = Arc::new(ArcSwap::from_pointee(ThreadSnapshot::default()));
-    let sampler = HostSampler::spawn(roots.clone(), live.host.clone(), host_snap.clone())
-        .context("cannot start the sampler")?;
-    let container_snap = Arc::new(ArcSwap::from_pointee(ContainerSnapshot::default()));
+    // Every sampler publishes its snapshot and then joins the node view (node.rs).
+    let parts = node::Parts::new(live.probes.clone());
+    let sampler = HostSampler::spawn(
+        roots.clone(),
+        live.host.clone(),
+        parts.host.clone(),
+        Some(parts.hook()),
+    )
+    .context("cannot start the sampler")?;
     let container_sampler = ContainerSampler::spawn(
         roots.clone(),
         live.containers.clone(),
-        container_snap.clone(),
+        parts.containers.clone(),
+        Some(parts.hook()),
     )
     .context("cannot start the container sampler")?;
     let thread_sampler = ThreadSampler::spawn(
         roots.clone(),
         live.threads.clone(),
-        host_snap.clone(),
-        thread_snap.clone(),
+        parts.host.clone(),
+        parts.threads.clone(),
+        Some(parts.hook()),
     )
     .context("cannot start the thread sampler")?;
     let reload_status = Arc::new(ReloadStatus::new());
@@ -105,43 +111,27 @@ fn run(common: Common) -> anyhow::Result<Exit> {
         .map(|d| d.as_secs_f64())
         .unwrap_or(0.0);
     let mut registry = Registry::with_prefix("stallwatch");
-    registry.register_collector(Box::new(HostCollector {
-        snap: host_snap.clone(),
-    }));
-    registry.register_collector(Box::new(ThreadsCollector {
-        snap: thread_snap.clone(),
-    }));
-    let cloud_snap = Arc::new(ArcSwap::from_pointee(
-        stallwatch_cloud::CloudSnapshot::default(),
-    ));
-    registry.register_collector(Box::new(ContainersCollector {
-        snap: container_snap.clone(),
-        threads: thread_snap.clone(),
-        host: host_snap.clone(),
-        cloud: cloud_snap.clone(),
-    }));
-    registry.register_collector(Box::new(CloudCollector {
-        snap: cloud_snap.clone(),
-    }));
-    registry.register_collector(Box::new(ProbeCollector {
-        probes: live.probes.clone(),
-    }));
+    let node = parts.node.clone();
+    registry.register_collector(Box::new(HostCollector { node: node.clone() }));
+    registry.register_collector(Box::new(ThreadsCollector { node: node.clone() }));
+    registry.register_collector(Box::new(ContainersCollector { node: node.clone() }));
+    registry.register_collector(Box::new(CloudCollector { node: node.clone() }));
+    registry.register_collector(Box::new(ProbeCollector { node: node.clone() }));
     registry.register_collector(Box::new(SelfCollector {
-        host: host_snap.clone(),
-        threads: thread_snap.clone(),
-        containers: container_snap.clone(),
+        node: node.clone(),
         reload: reload_status.clone(),
         start_time,
     }));
     let state = Arc::new(server::AppState {
         registry,
         telemetry_path: common.telemetry_path.clone(),
-        host: host_snap,
+        node,
         host_config: live.host.clone(),
     });
     let tls = web.as_ref().and_then(|w| w.tls.clone());
     let stop_probes = live.clone();
     let app = server::app(state, web);
+
     // Reload runs on its own thread (it reads files); the runtime only forwards SIGHUP to it.
     let reload_triggers = match common.config_file.clone() {
         Some(path) => Some(
@@ -167,7 +157,7 @@ fn run(common: Common) -> anyhow::Result<Exit> {
         let cloud = stallwatch_cloud::runner::spawn(
             live.cloud.clone(),
             roots.clone(),
-            cloud_snap,
+            parts.cloud.clone(),
             cloud_stopped,
         );
         info!(

@@ -16,9 +16,11 @@ use std::time::Duration;
 use stallwatch_cloud::config::{CloudConfig, VolumeOverride};
 use stallwatch_collector::proc::mountinfo::{self, Mount};
 use stallwatch_collector::sample::containers::ContainersConfig;
-use stallwatch_collector::sample::host::{DiskFilter, HostConfig, Threshold};
+use stallwatch_collector::sample::dstate::GroupRule;
+use stallwatch_collector::sample::host::{HostConfig, Threshold};
 use stallwatch_collector::sample::probe::ProbeConfig;
-use stallwatch_collector::sample::threads::{GroupRule, ThreadsConfig};
+use stallwatch_collector::sample::threads::ThreadsConfig;
+use stallwatch_collector::sys::block::DiskFilter;
 
 use super::bounds::{check, check_len, Value};
 use super::error::{ConfigError, Locator};
