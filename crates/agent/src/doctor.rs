@@ -97,19 +97,31 @@ pub fn main(common: &Common) -> anyhow::Result<Exit> {
         Err(e) => r.add(Status::Fail, "procfs", e.to_string()),
     }
 
+    // cpu, io and memory are the stall signals; irq pressure exists only on kernels ≥ 6.1 with
+    // CONFIG_IRQ_TIME_ACCOUNTING and is exported when present, never missed otherwise.
+    let readable = |res: Resource| matches!(pressure::read(&roots, res), Ok(Some(_)));
     let psi: Vec<&str> = Resource::ALL
         .iter()
-        .filter(|res| matches!(pressure::read(&roots, **res), Ok(Some(_))))
+        .filter(|res| **res != Resource::Irq && readable(**res))
         .map(|res| res.as_str())
         .collect();
-    if psi.len() == Resource::ALL.len() {
-        r.add(Status::Ok, "PSI", "cpu, io and memory pressure available");
+    let irq = if readable(Resource::Irq) {
+        "; irq too"
+    } else {
+        ""
+    };
+    if psi.len() == 3 {
+        r.add(
+            Status::Ok,
+            "PSI",
+            format!("cpu, io and memory pressure available{irq}"),
+        );
     } else {
         r.add(
             Status::Warn,
             "PSI",
             format!(
-                "only [{}] of /proc/pressure readable: the pressure metrics are absent (kernel ≥ 4.20 with CONFIG_PSI; some distributions need the boot parameter psi=1)",
+                "only [{}] of cpu, io and memory in /proc/pressure readable: the missing pressure metrics are absent (kernel ≥ 4.20 with CONFIG_PSI; some distributions need the boot parameter psi=1)",
                 psi.join(", ")
             ),
         );
