@@ -65,6 +65,9 @@ fn load_config(common: &Common) -> Result<(Config, Option<String>), config::Conf
 
 fn run(common: Common) -> anyhow::Result<Exit> {
     let (cfg, initial_text) = load_config(&common)?;
+    config::check::reject_unusable_probe_dirs(&cfg, &[])
+        .map_err(anyhow::Error::msg)
+        .context(BadInput)?;
     let web = match &common.web_config_file {
         Some(p) => Some(Arc::new(
             webconfig::WebConfig::load(p)
