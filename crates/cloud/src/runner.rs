@@ -93,7 +93,7 @@ impl State {
                         size_bytes: v.size_gib.saturating_mul(1 << 30),
                         provisioned_iops: v.iops,
                         throughput_mibps: v.throughput_mibps,
-                        baseline_iops: baseline_iops(&vt, v.size_gib, v.iops),
+                        baseline_iops: vt.baseline_iops(v.size_gib, v.iops),
                         burst_balance: self
                             .balances
                             .get(&v.volume_id)
@@ -188,16 +188,6 @@ impl State {
             }
         }
         self.buckets = keep;
-    }
-}
-
-/// Baseline IOPS: gp2's 3 per GiB (100..=16,000); gp3/io1/io2 what is provisioned (they do
-/// not burst, so that is the rate they hold); HDD types are throughput-based (none).
-fn baseline_iops(vt: &VolumeType, size_gib: u64, provisioned: Option<u64>) -> Option<f64> {
-    match vt {
-        VolumeType::Gp2 => Some((3.0 * size_gib as f64).clamp(100.0, 16_000.0)),
-        VolumeType::Gp3 | VolumeType::Io1 | VolumeType::Io2 => provisioned.map(|p| p as f64),
-        _ => None,
     }
 }
 
