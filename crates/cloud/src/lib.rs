@@ -13,6 +13,7 @@ pub mod nvme;
 pub mod cloudwatch;
 pub mod config;
 pub mod ec2;
+pub mod http;
 pub mod imds;
 pub mod runner;
 pub mod snapshot;

@@ -230,7 +230,7 @@ async fn run(
         info!("Cloud features off ([cloud] enabled = false).");
         return disks_only(cfg, roots, out, stop).await;
     }
-    let http = https_client();
+    let http = crate::http::sdk_client();
     let provider = ProviderConfig::default().with_http_client(http.clone());
     let imds_client = match imds::client(&provider, c.imds_endpoint.as_deref(), c.imds_timeout) {
         Ok(i) => i,
@@ -374,15 +374,6 @@ async fn disks_only(
     }
 }
 
-/// The SDK's HTTPS client on rustls with ring (the agent's own TLS stack; no aws-lc build).
-pub fn https_client() -> aws_smithy_runtime_api::client::http::SharedHttpClient {
-    aws_smithy_http_client::Builder::new()
-        .tls_provider(aws_smithy_http_client::tls::Provider::Rustls(
-            aws_smithy_http_client::tls::rustls_provider::CryptoMode::Ring,
-        ))
-        .build_https()
-}
-
 fn lock(s: &Mutex<State>) -> std::sync::MutexGuard<'_, State> {
     s.lock().unwrap_or_else(|p| p.into_inner())
 }
@@ -423,7 +414,7 @@ async fn describe_loop(
                 .map_err(|e| (e.is_throttling(), e.to_string())),
             Err(e) => Err((
                 false,
-                format!("no AWS credentials: {}", imds::error_chain(&e)),
+                format!("no AWS credentials: {}", crate::http::error_chain(&e)),
             )),
         };
         let delay = {
