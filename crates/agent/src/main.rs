@@ -190,7 +190,7 @@ fn run(common: Common) -> ExitCode {
     let state = Arc::new(server::AppState {
         registry,
         telemetry_path: common.telemetry_path.clone(),
-        host: host_snap,
+        host: host_snap.clone(),
         host_config: live.host.clone(),
     });
     let tls = web.as_ref().and_then(|w| w.tls.clone());
@@ -220,6 +220,7 @@ fn run(common: Common) -> ExitCode {
         let cloud = stallwatch_cloud::runner::spawn(
             live.cloud.clone(),
             roots.clone(),
+            host_snap,
             cloud_snap,
             cloud_stopped,
         );
