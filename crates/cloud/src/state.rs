@@ -12,7 +12,7 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use stallwatch_collector::sample::host::Disk;
+use stallwatch_collector::sys::block::Disk;
 
 use crate::cloudwatch::Series;
 use crate::config::{backoff, CloudConfig, VolumeOverride};

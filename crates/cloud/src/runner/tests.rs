@@ -4,7 +4,7 @@
 use std::collections::BTreeMap;
 
 use stallwatch_collector::proc::diskstats::DiskStat;
-use stallwatch_collector::sample::host::Disk;
+use stallwatch_collector::sys::block::Disk;
 
 use super::*;
 use crate::config::VolumeOverride;

@@ -7,7 +7,7 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use stallwatch_collector::proc::diskstats::DiskStat;
-use stallwatch_collector::sample::host::Disk;
+use stallwatch_collector::sys::block::Disk;
 
 use super::*;
 use crate::config::VolumeOverride;
