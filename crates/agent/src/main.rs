@@ -160,6 +160,7 @@ fn run(common: Common) -> anyhow::Result<Exit> {
         let cloud = stallwatch_cloud::runner::spawn(
             live.cloud.clone(),
             roots.clone(),
+            parts.host.clone(),
             parts.cloud.clone(),
             cloud_stopped,
         );
