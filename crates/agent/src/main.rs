@@ -6,9 +6,8 @@ mod doctor;
 mod dstate;
 mod metrics;
 mod reload;
-mod server;
 mod telemetry;
-mod webconfig;
+mod web;
 
 use std::process::ExitCode;
 use std::sync::Arc;
@@ -19,7 +18,7 @@ use clap::Parser;
 use prometheus_client::registry::Registry;
 use stallwatch_collector::sample::containers::{ContainerSampler, ContainerSnapshot};
 use stallwatch_collector::sample::{HostSampler, HostSnapshot, ThreadSampler, ThreadSnapshot};
-use tracing::{error, info};
+use tracing::{error, info, warn};
 
 use crate::cli::{Cli, Command, Common};
 use crate::config::Config;
@@ -60,7 +59,7 @@ fn check_config(common: &Common) -> ExitCode {
         }
     };
     if let Some(w) = &common.web_config_file {
-        if let Err(e) = webconfig::WebConfig::load(w) {
+        if let Err(e) = web::WebConfig::load(w) {
             eprintln!("stallwatch: bad web config: {e:#}");
             return ExitCode::from(EXIT_BAD_CONFIG);
         }
@@ -87,7 +86,7 @@ fn run(common: Common) -> ExitCode {
         }
     };
     let web = match &common.web_config_file {
-        Some(p) => match webconfig::WebConfig::load(p) {
+        Some(p) => match web::WebConfig::load(p) {
             Ok(w) => Some(Arc::new(w)),
             Err(e) => {
                 eprintln!("stallwatch: bad web config: {e:#}");
@@ -103,7 +102,8 @@ fn run(common: Common) -> ExitCode {
             return ExitCode::from(EXIT_BAD_CONFIG);
         }
     };
-    let listener = match server::bind(addr) {
+    let nofile = web::raise_nofile_limit();
+    let listener = match web::bind(addr) {
         Ok(l) => l,
         Err(e) => {
             eprintln!("stallwatch: cannot listen on {addr}: {e}");
@@ -187,7 +187,15 @@ fn run(common: Common) -> ExitCode {
         reload: reload_status.clone(),
         start_time,
     }));
-    let state = Arc::new(server::AppState {
+    let (limits, lowered) =
+        web::Limits::new(&common.web, nofile.as_ref().map(|n| n.soft).unwrap_or(1024));
+    let conns = web::Conns::new(limits);
+    registry.register_collector(Box::new(web::WebCollector {
+        conns: conns.clone(),
+        auth: web.as_ref().and_then(|w| w.auth.clone()),
+        nofile: nofile.as_ref().map(|n| n.soft).unwrap_or(0),
+    }));
+    let state = Arc::new(web::AppState {
         registry,
         telemetry_path: common.telemetry_path.clone(),
         host: host_snap,
@@ -195,7 +203,7 @@ fn run(common: Common) -> ExitCode {
     });
     let tls = web.as_ref().and_then(|w| w.tls.clone());
     let stop_probes = live.clone();
-    let app = server::app(state, web);
+    let app = web::app(state, web);
 
     let rt = match tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
@@ -210,33 +218,45 @@ fn run(common: Common) -> ExitCode {
         }
     };
     let result = rt.block_on(async move {
-        let handle = axum_server::Handle::<std::net::SocketAddr>::new();
         if let Some(path) = common.config_file.clone() {
             let initial = std::fs::read(&path).ok();
             tokio::spawn(reload::run(path, live.clone(), reload_status, initial));
         }
-        tokio::spawn(shutdown_on_signal(handle.clone()));
-        let (stop_cloud, cloud_stopped) = tokio::sync::watch::channel(false);
+        // One stop signal for the server and the cloud tasks, so they wind down together.
+        let (stop, stopping) = tokio::sync::watch::channel(false);
+        tokio::spawn(shutdown_on_signal(stop));
         let cloud = stallwatch_cloud::runner::spawn(
             live.cloud.clone(),
             roots.clone(),
             cloud_snap,
-            cloud_stopped,
+            stopping.clone(),
         );
         info!(
             address = %local,
             tls = tls.is_some(),
             telemetry_path = %common.telemetry_path,
             procfs = %roots.procfs.display(),
+            max_connections = limits.max_connections,
+            max_fds = nofile.as_ref().map(|n| n.soft).unwrap_or(0),
             version = env!("CARGO_PKG_VERSION"),
             "Listening."
         );
-        let r = server::serve(listener, app, tls, handle).await;
-        let _ = stop_cloud.send(true);
-        // The cloud tasks stop at their next wait; a call in flight is not waited for long.
-        let _ = tokio::time::timeout(Duration::from_secs(2), cloud).await;
+        if lowered {
+            warn!(
+                max_connections = limits.max_connections,
+                "--web.max-connections lowered to leave file descriptors for the readers."
+            );
+        }
+        if let Err(error) = &nofile {
+            warn!(%error, "Cannot read the open-file limit.");
+        }
+        let r = web::serve(listener, app, tls, conns, stopping).await;
+        // The cloud tasks were told at the same time; a call in flight is not waited for long.
+        let _ = tokio::time::timeout(Duration::from_millis(500), cloud).await;
         r
     });
+    // Blocking tasks (a config read stuck on a hung disk) must not hold the exit.
+    rt.shutdown_timeout(Duration::from_millis(200));
     sampler.stop();
     thread_sampler.stop();
     container_sampler.stop();
@@ -253,8 +273,8 @@ fn run(common: Common) -> ExitCode {
     }
 }
 
-/// SIGTERM or SIGINT: stop accepting, let in-flight scrapes finish (at most 5 s).
-async fn shutdown_on_signal(handle: axum_server::Handle<std::net::SocketAddr>) {
+/// SIGTERM or SIGINT: stop accepting, let in-flight scrapes finish (web::serve bounds it).
+async fn shutdown_on_signal(stop: tokio::sync::watch::Sender<bool>) {
     use tokio::signal::unix::{signal, SignalKind};
     let (Ok(mut term), Ok(mut int)) = (
         signal(SignalKind::terminate()),
@@ -268,5 +288,7 @@ async fn shutdown_on_signal(handle: axum_server::Handle<std::net::SocketAddr>) {
         _ = int.recv() => "SIGINT",
     };
     info!(signal = name, "Shutting down.");
-    handle.graceful_shutdown(Some(Duration::from_secs(5)));
+    let _ = stop.send(true);
+    // Hold the sender until the runtime ends, so the stop is never read as a closed channel.
+    std::future::pending::<()>().await;
 }
