@@ -19,4 +19,6 @@ mod kernel;
 mod promstack;
 mod rules;
 mod stuck;
+mod web_auth;
+mod web_limits;
 mod writeback;
