@@ -217,14 +217,17 @@ fn run(common: Common) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
+    // One stop signal for the server and the cloud tasks, so they wind down together.
+    let (stop, stopping) = tokio::sync::watch::channel(false);
+    if let Err(e) = web::on_signal(stop) {
+        eprintln!("stallwatch: cannot install signal handlers: {e}");
+        return ExitCode::FAILURE;
+    }
     let result = rt.block_on(async move {
         if let Some(path) = common.config_file.clone() {
             let initial = std::fs::read(&path).ok();
             tokio::spawn(reload::run(path, live.clone(), reload_status, initial));
         }
-        // One stop signal for the server and the cloud tasks, so they wind down together.
-        let (stop, stopping) = tokio::sync::watch::channel(false);
-        tokio::spawn(shutdown_on_signal(stop));
         let cloud = stallwatch_cloud::runner::spawn(
             live.cloud.clone(),
             roots.clone(),
@@ -257,10 +260,15 @@ fn run(common: Common) -> ExitCode {
     });
     // Blocking tasks (a config read stuck on a hung disk) must not hold the exit.
     rt.shutdown_timeout(Duration::from_millis(200));
-    sampler.stop();
-    thread_sampler.stop();
-    container_sampler.stop();
-    stop_probes.stop();
+    stop_within(
+        Duration::from_secs(1),
+        vec![
+            Box::new(move || sampler.stop()),
+            Box::new(move || thread_sampler.stop()),
+            Box::new(move || container_sampler.stop()),
+            Box::new(move || stop_probes.stop()),
+        ],
+    );
     match result {
         Ok(()) => {
             info!("Shut down.");
@@ -273,22 +281,31 @@ fn run(common: Common) -> ExitCode {
     }
 }
 
-/// SIGTERM or SIGINT: stop accepting, let in-flight scrapes finish (web::serve bounds it).
-async fn shutdown_on_signal(stop: tokio::sync::watch::Sender<bool>) {
-    use tokio::signal::unix::{signal, SignalKind};
-    let (Ok(mut term), Ok(mut int)) = (
-        signal(SignalKind::terminate()),
-        signal(SignalKind::interrupt()),
-    ) else {
-        error!("Cannot install signal handlers.");
-        return;
-    };
-    let name = tokio::select! {
-        _ = term.recv() => "SIGTERM",
-        _ = int.recv() => "SIGINT",
-    };
-    info!(signal = name, "Shutting down.");
-    let _ = stop.send(true);
-    // Hold the sender until the runtime ends, so the stop is never read as a closed channel.
-    std::future::pending::<()>().await;
+/// Runs the samplers' stops side by side and waits for them at most `budget`: a sampler
+/// waiting out a reader stuck in the kernel (a file on a hung disk) ends with the process
+/// instead of holding the exit past the README's 5 s.
+fn stop_within(budget: Duration, stops: Vec<Box<dyn FnOnce() + Send>>) {
+    let (done, finished) = std::sync::mpsc::channel();
+    let n = stops.len();
+    for stop in stops {
+        let done = done.clone();
+        let spawned = std::thread::Builder::new()
+            .name("sw-stop".into())
+            .spawn(move || {
+                stop();
+                let _ = done.send(());
+            });
+        if let Err(error) = spawned {
+            warn!(%error, "Cannot start a thread to stop a sampler.");
+        }
+    }
+    drop(done);
+    let deadline = std::time::Instant::now() + budget;
+    for _ in 0..n {
+        let left = deadline.saturating_duration_since(std::time::Instant::now());
+        if finished.recv_timeout(left).is_err() {
+            warn!("A sampler did not stop in time (a read stuck in the kernel?); exiting anyway.");
+            return;
+        }
+    }
 }

@@ -315,11 +315,16 @@ impl Conns {
         }
     }
 
-    /// Closes connections that are not answering a request (for shutdown); with `all`, every
-    /// connection.
+    /// Closes connections that are not answering a request, or whose client has not taken
+    /// any of the response for half a second (for shutdown); with `all`, every connection.
     pub fn close_for_shutdown(&self, all: bool) {
+        let now = u64::try_from(self.epoch.elapsed().as_millis()).unwrap_or(u64::MAX);
         for c in self.lock().values() {
-            if all || !c.is_busy() {
+            let blocked = match c.write_blocked.load(Ordering::Relaxed) {
+                0 => false,
+                t => now.saturating_sub(t - 1) >= 500,
+            };
+            if all || !c.is_busy() || blocked {
                 self.close(c, Closed::Shutdown);
             }
         }
@@ -493,6 +498,23 @@ mod tests {
             BUSY,
             "body bytes keep it busy"
         );
+    }
+
+    #[test]
+    fn shutdown_keeps_only_responses_in_progress() {
+        let conns = Conns::new(limits(10));
+        let idle = conns.admit().unwrap();
+        let answering = conns.admit().unwrap();
+        let stuck = conns.admit().unwrap();
+        answering.conn.request_started();
+        stuck.conn.request_started();
+        stuck.conn.write_blocked.store(1, Ordering::Relaxed); // blocked since the epoch
+        std::thread::sleep(Duration::from_millis(600));
+        conns.close_for_shutdown(false);
+        assert!(idle.conn.is_closing() && stuck.conn.is_closing());
+        assert!(!answering.conn.is_closing());
+        conns.close_for_shutdown(true);
+        assert!(answering.conn.is_closing());
     }
 
     #[tokio::test]

@@ -4,7 +4,8 @@
 //! real scraper.
 //!
 //! - `app.rs`: the routes and handlers (`/metrics`, `/healthz`, `/`).
-//! - `server.rs`: the accept loop, HTTP/1.1 on each connection, graceful shutdown.
+//! - `server.rs`: the accept loop, HTTP/1.1 on each connection, graceful shutdown;
+//!   `shutdown.rs`: SIGTERM/SIGINT and the exit deadline.
 //! - `conns.rs`: the registry of open connections (cap, eviction, timeouts).
 //! - `limits.rs`: the `--web.*` limit flags and the open-file limit.
 //! - `config.rs`: `--web.config.file` (exporter-toolkit YAML); `tls.rs` and `auth.rs` build
@@ -18,6 +19,7 @@ mod conns;
 mod gate;
 mod limits;
 mod server;
+mod shutdown;
 mod stats;
 mod tls;
 
@@ -26,4 +28,5 @@ pub use config::WebConfig;
 pub use conns::Conns;
 pub use limits::{raise_nofile_limit, Limits, WebArgs};
 pub use server::{bind, serve};
+pub use shutdown::on_signal;
 pub use stats::WebCollector;

@@ -363,6 +363,55 @@ fn bad_config_at_start_exits_2_naming_file_line_and_key() {
     );
 }
 
+/// Runs the binary with `args` and returns its exit code and stderr, or fails if it has not
+/// ended within 20 s (it is killed then).
+fn run_to_exit(args: &[&str]) -> (Option<i32>, String) {
+    let mut child = Command::new(BIN)
+        .args(args)
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while child.try_wait().unwrap().is_none() {
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("stallwatch {args:?} still running after 20 s");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let out = child.wait_with_output().unwrap();
+    (
+        out.status.code(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[test]
+fn bcrypt_cost_31_fails_start_at_once_naming_user_and_file() {
+    let dir = tempfile::tempdir().unwrap();
+    // A cost-4 hash with its cost field set to 31 (2^31 rounds: years per login). Producing
+    // a real one would take as long.
+    let hash = bcrypt::hash("pw", 4).unwrap();
+    let hash = format!("{}31{}", &hash[..4], &hash[6..]);
+    let web = dir.path().join("web.yml");
+    write(&web, &format!("basic_auth_users:\n  carol: {hash}\n"));
+    let flag = format!("--web.config.file={}", web.display());
+    for sub in [&[][..], &["check-config"][..]] {
+        let mut args = vec![flag.as_str(), "--web.listen-address=127.0.0.1:0"];
+        args.extend_from_slice(sub);
+        let (code, err) = run_to_exit(&args);
+        assert_eq!(code, Some(2), "{sub:?}: {err}");
+        assert!(
+            err.contains(&web.display().to_string())
+                && err.contains("\"carol\"")
+                && err.contains("bcrypt cost 31 is above the maximum 14"),
+            "{sub:?}: {err}"
+        );
+    }
+}
+
 #[test]
 fn reload_on_change_and_sighup_keeps_old_config_when_bad() {
     let dir = tempfile::tempdir().unwrap();

@@ -11,7 +11,7 @@ use std::sync::Arc;
 use std::thread;
 use std::time::{Duration, Instant};
 
-use crate::harness::{Agent, Metrics};
+use crate::harness::{require_root, write, Agent, Metrics};
 
 /// Raises this test process's own open-file limit so it can hold the sockets it opens.
 fn raise_own_nofile(need: u64) {
@@ -83,6 +83,21 @@ fn slowloris(a: SocketAddr, every: Duration, stop: Arc<AtomicBool>) -> Option<In
         }
     }
     None
+}
+
+/// Five [`slowloris`] senders on their own threads, and the flag that stops them.
+fn slowloris_senders(
+    a: SocketAddr,
+    every: Duration,
+) -> (Arc<AtomicBool>, Vec<thread::JoinHandle<Option<Instant>>>) {
+    let stop = Arc::new(AtomicBool::new(false));
+    let senders = (0..5)
+        .map(|_| {
+            let stop = Arc::clone(&stop);
+            thread::spawn(move || slowloris(a, every, stop))
+        })
+        .collect();
+    (stop, senders)
 }
 
 /// A client that asks for many responses and reads none, through a tiny receive buffer: the
@@ -162,13 +177,7 @@ fn idle_sockets_and_slowloris_do_not_starve_scrapes_or_proc_reads() {
     let errors_before = sum_family(&before, "stallwatch_source_errors_total");
 
     let a = addr(&agent);
-    let stop = Arc::new(AtomicBool::new(false));
-    let loris: Vec<_> = (0..5)
-        .map(|_| {
-            let stop = Arc::clone(&stop);
-            thread::spawn(move || slowloris(a, Duration::from_millis(300), stop))
-        })
-        .collect();
+    let (stop, loris) = slowloris_senders(a, Duration::from_millis(300));
     let t = Instant::now();
     // A connect only fails if the agent stopped accepting (its backlog is full): then the
     // scrapes below show what that means.
@@ -232,9 +241,7 @@ fn idle_sockets_and_slowloris_do_not_starve_scrapes_or_proc_reads() {
     );
     assert_eq!(after.get("stallwatch_http_accept_errors_total"), Some(0.0));
     stop.store(true, Ordering::Relaxed);
-    for l in loris {
-        let _ = l.join();
-    }
+    loris.into_iter().for_each(|l| drop(l.join()));
     drop(sockets);
 }
 
@@ -318,13 +325,7 @@ fn sigterm_ends_the_process_within_5s_despite_idle_slow_and_stuck_clients() {
     });
     let a = addr(&agent);
     let idle: Vec<TcpStream> = (0..200).map(|_| idle(a)).collect();
-    let stop = Arc::new(AtomicBool::new(false));
-    let loris: Vec<_> = (0..5)
-        .map(|_| {
-            let stop = Arc::clone(&stop);
-            thread::spawn(move || slowloris(a, Duration::from_millis(200), stop))
-        })
-        .collect();
+    let (stop, loris) = slowloris_senders(a, Duration::from_millis(200));
     let stuck: Vec<TcpStream> = (0..5).map(|_| stuck_reader(a)).collect();
     // Let the stuck readers' responses fill every buffer on the way.
     thread::sleep(Duration::from_secs(2));
@@ -345,9 +346,7 @@ fn sigterm_ends_the_process_within_5s_despite_idle_slow_and_stuck_clients() {
     let took = t.elapsed();
     eprintln!("SIGTERM to exit with 200 idle, 5 slowloris, 5 stuck readers: {took:?}");
     stop.store(true, Ordering::Relaxed);
-    for l in loris {
-        let _ = l.join();
-    }
+    loris.into_iter().for_each(|l| drop(l.join()));
     drop((idle, stuck));
     assert!(status.success(), "{status:?}\n{}", agent.log());
     assert!(
@@ -355,4 +354,81 @@ fn sigterm_ends_the_process_within_5s_despite_idle_slow_and_stuck_clients() {
         "the README promises an exit within 5 s of SIGTERM; took {took:?}\n{}",
         agent.log()
     );
+}
+
+/// A v2 cgroup directory tree of our own under `/sys/fs/cgroup/unified`, removed on drop
+/// (deepest first; the cgroups hold no process).
+struct CgroupTree(Vec<std::path::PathBuf>);
+
+impl Drop for CgroupTree {
+    fn drop(&mut self) {
+        for d in self.0.iter().rev() {
+            let _ = std::fs::remove_dir(d);
+        }
+    }
+}
+
+#[test]
+fn sigterm_ends_the_process_within_5s_with_a_stuck_reader_and_stuck_clients() {
+    if !require_root("sigterm_ends_the_process_within_5s_with_a_stuck_reader_and_stuck_clients") {
+        return;
+    }
+    // A docker-shaped container whose name file is a FIFO nobody writes: the container pass
+    // blocks in open(2) like a read of a file on a hung disk, and stays there.
+    let root = std::path::PathBuf::from(format!(
+        "/sys/fs/cgroup/unified/stallwatch-web-stop-{}",
+        std::process::id()
+    ));
+    let id = format!("{:0>64}", format!("{:x}", std::process::id()));
+    let leaf = root.join("docker").join(&id);
+    let tree = CgroupTree(vec![root.clone(), root.join("docker"), leaf.clone()]);
+    for d in &tree.0 {
+        std::fs::create_dir(d).unwrap_or_else(|e| panic!("mkdir {}: {e}", d.display()));
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let names = dir.path().join("docker");
+    std::fs::create_dir_all(names.join("containers").join(&id)).unwrap();
+    let fifo = names.join("containers").join(&id).join("config.v2.json");
+    let c = std::ffi::CString::new(fifo.as_os_str().as_encoded_bytes()).unwrap();
+    // SAFETY: mkfifo with a valid NUL-terminated path.
+    assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o600) }, 0);
+    let cfg = dir.path().join("stallwatch.toml");
+    write(
+        &cfg,
+        &format!("[containers]\ndocker_root = \"{}\"\n", names.display()),
+    );
+    let mut agent = Agent::start(&[
+        &format!("--config.file={}", cfg.display()),
+        &format!("--path.cgroupfs={}", root.display()),
+    ]);
+    agent.wait_for(Duration::from_secs(30), "the container pass stuck", |m| {
+        m.get("stallwatch_source_stuck{source=\"containers\"}") == Some(1.0)
+    });
+    let a = addr(&agent);
+    let stuck: Vec<TcpStream> = (0..5).map(|_| stuck_reader(a)).collect();
+    thread::sleep(Duration::from_secs(1));
+
+    let t = Instant::now();
+    agent.signal(libc::SIGTERM);
+    let status = loop {
+        if let Some(s) = agent.child.try_wait().unwrap() {
+            break s;
+        }
+        assert!(
+            t.elapsed() < Duration::from_secs(30),
+            "no exit after SIGTERM:\n{}",
+            agent.log()
+        );
+        thread::sleep(Duration::from_millis(20));
+    };
+    let took = t.elapsed();
+    eprintln!("SIGTERM to exit with the container reader stuck and 5 stuck clients: {took:?}");
+    drop(stuck);
+    assert!(status.success(), "{status:?}\n{}", agent.log());
+    assert!(
+        took < Duration::from_secs(5),
+        "the README promises an exit within 5 s of SIGTERM; took {took:?}\n{}",
+        agent.log()
+    );
+    drop(tree);
 }
