@@ -116,7 +116,9 @@ impl Gate {
                     if reply.is_closed() {
                         continue;
                     }
-                    let ok = work();
+                    // A panic denies this login and leaves the thread serving the next.
+                    let ok = std::panic::catch_unwind(std::panic::AssertUnwindSafe(work))
+                        .unwrap_or(false);
                     // Free the slot before answering, so the answered client may come again.
                     drop(_slot);
                     let _ = reply.send(ok);
@@ -237,6 +239,17 @@ mod tests {
         // Slots are released once the jobs ran.
         let again = gate.submit(addr("10.0.0.1:3"), || false).unwrap();
         assert!(!again.await.unwrap());
+    }
+
+    #[tokio::test]
+    async fn a_panicking_verification_denies_and_the_thread_lives_on() {
+        let gate = Gate::new(Duration::from_secs(1)).unwrap();
+        let bad = gate
+            .submit(addr("10.0.0.1:1"), || panic!("bcrypt blew up"))
+            .unwrap();
+        assert!(!bad.await.unwrap());
+        let next = gate.submit(addr("10.0.0.1:2"), || true).unwrap();
+        assert!(next.await.unwrap());
     }
 
     #[tokio::test]
