@@ -200,7 +200,7 @@ pub fn main(common: &crate::cli::Common) -> anyhow::Result<crate::cli::Exit> {
         ),
     };
     if let Some(w) = &common.web_config_file {
-        crate::webconfig::WebConfig::load(w)
+        crate::web::WebConfig::load(w)
             .with_context(|| format!("web config {}", w.display()))
             .context(BadInput)?;
     }

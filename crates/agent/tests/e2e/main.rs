@@ -24,4 +24,6 @@ mod promstack;
 mod rules;
 mod soak;
 mod stuck;
+mod web_auth;
+mod web_limits;
 mod writeback;
