@@ -163,7 +163,9 @@ pub type Hook = Arc<dyn Fn() + Send + Sync>;
 /// A running driver; [`Driver::stop`] stops it (dropping it does not).
 pub struct Driver {
     stop: Arc<AtomicBool>,
-    wake: Sender<()>,
+    /// Capacity one: wakes that come while one is pending are one wake (a tick reads the
+    /// newest of everything anyway), and a waker never blocks.
+    wake: SyncSender<()>,
     thread: Option<thread::JoinHandle<()>>,
 }
 
@@ -178,7 +180,7 @@ impl Driver {
         on_publish: Option<Hook>,
     ) -> std::io::Result<Driver> {
         let stop = Arc::new(AtomicBool::new(false));
-        let (wake, wake_rx) = mpsc::channel();
+        let (wake, wake_rx) = mpsc::sync_channel(1);
         let stopping = Arc::clone(&stop);
         let label = name.to_string();
         let thread = thread::Builder::new()
@@ -226,10 +228,24 @@ impl Driver {
     /// reader stuck in the kernel is left behind, and the process exit reaps it.
     pub fn stop(mut self) {
         self.stop.store(true, Ordering::Relaxed);
-        let _ = self.wake.send(());
+        // Full means a wake is pending: the thread wakes and sees the flag all the same.
+        let _ = self.wake.try_send(());
         if let Some(t) = self.thread.take() {
             let _ = t.join();
         }
+    }
+}
+
+impl Driver {
+    /// A hook that makes the sampler tick now instead of when its own tick is due: for a
+    /// sampler that follows what another one publishes (the cloud's credit model follows the
+    /// host sampler's disk counters), so that it does not lag by up to a tick. Never blocks;
+    /// does nothing once the driver has stopped.
+    pub fn waker(&self) -> Hook {
+        let wake = self.wake.clone();
+        Arc::new(move || {
+            let _ = wake.try_send(());
+        })
     }
 }
 

@@ -363,3 +363,76 @@ fn absurd_durations_do_not_overflow() {
     assert!(after(t, Duration::MAX) > t);
     assert!(after(t, Duration::MAX) <= t + Duration::from_secs(86_400));
 }
+
+/// A sampler with no sources that ticks once an hour on its own and counts its publishes.
+struct Sleepy;
+
+impl Sampler for Sleepy {
+    type Key = ();
+    type Reading = ();
+    type Config = ();
+    type Snapshot = u64;
+
+    fn sources(&mut self, _: &()) -> Vec<SourceSpec<(), ()>> {
+        Vec::new()
+    }
+    fn tick(&self, _: &()) -> Duration {
+        Duration::from_secs(3600)
+    }
+    fn wait(&self, _: &()) -> Duration {
+        Duration::ZERO
+    }
+    fn schedule(&mut self, _: &(), _: &(), _: Instant) -> Option<Schedule> {
+        None
+    }
+    fn apply(&mut self, _: &(), _: Instant, _: Option<()>, _: &mut SourceStatus, _: &()) {}
+    fn publish(&mut self, _: &[SourceStatus], _: Instant, _: &()) -> u64 {
+        0
+    }
+}
+
+#[test]
+fn a_waker_makes_the_sampler_tick_now_and_is_harmless_after_stop() {
+    let ticks = Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let counted = Arc::clone(&ticks);
+    let hook: Hook = Arc::new(move || {
+        counted.fetch_add(1, Ordering::SeqCst);
+    });
+    let out = Arc::new(ArcSwap::from_pointee(0u64));
+    let d = Driver::spawn(
+        "sleepy",
+        || Sleepy,
+        Arc::new(ArcSwap::from_pointee(())),
+        out,
+        Some(hook),
+    )
+    .unwrap();
+    let wait_for = |n: u64| {
+        let t0 = Instant::now();
+        while ticks.load(Ordering::SeqCst) < n {
+            assert!(t0.elapsed() < Duration::from_secs(10), "no tick {n}");
+            std::thread::sleep(Duration::from_millis(2));
+        }
+    };
+    wait_for(1);
+    let wake = d.waker();
+    for n in 2..5 {
+        wake();
+        wait_for(n);
+    }
+    // Many wakes while one is pending are one tick or two, never a backlog.
+    let before = ticks.load(Ordering::SeqCst);
+    for _ in 0..100 {
+        wake();
+    }
+    wait_for(before + 1);
+    // An unbounded queue would go on ticking a hundred times; give it the time to show.
+    std::thread::sleep(Duration::from_millis(100));
+    let after = ticks.load(Ordering::SeqCst);
+    assert!(
+        after <= before + 2,
+        "{before} → {after}: a backlog of wakes"
+    );
+    d.stop();
+    wake();
+}
