@@ -17,6 +17,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use anyhow::Context;
 use clap::Parser;
 use prometheus_client::registry::Registry;
+use stallwatch_cloud::CloudSampler;
 use stallwatch_collector::sample::containers::ContainerSampler;
 use stallwatch_collector::sample::{HostSampler, ThreadSampler};
 use tracing::{error, info, warn};
@@ -84,13 +85,30 @@ fn run(common: Common) -> anyhow::Result<Exit> {
 
     let roots = Arc::new(common.roots());
     let live = reload::Live::new(&cfg).context("cannot start the probes")?;
+    // The HTTP server's runtime; the cloud sampler's readers make their AWS calls on it too.
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .thread_name("sw-http")
+        .enable_all()
+        .build()
+        .context("cannot start the runtime")?;
     // Every sampler publishes its snapshot and then joins the node view (node.rs).
     let parts = node::Parts::new(live.probes.clone());
+    let cloud = CloudSampler::spawn(stallwatch_cloud::Wiring {
+        config: live.cloud.clone(),
+        roots: &roots,
+        host: parts.host.clone(),
+        out: parts.cloud.clone(),
+        on_publish: Some(parts.hook()),
+        runtime: rt.handle().clone(),
+    })
+    .context("cannot start the cloud sampler")?;
+    // The credit model follows the host sampler's disk counters: each host publish wakes it.
     let sampler = HostSampler::spawn(
         roots.clone(),
         live.host.clone(),
         parts.host.clone(),
-        Some(parts.hook()),
+        Some(parts.host_hook(cloud.follower())),
     )
     .context("cannot start the sampler")?;
     let container_sampler = ContainerSampler::spawn(
@@ -152,26 +170,12 @@ fn run(common: Common) -> anyhow::Result<Exit> {
         None => None,
     };
 
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .thread_name("sw-http")
-        .enable_all()
-        .build()
-        .context("cannot start the runtime")?;
-    // One stop signal for the server and the cloud tasks, so they wind down together.
     let (stop, stopping) = tokio::sync::watch::channel(false);
     web::on_signal(stop).context("cannot install signal handlers")?;
     let result = rt.block_on(async move {
         if let Some(tx) = reload_triggers {
             tokio::spawn(reload::forward_sighup(tx));
         }
-        let cloud = stallwatch_cloud::runner::spawn(
-            live.cloud.clone(),
-            roots.clone(),
-            parts.host.clone(),
-            parts.cloud.clone(),
-            stopping.clone(),
-        );
         info!(
             address = %local,
             tls = tls.is_some(),
@@ -191,11 +195,10 @@ fn run(common: Common) -> anyhow::Result<Exit> {
         if let Err(error) = &nofile {
             warn!(%error, "Cannot read the open-file limit.");
         }
-        let r = web::serve(listener, app, tls, conns, stopping).await;
-        // The cloud tasks were told at the same time; a call in flight is not waited for long.
-        let _ = tokio::time::timeout(Duration::from_millis(500), cloud).await;
-        r
+        web::serve(listener, app, tls, conns, stopping).await
     });
+    // Before the runtime goes: its calls in flight are dropped, not waited for.
+    cloud.stop();
     // Nothing left on the runtime (a blocking task, a connection mid-write) holds the exit.
     rt.shutdown_timeout(Duration::from_millis(200));
     stop_within(

@@ -1,5 +1,6 @@
 //! The node as the agent serves it: the collector's joined [`NodeView`] plus the cloud side,
-//! joined again by exact ids (device name → EBS volume id), once per publish of any sampler.
+//! joined again by exact ids (device name → EBS volume id), once per publish of any sampler
+//! (the cloud sampler's included).
 //! `/metrics`, `/healthz` and (soon) the API and the verdict read the one `ArcSwap<Node>`;
 //! nothing joins on the scrape path.
 
@@ -12,7 +13,7 @@ use stallwatch_collector::node::NodeView;
 use stallwatch_collector::sample::containers::ContainerSnapshot;
 use stallwatch_collector::sample::driver::Hook;
 use stallwatch_collector::sample::probe::Probes;
-use stallwatch_collector::sample::{HostSnapshot, ThreadSnapshot};
+use stallwatch_collector::sample::{HostSnapshot, SourceStatus, ThreadSnapshot};
 
 /// Everything the agent knows about the node, as of one join. Immutable.
 #[derive(Debug, Default)]
@@ -62,6 +63,15 @@ impl Node {
     #[cfg(test)]
     pub fn of_cloud(cloud: CloudSnapshot) -> Node {
         Node::join(NodeView::default(), Arc::new(cloud))
+    }
+
+    /// The health of every source: the collector's (host, walk, container pass) and the cloud
+    /// side's that are on (`cloud_describe`, `cloud_poll`, `cloud_nvme`, and `cloud_imds`
+    /// while discovery is pending).
+    pub fn sources(&self) -> Vec<&SourceStatus> {
+        let mut all = self.view.sources();
+        all.extend(self.cloud.sources.iter());
+        all
     }
 
     /// The EBS volume behind a kernel device name.
@@ -119,5 +129,15 @@ impl Parts {
     pub fn hook(self: &Arc<Parts>) -> Hook {
         let me = Arc::clone(self);
         Arc::new(move || me.join())
+    }
+
+    /// The host sampler's hook: the join, then `follow` (the cloud sampler's wake-up: its
+    /// credit model advances from the reading just published, and joins again).
+    pub fn host_hook(self: &Arc<Parts>, follow: Hook) -> Hook {
+        let me = Arc::clone(self);
+        Arc::new(move || {
+            me.join();
+            follow();
+        })
     }
 }

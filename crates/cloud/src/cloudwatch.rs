@@ -22,6 +22,8 @@ const PERIOD_SECS: i64 = 60;
 pub struct CwError {
     pub message: String,
     pub throttled: bool,
+    /// The HTTP status of the failing answer, when there was one.
+    pub status: Option<u16>,
 }
 
 /// The query window: whole minutes, `lookback` back from now. CloudWatch groups points into
@@ -99,12 +101,10 @@ pub async fn fetch_newest(
                 .await
                 .map_err(|e| {
                     let code = e.code().unwrap_or_default().to_string();
+                    let status = e.raw_response().map(|r| r.status().as_u16());
                     let throttled = code.contains("Throttl")
                         || code == "RequestLimitExceeded"
-                        || matches!(
-                            e.raw_response().map(|r| r.status().as_u16()),
-                            Some(429 | 503)
-                        );
+                        || matches!(status, Some(429 | 503));
                     CwError {
                         message: format!(
                             "GetMetricData: {}{}",
@@ -116,6 +116,7 @@ pub async fn fetch_newest(
                             crate::http::error_chain(&e)
                         ),
                         throttled,
+                        status,
                     }
                 })?;
             for r in resp.metric_data_results() {

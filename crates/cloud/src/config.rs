@@ -34,7 +34,8 @@ pub struct CloudConfig {
     pub imds_timeout: Duration,
     pub ec2_endpoint: Option<String>,
     pub cloudwatch_endpoint: Option<String>,
-    /// Timeout of each EC2/CloudWatch request.
+    /// Timeout of each EC2/CloudWatch request ([`CloudConfig::call_deadline`] bounds a whole
+    /// call).
     pub request_timeout: Duration,
     /// DescribeVolumes cadence (attachments, sizes and types change rarely).
     pub describe_interval: Duration,
@@ -50,8 +51,9 @@ pub struct CloudConfig {
     pub staleness: Duration,
     /// First retry delay after a failed call; doubles per failure up to the call's interval.
     pub retry_min: Duration,
-    /// Local credit-model cadence: how often the host sampler's latest disk counters are looked
-    /// at (a reading advances the model once, at its own time) and the EBS NVMe log pages read.
+    /// The EBS NVMe log-page cadence and the cloud sampler's own tick. The credit model
+    /// advances on the host sampler's publishes (each reading once, at its own time); this
+    /// tick only catches up when one was missed.
     pub model_interval: Duration,
     /// Also poll the instance's `EBSIOBalance%`, `EBSByteBalance%` (and `CPUCreditBalance` on T
     /// instances) with the volumes' BurstBalance.
@@ -88,6 +90,21 @@ impl Default for CloudConfig {
             dev_dir: PathBuf::from("/dev"),
             volumes: Vec::new(),
         }
+    }
+}
+
+impl CloudConfig {
+    /// The whole of one discovery, each source's deadline as the driver holds it to: the IMDS
+    /// token and identity calls (each bounded by `imds_timeout` for connect and read), then
+    /// building the AWS clients and their credentials chain.
+    pub fn discovery_deadline(&self) -> Duration {
+        self.imds_timeout.saturating_mul(3) + self.request_timeout
+    }
+
+    /// The whole of one DescribeVolumes or GetMetricData pass, every page and batch included
+    /// (each request is bounded by `request_timeout`; the SDK tries a call up to three times).
+    pub fn call_deadline(&self) -> Duration {
+        self.request_timeout.saturating_mul(3)
     }
 }
 

@@ -4,7 +4,7 @@
 //!
 //! Both clients are rustls with ring, the agent's own TLS stack: no aws-lc C build and one crypto
 //! library in the binary. The API modules (`imds`, `ec2`, `cloudwatch`) import this module and
-//! nothing of each other or of the loops in `runner`.
+//! nothing of each other, of `calls` or of `sampler`.
 
 use std::time::Duration;
 

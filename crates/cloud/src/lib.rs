@@ -4,13 +4,15 @@
 //! wall), and the EBS NVMe statistics log page (time spent over the volume's and the instance's
 //! limits).
 //!
-//! Floors, bottom up (no module imports one above it, nothing imports `runner`):
+//! Floors, bottom up (no module imports one above it, nothing imports `sampler`):
 //! - pure values and readers: `config`, `model`, `nvme`, `devices`, `snapshot`;
 //! - `http`: the HTTPS clients and the error chain every AWS call is reported with;
 //! - the AWS calls, each on its own: `imds`, `ec2`, `cloudwatch`;
 //! - `state`: what is known and every decision made from it, pure and unit-tested;
-//! - `runner`: the loops that make the calls and feed the state, publishing a [`CloudSnapshot`]
-//!   the agent encodes.
+//! - `calls`: what each source's reader does, one bounded call (or blocking read) at a time;
+//! - `sampler`: the cloud side on the collector's periodic driver, feeding the calls' outcomes
+//!   and the host sampler's disk counters to the state and publishing a [`CloudSnapshot`] the
+//!   agent encodes.
 
 pub mod config;
 pub mod devices;
@@ -26,6 +28,9 @@ pub mod imds;
 
 pub mod state;
 
-pub mod runner;
+pub mod calls;
 
+pub mod sampler;
+
+pub use sampler::{CloudSampler, Wiring};
 pub use snapshot::CloudSnapshot;

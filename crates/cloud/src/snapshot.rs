@@ -1,6 +1,8 @@
 //! What the cloud side publishes for the agent to encode: plain values, swapped whole into an
 //! `ArcSwap` after every change, so a scrape never waits on AWS or on a hung device.
 
+use stallwatch_collector::sample::SourceStatus;
+
 use crate::devices::BlockDevice;
 
 /// The AWS calls the poller makes (the `api` label).
@@ -154,6 +156,9 @@ pub struct CloudSnapshot {
     pub metrics_requested: u64,
     /// Unix time of each api's last success.
     pub last_success: Vec<(Api, f64)>,
+    /// Health of the cloud sources that are on (`cloud_imds` while discovery is pending,
+    /// `cloud_describe`, `cloud_poll`, `cloud_nvme`), for `stallwatch_source_*`.
+    pub sources: Vec<SourceStatus>,
 }
 
 impl CloudSnapshot {

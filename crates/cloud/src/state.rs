@@ -1,10 +1,11 @@
 //! What the cloud side knows, and every decision it makes from that, without I/O or clock reads.
 //!
-//! The loops in `runner` make one bounded call per period (a sysfs scan with DescribeVolumes, a
-//! GetMetricData poll, a look at the host sampler's disk counters, an NVMe log-page pass) and
-//! hand its outcome to a method here; the method updates the state and answers what the loop
-//! asked: when to call again (backoff after failures, fast polling while a balance is low), what
-//! to ask CloudWatch, which devices to read. From the state comes the [`CloudSnapshot`] the agent
+//! The sources in `sampler` make one bounded call each time the periodic driver asks (a sysfs
+//! scan with DescribeVolumes, a GetMetricData poll, an NVMe log-page pass) and hand its outcome
+//! to a method here; the sampler also hands over each new host disk reading. The methods update
+//! the state and answer what the sampler asks: when each call is due (backoff after failures,
+//! fast polling while a balance is low, a poll at once after the volumes changed), what to ask
+//! CloudWatch, which devices to read. From the state comes the [`CloudSnapshot`] the agent
 //! encodes. Every time is an argument (`now_unix`, the disk reading's own `at`), so each decision
 //! is unit-tested (`state/tests.rs`).
 
@@ -13,6 +14,7 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use stallwatch_collector::sys::block::Disk;
+use stallwatch_collector::ErrorKind;
 
 use crate::cloudwatch::Series;
 use crate::config::{backoff, CloudConfig, VolumeOverride};
@@ -27,11 +29,16 @@ use crate::snapshot::{
 /// BurstBalance and the instance balances are per-minute averages.
 const POINT_PERIOD_SECONDS: f64 = 60.0;
 
-/// Why an AWS call failed, as the state needs it: throttled or not, and the message to log.
+/// Why an AWS call failed, as the state needs it: throttled or not, the kind of error it is for
+/// `stallwatch_source_errors_total`, and the message to log.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Failure {
-    /// The service said slow down (counted as `outcome="throttled"`).
+    /// The service said slow down (counted as `outcome="throttled"`, and not as a source
+    /// error: backing off is the answer, and `cloud_requests_total` shows it).
     pub throttled: bool,
+    /// `permission` (HTTP 401/403, no credentials), `parse` (an answer we cannot read) or `io`
+    /// (no answer, a transport or service error, the deadline).
+    pub kind: ErrorKind,
     pub message: String,
 }
 
@@ -67,6 +74,8 @@ pub struct PollPlan {
     pub volumes: Vec<String>,
     pub instance: Vec<InstanceBalance>,
     pub instance_id: String,
+    /// Which description of the volumes the plan was made from ([`State::poll_schedule`]).
+    pub generation: u64,
 }
 
 impl PollPlan {
@@ -115,6 +124,12 @@ pub struct State {
     /// Consecutive failures of each periodic call (0 after a success).
     describe_failures: u32,
     poll_failures: u32,
+    /// Describe (or scan-only) outcomes so far, failed or not.
+    described: u64,
+    /// Bumped by the first successful DescribeVolumes and by every one that changed the
+    /// volumes; a poll is wanted at once while the last poll was planned from an older one.
+    volumes_generation: u64,
+    polled_generation: u64,
 }
 
 impl State {
@@ -155,10 +170,15 @@ impl State {
         if let Some(d) = disks {
             self.disks = d;
         }
+        self.described += 1;
         let described = match volumes {
             Ok(vols) => {
                 self.count(Api::DescribeVolumes, Outcome::Success, now_unix);
-                let news = self.describe_failures > 0 || self.volumes != vols;
+                let changed = self.volumes_generation == 0 || self.volumes != vols;
+                if changed {
+                    self.volumes_generation += 1;
+                }
+                let news = self.describe_failures > 0 || changed;
                 self.describe_failures = 0;
                 let n = vols.len();
                 self.volumes = vols;
@@ -180,6 +200,27 @@ impl State {
         };
         self.map_devices(&cfg.volumes);
         described
+    }
+
+    /// Cloud features off (or not on EC2): the sysfs scan alone describes the disks (model,
+    /// serial, the EBS volume id in an NVMe serial); `None` keeps the devices known before.
+    pub fn on_scan(&mut self, disks: Option<Vec<BlockDevice>>, cfg: &CloudConfig) {
+        if let Some(d) = disks {
+            self.disks = d;
+        }
+        self.described += 1;
+        self.map_devices(&cfg.volumes);
+    }
+
+    /// How long after the last one the next describe (or scan) is due: at once before the
+    /// first outcome (a sampler that starts, or starts again, knows no disks), else
+    /// [`State::describe_delay`].
+    pub fn describe_schedule(&self, cfg: &CloudConfig) -> Duration {
+        if self.described == 0 {
+            Duration::ZERO
+        } else {
+            self.describe_delay(cfg)
+        }
     }
 
     /// When to describe again: `describe_interval`, or the backoff after failures.
@@ -273,7 +314,22 @@ impl State {
                 .as_ref()
                 .map(|i| i.instance_id.clone())
                 .unwrap_or_default(),
+            generation: self.volumes_generation,
         }
+    }
+
+    /// How long after the last poll the next one is due; `None`: no poll (no DescribeVolumes
+    /// has succeeded yet, or there is nothing to ask). At once when the volumes changed since
+    /// the last poll was planned (new volumes are asked without waiting out the interval; an
+    /// unchanged describe wakes nothing), unless polls are failing: then the backoff holds.
+    pub fn poll_schedule(&self, plan: &PollPlan, cfg: &CloudConfig) -> Option<Duration> {
+        if self.volumes_generation == 0 || plan.is_empty() {
+            return None;
+        }
+        if self.poll_failures == 0 && self.volumes_generation > self.polled_generation {
+            return Some(Duration::ZERO);
+        }
+        Some(self.poll_delay(plan, cfg))
     }
 
     /// One poll's outcome: the newest point of each series asked by `plan`, keyed by index.
@@ -285,6 +341,7 @@ impl State {
         points: Result<BTreeMap<usize, BalancePoint>, Failure>,
         now_unix: f64,
     ) -> Result<Vec<Anchored>, Failure> {
+        self.polled_generation = self.polled_generation.max(plan.generation);
         let points = match points {
             Ok(p) => p,
             Err(failure) => {
@@ -397,6 +454,12 @@ impl State {
         true
     }
 
+    /// Whether the model has a volume to follow: a bucket whose device is known. While it has,
+    /// the sampler ticks on every host publish (`CloudSampler::follower`).
+    pub fn follows_host(&self) -> bool {
+        self.buckets.keys().any(|v| self.devices.contains_key(v))
+    }
+
     /// The EBS NVMe devices whose log page to read: (device name, device node under `dev_dir`).
     pub fn nvme_targets(&self, dev_dir: &Path) -> Vec<(String, PathBuf)> {
         self.disks
@@ -444,7 +507,7 @@ impl State {
             })
             .collect();
         CloudSnapshot {
-            enabled: true,
+            enabled: self.instance.is_some(),
             instance: self.instance.clone(),
             disks: self.disks.clone(),
             volumes,
@@ -463,11 +526,13 @@ impl State {
                 .collect(),
             metrics_requested: self.metrics_requested,
             last_success: self.last_success.iter().map(|(a, t)| (*a, *t)).collect(),
+            // The sampler adds its sources' health.
+            sources: Vec::new(),
         }
     }
 }
 
-/// The wall-clock time of `at`, given that `now` is `now_unix`: how the runner turns the host
+/// The wall-clock time of `at`, given that `now` is `now_unix`: how the cloud sampler turns the host
 /// sampler's reading time into the time axis CloudWatch's points are on.
 pub fn unix_time_of(at: Instant, now: Instant, now_unix: f64) -> f64 {
     now_unix - now.saturating_duration_since(at).as_secs_f64()

@@ -104,7 +104,7 @@ impl Collector for SelfCollector {
         )?;
 
         let node = self.node.load();
-        let all: Vec<&SourceStatus> = node.view.sources();
+        let all: Vec<&SourceStatus> = node.sources();
         let now = Instant::now();
         let src = |name: &Cow<'static, str>| -> Labels<'static> { vec![("source", name.clone())] };
         family(

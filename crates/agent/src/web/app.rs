@@ -84,7 +84,7 @@ async fn healthz(State(st): State<Arc<AppState>>) -> Response {
     let limit = (st.host_config.load().interval * 10).max(Duration::from_secs(30));
     let now = std::time::Instant::now();
     let mut restarts = String::new();
-    for s in node.view.sources() {
+    for s in node.sources() {
         let n = s.errors.get(stallwatch_collector::ErrorKind::Panic);
         if let (true, Some(t)) = (n > 0, s.last_panic) {
             restarts.push_str(&format!(

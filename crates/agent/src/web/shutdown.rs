@@ -1,4 +1,4 @@
-//! SIGTERM and SIGINT: the stop signal for the server (and the cloud tasks), and the deadline
+//! SIGTERM and SIGINT: the stop signal for the server, and the deadline
 //! that keeps the README's promise of an exit within 5 s.
 //!
 //! Signals are taken on a thread with a runtime of its own: the server's two workers can be

@@ -1,6 +1,7 @@
 //! Each decision of the cloud state, on values: device mapping, buckets, call counting, describe
 //! backoff, the credit model fed by disk readings, NVMe pages, the snapshot. What to poll and
-//! when (backoff, fast polling while low) is in `tests/poll.rs`.
+//! when (backoff, fast polling while low) is in `tests/poll.rs`; when each call is due on the
+//! driver, in `tests/schedule.rs`.
 
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -15,6 +16,7 @@ use crate::model::GP2_BUCKET_CREDITS;
 use crate::nvme::{Bin, Histogram, Source, Stats};
 
 mod poll;
+mod schedule;
 
 const T0: f64 = 1_700_000_000.0;
 const S: fn(u64) -> Duration = Duration::from_secs;
@@ -81,6 +83,7 @@ fn cfg_mapping(device: &str, volume_id: &str) -> CloudConfig {
 fn failure(throttled: bool) -> Failure {
     Failure {
         throttled,
+        kind: stallwatch_collector::ErrorKind::Io,
         message: "no".into(),
     }
 }
