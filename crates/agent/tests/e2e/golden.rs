@@ -61,6 +61,7 @@ fn run_fixture(name: &str) -> String {
             "pressure_io",
             "threads",
             "containers",
+            "cloud_describe",
         ]
         .iter()
         .all(|s| {
