@@ -11,17 +11,23 @@ Everything else (the agent's signed EC2 Query POSTs) is forwarded to moto byte f
 Why our own IMDS: moto's omits the x-aws-ec2-metadata-token-ttl-seconds reply header that
 aws-config requires; this one requires the token like IMDSv2 does (401 without it).
 
-Control API on the proxy (JSON): POST /_harness/setup, /_harness/put, /_harness/fail,
-/_harness/reset-calls; GET /_harness/calls. Prints one JSON line with the addresses, then serves
-until stdin closes or SIGTERM.
+Control API on the proxy (JSON): POST /_harness/setup, /_harness/attach, /_harness/put,
+/_harness/fail, /_harness/paginate, /_harness/reset-calls; GET /_harness/calls. Prints one JSON
+line with the addresses, then serves until stdin closes or SIGTERM.
+
+/_harness/paginate {"api": "ec2"|"cloudwatch", "count": n, "delay": seconds}: the next n answers
+of DescribeVolumes or GetMetricData come after `delay` and carry a next token, so a client goes
+on asking for pages (each answer quick enough for a per-request timeout, the whole call not).
 """
 import datetime
 import json
+import re
 import secrets
 import signal
 import socket
 import sys
 import threading
+import time
 import urllib.request
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
@@ -31,6 +37,8 @@ from moto.server import ThreadedMotoServer
 
 REGION = "us-east-1"
 CW_PREFIX = "/service/GraniteServiceVersion20100801/operation/"
+# The next token of an answer made to page on; never sent on to moto.
+MORE = "stallwatch-harness-more"
 
 
 def free_port():
@@ -51,6 +59,8 @@ class World:
         self.lock = threading.Lock()
         self.calls = []          # [{"api": "cloudwatch"|"ec2", "op": ..., "queries": n, "status": s}]
         self.fail = {}           # api -> {"count", "status", "code"}
+        self.paginate = {}       # api -> {"count", "delay"}
+        self.instance = None
         self.identity = {"instanceId": "i-00000000000000000", "region": REGION,
                          "availabilityZone": REGION + "a", "instanceType": "m5.large",
                          "accountId": "123456789012", "imageId": "ami-0", "architecture": "x86_64"}
@@ -65,6 +75,15 @@ class World:
                 return f
         return None
 
+    def take_page(self, api):
+        """The delay before an answer that pages on, or None for a plain answer."""
+        with self.lock:
+            p = self.paginate.get(api)
+            if p and p["count"] > 0:
+                p["count"] -= 1
+                return p["delay"]
+        return None
+
     def record(self, **kw):
         with self.lock:
             self.calls.append(kw)
@@ -75,18 +94,25 @@ class World:
                                       InstanceType="m5.large")["Instances"][0]
         iid = inst["InstanceId"]
         az = inst["Placement"]["AvailabilityZone"]
-        ids = []
-        for i, v in enumerate(spec.get("volumes", [])):
-            kw = dict(AvailabilityZone=az, Size=v["size"], VolumeType=v["type"])
-            if "iops" in v:
-                kw["Iops"] = v["iops"]
-            vol = self.ec2.create_volume(**kw)
-            dev = v.get("device") or "/dev/sd%s" % chr(ord("f") + i)
-            self.ec2.attach_volume(VolumeId=vol["VolumeId"], InstanceId=iid, Device=dev)
-            ids.append(vol["VolumeId"])
+        self.instance = (iid, az)
+        ids = [self.attach_one(v, i) for i, v in enumerate(spec.get("volumes", []))]
         with self.lock:
             self.identity.update(instanceId=iid, availabilityZone=az)
         return {"instance_id": iid, "availability_zone": az, "region": REGION, "volumes": ids}
+
+    def attach_one(self, v, i):
+        iid, az = self.instance
+        kw = dict(AvailabilityZone=az, Size=v["size"], VolumeType=v["type"])
+        if "iops" in v:
+            kw["Iops"] = v["iops"]
+        vol = self.ec2.create_volume(**kw)
+        dev = v.get("device") or "/dev/sd%s" % chr(ord("f") + i)
+        self.ec2.attach_volume(VolumeId=vol["VolumeId"], InstanceId=iid, Device=dev)
+        return vol["VolumeId"]
+
+    def attach(self, spec):
+        # One more volume on the instance of the last setup, at `device`.
+        return {"volume": self.attach_one(spec, 0)}
 
     def put(self, spec):
         # A volume's AWS/EBS metric (BurstBalance by default), or with "instance_id" an
@@ -168,6 +194,13 @@ def make_proxy(world):
                                 "count": int(req["count"]), "status": int(req.get("status", 400)),
                                 "code": req.get("code", "Throttling")}
                         return self.reply_json({"ok": True})
+                    if what == "attach":
+                        return self.reply_json(world.attach(req))
+                    if what == "paginate":
+                        with world.lock:
+                            world.paginate[req["api"]] = {
+                                "count": int(req["count"]), "delay": float(req.get("delay", 0))}
+                        return self.reply_json({"ok": True})
                     if what == "reset-calls":
                         with world.lock:
                             world.calls.clear()
@@ -189,6 +222,9 @@ def make_proxy(world):
                 body = cbor2.dumps({"__type": "com.amazonaws.cloudwatch#" + f["code"],
                                     "message": "injected by the test harness"})
                 return self.reply(f["status"], body, "application/cbor", hdr)
+            if params.get("NextToken") == MORE:
+                del params["NextToken"]
+            delay = world.take_page("cloudwatch") if op == "GetMetricData" else None
             try:
                 result = getattr(world.cw, snake(op))(**params)
             except world.cw.exceptions.ClientError as e:
@@ -199,7 +235,11 @@ def make_proxy(world):
                                     "message": err.get("Message", "")})
                 return self.reply(status, body, "application/cbor", hdr)
             world.record(api="cloudwatch", op=op, queries=n, status=200)
-            body = cbor2.dumps(jsonable(result), datetime_as_timestamp=True, timezone=datetime.timezone.utc)
+            result = jsonable(result)
+            if delay is not None:
+                time.sleep(delay)
+                result["NextToken"] = MORE
+            body = cbor2.dumps(result, datetime_as_timestamp=True, timezone=datetime.timezone.utc)
             self.reply(200, body, "application/cbor", hdr)
 
         def forward_ec2(self, raw):
@@ -211,6 +251,9 @@ def make_proxy(world):
                 xml = ("<Response><Errors><Error><Code>%s</Code><Message>injected by the test harness"
                        "</Message></Error></Errors><RequestID>x</RequestID></Response>" % f["code"])
                 return self.reply(f["status"], xml.encode(), "text/xml")
+            delay = world.take_page("ec2") if action == "DescribeVolumes" else None
+            # moto does not check signatures: the marker token can go.
+            raw = raw.replace(b"&NextToken=" + MORE.encode(), b"")
             headers = {k: v for k, v in self.headers.items()
                        if k.lower() not in ("host", "content-length", "connection")}
             req = urllib.request.Request(world.moto_url + self.path, data=raw, headers=headers, method="POST")
@@ -221,6 +264,12 @@ def make_proxy(world):
                 status, payload = e.code, e.read()
             world.record(api="ec2", op=action, queries=0, status=status,
                          authorization=self.headers.get("authorization", ""))
+            if delay is not None and status == 200:
+                time.sleep(delay)
+                text = re.sub(r"<nextToken>[^<]*</nextToken>|<nextToken/>", "", payload.decode())
+                text = text.replace("</DescribeVolumesResponse>",
+                                    "<nextToken>%s</nextToken></DescribeVolumesResponse>" % MORE)
+                payload = text.encode()
             self.reply(status, payload, "text/xml")
 
     return Proxy

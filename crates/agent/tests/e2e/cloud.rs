@@ -7,6 +7,7 @@ use std::time::Duration;
 use crate::harness::{Agent, Metrics};
 
 mod aws;
+mod calls;
 pub use aws::{now, start_agent, Aws};
 
 fn minute(t: f64) -> f64 {
