@@ -81,3 +81,6 @@ pub fn opt(
         None => Ok(()),
     }
 }
+
+#[cfg(test)]
+mod tests;

@@ -10,7 +10,7 @@ use prometheus_client::collector::Collector;
 use prometheus_client::encoding::{DescriptorEncoder, NoLabelSet};
 use prometheus_client::metrics::MetricType;
 use prometheus_client::registry::Unit;
-use stallwatch_collector::sample::probe::{Probes, BUCKETS};
+use stallwatch_collector::sample::probe::{ProbeSnapshot, Probes, BUCKETS};
 
 use super::{family, Labels};
 
@@ -34,36 +34,45 @@ impl Collector for ProbeCollector {
             // rather than wait.
             Err(_) => return Ok(()),
         };
-        if snaps.is_empty() {
-            return Ok(());
-        }
-        let secs = Unit::Seconds;
-        let now = Instant::now();
-        let mut m = e.encode_descriptor(
+        encode_probes(&mut e, &snaps, Instant::now())
+    }
+}
+
+/// The probe families for these snapshots; `now` dates the in-flight ages.
+pub fn encode_probes(
+    e: &mut DescriptorEncoder<'_>,
+    snaps: &[ProbeSnapshot],
+    now: Instant,
+) -> Result<(), std::fmt::Error> {
+    if snaps.is_empty() {
+        return Ok(());
+    }
+    let secs = Unit::Seconds;
+    let mut m = e.encode_descriptor(
             "probe_write",
             "Duration of the probe's O_DSYNC write of `size` bytes (every write that returned, failed or not).",
             Some(&secs),
             MetricType::Histogram,
         )?;
-        for s in &snaps {
-            let labels: Labels<'_> = vec![("path", Cow::Borrowed(s.path.as_str()))];
-            // The snapshot's counts are cumulative; the encoder wants per-bucket counts.
-            let mut prev = 0;
-            let mut buckets: Vec<(f64, u64)> = BUCKETS
-                .iter()
-                .zip(&s.bucket_counts)
-                .map(|(le, c)| {
-                    let d = c.saturating_sub(prev);
-                    prev = *c;
-                    (*le, d)
-                })
-                .collect();
-            buckets.push((f64::INFINITY, s.count.saturating_sub(prev)));
-            m.encode_family(&labels)?
-                .encode_histogram::<NoLabelSet>(s.sum, s.count, &buckets, None)?;
-        }
-        family(
-            &mut e,
+    for s in snaps {
+        let labels: Labels<'_> = vec![("path", Cow::Borrowed(s.path.as_str()))];
+        // The snapshot's counts are cumulative; the encoder wants per-bucket counts.
+        let mut prev = 0;
+        let mut buckets: Vec<(f64, u64)> = BUCKETS
+            .iter()
+            .zip(&s.bucket_counts)
+            .map(|(le, c)| {
+                let d = c.saturating_sub(prev);
+                prev = *c;
+                (*le, d)
+            })
+            .collect();
+        buckets.push((f64::INFINITY, s.count.saturating_sub(prev)));
+        m.encode_family(&labels)?
+            .encode_histogram::<NoLabelSet>(s.sum, s.count, &buckets, None)?;
+    }
+    family(
+            e,
             "probe_in_flight",
             "Age of the probe's running write; 0 when idle. A hung write keeps growing here while it hangs.",
             Some(&secs),
@@ -73,8 +82,8 @@ impl Collector for ProbeCollector {
                 (vec![("path", Cow::Borrowed(s.path.as_str()))], age)
             }),
         )?;
-        family(
-            &mut e,
+    family(
+            e,
             "probe_failures",
             "Probe failures by reason: timeout (still running after the timeout), enospc, eio, permission, readonly, notfound, other.",
             None,
@@ -85,20 +94,19 @@ impl Collector for ProbeCollector {
                 })
             }),
         )?;
-        family(
-            &mut e,
-            "probe_last_success_timestamp",
-            "When the probe's last write succeeded, seconds since the epoch.",
-            Some(&secs),
-            MetricType::Gauge,
-            snaps.iter().filter_map(|s| {
-                let t = s.last_success?.duration_since(std::time::UNIX_EPOCH).ok()?;
-                Some((
-                    vec![("path", Cow::Borrowed(s.path.as_str()))],
-                    t.as_secs_f64(),
-                ))
-            }),
-        )?;
-        Ok(())
-    }
+    family(
+        e,
+        "probe_last_success_timestamp",
+        "When the probe's last write succeeded, seconds since the epoch.",
+        Some(&secs),
+        MetricType::Gauge,
+        snaps.iter().filter_map(|s| {
+            let t = s.last_success?.duration_since(std::time::UNIX_EPOCH).ok()?;
+            Some((
+                vec![("path", Cow::Borrowed(s.path.as_str()))],
+                t.as_secs_f64(),
+            ))
+        }),
+    )?;
+    Ok(())
 }
