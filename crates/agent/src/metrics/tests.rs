@@ -629,12 +629,22 @@ fn probe_rows() {
         .collect();
     failures[0].1 = 2;
     failures[2].1 = 1;
-    let n = stallwatch_collector::sample::probe::BUCKETS.len();
-    let cumulative: Vec<u64> = (0..n as u64).map(|i| (i / 3).min(4)).collect();
+    // Per bucket: one write under each of 0.01, 0.1, 1 and 10 s, two slower than 60 s.
+    let mut per_bucket = [0u64; 16];
+    for i in [3, 6, 9, 12] {
+        per_bucket[i] = 1;
+    }
+    per_bucket[15] = 2;
+    let bounds = || {
+        stallwatch_collector::sample::probe::BUCKETS
+            .iter()
+            .copied()
+            .chain([f64::INFINITY])
+    };
     let probes = vec![
         ProbeSnapshot {
             path: "/var/lib/docker".into(),
-            bucket_counts: cumulative,
+            buckets: bounds().zip(per_bucket).collect(),
             sum: 12.75,
             count: 6,
             in_flight_since: Some(now - Duration::from_secs(5)),
@@ -644,7 +654,7 @@ fn probe_rows() {
         },
         ProbeSnapshot {
             path: "/data".into(),
-            bucket_counts: vec![0; n],
+            buckets: bounds().map(|le| (le, 0)).collect(),
             sum: 0.0,
             count: 0,
             in_flight_since: None,

@@ -151,9 +151,10 @@ pub fn validate(path: &Path) -> Result<(), String> {
 pub struct ProbeSnapshot {
     /// The configured directory, lossy UTF-8; the `path` label.
     pub path: String,
-    /// Cumulative count of writes per [`BUCKETS`] entry (Prometheus `le` semantics); `+Inf`
-    /// is `count`.
-    pub bucket_counts: Vec<u64>,
+    /// `(upper bound, writes in the bucket)`: one per [`BUCKETS`] entry, then `+Inf` for the
+    /// slower ones. Per-bucket counts, not cumulative (what the exposition encoder takes, so it
+    /// is never made cumulative here and undone there); they sum to `count`.
+    pub buckets: Vec<(f64, u64)>,
     /// Sum of the observed write durations, seconds.
     pub sum: f64,
     /// Writes observed: every write call that returned, successful or not (a failed open is
@@ -236,8 +237,9 @@ struct InFlight {
 
 #[derive(Debug)]
 struct Stats {
-    /// Cumulative per bucket (each write increments every bucket it fits under).
-    buckets: [u64; BUCKETS.len()],
+    /// Writes per bucket: the first [`BUCKETS`] bound a write fits under, else the last
+    /// (`+Inf`) slot.
+    buckets: [u64; BUCKETS.len() + 1],
     sum: f64,
     count: u64,
     failures: [u64; REASONS.len()],
@@ -253,7 +255,7 @@ struct Stats {
 impl Stats {
     fn new() -> Self {
         Stats {
-            buckets: [0; BUCKETS.len()],
+            buckets: [0; BUCKETS.len() + 1],
             sum: 0.0,
             count: 0,
             failures: [0; REASONS.len()],
@@ -267,11 +269,11 @@ impl Stats {
 
     fn observe(&mut self, d: Duration) {
         let s = d.as_secs_f64();
-        for (n, &le) in self.buckets.iter_mut().zip(BUCKETS) {
-            if s <= le {
-                *n += 1;
-            }
-        }
+        let i = BUCKETS
+            .iter()
+            .position(|&le| s <= le)
+            .unwrap_or(BUCKETS.len());
+        self.buckets[i] += 1;
         self.sum += s;
         self.count += 1;
         self.last_duration = Some(d);
@@ -388,7 +390,12 @@ impl Probes {
                 let s = &st.stats;
                 let snap = ProbeSnapshot {
                     path: p.shared.label.clone(),
-                    bucket_counts: s.buckets.to_vec(),
+                    buckets: BUCKETS
+                        .iter()
+                        .copied()
+                        .chain([f64::INFINITY])
+                        .zip(s.buckets)
+                        .collect(),
                     sum: s.sum,
                     count: s.count,
                     in_flight_since: s.in_flight.map(|f| f.started),
@@ -981,12 +988,13 @@ mod tests {
         assert_eq!(s.path, dir.path().to_string_lossy());
         assert!(s.sum > 0.0);
         assert!(s.last_duration.is_some() && s.last_success.is_some());
-        assert_eq!(s.bucket_counts.len(), BUCKETS.len());
-        assert!(
-            s.bucket_counts.windows(2).all(|w| w[0] <= w[1]),
-            "cumulative"
+        assert_eq!(s.buckets.len(), BUCKETS.len() + 1);
+        assert_eq!(s.buckets.last().unwrap().0, f64::INFINITY);
+        assert_eq!(
+            s.buckets.iter().map(|(_, n)| n).sum::<u64>(),
+            s.count,
+            "per-bucket counts add up to the writes"
         );
-        assert!(*s.bucket_counts.last().unwrap() <= s.count);
         assert!(s.failures.iter().all(|&(_, n)| n == 0), "{:?}", s.failures);
         assert_eq!(
             s.failures.iter().map(|(r, _)| *r).collect::<Vec<_>>(),
@@ -1152,9 +1160,10 @@ mod tests {
         assert!(s.in_flight_since.is_none());
         assert_eq!(failures(s, "timeout"), 1, "not counted again on return");
         assert!(s.sum >= 0.3 && s.sum < 1.0, "sum {}", s.sum);
-        let le = |b: f64| s.bucket_counts[BUCKETS.iter().position(|&x| x == b).unwrap()];
+        let le = |b: f64| s.buckets.iter().find(|(le, _)| *le == b).unwrap().1;
         assert_eq!(le(0.25), 0);
         assert_eq!(le(0.5), 1);
+        assert_eq!(le(1.0), 0, "per-bucket counts, not cumulative");
         assert!(s.last_success.is_some());
         assert_eq!(calls.load(Ordering::SeqCst), 1);
         p.stop();
