@@ -21,6 +21,7 @@ use stallwatch_collector::proc::sys_vm::VmTunables;
 use stallwatch_collector::proc::vmstat::Vmstat;
 use stallwatch_collector::sample::containers::{ContainerRow, ContainerSnapshot};
 use stallwatch_collector::sample::host::{Integrals, Peaks};
+use stallwatch_collector::sample::probe::{ProbeSnapshot, BUCKETS, REASONS};
 use stallwatch_collector::sample::threads::{DThread, GroupRow};
 use stallwatch_collector::sample::{HostSnapshot, SourceStatus, ThreadSnapshot};
 use stallwatch_collector::sys::bdi::Bdi;
@@ -457,4 +458,39 @@ pub fn cloud_snapshot() -> CloudSnapshot {
         metrics_requested: 3000,
         last_success: vec![(Api::Imds, 1_700_000_000.0)],
     }
+}
+
+pub fn probe_snapshots(now: Instant) -> Vec<ProbeSnapshot> {
+    let mut failures: Vec<(&'static str, u64)> = REASONS.iter().map(|r| (*r, 0)).collect();
+    failures[0].1 = 2;
+    failures[2].1 = 1;
+    // Per bucket: one write under each of 0.01, 0.1, 1 and 10 s, two slower than 60 s.
+    let mut per_bucket = [0u64; 16];
+    for i in [3, 6, 9, 12] {
+        per_bucket[i] = 1;
+    }
+    per_bucket[15] = 2;
+    let bounds = || BUCKETS.iter().copied().chain([f64::INFINITY]);
+    vec![
+        ProbeSnapshot {
+            path: "/var/lib/docker".into(),
+            buckets: bounds().zip(per_bucket).collect(),
+            sum: 12.75,
+            count: 6,
+            in_flight_since: Some(now - Duration::from_secs(5)),
+            failures,
+            last_duration: Some(Duration::from_millis(40)),
+            last_success: Some(SystemTime::UNIX_EPOCH + Duration::from_secs(1_700_000_000)),
+        },
+        ProbeSnapshot {
+            path: "/data".into(),
+            buckets: bounds().map(|le| (le, 0)).collect(),
+            sum: 0.0,
+            count: 0,
+            in_flight_since: None,
+            failures: REASONS.iter().map(|r| (*r, 0)).collect(),
+            last_duration: None,
+            last_success: None,
+        },
+    ]
 }
