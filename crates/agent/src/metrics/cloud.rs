@@ -351,63 +351,20 @@ fn latency(e: &mut DescriptorEncoder<'_>, s: &CloudSnapshot) -> std::fmt::Result
 #[cfg(test)]
 mod tests {
     use super::*;
-    use prometheus_client::registry::Registry;
-    use stallwatch_cloud::snapshot::{Api, BalancePoint, Instance, NvmeCounters, Outcome};
+    use crate::metrics::tests::scrape;
+    use crate::metrics::tests::snapshots::cloud_snapshot;
 
-    fn scrape(snap: CloudSnapshot) -> String {
-        let mut r = Registry::with_prefix("stallwatch");
-        r.register_collector(Box::new(CloudCollector {
+    fn collector(snap: CloudSnapshot) -> CloudCollector {
+        CloudCollector {
             snap: Arc::new(ArcSwap::from_pointee(snap)),
-        }));
-        let mut out = String::new();
-        prometheus_client::encoding::text::encode(&mut out, &r).unwrap();
-        out
+        }
     }
 
     #[test]
     fn an_ebs_nvme_volume_is_encoded_with_its_log_page_counters_and_latency_histograms() {
-        let snap = CloudSnapshot {
-            enabled: true,
-            instance: Some(Instance {
-                instance_id: "i-1".into(),
-                region: "eu-west-1".into(),
-                availability_zone: "eu-west-1a".into(),
-                instance_type: "m5.large".into(),
-            }),
-            volumes: vec![VolumeState {
-                volume_id: "vol-0abc".into(),
-                device: Some("nvme1n1".into()),
-                volume_type: "gp2".into(),
-                availability_zone: "eu-west-1a".into(),
-                size_bytes: 100 << 30,
-                baseline_iops: Some(300.0),
-                burst_balance: Some(BalancePoint {
-                    percent: 42.0,
-                    timestamp: 1_700_000_000.0,
-                }),
-                estimate_percent: Some(40.5),
-                seconds_to_empty: Some(f64::INFINITY),
-                nvme: Some(NvmeCounters {
-                    exceeded_iops_seconds: 1.5,
-                    exceeded_throughput_seconds: 0.25,
-                    queue_length: 3.0,
-                    read_ops: 10,
-                    write_ops: 7,
-                    read_time_seconds: 0.012,
-                    write_time_seconds: 0.02,
-                    // Out of order and with a duplicated bound, as a device may report.
-                    read_latency: vec![(0.001, 6), (0.0005, 3), (0.001, 1)],
-                    write_latency: vec![(0.004, 7)],
-                }),
-                ..VolumeState::default()
-            }],
-            instance_exceeded_iops_seconds: Some(2.0),
-            instance_exceeded_throughput_seconds: Some(0.0),
-            requests: vec![(Api::GetMetricData, Outcome::Throttled, 2)],
-            metrics_requested: 3000,
-            ..CloudSnapshot::default()
-        };
-        let t = crate::metrics::exposition::fix_infinities(scrape(snap));
+        // The shared snapshot's vol-0abc: gp2 on nvme1n1, its latency bins out of order and
+        // with a duplicated bound, as a device may report them.
+        let t = scrape(collector(cloud_snapshot()));
         for want in [
             r#"stallwatch_ebs_exceeded_iops_seconds_total{volume_id="vol-0abc"} 1.5"#,
             r#"stallwatch_ebs_exceeded_throughput_seconds_total{volume_id="vol-0abc"} 0.25"#,
@@ -430,7 +387,7 @@ mod tests {
 
     #[test]
     fn off_ec2_only_the_switch_and_the_disks_are_encoded() {
-        let t = scrape(CloudSnapshot::default());
+        let t = scrape(collector(CloudSnapshot::default()));
         assert!(t.contains("stallwatch_cloud_enabled 0"), "{t}");
         assert!(!t.contains("stallwatch_cloud_requests_total"), "{t}");
         assert!(!t.contains("stallwatch_ebs_"), "{t}");

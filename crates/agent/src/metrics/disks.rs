@@ -210,28 +210,4 @@ mod tests {
             .collect();
         assert_eq!(raw, (1..=diskstats::FIELDS as u64).collect::<Vec<_>>());
     }
-
-    #[test]
-    fn bdi_rows_only_for_exported_disks() {
-        let s = HostSnapshot {
-            disks: diskstats::parse("8 0 sda 1 2 3 4 5 6 7 8 9 10 11\n").unwrap(),
-            bdi: vec![
-                Bdi {
-                    major: 7,
-                    minor: 0,
-                    ..Bdi::default()
-                },
-                Bdi {
-                    major: 8,
-                    minor: 0,
-                    max_ratio: Some(50),
-                    ..Bdi::default()
-                },
-            ],
-            ..HostSnapshot::default()
-        };
-        let joined = disks_with_bdi(&s);
-        assert_eq!(joined.len(), 1);
-        assert_eq!((joined[0].0.name.as_str(), joined[0].1.minor), ("sda", 0));
-    }
 }

@@ -66,6 +66,7 @@ pub const fn gauge<T>(
     }
 }
 
+/// A gauge row turned counter (prometheus-client appends `_total`).
 pub const fn counter<T>(
     name: &'static str,
     help: &'static str,
@@ -73,11 +74,8 @@ pub const fn counter<T>(
     get: fn(&T) -> Option<f64>,
 ) -> Row<T> {
     Row {
-        name,
-        help,
-        unit,
         ty: MetricType::Counter,
-        get,
+        ..gauge(name, help, unit, get)
     }
 }
 

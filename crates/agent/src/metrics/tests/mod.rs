@@ -4,7 +4,7 @@
 //! give; these reach the container, cloud, thread and probe rows too, so a refactor of the
 //! encoders that changes one byte of any family shows here.
 
-mod snapshots;
+pub(super) mod snapshots;
 
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
@@ -57,7 +57,8 @@ fn text(r: &Registry) -> String {
     mask(&super::exposition::fix_infinities(out))
 }
 
-fn scrape(c: impl Collector) -> String {
+/// One collector's scrape, OpenMetrics with `+Inf` spelled right, volatile values masked.
+pub(super) fn scrape(c: impl Collector) -> String {
     let mut r = registry();
     r.register_collector(Box::new(c));
     text(&r)
