@@ -18,6 +18,13 @@ use stallwatch_cloud::snapshot::{
 use super::table::{counter, family, flag, gauge, histograms, labelled, num, rows};
 use super::table::{Labels, Row, BYTES, NONE, SECONDS};
 
+/// The join: each sysfs block device with the EBS volume the cloud side maps it to (config
+/// overrides, attachments, else the NVMe serial). One function, so that the node view can
+/// take it over.
+fn disk_volumes(s: &CloudSnapshot) -> impl Iterator<Item = (&BlockDevice, Option<&str>)> {
+    s.disks.iter().map(|d| (d, s.volume_of_device(&d.name)))
+}
+
 /// The device's bins (upper bound, count in the bin) as histogram buckets: per-bucket counts
 /// with the bins' upper bounds as `le`, sorted, and the total as the `+Inf` bucket. Bins with
 /// the same upper bound are merged.
@@ -43,13 +50,6 @@ fn latency_buckets(bins: &[(f64, u64)]) -> (Vec<(f64, u64)>, u64) {
 #[derive(Debug)]
 pub struct CloudCollector {
     pub snap: Arc<ArcSwap<CloudSnapshot>>,
-}
-
-/// The join: each sysfs block device with the EBS volume the cloud side maps it to (config
-/// overrides, attachments, else the NVMe serial). One function, so that the node view can
-/// take it over.
-fn disk_volumes(s: &CloudSnapshot) -> impl Iterator<Item = (&BlockDevice, Option<&str>)> {
-    s.disks.iter().map(|d| (d, s.volume_of_device(&d.name)))
 }
 
 /// Whether the cloud side is on at all (`cloud/src/runner.rs`).
