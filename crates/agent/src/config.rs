@@ -13,9 +13,11 @@ use serde::de::{self, Deserializer};
 use serde::Deserialize;
 use stallwatch_cloud::config::{CloudConfig, Enabled, VolumeOverride};
 use stallwatch_collector::sample::containers::ContainersConfig;
-use stallwatch_collector::sample::host::{DiskFilter, HostConfig, Threshold};
+use stallwatch_collector::sample::dstate::GroupRule;
+use stallwatch_collector::sample::host::{HostConfig, Threshold};
 use stallwatch_collector::sample::probe::{self, ProbeConfig};
-use stallwatch_collector::sample::threads::{GroupRule, ThreadsConfig};
+use stallwatch_collector::sample::threads::ThreadsConfig;
+use stallwatch_collector::sys::block::DiskFilter;
 
 /// What the file says, as written.
 #[derive(Debug, Clone, Default, Deserialize)]

@@ -9,8 +9,10 @@ use std::process::ExitCode;
 use std::time::{Duration, Instant, SystemTime};
 
 use serde::Serialize;
+use stallwatch_collector::proc::tasks::{Walk, Walker};
 use stallwatch_collector::proc::{pressure, stat};
-use stallwatch_collector::sample::threads::{DThread, DTracker, ThreadsConfig, Walk, Walker};
+use stallwatch_collector::sample::dstate::{DThread, DTracker};
+use stallwatch_collector::sample::threads::ThreadsConfig;
 use stallwatch_collector::Roots;
 
 use crate::cli::{Common, DstateArgs};
@@ -72,7 +74,8 @@ pub fn main(common: &Common, args: &DstateArgs) -> ExitCode {
     let mut tracker = DTracker::default();
     let mut walk_once = |tracker: &mut DTracker| -> Result<Observed, String> {
         let walk = walker.walk(&roots).map_err(|e| e.to_string())?;
-        let (stuck, counts) = tracker.apply(&walk, Instant::now(), &cfg, Duration::from_secs(3600));
+        let (stuck, counts) =
+            tracker.apply(&walk, Instant::now(), &cfg.rules, Duration::from_secs(3600));
         Ok((walk, stuck, counts))
     };
     let stdout = std::io::stdout();
@@ -185,7 +188,7 @@ fn print(
                     runtime: ctr.as_ref().map(|i| i.runtime.as_str()),
                     pod_uid: ctr.as_ref().and_then(|i| i.pod_uid.clone()),
                     qos: ctr.as_ref().and_then(|i| i.qos).map(|q| q.as_str()),
-                    container_id: ctr.map(|i| i.container_id),
+                    container_id: ctr.map(|i| i.container_id.clone()),
                     kernel_thread: d.kernel_thread,
                     seconds_in_d: now.saturating_duration_since(d.since).as_secs_f64(),
                     stack,
@@ -258,10 +261,9 @@ fn print(
     out.flush()
 }
 
-fn container_of(d: &DThread) -> Option<stallwatch_collector::cgroup::Identity> {
-    d.cgroup
-        .as_deref()
-        .and_then(stallwatch_collector::cgroup::identify)
+/// The container the walk identified for the thread (the same exact id `/metrics` uses).
+fn container_of(d: &DThread) -> Option<&stallwatch_collector::cgroup::Identity> {
+    d.container.as_deref()
 }
 
 fn clip(s: &str, n: usize) -> String {

@@ -5,6 +5,7 @@ mod config;
 mod doctor;
 mod dstate;
 mod metrics;
+mod node;
 mod reload;
 mod server;
 mod telemetry;
@@ -14,11 +15,10 @@ use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use arc_swap::ArcSwap;
 use clap::Parser;
 use prometheus_client::registry::Registry;
-use stallwatch_collector::sample::containers::{ContainerSampler, ContainerSnapshot};
-use stallwatch_collector::sample::{HostSampler, HostSnapshot, ThreadSampler, ThreadSnapshot};
+use stallwatch_collector::sample::containers::ContainerSampler;
+use stallwatch_collector::sample::{HostSampler, ThreadSampler};
 use tracing::{error, info};
 
 use crate::cli::{Cli, Command, Common};
@@ -120,20 +120,25 @@ fn run(common: Common) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    let host_snap = Arc::new(ArcSwap::from_pointee(HostSnapshot::default()));
-    let thread_snap = Arc::new(ArcSwap::from_pointee(ThreadSnapshot::default()));
-    let sampler = match HostSampler::spawn(roots.clone(), live.host.clone(), host_snap.clone()) {
+    // Every sampler publishes its snapshot and then joins the node view (node.rs).
+    let parts = node::Parts::new(live.probes.clone());
+    let sampler = match HostSampler::spawn(
+        roots.clone(),
+        live.host.clone(),
+        parts.host.clone(),
+        Some(parts.hook()),
+    ) {
         Ok(s) => s,
         Err(e) => {
             eprintln!("stallwatch: cannot start the sampler: {e}");
             return ExitCode::FAILURE;
         }
     };
-    let container_snap = Arc::new(ArcSwap::from_pointee(ContainerSnapshot::default()));
     let container_sampler = match ContainerSampler::spawn(
         roots.clone(),
         live.containers.clone(),
-        container_snap.clone(),
+        parts.containers.clone(),
+        Some(parts.hook()),
     ) {
         Ok(s) => s,
         Err(e) => {
@@ -144,8 +149,9 @@ fn run(common: Common) -> ExitCode {
     let thread_sampler = match ThreadSampler::spawn(
         roots.clone(),
         live.threads.clone(),
-        host_snap.clone(),
-        thread_snap.clone(),
+        parts.host.clone(),
+        parts.threads.clone(),
+        Some(parts.hook()),
     ) {
         Ok(s) => s,
         Err(e) => {
@@ -159,38 +165,21 @@ fn run(common: Common) -> ExitCode {
         .map(|d| d.as_secs_f64())
         .unwrap_or(0.0);
     let mut registry = Registry::with_prefix("stallwatch");
-    registry.register_collector(Box::new(HostCollector {
-        snap: host_snap.clone(),
-    }));
-    registry.register_collector(Box::new(ThreadsCollector {
-        snap: thread_snap.clone(),
-    }));
-    let cloud_snap = Arc::new(ArcSwap::from_pointee(
-        stallwatch_cloud::CloudSnapshot::default(),
-    ));
-    registry.register_collector(Box::new(ContainersCollector {
-        snap: container_snap.clone(),
-        threads: thread_snap.clone(),
-        host: host_snap.clone(),
-        cloud: cloud_snap.clone(),
-    }));
-    registry.register_collector(Box::new(CloudCollector {
-        snap: cloud_snap.clone(),
-    }));
-    registry.register_collector(Box::new(ProbeCollector {
-        probes: live.probes.clone(),
-    }));
+    let node = parts.node.clone();
+    registry.register_collector(Box::new(HostCollector { node: node.clone() }));
+    registry.register_collector(Box::new(ThreadsCollector { node: node.clone() }));
+    registry.register_collector(Box::new(ContainersCollector { node: node.clone() }));
+    registry.register_collector(Box::new(CloudCollector { node: node.clone() }));
+    registry.register_collector(Box::new(ProbeCollector { node: node.clone() }));
     registry.register_collector(Box::new(SelfCollector {
-        host: host_snap.clone(),
-        threads: thread_snap.clone(),
-        containers: container_snap.clone(),
+        node: node.clone(),
         reload: reload_status.clone(),
         start_time,
     }));
     let state = Arc::new(server::AppState {
         registry,
         telemetry_path: common.telemetry_path.clone(),
-        host: host_snap,
+        node,
         host_config: live.host.clone(),
     });
     let tls = web.as_ref().and_then(|w| w.tls.clone());
@@ -220,7 +209,7 @@ fn run(common: Common) -> ExitCode {
         let cloud = stallwatch_cloud::runner::spawn(
             live.cloud.clone(),
             roots.clone(),
-            cloud_snap,
+            parts.cloud.clone(),
             cloud_stopped,
         );
         info!(

@@ -17,13 +17,7 @@ use stallwatch_cloud::snapshot::{
 
 use super::table::{counter, family, flag, gauge, histograms, labelled, num, rows};
 use super::table::{Labels, Row, BYTES, NONE, SECONDS};
-
-/// The join: each sysfs block device with the EBS volume the cloud side maps it to (config
-/// overrides, attachments, else the NVMe serial). One function, so that the node view can
-/// take it over.
-fn disk_volumes(s: &CloudSnapshot) -> impl Iterator<Item = (&BlockDevice, Option<&str>)> {
-    s.disks.iter().map(|d| (d, s.volume_of_device(&d.name)))
-}
+use crate::node::Node;
 
 /// The device's bins (upper bound, count in the bin) as histogram buckets: per-bucket counts
 /// with the bins' upper bounds as `le`, sorted, and the total as the `+Inf` bucket. Bins with
@@ -49,7 +43,8 @@ fn latency_buckets(bins: &[(f64, u64)]) -> (Vec<(f64, u64)>, u64) {
 
 #[derive(Debug)]
 pub struct CloudCollector {
-    pub snap: Arc<ArcSwap<CloudSnapshot>>,
+    /// The joined node: the cloud snapshot, and EBS volume ids by kernel device name.
+    pub node: Arc<ArcSwap<Node>>,
 }
 
 /// Whether the cloud side is on at all (`cloud/src/runner.rs`).
@@ -221,21 +216,21 @@ fn info<'a>(
 
 impl Collector for CloudCollector {
     fn encode(&self, mut e: DescriptorEncoder) -> Result<(), std::fmt::Error> {
-        let guard = self.snap.load();
-        let s: &CloudSnapshot = &guard;
+        let node = self.node.load();
+        let s: &CloudSnapshot = &node.cloud;
         let e = &mut e;
         rows(e, SWITCH, s)?;
         info(
             e,
             "disk_info",
             "Block devices with model and serial from sysfs; volume_id for EBS volumes (NVMe serial, Xen attachment or [[cloud.volume]]).",
-            disk_volumes(s).map(|(d, volume)| {
+            s.disks.iter().map(|d| {
                 let mut l: Labels<'_> = vec![
                     ("device", Cow::Borrowed(d.name.as_str())),
                     ("model", Cow::Borrowed(d.model.as_deref().unwrap_or(""))),
                     ("serial", Cow::Borrowed(d.serial.as_deref().unwrap_or(""))),
                 ];
-                if let Some(id) = volume {
+                if let Some(id) = node.volume_of(&d.name) {
                     l.push(("volume_id", Cow::Borrowed(id)));
                 }
                 l
@@ -356,7 +351,7 @@ mod tests {
 
     fn collector(snap: CloudSnapshot) -> CloudCollector {
         CloudCollector {
-            snap: Arc::new(ArcSwap::from_pointee(snap)),
+            node: Arc::new(ArcSwap::from_pointee(Node::of_cloud(snap))),
         }
     }
 

@@ -6,18 +6,18 @@
 //! A container that vanished is not in the snapshot, so its series end with the next scrape.
 
 use std::borrow::Cow;
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use arc_swap::ArcSwap;
 use prometheus_client::collector::Collector;
 use prometheus_client::encoding::DescriptorEncoder;
 use prometheus_client::metrics::MetricType;
-use stallwatch_cloud::CloudSnapshot;
 use stallwatch_collector::cgroup::DeviceIo;
 use stallwatch_collector::proc::net_dev::NetDev;
 use stallwatch_collector::sample::containers::{ContainerRow, ContainerSnapshot};
-use stallwatch_collector::sample::{HostSnapshot, ThreadSnapshot};
+
+use crate::node::Node;
 
 use super::pressure::{records, CONTAINER_PSI};
 use super::table::{counter, family, gauge, labelled, num, rows, Labels, Row};
@@ -28,55 +28,9 @@ pub const MAX_INTERFACES: usize = 16;
 
 #[derive(Debug)]
 pub struct ContainersCollector {
-    pub snap: Arc<ArcSwap<ContainerSnapshot>>,
-    pub threads: Arc<ArcSwap<ThreadSnapshot>>,
-    /// Device names by (major, minor), from the host snapshot's diskstats.
-    pub host: Arc<ArcSwap<HostSnapshot>>,
-    /// EBS volume ids by device name (the cloud side's mapping), for `volume_id` on I/O rows.
-    pub cloud: Arc<ArcSwap<CloudSnapshot>>,
-}
-
-// The joins with other snapshots. They belong in the node view built once per publish; until
-// it exists they live here, one function each, so that only their input has to change.
-
-/// The device behind a container's I/O row: the kernel name from the host's diskstats (else
-/// `major:minor`), and the EBS volume the cloud side maps that name to — "which container
-/// spends this volume's burst credits" in one query.
-fn io_device(
-    host: &HostSnapshot,
-    cloud: &CloudSnapshot,
-    io: &DeviceIo,
-) -> (String, Option<String>) {
-    let name = host
-        .disks
-        .iter()
-        .find(|d| d.major == io.major && d.minor == io.minor)
-        .map(|d| d.name.clone())
-        .unwrap_or_else(|| format!("{}:{}", io.major, io.minor));
-    let volume = cloud.volume_of_device(&name).map(str::to_string);
-    (name, volume)
-}
-
-/// Threads in D at the last walk per container, in `rows` order: a stuck thread counts for a
-/// container whose id occurs in the thread's cgroup path. (A substring match, as before the
-/// node view; `stallwatch dstate` already uses the exact `cgroup::identify` id.) Counted per
-/// distinct cgroup path first, so a scrape costs containers × distinct paths (a handful), not
-/// containers × stuck threads.
-fn dstate_per_container(rows: &[ContainerRow], threads: &ThreadSnapshot) -> Vec<u64> {
-    let mut by_cgroup: HashMap<&str, u64> = HashMap::new();
-    for c in threads.stuck.iter().filter_map(|d| d.cgroup.as_deref()) {
-        *by_cgroup.entry(c).or_insert(0) += 1;
-    }
-    rows.iter()
-        .map(|r| {
-            let id = r.identity.container_id.as_str();
-            by_cgroup
-                .iter()
-                .filter(|(c, _)| c.contains(id))
-                .map(|(_, n)| n)
-                .sum()
-        })
-        .collect()
+    /// The joined node: containers, device names by major:minor, EBS volume ids by device
+    /// name, D threads per container id.
+    pub node: Arc<ArcSwap<Node>>,
 }
 
 /// The pass itself (`collector/src/sample/containers.rs`).
@@ -308,7 +262,8 @@ fn with<'a>(l: &Labels<'a>, k: &'static str, v: Cow<'a, str>) -> Labels<'a> {
 
 impl Collector for ContainersCollector {
     fn encode(&self, mut e: DescriptorEncoder) -> Result<(), std::fmt::Error> {
-        let s = self.snap.load();
+        let node = self.node.load();
+        let s: &ContainerSnapshot = &node.view.containers;
         if !s.enabled || s.taken.is_none() {
             return Ok(());
         }
@@ -330,19 +285,26 @@ impl Collector for ContainersCollector {
                 .into_iter()
                 .map(|(r, n)| ([("runtime", r)], n as f64)),
         )?;
-        rows(e, PASS, &s)?;
+        rows(e, PASS, s)?;
 
         let each: Vec<_> = bases.iter().cloned().zip(cs).collect();
         labelled(e, CONTAINER, &each)?;
 
-        let (host, cloud) = (self.host.load(), self.cloud.load());
+        // Block I/O per device, named from the node's devices (every device of the diskstats
+        // read, joined by major:minor), else "major:minor", with the EBS volume behind the
+        // name when the cloud side knows it: "which container spends this volume's burst
+        // credits" in one query.
         let mut io = Vec::new();
         for (b, r) in bases.iter().zip(cs) {
             for d in r.stats.io.iter().flatten() {
-                let (dev, vol) = io_device(&host, &cloud, d);
-                let mut l = with(b, "device", Cow::Owned(dev));
+                let dev = node.view.device_name(d.major, d.minor).map_or_else(
+                    || Cow::Owned(format!("{}:{}", d.major, d.minor)),
+                    Cow::Borrowed,
+                );
+                let vol = node.volume_of(&dev).map(Cow::Borrowed);
+                let mut l = with(b, "device", dev);
                 if let Some(v) = vol {
-                    l.push(("volume_id", Cow::Owned(v)));
+                    l.push(("volume_id", v));
                 }
                 io.push((l, d));
             }
@@ -366,14 +328,18 @@ impl Collector for ContainersCollector {
         }
         labelled(e, NETWORK, &net)?;
 
-        let dstate = dstate_per_container(cs, &self.threads.load());
+        // The walk identified each D thread's container; the node view counted them per
+        // container id (exact, not a substring of the path).
         family(
             e,
             "container_dstate_threads",
             "Threads of the container in D state at the last thread walk.",
             NONE,
             MetricType::Gauge,
-            bases.into_iter().zip(dstate).map(|(b, n)| (b, n as f64)),
+            bases.iter().zip(cs).map(|(b, r)| {
+                let n = node.view.dstate_threads_of(&r.identity.container_id);
+                (b.as_slice(), n as f64)
+            }),
         )
     }
 }

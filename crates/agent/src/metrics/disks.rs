@@ -6,27 +6,13 @@ use std::borrow::Cow;
 
 use prometheus_client::encoding::DescriptorEncoder;
 use prometheus_client::metrics::MetricType;
+use stallwatch_collector::node::NodeView;
 use stallwatch_collector::proc::diskstats::{DiskStat, SECTOR_BYTES};
-use stallwatch_collector::sample::HostSnapshot;
 use stallwatch_collector::sys::bdi::Bdi;
 
 use super::table::{
     counter, family, gauge, labelled, num, Labels, Row, BYTES, NONE, RATIO, SECONDS,
 };
-
-/// The join: each exported disk with the writeback settings of the same major:minor. Disks
-/// the `[disks]` filter hides get no `bdi_*` rows.
-fn disks_with_bdi(s: &HostSnapshot) -> Vec<(&DiskStat, &Bdi)> {
-    s.disks
-        .iter()
-        .filter_map(|d| {
-            s.bdi
-                .iter()
-                .find(|b| b.major == d.major && b.minor == d.minor)
-                .map(|b| (d, b))
-        })
-        .collect()
-}
 
 /// Kernel milliseconds → seconds.
 fn ms(v: u64) -> f64 {
@@ -162,12 +148,20 @@ fn device(name: &str) -> Labels<'_> {
     vec![("device", Cow::Borrowed(name))]
 }
 
-pub fn encode(e: &mut DescriptorEncoder<'_>, s: &HostSnapshot) -> std::fmt::Result {
+/// The exported disks of the host snapshot; the writeback settings of each come from the node
+/// view's devices (joined by major:minor), so disks the `[disks]` filter hides get no `bdi_*`
+/// rows.
+pub fn encode(e: &mut DescriptorEncoder<'_>, view: &NodeView) -> std::fmt::Result {
+    let s = &view.host;
     let disks: Vec<_> = s.disks.iter().map(|d| (device(&d.name), d)).collect();
     labelled(e, DISK, &disks)?;
-    let bdi: Vec<_> = disks_with_bdi(s)
-        .into_iter()
-        .map(|(d, b)| (device(&d.name), b))
+    let bdi: Vec<(Labels<'_>, &Bdi)> = s
+        .disks
+        .iter()
+        .filter_map(|d| {
+            let b = view.devices.get(&(d.major, d.minor))?.bdi.as_ref()?;
+            Some((device(&d.name), b))
+        })
         .collect();
     labelled(e, BDI, &bdi)?;
     if let Some(o) = &s.overlays {

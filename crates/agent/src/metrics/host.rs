@@ -12,12 +12,14 @@ use stallwatch_collector::proc::loadavg::LoadAvg;
 use stallwatch_collector::proc::stat::Stat;
 use stallwatch_collector::sample::HostSnapshot;
 
+use crate::node::Node;
+
 use super::table::{counter, family, gauge, num, rows, Row, NONE, SECONDS};
 use super::{disks, memory, pressure};
 
 #[derive(Debug)]
 pub struct HostCollector {
-    pub snap: Arc<ArcSwap<HostSnapshot>>,
+    pub node: Arc<ArcSwap<Node>>,
 }
 
 /// `/proc/stat` (`collector/src/proc/stat.rs`); CPU time by mode is [`cpu`].
@@ -115,8 +117,8 @@ fn cpu(e: &mut DescriptorEncoder<'_>, st: &Stat, clock_ticks: u64) -> std::fmt::
 
 impl Collector for HostCollector {
     fn encode(&self, mut e: DescriptorEncoder) -> Result<(), std::fmt::Error> {
-        let guard = self.snap.load();
-        let s: &HostSnapshot = &guard;
+        let node = self.node.load();
+        let s: &HostSnapshot = &node.view.host;
         let e = &mut e;
         if let Some(st) = &s.stat {
             rows(e, STAT, st)?;
@@ -128,6 +130,6 @@ impl Collector for HostCollector {
         }
         pressure::encode_host(e, s)?;
         memory::encode(e, s)?;
-        disks::encode(e, s)
+        disks::encode(e, &node.view)
     }
 }

@@ -58,15 +58,15 @@ pub const CONTAINER_PSI: &[Row<Record>] = &[
 const KINDS: [&str; 2] = ["some", "full"];
 
 /// Every record present, labelled `base` + `resource` + `kind`, in resource then kind order.
+/// `pressure` is indexed like [`Resource::ALL`] (the host's four) or a prefix of it (a cgroup's
+/// [`Resource::CGROUP`]).
 pub fn records<'a>(
-    pressure: &'a [Option<Pressure>; 3],
+    pressure: &'a [Option<Pressure>],
     base: &Labels<'a>,
 ) -> Vec<(Labels<'a>, &'a Record)> {
     let mut out = Vec::new();
-    for r in Resource::ALL {
-        let Some(p) = &pressure[r as usize] else {
-            continue;
-        };
+    for (r, p) in Resource::ALL.into_iter().zip(pressure) {
+        let Some(p) = p else { continue };
         for (kind, rec) in KINDS.into_iter().zip([&p.some, &p.full]) {
             if let Some(rec) = rec {
                 out.push((with_kind(base, r, kind), rec));

@@ -3,20 +3,22 @@
 //! seed incident's `dd` never did).
 
 use std::borrow::Cow;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Instant, UNIX_EPOCH};
 
+use arc_swap::ArcSwap;
 use prometheus_client::collector::Collector;
 use prometheus_client::encoding::DescriptorEncoder;
 use prometheus_client::metrics::MetricType;
-use stallwatch_collector::sample::probe::{ProbeSnapshot, Probes};
+use stallwatch_collector::sample::probe::ProbeSnapshot;
 
 use super::table::{family, gauge, histograms, labelled, Labels, Row, NONE, SECONDS};
+use crate::node::Node;
 
 pub struct ProbeCollector {
-    /// `Probes::snapshot` takes each probe's lock only around bookkeeping, never around a write,
-    /// so this never waits on a hung disk; the outer mutex is held only by a reload's reconcile.
-    pub probes: Arc<Mutex<Probes>>,
+    /// The joined node; its probe states were taken at the last join (at least every second,
+    /// with each probe's lock held only around bookkeeping, never around a write).
+    pub node: Arc<ArcSwap<Node>>,
 }
 
 impl std::fmt::Debug for ProbeCollector {
@@ -27,13 +29,8 @@ impl std::fmt::Debug for ProbeCollector {
 
 impl Collector for ProbeCollector {
     fn encode(&self, mut e: DescriptorEncoder) -> Result<(), std::fmt::Error> {
-        let snaps = match self.probes.try_lock() {
-            Ok(p) => p.snapshot(),
-            // A reload is reconciling right now: skip the probe rows for this one scrape
-            // rather than wait.
-            Err(_) => return Ok(()),
-        };
-        encode_probes(&mut e, &snaps, Instant::now())
+        let node = self.node.load();
+        encode_probes(&mut e, &node.view.probes, Instant::now())
     }
 }
 

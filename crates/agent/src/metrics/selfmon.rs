@@ -1,7 +1,6 @@
 //! The agent's own health: build info, per-source read duration, errors, stuck flags and
 //! snapshot ages, and config reload status. Bounded: one row per source (a fixed list).
 
-use std::borrow::Cow;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Instant;
@@ -10,8 +9,9 @@ use arc_swap::ArcSwap;
 use prometheus_client::collector::Collector;
 use prometheus_client::encoding::DescriptorEncoder;
 use prometheus_client::metrics::MetricType;
-use stallwatch_collector::sample::containers::ContainerSnapshot;
-use stallwatch_collector::sample::{HostSnapshot, SourceStatus, ThreadSnapshot};
+use stallwatch_collector::sample::SourceStatus;
+
+use crate::node::Node;
 
 use super::table::{counter, family, flag, gauge, labelled, rows, Row, NONE, SECONDS};
 
@@ -53,9 +53,7 @@ impl Default for ReloadStatus {
 
 #[derive(Debug)]
 pub struct SelfCollector {
-    pub host: Arc<ArcSwap<HostSnapshot>>,
-    pub threads: Arc<ArcSwap<ThreadSnapshot>>,
-    pub containers: Arc<ArcSwap<ContainerSnapshot>>,
+    pub node: Arc<ArcSwap<Node>>,
     pub reload: Arc<ReloadStatus>,
     pub start_time: f64,
 }
@@ -168,21 +166,13 @@ impl Collector for SelfCollector {
         m.encode_info(&labels)?;
         rows(e, AGENT, self)?;
 
-        let host = self.host.load();
-        let threads = self.threads.load();
-        let mut all: Vec<&SourceStatus> = host.sources.iter().collect();
-        if threads.enabled {
-            all.push(&threads.status);
-        }
-        let containers = self.containers.load();
-        if containers.enabled {
-            all.push(&containers.status);
-        }
+        let node = self.node.load();
+        let all: Vec<&SourceStatus> = node.view.sources();
         let now = Instant::now();
         let health: Vec<SourceNow> = all.iter().map(|s| SourceNow::of(s, now)).collect();
         let items: Vec<_> = all
             .iter()
-            .map(|s| vec![("source", Cow::Borrowed(s.name))])
+            .map(|s| vec![("source", s.name.clone())])
             .zip(&health)
             .collect();
         labelled(e, &[DURATION], &items)?;
@@ -195,7 +185,7 @@ impl Collector for SelfCollector {
             all.iter().flat_map(|s| {
                 s.errors
                     .iter()
-                    .map(move |(k, n)| ([("source", s.name), ("kind", k.as_str())], *n as f64))
+                    .map(move |(k, n)| ([("source", &*s.name), ("kind", k.as_str())], n as f64))
             }),
         )?;
         labelled(e, HEALTH, &items)

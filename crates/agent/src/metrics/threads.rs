@@ -10,14 +10,16 @@ use arc_swap::ArcSwap;
 use prometheus_client::collector::Collector;
 use prometheus_client::encoding::DescriptorEncoder;
 use prometheus_client::metrics::MetricType::Gauge;
-use stallwatch_collector::sample::threads::GroupRow;
+use stallwatch_collector::sample::dstate::GroupRow;
 use stallwatch_collector::sample::ThreadSnapshot;
+
+use crate::node::Node;
 
 use super::table::{counter, family, flag, gauge, labelled, rows, Row, NONE, SECONDS};
 
 #[derive(Debug)]
 pub struct ThreadsCollector {
-    pub snap: Arc<ArcSwap<ThreadSnapshot>>,
+    pub node: Arc<ArcSwap<Node>>,
 }
 
 /// A process group as of the scrape: the longest D is measured against the scrape's clock.
@@ -87,7 +89,8 @@ pub const WALK: &[Row<ThreadSnapshot>] = &[
 
 impl Collector for ThreadsCollector {
     fn encode(&self, mut e: DescriptorEncoder) -> Result<(), std::fmt::Error> {
-        let s = self.snap.load();
+        let node = self.node.load();
+        let s: &ThreadSnapshot = &node.view.threads;
         if !s.enabled || s.status.last_success.is_none() {
             return Ok(());
         }
@@ -122,7 +125,7 @@ impl Collector for ThreadsCollector {
                 .iter()
                 .map(|(w, n)| ([("wchan", w.as_str())], *n as f64)),
         )?;
-        rows(e, WALK, &s)
+        rows(e, WALK, s)
     }
 }
 

@@ -12,16 +12,15 @@ use std::time::Instant;
 use arc_swap::ArcSwap;
 use prometheus_client::collector::Collector;
 use prometheus_client::registry::Registry;
-use stallwatch_cloud::CloudSnapshot;
-use stallwatch_collector::sample::containers::ContainerSnapshot;
+use stallwatch_collector::node::NodeView;
 use stallwatch_collector::sample::probe::ProbeSnapshot;
-use stallwatch_collector::sample::{HostSnapshot, ThreadSnapshot};
 
 use super::cloud::CloudCollector;
 use super::containers::ContainersCollector;
 use super::host::HostCollector;
 use super::selfmon::{ReloadStatus, SelfCollector};
 use super::threads::ThreadsCollector;
+use crate::node::Node;
 use snapshots::{
     cloud_snapshot, containers_snapshot, host_snapshot, probe_snapshots, threads_snapshot,
 };
@@ -94,36 +93,42 @@ fn snap<T>(t: T) -> Arc<ArcSwap<T>> {
     Arc::new(ArcSwap::from_pointee(t))
 }
 
+/// Everything joined, as the agent's publish hook joins it.
+fn node(now: Instant) -> Arc<ArcSwap<Node>> {
+    let view = NodeView::join(
+        Arc::new(host_snapshot(now)),
+        Arc::new(threads_snapshot(now)),
+        Arc::new(containers_snapshot(now)),
+        Arc::new(probe_snapshots(now)),
+    );
+    snap(Node::of(view, cloud_snapshot()))
+}
+
 fn host() -> String {
     scrape(HostCollector {
-        snap: snap(host_snapshot(Instant::now())),
+        node: node(Instant::now()),
     })
 }
 
 fn containers() -> String {
-    let now = Instant::now();
     scrape(ContainersCollector {
-        snap: snap(containers_snapshot(now)),
-        threads: snap(threads_snapshot(now)),
-        host: snap(host_snapshot(now)),
-        cloud: snap(cloud_snapshot()),
+        node: node(Instant::now()),
     })
 }
 
 fn threads() -> String {
     scrape(ThreadsCollector {
-        snap: snap(threads_snapshot(Instant::now())),
+        node: node(Instant::now()),
     })
 }
 
 fn cloud() -> String {
     scrape(CloudCollector {
-        snap: snap(cloud_snapshot()),
+        node: node(Instant::now()),
     })
 }
 
 fn agent() -> String {
-    let now = Instant::now();
     let reload = ReloadStatus::new();
     reload.mark(false);
     reload.last_success.store(
@@ -131,9 +136,7 @@ fn agent() -> String {
         std::sync::atomic::Ordering::Relaxed,
     );
     scrape(SelfCollector {
-        host: snap(host_snapshot(now)),
-        threads: snap(threads_snapshot(now)),
-        containers: snap(containers_snapshot(now)),
+        node: node(Instant::now()),
         reload: Arc::new(reload),
         start_time: 1_700_000_000.0,
     })
@@ -214,20 +217,10 @@ fn every_family_is_documented() {
 #[test]
 fn nothing_present_encodes_only_the_always_present_rows() {
     let mut r = registry();
-    r.register_collector(Box::new(HostCollector {
-        snap: snap(HostSnapshot::default()),
-    }));
-    r.register_collector(Box::new(ThreadsCollector {
-        snap: snap(ThreadSnapshot::default()),
-    }));
-    r.register_collector(Box::new(ContainersCollector {
-        snap: snap(ContainerSnapshot::default()),
-        threads: snap(ThreadSnapshot::default()),
-        host: snap(HostSnapshot::default()),
-        cloud: snap(CloudSnapshot::default()),
-    }));
-    r.register_collector(Box::new(CloudCollector {
-        snap: snap(CloudSnapshot::default()),
-    }));
+    let node = snap(Node::default());
+    r.register_collector(Box::new(HostCollector { node: node.clone() }));
+    r.register_collector(Box::new(ThreadsCollector { node: node.clone() }));
+    r.register_collector(Box::new(ContainersCollector { node: node.clone() }));
+    r.register_collector(Box::new(CloudCollector { node }));
     check("empty", &text(&r));
 }

@@ -20,11 +20,12 @@ use stallwatch_collector::proc::stat::{CpuTicks, Stat};
 use stallwatch_collector::proc::sys_vm::VmTunables;
 use stallwatch_collector::proc::vmstat::Vmstat;
 use stallwatch_collector::sample::containers::{ContainerRow, ContainerSnapshot};
+use stallwatch_collector::sample::dstate::{DThread, GroupRow};
 use stallwatch_collector::sample::host::{Integrals, Peaks};
 use stallwatch_collector::sample::probe::{ProbeSnapshot, BUCKETS, REASONS};
-use stallwatch_collector::sample::threads::{DThread, GroupRow};
 use stallwatch_collector::sample::{HostSnapshot, SourceStatus, ThreadSnapshot};
 use stallwatch_collector::sys::bdi::Bdi;
+use stallwatch_collector::sys::block::Disk;
 use stallwatch_collector::ErrorKind;
 
 fn rec(x: f64, total_us: u64) -> Record {
@@ -72,6 +73,7 @@ pub fn status(name: &'static str, now: Instant) -> SourceStatus {
     s.cpu = Duration::from_micros(1500);
     s.reads = 7;
     s.count_error(ErrorKind::Parse);
+    s.count_error(ErrorKind::Panic);
     s
 }
 
@@ -93,6 +95,7 @@ pub fn host_snapshot(now: Instant) -> HostSnapshot {
                 irq: 600,
                 softirq: 700,
                 steal: 800,
+                present: 8,
             }),
             ctxt: Some(1000),
             btime: Some(1_700_000_000),
@@ -117,6 +120,11 @@ pub fn host_snapshot(now: Instant) -> HostSnapshot {
                 full: Some(rec(0.25, 1_250_000)),
             }),
             None,
+            // irq (kernel >= 6.1): only `full`.
+            Some(Pressure {
+                some: None,
+                full: Some(rec(0.001, 40_000)),
+            }),
         ],
         meminfo: Some(Meminfo {
             mem_total: Some(1 << 30),
@@ -147,6 +155,21 @@ pub fn host_snapshot(now: Instant) -> HostSnapshot {
             oom_kill: Some(12),
         }),
         disks: vec![disk(254, 0, "vda", 0, true), disk(8, 0, "sda", 100, false)],
+        // Unfiltered: also a partition the [disks] filter hides.
+        all_disks: std::sync::Arc::new(vec![
+            Disk {
+                stat: disk(254, 0, "vda", 0, true),
+                partition: false,
+            },
+            Disk {
+                stat: disk(254, 1, "vda1", 0, true),
+                partition: true,
+            },
+            Disk {
+                stat: disk(8, 0, "sda", 100, false),
+                partition: false,
+            },
+        ]),
         tunables: Some(VmTunables {
             dirty_background_bytes: Some(0),
             dirty_background_ratio: Some(10),
@@ -185,7 +208,12 @@ pub fn host_snapshot(now: Instant) -> HostSnapshot {
             dirty_bytes: Some(9e6),
             writeback_bytes: Some(1e6),
             procs_blocked: Some(4.0),
-            psi_avg10: [[Some(0.02), None], [Some(0.6), Some(0.3)], [None, None]],
+            psi_avg10: [
+                [Some(0.02), None],
+                [Some(0.6), Some(0.3)],
+                [None, None],
+                [None, Some(0.004)],
+            ],
         },
         integrals: Integrals {
             procs_blocked_seconds: 12.5,
@@ -220,12 +248,7 @@ fn net(name: &str, b: u64) -> NetDev {
 
 pub fn containers_snapshot(now: Instant) -> ContainerSnapshot {
     let docker = ContainerRow {
-        identity: Identity {
-            container_id: DOCKER_ID.into(),
-            runtime: Runtime::Docker,
-            pod_uid: None,
-            qos: None,
-        },
+        identity: docker_identity(),
         path: format!("/docker/{DOCKER_ID}"),
         stats: ContainerStats {
             cpu: CpuStats {
@@ -316,7 +339,7 @@ pub fn containers_snapshot(now: Instant) -> ContainerSnapshot {
     s
 }
 
-fn dthread(cgroup: Option<String>, now: Instant) -> DThread {
+fn dthread(cgroup: Option<String>, container: Option<Identity>, now: Instant) -> DThread {
     DThread {
         pid: 1,
         tid: 1,
@@ -324,8 +347,18 @@ fn dthread(cgroup: Option<String>, now: Instant) -> DThread {
         group: "dd".into(),
         wchan: Some("io_schedule".into()),
         cgroup: cgroup.map(Into::into),
+        container: container.map(Into::into),
         kernel_thread: false,
         since: now,
+    }
+}
+
+fn docker_identity() -> Identity {
+    Identity {
+        container_id: DOCKER_ID.into(),
+        runtime: Runtime::Docker,
+        pod_uid: None,
+        qos: None,
     }
 }
 
@@ -353,10 +386,18 @@ pub fn threads_snapshot(now: Instant) -> ThreadSnapshot {
         ],
         wchans: vec![("io_schedule".into(), 2), ("other".into(), 1)],
         stuck: vec![
-            dthread(Some(format!("/docker/{DOCKER_ID}")), now),
-            dthread(Some(format!("/docker/{DOCKER_ID}")), now),
-            dthread(Some("/system.slice/ssh.service".into()), now),
-            dthread(None, now),
+            dthread(
+                Some(format!("/docker/{DOCKER_ID}")),
+                Some(docker_identity()),
+                now,
+            ),
+            dthread(
+                Some(format!("/docker/{DOCKER_ID}")),
+                Some(docker_identity()),
+                now,
+            ),
+            dthread(Some("/system.slice/ssh.service".into()), None, now),
+            dthread(None, None, now),
         ],
         status: status("threads", now),
         current_interval: Duration::from_secs(1),
