@@ -20,5 +20,8 @@ pub mod selfmon;
 pub mod table;
 pub mod threads;
 
+// The helpers for encoders outside this module (`web/stats.rs`).
+pub use table::{family, single, Labels};
+
 #[cfg(test)]
 mod tests;

@@ -93,12 +93,24 @@ pub fn flag(b: bool) -> Option<f64> {
 pub fn rows<T>(e: &mut DescriptorEncoder<'_>, table: &[Row<T>], item: &T) -> fmt::Result {
     for r in table {
         if let Some(v) = (r.get)(item) {
-            let unit = r.unit.map(Unit::prom);
-            let mut m = e.encode_descriptor(r.name, r.help, unit.as_ref(), r.ty)?;
-            sample(&mut m, r.ty, v)?;
+            single(e, r.name, r.help, r.unit, r.ty, v)?;
         }
     }
     Ok(())
+}
+
+/// One family with one unlabelled sample.
+pub fn single(
+    e: &mut DescriptorEncoder<'_>,
+    name: &str,
+    help: &str,
+    unit: Option<Unit>,
+    ty: MetricType,
+    v: f64,
+) -> fmt::Result {
+    let unit = unit.map(Unit::prom);
+    let mut m = e.encode_descriptor(name, help, unit.as_ref(), ty)?;
+    sample(&mut m, ty, v)
 }
 
 /// Every row of `table` as one family over labelled items (a row per item that has a value);
