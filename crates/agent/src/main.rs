@@ -177,6 +177,10 @@ fn run(common: Common) -> ExitCode {
     registry.register_collector(Box::new(CloudCollector {
         snap: cloud_snap.clone(),
     }));
+    registry.register_collector(Box::new(metrics::node_info::NodeInfoCollector::new(
+        &roots,
+        cloud_snap.clone(),
+    )));
     registry.register_collector(Box::new(ProbeCollector {
         probes: live.probes.clone(),
     }));

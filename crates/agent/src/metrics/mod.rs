@@ -7,6 +7,7 @@ pub mod cloud;
 pub mod containers;
 pub mod exposition;
 pub mod host;
+pub mod node_info;
 pub mod probe;
 pub mod selfmon;
 pub mod threads;
