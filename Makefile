@@ -17,9 +17,10 @@ run: build
 
 # Debian packages the tests use: promtool (prometheus) parses our exposition; e2fsprogs and
 # util-linux (mkfs, losetup) for the real-kernel tests; docker.io, busybox-static and iptables
-# for the real-container test (a private dockerd the test starts and stops). Installed only
+# for the real-container test (a private dockerd the test starts and stops); victoria-metrics
+# (the store, vmalert and vmagent) for the fleet test's remote_write path. Installed only
 # when missing.
-TEST_DEBS := prometheus prometheus-alertmanager node-typescript curl e2fsprogs util-linux docker.io busybox-static iptables systemd binutils
+TEST_DEBS := prometheus prometheus-alertmanager node-typescript curl e2fsprogs util-linux docker.io busybox-static iptables systemd binutils victoria-metrics
 # PyPI packages the tests use: moto's server plays EC2 and CloudWatch on loopback; cbor2 for
 # the harness's CBOR<->query proxy (aws-sdk-cloudwatch speaks RPCv2 CBOR, moto does not).
 TEST_PIP := 'moto[server]>=5.1,<6' 'cbor2>=5' 'PyYAML>=6' 'kubernetes-validate>=1.28'
