@@ -21,251 +21,22 @@
 //! must return data from the store (and parse as PromQL with promtool); and the remote-write
 //! cost is measured from the Prometheus agents' own counters (docs/fleet.md records it).
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+mod checks;
+mod examples;
+mod stack;
+
+use std::collections::BTreeMap;
 use std::path::Path;
-use std::process::Command;
 use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
 
 use crate::cardinality::{FixtureNode, Shape};
 use crate::cloud::{now, start_agent_with, Aws};
-use crate::dashboards::{
-    legend_labels, load, parse_label_values, recorded_by_rules, substitute, targets,
-    variable_query, FLEET,
-};
-use crate::harness::{repo, write, Agent, Metrics};
-use crate::promstack::{http, Server, Webhook};
+use crate::harness::{write, Agent, Metrics};
+use crate::promstack::Webhook;
 
-/// Recording rules that may return nothing here, with the reason.
-const RULES_ALLOWED_EMPTY: &[(&str, &str)] = &[
-    // The EBS NVMe log page (0xD0) exists only on real EBS NVMe devices.
-    (
-        "volume:stallwatch_ebs_exceeded_iops:ratio",
-        "no EBS NVMe device",
-    ),
-    (
-        "volume:stallwatch_ebs_exceeded_throughput:ratio",
-        "no EBS NVMe device",
-    ),
-    (
-        "instance:stallwatch_ec2_ebs_exceeded_iops:ratio",
-        "no EBS NVMe device",
-    ),
-    (
-        "instance:stallwatch_ec2_ebs_exceeded_throughput:ratio",
-        "no EBS NVMe device",
-    ),
-];
-
-/// Labels a fleet legend may name that a series does not always carry: node C is off the
-/// IMDS path with no instance type, and a single-cluster setup has no `cluster`.
-const OPTIONAL_LEGEND_LABELS: &[&str] = &["cluster", "availability_zone", "instance_type"];
-
-/// The VictoriaMetrics single-node server (Prometheus-compatible query API and remote_write).
-struct Vm {
-    server: Server,
-}
-
-impl Vm {
-    fn start() -> Vm {
-        let dir = tempfile::Builder::new()
-            .prefix("stallwatch-vm-")
-            .tempdir()
-            .unwrap();
-        let server = Server::start("victoria-metrics", "victoria-metrics", dir, |d, port| {
-            vec![
-                format!("-storageDataPath={}", d.join("data").display()),
-                format!("-httpListenAddr=127.0.0.1:{port}"),
-                // MetricsQL hides the last 30 s from queries by default (data still arriving
-                // from many sources); this test asks right after writing.
-                "-search.latencyOffset=0s".into(),
-                "-search.disableCache".into(),
-                "-loggerLevel=ERROR".into(),
-            ]
-        });
-        Vm { server }
-    }
-
-    fn api(&self, path: &str, params: &[(&str, &str)]) -> Value {
-        let r = http()
-            .get(format!("{}{path}", self.server.url))
-            .query(params)
-            .send()
-            .unwrap_or_else(|e| panic!("GET {path}: {e}"));
-        let text = r.text().unwrap();
-        serde_json::from_str(&text).unwrap_or_else(|e| panic!("{path}: not JSON ({e}): {text}"))
-    }
-
-    fn query(&self, expr: &str) -> Value {
-        self.api("/api/v1/query", &[("query", expr)])
-    }
-
-    fn result(&self, expr: &str) -> Vec<Value> {
-        let r = self.query(expr);
-        assert_eq!(r["status"], "success", "{expr}: {r}");
-        r["data"]["result"].as_array().cloned().unwrap_or_default()
-    }
-
-    fn value(&self, expr: &str) -> Option<f64> {
-        let r = self.result(expr);
-        (r.len() == 1).then(|| r[0]["value"][1].as_str()?.parse().ok())?
-    }
-
-    fn wait_for(
-        &self,
-        timeout: Duration,
-        what: &str,
-        expr: &str,
-        pred: impl Fn(f64) -> bool,
-        diag: impl Fn() -> String,
-    ) {
-        let deadline = Instant::now() + timeout;
-        loop {
-            if self.value(expr).is_some_and(&pred) {
-                return;
-            }
-            if Instant::now() > deadline {
-                panic!(
-                    "timed out after {timeout:?} waiting for {what} ({expr} = {}); log:\n{}\n{}",
-                    self.query(expr),
-                    self.server.log(),
-                    diag()
-                );
-            }
-            std::thread::sleep(Duration::from_millis(500));
-        }
-    }
-}
-
-/// The `queue_config` of deploy/fleet/prometheus-agent.yml (as JSON, which YAML reads), so the
-/// measured remote-write cost is that of the documented setup.
-fn example_queue_config() -> String {
-    let text = std::fs::read_to_string(repo().join("deploy/fleet/prometheus-agent.yml")).unwrap();
-    let doc: serde_yaml_ng::Value = serde_yaml_ng::from_str(&text).unwrap();
-    let q = &doc["remote_write"][0]["queue_config"];
-    assert!(
-        q.is_mapping(),
-        "deploy/fleet/prometheus-agent.yml has no queue_config"
-    );
-    serde_json::to_string(q).unwrap()
-}
-
-/// A Prometheus in agent mode: scrapes, keeps a WAL, remote-writes, evaluates nothing.
-fn prometheus_agent(cluster: &str, targets: &[&str], vm: &Vm) -> Server {
-    let dir = tempfile::Builder::new()
-        .prefix("stallwatch-prom-agent-")
-        .tempdir()
-        .unwrap();
-    let list = targets
-        .iter()
-        .map(|t| format!("'{t}'"))
-        .collect::<Vec<_>>()
-        .join(", ");
-    let cfg = format!(
-        "global:\n  scrape_interval: 1s\n  scrape_timeout: 1s\n  external_labels:\n    cluster: {cluster}\n\
-         scrape_configs:\n  - job_name: stallwatch\n    static_configs:\n      - targets: [{list}]\n\
-         remote_write:\n  - url: {}/api/v1/write\n    queue_config: {}\n",
-        vm.server.url,
-        example_queue_config()
-    );
-    let path = dir.path().join("prometheus.yml");
-    write(&path, &cfg);
-    let out = Command::new("promtool")
-        .args(["check", "config", "--agent"])
-        .arg(&path)
-        .output()
-        .expect("run promtool");
-    assert!(
-        out.status.success(),
-        "promtool check config --agent:\n{}{}\n{cfg}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    Server::start("prometheus-agent", "prometheus", dir, |d, port| {
-        vec![
-            "--enable-feature=agent".into(),
-            format!("--config.file={}", d.join("prometheus.yml").display()),
-            format!("--storage.agent.path={}", d.join("wal").display()),
-            format!("--web.listen-address=127.0.0.1:{port}"),
-            "--log.level=warn".into(),
-        ]
-    })
-}
-
-/// vmalert running the rules file against the store, writing recorded series back into it.
-/// The daily group's 5-minute interval becomes 5 s so the test sees it evaluated.
-fn vmalert(vm: &Vm, notifier: &Webhook) -> Server {
-    let dir = tempfile::Builder::new()
-        .prefix("stallwatch-vmalert-")
-        .tempdir()
-        .unwrap();
-    let rules =
-        std::fs::read_to_string(repo().join("deploy/prometheus/stallwatch.rules.yml")).unwrap();
-    assert!(
-        rules.contains("    interval: 5m\n"),
-        "the daily group's interval moved"
-    );
-    write(
-        &dir.path().join("rules.yml"),
-        &rules.replace("    interval: 5m\n", "    interval: 5s\n"),
-    );
-    let vm_url = vm.server.url.clone();
-    let am = notifier.url.trim_end_matches("/alerts").to_string();
-    Server::start("vmalert", "vmalert", dir, move |d, port| {
-        vec![
-            format!("-rule={}", d.join("rules.yml").display()),
-            format!("-datasource.url={vm_url}"),
-            format!("-remoteWrite.url={vm_url}"),
-            "-remoteWrite.flushInterval=1s".into(),
-            format!("-notifier.url={am}"),
-            "-evaluationInterval=1s".into(),
-            format!("-httpListenAddr=127.0.0.1:{port}"),
-            "-loggerLevel=ERROR".into(),
-        ]
-    })
-}
-
-/// `name: lastError` of every rule vmalert reports an error for.
-fn rule_errors(ruler: &Server) -> Vec<String> {
-    let text = http()
-        .get(format!("{}/api/v1/rules", ruler.url))
-        .send()
-        .and_then(|r| r.text())
-        .unwrap_or_default();
-    let v: Value = serde_json::from_str(&text).unwrap_or(Value::Null);
-    v["data"]["groups"]
-        .as_array()
-        .into_iter()
-        .flatten()
-        .flat_map(|g| g["rules"].as_array().cloned().unwrap_or_default())
-        .filter(|r| r["lastError"].as_str().is_some_and(|e| !e.is_empty()))
-        .map(|r| format!("{}: {}", r["name"], r["lastError"]))
-        .collect()
-}
-
-/// The Prometheus agent's remote-write counters: (samples, bytes, metadata bytes).
-fn remote_write_counters(agent: &Server) -> (f64, f64, f64) {
-    let text = http()
-        .get(format!("{}/metrics", agent.url))
-        .send()
-        .unwrap()
-        .text()
-        .unwrap();
-    let m = Metrics::parse(&text);
-    let sum = |name: &str| -> f64 {
-        m.series
-            .iter()
-            .filter(|(k, _)| k.starts_with(&format!("{name}{{")))
-            .map(|(_, v)| v)
-            .sum()
-    };
-    (
-        sum("prometheus_remote_storage_samples_total"),
-        sum("prometheus_remote_storage_bytes_total"),
-        sum("prometheus_remote_storage_metadata_bytes_total"),
-    )
-}
+use stack::{prometheus_agent, rule_errors, vmalert, Vm};
 
 /// One agent of the fleet, as the harness sees it.
 struct Node {
@@ -338,121 +109,6 @@ fn start_node(cfg: &Path, root: Option<FixtureNode>, instance_id: &str, volume_i
         volume_id: volume_id.into(),
         _root: root,
     }
-}
-
-fn run_tool(cmd: &mut Command) -> (bool, String) {
-    let o = cmd
-        .output()
-        .unwrap_or_else(|e| panic!("run {cmd:?}: {e}; `make test-deps` installs it"));
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&o.stdout),
-        String::from_utf8_lossy(&o.stderr)
-    );
-    (o.status.success(), text)
-}
-
-/// The flags of an `*.args` file (one per line), with `/etc/...` and `/var/...` paths
-/// replaced by `files` (flag name → path).
-fn args_file(name: &str, files: &[(&str, &Path)]) -> Vec<String> {
-    let text = std::fs::read_to_string(repo().join("deploy/fleet").join(name)).unwrap();
-    text.lines()
-        .filter(|l| !l.trim().is_empty() && !l.starts_with('#'))
-        .map(|l| {
-            let (flag, value) = l.split_once('=').unwrap_or((l, ""));
-            match files.iter().find(|(f, _)| *f == flag) {
-                Some((_, p)) => format!("{flag}={}", p.display()),
-                None => format!("{flag}={value}"),
-            }
-        })
-        .collect()
-}
-
-/// The remote_write examples in deploy/fleet/ are what the tools accept: the Prometheus
-/// agent-mode config passes `promtool check config --agent` (Debian's promtool has no
-/// Kubernetes discovery, so with the SD block swapped for a static target) and vmagent, which
-/// has it, checks the scrape jobs as written; vmagent's and vmalert's flags are real flags
-/// (both run in their dry-run modes with them).
-#[test]
-fn fleet_deploy_examples_pass_promtool_and_the_victoriametrics_tools() {
-    let dir = tempfile::tempdir().unwrap();
-    let fleet = repo().join("deploy/fleet");
-    let text = std::fs::read_to_string(fleet.join("prometheus-agent.yml")).unwrap();
-    let doc: serde_yaml_ng::Value = serde_yaml_ng::from_str(&text).unwrap();
-    assert!(
-        doc["global"]["external_labels"]["cluster"]
-            .as_str()
-            .is_some(),
-        "the example sets the cluster as an external label"
-    );
-    assert!(doc["remote_write"][0]["url"].as_str().is_some());
-    let jobs = doc["scrape_configs"].as_sequence().unwrap();
-    assert!(jobs.iter().any(|j| j["job_name"] == "stallwatch"));
-    // The scrape jobs, as written, through vmagent's parser (Kubernetes SD included).
-    let mut scrape_only = serde_yaml_ng::Mapping::new();
-    scrape_only.insert("global".into(), doc["global"].clone());
-    scrape_only.insert("scrape_configs".into(), doc["scrape_configs"].clone());
-    let scrape_path = dir.path().join("scrape.yml");
-    write(
-        &scrape_path,
-        &serde_yaml_ng::to_string(&scrape_only).unwrap(),
-    );
-    for cfg in [scrape_path.clone(), fleet.join("vmagent.yml")] {
-        let (ok, out) = run_tool(
-            Command::new("vmagent")
-                .arg(format!("-promscrape.config={}", cfg.display()))
-                .arg("-promscrape.config.dryRun"),
-        );
-        assert!(
-            ok && out.contains("is ok"),
-            "vmagent rejects {}:\n{out}",
-            cfg.display()
-        );
-    }
-    // The whole file through promtool, agent mode, with a static target for the SD block.
-    let mut doc2 = doc.clone();
-    for j in doc2["scrape_configs"].as_sequence_mut().unwrap() {
-        let m = j.as_mapping_mut().unwrap();
-        if m.remove("kubernetes_sd_configs").is_some() {
-            let st: serde_yaml_ng::Value =
-                serde_yaml_ng::from_str("[{targets: ['127.0.0.1:10139']}]").unwrap();
-            m.insert("static_configs".into(), st);
-        }
-    }
-    let copy = dir.path().join("prometheus-agent.yml");
-    write(&copy, &serde_yaml_ng::to_string(&doc2).unwrap());
-    let (ok, out) = run_tool(
-        Command::new("promtool")
-            .args(["check", "config", "--agent"])
-            .arg(&copy),
-    );
-    assert!(
-        ok && out.contains("SUCCESS"),
-        "promtool check config --agent:\n{out}"
-    );
-    // vmagent.args: real flags, and the config they name is valid.
-    let tmp_data = dir.path().join("vmagent-data");
-    let flags = args_file(
-        "vmagent.args",
-        &[
-            ("-promscrape.config", &fleet.join("vmagent.yml")),
-            ("-remoteWrite.tmpDataPath", &tmp_data),
-        ],
-    );
-    assert!(flags
-        .iter()
-        .any(|f| f.starts_with("-remoteWrite.label=cluster=")));
-    let (ok, out) = run_tool(
-        Command::new("vmagent")
-            .args(&flags)
-            .arg("-promscrape.config.dryRun"),
-    );
-    assert!(ok, "vmagent {flags:?}:\n{out}");
-    // vmalert.args with the real rules file: vmalert parses every rule (MetricsQL) and exits.
-    let rules = repo().join("deploy/prometheus/stallwatch.rules.yml");
-    let flags = args_file("vmalert.args", &[("-rule", &rules)]);
-    let (ok, out) = run_tool(Command::new("vmalert").args(&flags).arg("-dryRun"));
-    assert!(ok, "vmalert {flags:?}:\n{out}");
 }
 
 #[test]
@@ -576,58 +232,8 @@ fn fleet_prometheus_agents_remote_write_into_victoriametrics_and_every_fleet_que
     );
     eprintln!("fleet: store ready after {:?}", t0.elapsed());
 
-    let mut failures = Vec::new();
-
-    // 1. Every recording rule: its expression returns data from the store (MetricsQL), and
-    //    its recorded series are in the store (written back by vmalert).
-    let recorded = recorded_by_rules();
-    let rules_doc: serde_yaml_ng::Value = serde_yaml_ng::from_str(
-        &std::fs::read_to_string(repo().join("deploy/prometheus/stallwatch.rules.yml")).unwrap(),
-    )
-    .unwrap();
-    let mut rule_count = 0;
-    for g in rules_doc["groups"].as_sequence().unwrap() {
-        for r in g["rules"].as_sequence().unwrap() {
-            let Some(name) = r.get("record").and_then(|v| v.as_str()) else {
-                continue;
-            };
-            rule_count += 1;
-            let expr = r["expr"].as_str().unwrap();
-            let allowed = RULES_ALLOWED_EMPTY.iter().any(|(n, _)| *n == name);
-            let q = vm.query(expr);
-            if q["status"] != "success" {
-                failures.push(format!("rule {name}: does not run on VictoriaMetrics: {q}"));
-                continue;
-            }
-            let got = q["data"]["result"].as_array().map_or(0, Vec::len);
-            // vmalert writes what it recorded through its own remote-write queue: give a rule
-            // evaluated just now a few seconds to land.
-            let deadline = Instant::now() + Duration::from_secs(if allowed { 0 } else { 20 });
-            let stored = loop {
-                let n = vm.result(name).len();
-                if n > 0 || Instant::now() >= deadline {
-                    break n;
-                }
-                std::thread::sleep(Duration::from_millis(500));
-            };
-            if !allowed && (got == 0 || stored == 0) {
-                failures.push(format!("rule {name}: {got} series from its expression, {stored} recorded in the store\n    {expr}"));
-            }
-        }
-    }
-    assert_eq!(rule_count, recorded.len());
-
-    // 2. The fleet dashboard: every variable offers the fleet's values; every target runs with
-    //    "All" selected, returns data, and names only labels its series carry in its legend.
-    let d = load(FLEET);
-    let all = ".*".to_string();
-    let vars: HashMap<&str, String> = [
-        ("cluster", all.clone()),
-        ("zone", all.clone()),
-        ("instance_type", all.clone()),
-    ]
-    .into_iter()
-    .collect();
+    // 1. Every recording rule; 2. every fleet-dashboard variable and query.
+    let (rule_count, mut failures) = checks::recording_rules(&vm);
     let want_values: BTreeMap<&str, Vec<&str>> = [
         ("cluster", vec!["east", "west"]),
         ("zone", vec![zone_a.as_str(), zone_b.as_str(), zone_c]),
@@ -635,77 +241,8 @@ fn fleet_prometheus_agents_remote_write_into_victoriametrics_and_every_fleet_que
     ]
     .into_iter()
     .collect();
-    for v in d["templating"]["list"].as_array().unwrap() {
-        if v["type"] != "query" {
-            continue;
-        }
-        let name = v["name"].as_str().unwrap();
-        let (sel, label) = parse_label_values(variable_query(v).unwrap());
-        let sel = substitute(&sel, &vars);
-        let r = vm.api(
-            &format!("/api/v1/label/{label}/values"),
-            &[("match[]", &sel)],
-        );
-        let values: BTreeSet<String> = r["data"]
-            .as_array()
-            .into_iter()
-            .flatten()
-            .filter_map(|x| x.as_str().map(String::from))
-            .collect();
-        for w in want_values.get(name).into_iter().flatten() {
-            if !values.contains(*w) {
-                failures.push(format!("variable {name}: {w} not among {values:?} ({r})"));
-            }
-        }
-    }
-    let mut promql_check = String::from("groups:\n  - name: fleet-dashboard\n    rules:\n");
-    let mut n_targets = 0;
-    for t in targets(&d) {
-        n_targets += 1;
-        let expr = substitute(t.expr, &vars);
-        let what = format!("{:?} {}: {expr}", t.panel, t.ref_id);
-        promql_check.push_str(&format!(
-            "      - record: fleet_dashboard_{n_targets}\n        expr: {}\n",
-            serde_json::to_string(&expr).unwrap()
-        ));
-        let r = vm.query(&expr);
-        if r["status"] != "success" {
-            failures.push(format!(
-                "{what}\n    does not run on VictoriaMetrics: {}",
-                r["error"]
-            ));
-            continue;
-        }
-        let result = r["data"]["result"].as_array().cloned().unwrap_or_default();
-        if result.is_empty() {
-            failures.push(format!("{what}\n    returned no data"));
-        }
-        for series in &result {
-            for l in legend_labels(t.legend) {
-                if series["metric"][&l].is_null() && !OPTIONAL_LEGEND_LABELS.contains(&l.as_str()) {
-                    failures.push(format!(
-                        "{what}\n    legend names {l}, missing from {}",
-                        series["metric"]
-                    ));
-                }
-            }
-        }
-    }
-    // ...and each also parses as Prometheus's PromQL (a store may be Prometheus or Mimir).
-    let check = tmp.path().join("dashboard-queries.yml");
-    write(&check, &promql_check);
-    let out = Command::new("promtool")
-        .args(["check", "rules"])
-        .arg(&check)
-        .output()
-        .unwrap();
-    if !out.status.success() {
-        failures.push(format!(
-            "the fleet dashboard's queries are not all PromQL:\n{}{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        ));
-    }
+    let (n_targets, f) = checks::fleet_dashboard(&vm, &want_values, tmp.path());
+    failures.extend(f);
 
     // 3. What the panels show is right: A stalled on I/O with its volume; the lowest balance
     //    in the fleet is B's 12 %; C (CloudWatch only) at 80 %; all three nodes counted.
@@ -756,18 +293,6 @@ fn fleet_prometheus_agents_remote_write_into_victoriametrics_and_every_fleet_que
         }
     }
 
-    eprintln!(
-        "fleet: cloud requests: {:?}",
-        vm.result("stallwatch_cloud_requests_total")
-            .iter()
-            .map(|s| (
-                s["metric"]["instance"].clone(),
-                s["metric"]["api"].clone(),
-                s["metric"]["outcome"].clone(),
-                s["value"][1].clone()
-            ))
-            .collect::<Vec<_>>()
-    );
     for r in [
         "instance:stallwatch_stalled_seconds:1d",
         "instance:stallwatch_pressure_io_full_seconds:1d",
@@ -806,46 +331,8 @@ fn fleet_prometheus_agents_remote_write_into_victoriametrics_and_every_fleet_que
         am.get("stallwatch_cloud_requests_total{api=\"get_metric_data\",outcome=\"success\"}")
     );
 
-    // 4. The cost, measured: what the two Prometheus agents sent over 20 s, per node.
-    let series_per_node: Vec<(String, f64)> = vm
-        .result("scrape_samples_scraped{job=\"stallwatch\"}")
-        .iter()
-        .map(|s| {
-            (
-                s["metric"]["instance"].as_str().unwrap_or("").to_string(),
-                s["value"][1].as_str().unwrap().parse().unwrap(),
-            )
-        })
-        .collect();
-    let before: Vec<(f64, f64, f64)> = [&east, &west]
-        .iter()
-        .map(|s| remote_write_counters(s))
-        .collect();
-    let m0 = Instant::now();
-    std::thread::sleep(Duration::from_secs(20));
-    let after: Vec<(f64, f64, f64)> = [&east, &west]
-        .iter()
-        .map(|s| remote_write_counters(s))
-        .collect();
-    let secs = m0.elapsed().as_secs_f64();
-    let (mut samples, mut bytes, mut meta) = (0.0, 0.0, 0.0);
-    for (x, y) in before.iter().zip(&after) {
-        samples += y.0 - x.0;
-        bytes += y.1 - x.1;
-        meta += y.2 - x.2;
-    }
-    let total_series: f64 = series_per_node.iter().map(|(_, n)| n).sum();
-    eprintln!(
-        "fleet: measured over {secs:.1} s at a 1 s scrape: series per node {series_per_node:?} ({total_series} in all); \
-         remote write {:.0} samples/s, {:.0} bytes/s, {:.2} bytes/sample (+{:.0} metadata bytes/s)",
-        samples / secs,
-        bytes / secs,
-        bytes / samples.max(1.0),
-        meta / secs
-    );
-    if samples <= 0.0 || bytes <= 0.0 || series_per_node.len() != 3 {
-        failures.push(format!("no remote-write traffic measured: samples {samples}, bytes {bytes}, nodes {series_per_node:?}"));
-    }
+    // 4. The cost, measured: what the two Prometheus agents sent, per node.
+    failures.extend(checks::remote_write_cost(&vm, &[&east, &west]));
 
     eprintln!(
         "fleet: {rule_count} recording rules and {n_targets} dashboard queries checked in {:?}",
