@@ -5,15 +5,16 @@
 
 use std::collections::HashMap;
 use std::io::Write;
-use std::process::ExitCode;
 use std::time::{Duration, Instant, SystemTime};
 
 use serde::Serialize;
+use stallwatch_collector::proc::tasks::{Walk, Walker};
 use stallwatch_collector::proc::{pressure, stat};
-use stallwatch_collector::sample::threads::{DThread, DTracker, ThreadsConfig, Walk, Walker};
+use stallwatch_collector::sample::dstate::{DThread, DTracker};
+use stallwatch_collector::sample::threads::ThreadsConfig;
 use stallwatch_collector::Roots;
 
-use crate::cli::{Common, DstateArgs};
+use crate::cli::{Common, DstateArgs, Exit};
 
 /// One walk applied to the tracker: the walk, threads in D now, D threads per group.
 type Observed = (Walk, Vec<DThread>, HashMap<std::sync::Arc<str>, u64>);
@@ -56,15 +57,11 @@ struct ThreadOut<'a> {
     stack: Option<Vec<String>>,
 }
 
-pub fn main(common: &Common, args: &DstateArgs) -> ExitCode {
+pub fn main(common: &Common, args: &DstateArgs) -> anyhow::Result<Exit> {
+    // `[threads]` only: nothing else of the config matters here, and nothing in it is looked
+    // up on disk, so the tool runs during the stall it is for.
     let cfg = match &common.config_file {
-        Some(p) => match crate::config::load(p) {
-            Ok(c) => c.threads,
-            Err(e) => {
-                eprintln!("stallwatch: bad config: {e}");
-                return ExitCode::from(2);
-            }
-        },
+        Some(p) => crate::config::load_threads(p)?,
         None => ThreadsConfig::default(),
     };
     let roots = common.roots();
@@ -72,34 +69,25 @@ pub fn main(common: &Common, args: &DstateArgs) -> ExitCode {
     let mut tracker = DTracker::default();
     let mut walk_once = |tracker: &mut DTracker| -> Result<Observed, String> {
         let walk = walker.walk(&roots).map_err(|e| e.to_string())?;
-        let (stuck, counts) = tracker.apply(&walk, Instant::now(), &cfg, Duration::from_secs(3600));
+        let (stuck, counts) =
+            tracker.apply(&walk, Instant::now(), &cfg.rules, Duration::from_secs(3600));
         Ok((walk, stuck, counts))
     };
     let stdout = std::io::stdout();
     if args.once {
-        if let Err(e) = walk_once(&mut tracker) {
-            eprintln!("stallwatch: {e}");
-            return ExitCode::FAILURE;
-        }
+        walk_once(&mut tracker).map_err(anyhow::Error::msg)?;
         std::thread::sleep(args.observe);
-        return match walk_once(&mut tracker) {
-            Ok((walk, stuck, counts)) => {
-                let mut out = stdout.lock();
-                let _ = print(&mut out, &roots, args, &walk, stuck, &counts, false);
-                ExitCode::SUCCESS
-            }
-            Err(e) => {
-                eprintln!("stallwatch: {e}");
-                ExitCode::FAILURE
-            }
-        };
+        let (walk, stuck, counts) = walk_once(&mut tracker).map_err(anyhow::Error::msg)?;
+        let mut out = stdout.lock();
+        let _ = print(&mut out, &roots, args, &walk, stuck, &counts, false);
+        return Ok(Exit::Ok);
     }
     loop {
         match walk_once(&mut tracker) {
             Ok((walk, stuck, counts)) => {
                 let mut out = stdout.lock();
                 if print(&mut out, &roots, args, &walk, stuck, &counts, !args.json).is_err() {
-                    return ExitCode::SUCCESS; // stdout closed (piped into head)
+                    return Ok(Exit::Ok); // stdout closed (piped into head)
                 }
             }
             Err(e) => eprintln!("stallwatch: {e}"),
@@ -131,7 +119,7 @@ fn print(
     let now = Instant::now();
     stuck.sort_by_key(|d| d.since);
     let total_d = stuck.len();
-    stuck.truncate(args.limit);
+    stuck.truncate(args.limit as usize);
     let blocked = stat::read(roots)
         .ok()
         .flatten()
@@ -157,7 +145,7 @@ fn print(
         .iter()
         .enumerate()
         .map(|(i, d)| {
-            (args.stack && i < args.stacks)
+            (args.stack && i < usize::from(args.stacks))
                 .then(|| stack_of(roots, d))
                 .flatten()
         })
@@ -185,7 +173,7 @@ fn print(
                     runtime: ctr.as_ref().map(|i| i.runtime.as_str()),
                     pod_uid: ctr.as_ref().and_then(|i| i.pod_uid.clone()),
                     qos: ctr.as_ref().and_then(|i| i.qos).map(|q| q.as_str()),
-                    container_id: ctr.map(|i| i.container_id),
+                    container_id: ctr.map(|i| i.container_id.clone()),
                     kernel_thread: d.kernel_thread,
                     seconds_in_d: now.saturating_duration_since(d.since).as_secs_f64(),
                     stack,
@@ -258,10 +246,9 @@ fn print(
     out.flush()
 }
 
-fn container_of(d: &DThread) -> Option<stallwatch_collector::cgroup::Identity> {
-    d.cgroup
-        .as_deref()
-        .and_then(stallwatch_collector::cgroup::identify)
+/// The container the walk identified for the thread (the same exact id `/metrics` uses).
+fn container_of(d: &DThread) -> Option<&stallwatch_collector::cgroup::Identity> {
+    d.container.as_deref()
 }
 
 fn clip(s: &str, n: usize) -> String {

@@ -12,19 +12,20 @@ use axum::response::{Html, IntoResponse, Response};
 use axum::routing::get;
 use axum::Router;
 use prometheus_client::registry::Registry;
-use stallwatch_collector::sample::{HostConfig, HostSnapshot};
+use stallwatch_collector::sample::HostConfig;
 use tower_http::compression::CompressionLayer;
 
 use crate::metrics::exposition::{
     fix_infinities, openmetrics_to_text, wants_openmetrics, OPENMETRICS_CONTENT_TYPE,
     TEXT_CONTENT_TYPE,
 };
+use crate::node::Node;
 use crate::webconfig::{self, WebConfig};
 
 pub struct AppState {
     pub registry: Registry,
     pub telemetry_path: String,
-    pub host: Arc<ArcSwap<HostSnapshot>>,
+    pub node: Arc<ArcSwap<Node>>,
     pub host_config: Arc<ArcSwap<HostConfig>>,
 }
 
@@ -68,31 +69,45 @@ async fn metrics(State(st): State<Arc<AppState>>, headers: HeaderMap) -> Respons
     }
 }
 
-/// 200 while the sampler publishes; 503 when its last snapshot is older than ten intervals
-/// (at least 30 s): the sampler thread itself is wedged, which no source timeout explains.
+/// 200 while the samplers publish; 503 when the host sampler's last snapshot is older than
+/// ten intervals (at least 30 s) — its thread is wedged or panics at every tick, which no
+/// source timeout explains. Either way the body lists every source whose reader or sampler
+/// panicked and was restarted, with when (the supervisor's record; the counts are in
+/// `stallwatch_source_errors_total{kind="panic"}`).
 async fn healthz(State(st): State<Arc<AppState>>) -> Response {
-    let snap = st.host.load();
+    let node = st.node.load();
+    let snap = &node.view.host;
     let limit = (st.host_config.load().interval * 10).max(Duration::from_secs(30));
-    match snap
+    let now = std::time::Instant::now();
+    let mut restarts = String::new();
+    for s in node.view.sources() {
+        let n = s.errors.get(stallwatch_collector::ErrorKind::Panic);
+        if let (true, Some(t)) = (n > 0, s.last_panic) {
+            restarts.push_str(&format!(
+                "source {} restarted after {n} panic(s), the last {:.0}s ago\n",
+                s.name,
+                now.saturating_duration_since(t).as_secs_f64()
+            ));
+        }
+    }
+    let (code, head) = match snap
         .taken
-        .and_then(|t| SystemTime::now().duration_since(t).ok())
+        .map(|t| SystemTime::now().duration_since(t).unwrap_or_default())
     {
-        Some(age) if age <= limit => (StatusCode::OK, "ok\n").into_response(),
+        Some(age) if age <= limit => (StatusCode::OK, "ok\n".to_string()),
         Some(age) => (
             StatusCode::SERVICE_UNAVAILABLE,
             format!(
                 "sampler stalled: last snapshot {:.1}s ago\n",
                 age.as_secs_f64()
             ),
-        )
-            .into_response(),
-        None if snap.taken.is_none() => (
+        ),
+        None => (
             StatusCode::SERVICE_UNAVAILABLE,
-            "starting: no snapshot yet\n",
-        )
-            .into_response(),
-        None => (StatusCode::OK, "ok\n").into_response(),
-    }
+            "starting: no snapshot yet\n".to_string(),
+        ),
+    };
+    (code, head + &restarts).into_response()
 }
 
 async fn index(State(st): State<Arc<AppState>>) -> Html<String> {
@@ -153,22 +168,25 @@ mod tests {
 
     use crate::metrics::host::HostCollector;
     use crate::metrics::selfmon::{ReloadStatus, SelfCollector};
+    use stallwatch_collector::sample::HostSnapshot;
+
+    fn node_of(snap: HostSnapshot) -> Arc<Node> {
+        Arc::new(Node::of_host(snap))
+    }
 
     fn state(snap: HostSnapshot) -> Arc<AppState> {
-        let host = Arc::new(ArcSwap::from_pointee(snap));
+        let node = Arc::new(ArcSwap::new(node_of(snap)));
         let mut registry = Registry::with_prefix("stallwatch");
-        registry.register_collector(Box::new(HostCollector { snap: host.clone() }));
+        registry.register_collector(Box::new(HostCollector { node: node.clone() }));
         registry.register_collector(Box::new(SelfCollector {
-            host: host.clone(),
-            threads: Arc::new(ArcSwap::from_pointee(Default::default())),
-            containers: Arc::new(ArcSwap::from_pointee(Default::default())),
+            node: node.clone(),
             reload: Arc::new(ReloadStatus::new()),
             start_time: 1.0,
         }));
         Arc::new(AppState {
             registry,
             telemetry_path: "/metrics".into(),
-            host,
+            node,
             host_config: Arc::new(ArcSwap::from_pointee(HostConfig::default())),
         })
     }
@@ -294,7 +312,7 @@ mod tests {
         let (_, _, body) = get(app(st.clone(), None), "/metrics", &[]).await;
         assert!(String::from_utf8(body).unwrap().contains("device=\"vdz\""));
         s.disks.clear();
-        st.host.store(Arc::new(s));
+        st.node.store(node_of(s));
         let (_, _, body) = get(app(st, None), "/metrics", &[]).await;
         let body = String::from_utf8(body).unwrap();
         assert!(!body.contains("vdz"));

@@ -247,7 +247,7 @@ fn container_pass(c: &mut Criterion) {
         return;
     };
     let roots = Roots::default();
-    let pass = stallwatch_collector::sample::containers::pass(&roots, 1000);
+    let pass = stallwatch_collector::cgroup::pass::pass(&roots, 1000);
     let ours: Vec<(String, String)> = pass
         .rows
         .iter()
@@ -269,7 +269,7 @@ fn container_pass(c: &mut Criterion) {
     let mut g = c.benchmark_group("container_pass");
     g.sample_size(20);
     g.bench_function("stallwatch", |b| {
-        b.iter(|| stallwatch_collector::sample::containers::pass(black_box(&roots), 1000))
+        b.iter(|| stallwatch_collector::cgroup::pass::pass(black_box(&roots), 1000))
     });
     g.bench_function("std_floor", |b| {
         b.iter(|| std_floor(black_box(reference), &ours, &mut buf))

@@ -58,15 +58,71 @@ pub enum ErrorKind {
     Parse,
     Permission,
     Io,
+    /// The reader (or the sampler applying its reading) panicked; the driver restarted it.
+    Panic,
 }
 
 impl ErrorKind {
+    pub const ALL: [ErrorKind; 4] = [
+        ErrorKind::Parse,
+        ErrorKind::Permission,
+        ErrorKind::Io,
+        ErrorKind::Panic,
+    ];
+
     pub fn as_str(self) -> &'static str {
         match self {
             ErrorKind::Parse => "parse",
             ErrorKind::Permission => "permission",
             ErrorKind::Io => "io",
+            ErrorKind::Panic => "panic",
         }
+    }
+
+    /// The kind of a failed read: permission denied is the operator's to fix (capabilities),
+    /// anything else is I/O.
+    pub fn of_io(e: &io::Error) -> ErrorKind {
+        if e.kind() == io::ErrorKind::PermissionDenied {
+            ErrorKind::Permission
+        } else {
+            ErrorKind::Io
+        }
+    }
+}
+
+/// Errors counted by kind: what a walk over many files (threads, cgroups) met without failing
+/// as a whole. Vanished processes and cgroups are churn, not errors, and are not counted.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ErrorCounts([u64; 4]);
+
+impl ErrorCounts {
+    pub fn add(&mut self, kind: ErrorKind) {
+        self.add_n(kind, 1);
+    }
+
+    pub fn add_n(&mut self, kind: ErrorKind, n: u64) {
+        let i = kind as usize;
+        self.0[i] = self.0[i].saturating_add(n);
+    }
+
+    pub fn get(&self, kind: ErrorKind) -> u64 {
+        self.0[kind as usize]
+    }
+
+    /// Adds every count of `other`.
+    pub fn merge(&mut self, other: &ErrorCounts) {
+        for k in ErrorKind::ALL {
+            self.add_n(k, other.get(k));
+        }
+    }
+
+    pub fn total(&self) -> u64 {
+        self.0.iter().sum()
+    }
+
+    /// `(kind, count)` for every kind, zeros included (a counter series per kind).
+    pub fn iter(&self) -> impl Iterator<Item = (ErrorKind, u64)> + '_ {
+        ErrorKind::ALL.into_iter().map(|k| (k, self.get(k)))
     }
 }
 
@@ -74,10 +130,7 @@ impl Error {
     pub fn kind(&self) -> ErrorKind {
         match self {
             Error::Parse { .. } => ErrorKind::Parse,
-            Error::Io { source, .. } if source.kind() == io::ErrorKind::PermissionDenied => {
-                ErrorKind::Permission
-            }
-            Error::Io { .. } => ErrorKind::Io,
+            Error::Io { source, .. } => ErrorKind::of_io(source),
         }
     }
 

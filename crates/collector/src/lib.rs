@@ -17,10 +17,13 @@
 
 pub mod cgroup;
 pub mod error;
+pub mod node;
 pub mod proc;
 pub mod roots;
 pub mod sample;
 pub mod sys;
+pub mod sysconf;
+pub mod text;
 
 pub use error::{Error, ErrorKind, ParseError};
 pub use roots::Roots;

@@ -13,6 +13,8 @@ use prometheus_client::metrics::MetricType::{Counter, Gauge, Histogram};
 use prometheus_client::registry::Unit;
 use stallwatch_cloud::snapshot::{CloudSnapshot, InstanceBalance, VolumeState, DOLLARS_PER_METRIC};
 
+use crate::node::Node;
+
 use super::{family, opt, single, Labels};
 
 /// The device's bins (upper bound, count in the bin) as histogram buckets: per-bucket counts
@@ -39,7 +41,7 @@ fn latency_buckets(bins: &[(f64, u64)]) -> (Vec<(f64, u64)>, u64) {
 
 #[derive(Debug)]
 pub struct CloudCollector {
-    pub snap: Arc<ArcSwap<CloudSnapshot>>,
+    pub node: Arc<ArcSwap<Node>>,
 }
 
 fn vol(v: &VolumeState) -> Labels<'_> {
@@ -57,7 +59,8 @@ fn per_volume<'a>(
 
 impl Collector for CloudCollector {
     fn encode(&self, mut e: DescriptorEncoder) -> Result<(), std::fmt::Error> {
-        let s = self.snap.load();
+        let node = self.node.load();
+        let s: &CloudSnapshot = &node.cloud;
         let secs = Unit::Seconds;
         let bytes = Unit::Bytes;
         single(
@@ -81,7 +84,7 @@ impl Collector for CloudCollector {
                     ("model", Cow::Borrowed(d.model.as_deref().unwrap_or(""))),
                     ("serial", Cow::Borrowed(d.serial.as_deref().unwrap_or(""))),
                 ];
-                if let Some(id) = s.volume_of_device(&d.name) {
+                if let Some(id) = node.volume_of(&d.name) {
                     l.push(("volume_id", Cow::Borrowed(id)));
                 }
                 (l, 1.0)
@@ -141,7 +144,7 @@ impl Collector for CloudCollector {
             "Size of the EBS volume.",
             Some(&bytes),
             Gauge,
-            per_volume(&s, |v| Some(v.size_bytes as f64)),
+            per_volume(s, |v| Some(v.size_bytes as f64)),
         )?;
         family(
             &mut e,
@@ -149,7 +152,7 @@ impl Collector for CloudCollector {
             "Baseline IOPS: gp2 3 per GiB (min 100, max 16,000), gp3/io1/io2 the provisioned IOPS.",
             None,
             Gauge,
-            per_volume(&s, |v| v.baseline_iops),
+            per_volume(s, |v| v.baseline_iops),
         )?;
         family(
             &mut e,
@@ -157,7 +160,7 @@ impl Collector for CloudCollector {
             "IOPS as DescribeVolumes reports them (absent when not reported).",
             None,
             Gauge,
-            per_volume(&s, |v| v.provisioned_iops.map(|x| x as f64)),
+            per_volume(s, |v| v.provisioned_iops.map(|x| x as f64)),
         )?;
         family(
             &mut e,
@@ -165,7 +168,7 @@ impl Collector for CloudCollector {
             "Provisioned throughput (gp3), from DescribeVolumes.",
             None,
             Gauge,
-            per_volume(&s, |v| v.throughput_mibps.map(|x| x as f64 * 1048576.0)),
+            per_volume(s, |v| v.throughput_mibps.map(|x| x as f64 * 1048576.0)),
         )?;
         family(
             &mut e,
@@ -173,7 +176,7 @@ impl Collector for CloudCollector {
             "CloudWatch BurstBalance: the newest per-minute average (gp2 < 1 TiB, st1, sc1), until it is older than [cloud] staleness.",
             None,
             Gauge,
-            per_volume(&s, |v| v.burst_balance.map(|p| p.percent)),
+            per_volume(s, |v| v.burst_balance.map(|p| p.percent)),
         )?;
         family(
             &mut e,
@@ -181,7 +184,7 @@ impl Collector for CloudCollector {
             "Start of the minute the exported BurstBalance point averages (Unix time); CloudWatch publishes it minutes late.",
             None,
             Gauge,
-            per_volume(&s, |v| v.burst_balance.map(|p| p.timestamp)),
+            per_volume(s, |v| v.burst_balance.map(|p| p.timestamp)),
         )?;
         family(
             &mut e,
@@ -189,7 +192,7 @@ impl Collector for CloudCollector {
             "Local credit-bucket estimate, every second from /proc/diskstats, re-anchored to each CloudWatch point.",
             None,
             Gauge,
-            per_volume(&s, |v| v.estimate_percent),
+            per_volume(s, |v| v.estimate_percent),
         )?;
         family(
             &mut e,
@@ -197,7 +200,7 @@ impl Collector for CloudCollector {
             "Seconds until the credit bucket is empty at the last minute's net drain; +Inf when not draining.",
             None,
             Gauge,
-            per_volume(&s, |v| v.seconds_to_empty),
+            per_volume(s, |v| v.seconds_to_empty),
         )?;
         family(
             &mut e,
@@ -205,7 +208,7 @@ impl Collector for CloudCollector {
             "Time the volume's I/O exceeded its provisioned IOPS (EBS NVMe log page 0xD0).",
             Some(&secs),
             Counter,
-            per_volume(&s, |v| v.nvme.as_ref().map(|n| n.exceeded_iops_seconds)),
+            per_volume(s, |v| v.nvme.as_ref().map(|n| n.exceeded_iops_seconds)),
         )?;
         family(
             &mut e,
@@ -213,7 +216,7 @@ impl Collector for CloudCollector {
             "Time the volume's I/O exceeded its provisioned throughput (EBS NVMe log page 0xD0).",
             Some(&secs),
             Counter,
-            per_volume(&s, |v| {
+            per_volume(s, |v| {
                 v.nvme.as_ref().map(|n| n.exceeded_throughput_seconds)
             }),
         )?;
@@ -223,7 +226,7 @@ impl Collector for CloudCollector {
             "EBS volume queue length (EBS NVMe log page 0xD0).",
             None,
             Gauge,
-            per_volume(&s, |v| v.nvme.as_ref().map(|n| n.queue_length)),
+            per_volume(s, |v| v.nvme.as_ref().map(|n| n.queue_length)),
         )?;
         for (name, help, pick) in [
             (
@@ -374,7 +377,7 @@ mod tests {
     fn scrape(snap: CloudSnapshot) -> String {
         let mut r = Registry::with_prefix("stallwatch");
         r.register_collector(Box::new(CloudCollector {
-            snap: Arc::new(ArcSwap::from_pointee(snap)),
+            node: Arc::new(ArcSwap::from_pointee(crate::node::Node::of_cloud(snap))),
         }));
         let mut out = String::new();
         prometheus_client::encoding::text::encode(&mut out, &r).unwrap();

@@ -16,7 +16,8 @@ use prometheus_client::metrics::MetricType::{Counter, Gauge};
 use prometheus_client::registry::Unit;
 use stallwatch_collector::proc::pressure::Resource;
 use stallwatch_collector::sample::containers::{ContainerRow, ContainerSnapshot};
-use stallwatch_collector::sample::ThreadSnapshot;
+
+use crate::node::Node;
 
 use super::{family, ratio, single, Labels};
 
@@ -25,12 +26,9 @@ pub const MAX_INTERFACES: usize = 16;
 
 #[derive(Debug)]
 pub struct ContainersCollector {
-    pub snap: Arc<ArcSwap<ContainerSnapshot>>,
-    pub threads: Arc<ArcSwap<ThreadSnapshot>>,
-    /// Device names by (major, minor), from the host snapshot's diskstats.
-    pub host: Arc<ArcSwap<stallwatch_collector::sample::HostSnapshot>>,
-    /// EBS volume ids by device name (the cloud side's mapping), for `volume_id` on I/O rows.
-    pub cloud: Arc<ArcSwap<stallwatch_cloud::CloudSnapshot>>,
+    /// The joined node: containers, device names by major:minor, EBS volume ids by device
+    /// name, D threads per container id.
+    pub node: Arc<ArcSwap<Node>>,
 }
 
 fn base(r: &ContainerRow) -> Labels<'_> {
@@ -58,7 +56,8 @@ fn with<'a>(mut l: Labels<'a>, k: &'static str, v: Cow<'a, str>) -> Labels<'a> {
 
 impl Collector for ContainersCollector {
     fn encode(&self, mut e: DescriptorEncoder) -> Result<(), std::fmt::Error> {
-        let s = self.snap.load();
+        let node = self.node.load();
+        let s: &ContainerSnapshot = &node.view.containers;
         if !s.enabled || s.taken.is_none() {
             return Ok(());
         }
@@ -234,18 +233,16 @@ impl Collector for ContainersCollector {
             |r: &ContainerRow| r.stats.pids.map(|v| v as f64)
         );
 
-        // Block I/O per device: names from diskstats, else "major:minor".
-        let host = self.host.load();
+        // Block I/O per device: names from diskstats (every device, joined by major:minor in
+        // the node view), else "major:minor".
         let dev_name = |ma: u32, mi: u32| -> String {
-            host.disks
-                .iter()
-                .find(|d| d.major == ma && d.minor == mi)
-                .map(|d| d.name.clone())
+            node.view
+                .device_name(ma, mi)
+                .map(str::to_string)
                 .unwrap_or_else(|| format!("{ma}:{mi}"))
         };
         // The EBS volume behind a device, when the cloud side knows it: "which container is
         // spending this volume's burst credits" in one query.
-        let cloud = self.cloud.load();
         let io_rows: Vec<(
             &ContainerRow,
             String,
@@ -256,7 +253,7 @@ impl Collector for ContainersCollector {
             .flat_map(|r| r.stats.io.iter().flatten().map(move |d| (r, d)))
             .map(|(r, d)| {
                 let dev = dev_name(d.major, d.minor);
-                let vol = cloud.volume_of_device(&dev).map(str::to_string);
+                let vol = node.volume_of(&dev).map(str::to_string);
                 (r, dev, vol, d)
             })
             .collect();
@@ -302,7 +299,7 @@ impl Collector for ContainersCollector {
         let mut psi_total = Vec::new();
         let mut psi_avg10 = Vec::new();
         for r in rows {
-            for res in Resource::ALL {
+            for res in Resource::CGROUP {
                 if let Some(p) = &r.stats.pressure[res as usize] {
                     for (kind, rec) in [("some", p.some), ("full", p.full)] {
                         if let Some(rec) = rec {
@@ -414,30 +411,14 @@ impl Collector for ContainersCollector {
             |d: &N| d.tx_drops
         );
 
-        // Threads in D per container, from the thread walk (matched by container id in the
-        // stuck thread's cgroup path).
-        // Stuck threads are counted per distinct cgroup path once, so a scrape costs
-        // containers × distinct paths (a handful) rather than containers × stuck threads.
-        let t = self.threads.load();
-        let mut by_cgroup: HashMap<&str, u64> = HashMap::new();
-        for c in t.stuck.iter().filter_map(|d| d.cgroup.as_deref()) {
-            *by_cgroup.entry(c).or_insert(0) += 1;
-        }
+        // Threads in D per container: the walk identified each D thread's container, the
+        // node view counted them per container id (exact, not a substring of the path).
         per!(
             "container_dstate_threads",
             "Threads of the container in D state at the last thread walk.",
             None,
             Gauge,
-            |r: &ContainerRow| {
-                let id = r.identity.container_id.as_str();
-                Some(
-                    by_cgroup
-                        .iter()
-                        .filter(|(c, _)| c.contains(id))
-                        .map(|(_, n)| n)
-                        .sum::<u64>() as f64,
-                )
-            }
+            |r: &ContainerRow| Some(node.view.dstate_threads_of(&r.identity.container_id) as f64)
         );
         Ok(())
     }

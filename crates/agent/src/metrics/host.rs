@@ -10,15 +10,18 @@ use prometheus_client::collector::Collector;
 use prometheus_client::encoding::DescriptorEncoder;
 use prometheus_client::metrics::MetricType::{Counter, Gauge};
 use prometheus_client::registry::Unit;
+use stallwatch_collector::node::NodeView;
 use stallwatch_collector::proc::diskstats::{DiskStat, SECTOR_BYTES};
 use stallwatch_collector::proc::pressure::Resource;
 use stallwatch_collector::sample::HostSnapshot;
+
+use crate::node::Node;
 
 use super::{family, opt, ratio, single, Labels};
 
 #[derive(Debug)]
 pub struct HostCollector {
-    pub snap: Arc<ArcSwap<HostSnapshot>>,
+    pub node: Arc<ArcSwap<Node>>,
 }
 
 fn f(v: Option<u64>) -> Option<f64> {
@@ -27,7 +30,8 @@ fn f(v: Option<u64>) -> Option<f64> {
 
 impl Collector for HostCollector {
     fn encode(&self, mut e: DescriptorEncoder) -> Result<(), std::fmt::Error> {
-        let s = self.snap.load();
+        let node = self.node.load();
+        let s: &HostSnapshot = &node.view.host;
         let secs = Some(&Unit::Seconds);
         let bytes = Some(&Unit::Bytes);
         let ratio = ratio();
@@ -414,7 +418,7 @@ impl Collector for HostCollector {
         }
 
         encode_disks(&mut e, &s.disks)?;
-        encode_bdi(&mut e, &s)?;
+        encode_bdi(&mut e, s, &node.view)?;
         if let Some(o) = &s.overlays {
             family(
                 &mut e,
@@ -457,15 +461,17 @@ fn meminfo_metric(stem: &str) -> (&'static str, &'static str) {
 }
 
 /// Per-device writeback limits (`/sys/class/bdi/<maj:min>`), for the exported disks only.
-fn encode_bdi(e: &mut DescriptorEncoder<'_>, s: &HostSnapshot) -> std::fmt::Result {
+fn encode_bdi(
+    e: &mut DescriptorEncoder<'_>,
+    s: &HostSnapshot,
+    view: &NodeView,
+) -> std::fmt::Result {
     let rows: Vec<(&DiskStat, &stallwatch_collector::sys::bdi::Bdi)> = s
         .disks
         .iter()
         .filter_map(|d| {
-            s.bdi
-                .iter()
-                .find(|b| b.major == d.major && b.minor == d.minor)
-                .map(|b| (d, b))
+            let dev = view.devices.get(&(d.major, d.minor))?;
+            dev.bdi.as_ref().map(|b| (d, b))
         })
         .collect();
     let dev = |d: &DiskStat| -> Labels<'static> { vec![("device", Cow::Owned(d.name.clone()))] };

@@ -24,12 +24,12 @@ use arc_swap::ArcSwap;
 use prometheus_client::collector::Collector;
 use prometheus_client::encoding::DescriptorEncoder;
 use prometheus_client::metrics::MetricType;
-use stallwatch_cloud::CloudSnapshot;
 use stallwatch_collector::roots::read_optional;
 use stallwatch_collector::Roots;
 use tracing::warn;
 
 use super::Labels;
+use crate::node::Node;
 
 /// Longest kernel release kept as a label value (Linux's `UTS_LEN` is 64).
 const MAX_RELEASE_LEN: usize = 64;
@@ -64,24 +64,24 @@ pub fn read_kernel_release(roots: &Roots) -> String {
 #[derive(Debug)]
 pub struct NodeInfoCollector {
     kernel_release: String,
-    cloud: Arc<ArcSwap<CloudSnapshot>>,
+    node: Arc<ArcSwap<Node>>,
 }
 
 impl NodeInfoCollector {
-    /// Reads the kernel release now (once); the cloud labels are taken from `cloud` at each
-    /// scrape (an `ArcSwap` load, no I/O).
-    pub fn new(roots: &Roots, cloud: Arc<ArcSwap<CloudSnapshot>>) -> Self {
+    /// Reads the kernel release now (once); the cloud labels are taken from the joined node
+    /// at each scrape (an `ArcSwap` load, no I/O).
+    pub fn new(roots: &Roots, node: Arc<ArcSwap<Node>>) -> Self {
         NodeInfoCollector {
             kernel_release: read_kernel_release(roots),
-            cloud,
+            node,
         }
     }
 }
 
 impl Collector for NodeInfoCollector {
     fn encode(&self, mut e: DescriptorEncoder) -> Result<(), std::fmt::Error> {
-        let cloud = self.cloud.load();
-        let i = cloud.instance.as_ref();
+        let node = self.node.load();
+        let i = node.cloud.instance.as_ref();
         let v = |f: fn(&stallwatch_cloud::snapshot::Instance) -> &str| {
             Cow::Owned(i.map_or("", f).to_string())
         };
@@ -110,6 +110,7 @@ mod tests {
     use super::*;
     use prometheus_client::registry::Registry;
     use stallwatch_cloud::snapshot::Instance;
+    use stallwatch_cloud::CloudSnapshot;
 
     fn scrape(c: NodeInfoCollector) -> String {
         let mut r = Registry::with_prefix("stallwatch");
@@ -160,10 +161,7 @@ mod tests {
     #[test]
     fn off_ec2_the_instance_labels_are_empty_and_the_release_is_read_once() {
         let (t, roots) = root_with_release(Some(b"6.18.44-test\n"));
-        let c = NodeInfoCollector::new(
-            &roots,
-            Arc::new(ArcSwap::from_pointee(CloudSnapshot::default())),
-        );
+        let c = NodeInfoCollector::new(&roots, Arc::new(ArcSwap::from_pointee(Node::default())));
         // Read at construction: removing the file afterwards changes nothing.
         std::fs::remove_file(t.path().join("proc/sys/kernel/osrelease")).unwrap();
         let text = scrape(c);
@@ -179,9 +177,9 @@ mod tests {
     #[test]
     fn on_ec2_the_instance_labels_follow_the_cloud_snapshot() {
         let (_t, roots) = root_with_release(None);
-        let cloud = Arc::new(ArcSwap::from_pointee(CloudSnapshot::default()));
-        let c = NodeInfoCollector::new(&roots, cloud.clone());
-        cloud.store(Arc::new(CloudSnapshot {
+        let node = Arc::new(ArcSwap::from_pointee(Node::default()));
+        let c = NodeInfoCollector::new(&roots, node.clone());
+        node.store(Arc::new(Node::of_cloud(CloudSnapshot {
             enabled: true,
             instance: Some(Instance {
                 instance_id: "i-0abc".into(),
@@ -190,7 +188,7 @@ mod tests {
                 instance_type: "m5.large".into(),
             }),
             ..CloudSnapshot::default()
-        }));
+        })));
         let text = scrape(c);
         assert!(
             text.contains(

@@ -3,21 +3,25 @@
 //! seed incident's `dd` never did).
 
 use std::borrow::Cow;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
+
+use arc_swap::ArcSwap;
 use std::time::Instant;
 
 use prometheus_client::collector::Collector;
 use prometheus_client::encoding::{DescriptorEncoder, NoLabelSet};
 use prometheus_client::metrics::MetricType;
 use prometheus_client::registry::Unit;
-use stallwatch_collector::sample::probe::{Probes, BUCKETS};
+use stallwatch_collector::sample::probe::BUCKETS;
+
+use crate::node::Node;
 
 use super::{family, Labels};
 
 pub struct ProbeCollector {
-    /// `Probes::snapshot` takes each probe's lock only around bookkeeping, never around a write,
-    /// so this never waits on a hung disk; the outer mutex is held only by a reload's reconcile.
-    pub probes: Arc<Mutex<Probes>>,
+    /// The joined node; its probe states were taken at the last join (at least every second,
+    /// with each probe's lock held only around bookkeeping, never around a write).
+    pub node: Arc<ArcSwap<Node>>,
 }
 
 impl std::fmt::Debug for ProbeCollector {
@@ -28,12 +32,8 @@ impl std::fmt::Debug for ProbeCollector {
 
 impl Collector for ProbeCollector {
     fn encode(&self, mut e: DescriptorEncoder) -> Result<(), std::fmt::Error> {
-        let snaps = match self.probes.try_lock() {
-            Ok(p) => p.snapshot(),
-            // A reload is reconciling right now: skip the probe rows for this one scrape
-            // rather than wait.
-            Err(_) => return Ok(()),
-        };
+        let node = self.node.load();
+        let snaps: &[_] = &node.view.probes;
         if snaps.is_empty() {
             return Ok(());
         }
@@ -45,7 +45,7 @@ impl Collector for ProbeCollector {
             Some(&secs),
             MetricType::Histogram,
         )?;
-        for s in &snaps {
+        for s in snaps {
             let labels: Labels<'_> = vec![("path", Cow::Borrowed(s.path.as_str()))];
             // The snapshot's counts are cumulative; the encoder wants per-bucket counts.
             let mut prev = 0;

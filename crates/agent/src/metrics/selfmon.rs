@@ -11,8 +11,9 @@ use prometheus_client::collector::Collector;
 use prometheus_client::encoding::DescriptorEncoder;
 use prometheus_client::metrics::MetricType::{self, Counter, Gauge};
 use prometheus_client::registry::Unit;
-use stallwatch_collector::sample::containers::ContainerSnapshot;
-use stallwatch_collector::sample::{HostSnapshot, SourceStatus, ThreadSnapshot};
+use stallwatch_collector::sample::SourceStatus;
+
+use crate::node::Node;
 
 use super::{family, single, Labels};
 
@@ -54,9 +55,7 @@ impl Default for ReloadStatus {
 
 #[derive(Debug)]
 pub struct SelfCollector {
-    pub host: Arc<ArcSwap<HostSnapshot>>,
-    pub threads: Arc<ArcSwap<ThreadSnapshot>>,
-    pub containers: Arc<ArcSwap<ContainerSnapshot>>,
+    pub node: Arc<ArcSwap<Node>>,
     pub reload: Arc<ReloadStatus>,
     pub start_time: f64,
 }
@@ -104,18 +103,10 @@ impl Collector for SelfCollector {
             f64::from_bits(self.reload.last_success.load(Ordering::Relaxed)),
         )?;
 
-        let host = self.host.load();
-        let threads = self.threads.load();
-        let mut all: Vec<&SourceStatus> = host.sources.iter().collect();
-        if threads.enabled {
-            all.push(&threads.status);
-        }
-        let containers = self.containers.load();
-        if containers.enabled {
-            all.push(&containers.status);
-        }
+        let node = self.node.load();
+        let all: Vec<&SourceStatus> = node.view.sources();
         let now = Instant::now();
-        let src = |name: &'static str| -> Labels<'static> { vec![("source", Cow::Borrowed(name))] };
+        let src = |name: &Cow<'static, str>| -> Labels<'static> { vec![("source", name.clone())] };
         family(
             &mut e,
             "source_duration",
@@ -123,7 +114,7 @@ impl Collector for SelfCollector {
             secs,
             Gauge,
             all.iter()
-                .filter_map(|s| s.last_duration.map(|d| (src(s.name), d.as_secs_f64()))),
+                .filter_map(|s| s.last_duration.map(|d| (src(&s.name), d.as_secs_f64()))),
         )?;
         family(
             &mut e,
@@ -135,10 +126,10 @@ impl Collector for SelfCollector {
                 s.errors.iter().map(move |(k, n)| {
                     (
                         vec![
-                            ("source", Cow::Borrowed(s.name)),
+                            ("source", s.name.clone()),
                             ("kind", Cow::Borrowed(k.as_str())),
                         ],
-                        *n as f64,
+                        n as f64,
                     )
                 })
             }),
@@ -151,7 +142,7 @@ impl Collector for SelfCollector {
             Gauge,
             all
                 .iter()
-                .map(|s| (src(s.name), if s.stuck(now) { 1.0 } else { 0.0 })),
+                .map(|s| (src(&s.name), if s.stuck(now) { 1.0 } else { 0.0 })),
         )?;
         family(
             &mut e,
@@ -161,7 +152,7 @@ impl Collector for SelfCollector {
             Gauge,
             all.iter()
                 .filter(|s| s.last_success.is_some())
-                .map(|s| (src(s.name), if s.missing { 0.0 } else { 1.0 })),
+                .map(|s| (src(&s.name), if s.missing { 0.0 } else { 1.0 })),
         )?;
         family(
             &mut e,
@@ -169,7 +160,7 @@ impl Collector for SelfCollector {
             "CPU time the source's reader thread spent in completed reads (RUSAGE_THREAD); divide by source_reads_total for CPU per read.",
             secs,
             Counter,
-            all.iter().map(|s| (src(s.name), s.cpu.as_secs_f64())),
+            all.iter().map(|s| (src(&s.name), s.cpu.as_secs_f64())),
         )?;
         family(
             &mut e,
@@ -177,7 +168,7 @@ impl Collector for SelfCollector {
             "Completed reads of the source (successful or not).",
             None,
             Counter,
-            all.iter().map(|s| (src(s.name), s.reads as f64)),
+            all.iter().map(|s| (src(&s.name), s.reads as f64)),
         )?;
         family(
             &mut e,
@@ -186,7 +177,7 @@ impl Collector for SelfCollector {
             secs,
             Gauge,
             all.iter()
-                .filter_map(|s| s.age(now).map(|a| (src(s.name), a.as_secs_f64()))),
+                .filter_map(|s| s.age(now).map(|a| (src(&s.name), a.as_secs_f64()))),
         )?;
         Ok(())
     }

@@ -13,16 +13,19 @@ use prometheus_client::metrics::MetricType::{Counter, Gauge};
 use prometheus_client::registry::Unit;
 use stallwatch_collector::sample::ThreadSnapshot;
 
+use crate::node::Node;
+
 use super::{family, single, Labels};
 
 #[derive(Debug)]
 pub struct ThreadsCollector {
-    pub snap: Arc<ArcSwap<ThreadSnapshot>>,
+    pub node: Arc<ArcSwap<Node>>,
 }
 
 impl Collector for ThreadsCollector {
     fn encode(&self, mut e: DescriptorEncoder) -> Result<(), std::fmt::Error> {
-        let s = self.snap.load();
+        let node = self.node.load();
+        let s: &ThreadSnapshot = &node.view.threads;
         if !s.enabled || s.status.last_success.is_none() {
             return Ok(());
         }

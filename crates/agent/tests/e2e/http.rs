@@ -218,11 +218,17 @@ fn bad_config_at_start_exits_2_naming_file_line_and_key() {
         );
         assert!(err.contains("unknown field"), "{err}");
     }
-    // A probe path that does not exist, and one on a read-only filesystem (/proc): exit 2 naming
-    // the path.
-    for bad in ["/nonexistent/stallwatch-probe", "/proc/sys"] {
+    // A probe path on a pseudo-filesystem (/proc) is refused by the agent and check-config; one
+    // that does not exist by check-config (the agent never touches probe paths while loading:
+    // a missing directory shows as that probe's failures): exit 2 naming the path.
+    for (bad, sub) in [
+        ("/nonexistent/stallwatch-probe", &["check-config"][..]),
+        ("/proc/sys", &[][..]),
+        ("/proc/sys", &["check-config"][..]),
+    ] {
         write(&cfg, &format!("\n[[probe]]\npath = \"{bad}\"\n"));
         let out = Command::new(BIN)
+            .args(sub)
             .arg(format!("--config.file={}", cfg.display()))
             .arg("--web.listen-address=127.0.0.1:0")
             .output()
@@ -230,7 +236,7 @@ fn bad_config_at_start_exits_2_naming_file_line_and_key() {
         assert_eq!(out.status.code(), Some(2), "{bad}");
         let err = String::from_utf8_lossy(&out.stderr);
         assert!(
-            err.contains(&format!("{}:2: key `probe[0].path`", cfg.display())) && err.contains(bad),
+            err.contains(&format!("{}:3: key `probe[0].path`", cfg.display())) && err.contains(bad),
             "{err}"
         );
     }

@@ -4,6 +4,7 @@
 
 mod cardinality;
 mod cloud;
+mod config_bounds;
 mod containers;
 mod containers_shapes;
 mod dashboards;
@@ -17,8 +18,12 @@ mod fleet;
 mod golden;
 mod harness;
 mod http;
+mod hung;
+mod hung_reload;
+mod hung_tools;
 mod kernel;
 mod promstack;
 mod rules;
+mod soak;
 mod stuck;
 mod writeback;

@@ -8,6 +8,8 @@
 
 pub mod discover;
 pub mod identity;
+pub mod names;
+pub mod pass;
 pub mod v1;
 pub mod v2;
 
@@ -95,7 +97,7 @@ pub struct ContainerStats {
     pub memory: MemoryStats,
     /// Per device, sorted by (major, minor); `None` when no blkio/io file exists.
     pub io: Option<Vec<DeviceIo>>,
-    /// PSI of the cgroup, indexed like [`crate::proc::pressure::Resource::ALL`] (v2 only).
+    /// PSI of the cgroup, indexed like [`crate::proc::pressure::Resource::CGROUP`] (v2 only).
     pub pressure: [Option<Pressure>; 3],
     /// Tasks in the cgroup (`pids.current`).
     pub pids: Option<u64>,

@@ -186,7 +186,7 @@ pub fn device_io(bytes: &ReadWrite, ops: &ReadWrite) -> Vec<DeviceIo> {
 
 /// Reads the v1 counters of the container at `path` (relative) from each mounted controller.
 pub fn read(layout: &Layout, path: &str) -> ContainerStats {
-    read_with_ticks(layout, path, crate::sample::clock_ticks())
+    read_with_ticks(layout, path, crate::sysconf::clock_ticks())
 }
 
 /// [`read`] with an explicit USER_HZ (tests).

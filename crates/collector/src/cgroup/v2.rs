@@ -160,7 +160,7 @@ pub fn read(dir: &Path) -> ContainerStats {
     }
     m.oom_kills = super::read_file(&dir.join("memory.events"), parse_memory_events, e).flatten();
     s.io = super::read_file(&dir.join("io.stat"), parse_io_stat, e);
-    for (i, r) in Resource::ALL.iter().enumerate() {
+    for (i, r) in Resource::CGROUP.iter().enumerate() {
         let f = format!("{}.pressure", r.as_str());
         s.pressure[i] = super::read_file(&dir.join(f), pressure::parse, e);
     }

@@ -5,6 +5,7 @@ pub mod loadavg;
 pub mod meminfo;
 pub mod mountinfo;
 pub mod net_dev;
+pub mod overlays;
 pub mod pid_cgroup;
 pub mod pressure;
 #[cfg(test)]
@@ -12,6 +13,7 @@ mod proptests;
 pub mod stat;
 pub mod sys_vm;
 pub mod task_stat;
+pub mod tasks;
 pub mod vmstat;
 
 use std::path::Path;

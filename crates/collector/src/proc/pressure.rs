@@ -6,8 +6,9 @@
 //! ```
 //! `some`: share of time at least one task was stalled on the resource; `full`: all non-idle
 //! tasks were stalled at once. `full` for cpu exists at system level since 5.13 and may be
-//! absent on older kernels; a kernel built without PSI (or booted `psi=0`) has no files at all,
-//! or files that fail to read with `EOPNOTSUPP`.
+//! absent on older kernels; `/proc/pressure/irq` (6.1+, with `CONFIG_IRQ_TIME_ACCOUNTING`) has
+//! only a `full` line. A kernel built without PSI (or booted `psi=0`) has no files at all, or
+//! files that fail to read with `EOPNOTSUPP`.
 
 use crate::error::{parse_f64, parse_u64, ParseError};
 use crate::proc::read_with;
@@ -19,16 +20,25 @@ pub enum Resource {
     Cpu,
     Io,
     Memory,
+    /// Time spent in hard and soft interrupts stealing from tasks (only `full`).
+    Irq,
 }
 
 impl Resource {
-    pub const ALL: [Resource; 3] = [Resource::Cpu, Resource::Io, Resource::Memory];
+    /// Every resource the host may report, indexing [`crate::sample::HostSnapshot::pressure`].
+    pub const ALL: [Resource; 4] = [Resource::Cpu, Resource::Io, Resource::Memory, Resource::Irq];
+
+    /// The resources a cgroup reports (`<resource>.pressure`), indexing
+    /// [`crate::cgroup::ContainerStats::pressure`]: a container's irq pressure is not its own
+    /// doing, and one file fewer per container per pass is worth keeping.
+    pub const CGROUP: [Resource; 3] = [Resource::Cpu, Resource::Io, Resource::Memory];
 
     pub fn as_str(self) -> &'static str {
         match self {
             Resource::Cpu => "cpu",
             Resource::Io => "io",
             Resource::Memory => "memory",
+            Resource::Irq => "irq",
         }
     }
 }
@@ -66,6 +76,11 @@ fn percent_to_ratio(v: &str, n: usize, what: &str) -> Result<f64, ParseError> {
     parse_f64(&format!("{v}e-2"), n, what)
 }
 
+/// A corrupt file must not export a stall ratio of 1.5.
+fn percent_in_range(v: &str) -> bool {
+    v.parse::<f64>().is_ok_and(|p| (0.0..=100.0).contains(&p))
+}
+
 fn parse_record(rest: &str, n: usize) -> Result<Record, ParseError> {
     let mut r = Record::default();
     let mut seen = 0u8;
@@ -74,6 +89,12 @@ fn parse_record(rest: &str, n: usize) -> Result<Record, ParseError> {
             .split_once('=')
             .ok_or_else(|| ParseError::new(n, format!("expected key=value, got {kv:?}")))?;
         match k {
+            "avg10" | "avg60" | "avg300" if !percent_in_range(v) => {
+                return Err(ParseError::new(
+                    n,
+                    format!("{k}: {v:?} is not a share of time (0 to 100 percent)"),
+                ))
+            }
             "avg10" => (r.avg10, seen) = (percent_to_ratio(v, n, k)?, seen | 1),
             "avg60" => (r.avg60, seen) = (percent_to_ratio(v, n, k)?, seen | 2),
             "avg300" => (r.avg300, seen) = (percent_to_ratio(v, n, k)?, seen | 4),
@@ -90,7 +111,8 @@ fn parse_record(rest: &str, n: usize) -> Result<Record, ParseError> {
     Ok(r)
 }
 
-/// Pure: unknown line kinds and keys ignored, a record lacking a field is an error.
+/// Pure: unknown line kinds and keys ignored, a record lacking a field is an error, a file
+/// with neither line is an error (`irq` has only `full`).
 pub fn parse(text: &str) -> Result<Pressure, ParseError> {
     let mut p = Pressure::default();
     for (i, line) in text.lines().enumerate() {
@@ -106,8 +128,8 @@ pub fn parse(text: &str) -> Result<Pressure, ParseError> {
             _ => {}
         }
     }
-    if p.some.is_none() {
-        return Err(ParseError::new(0, "no `some` line"));
+    if p.some.is_none() && p.full.is_none() {
+        return Err(ParseError::new(0, "no `some` or `full` line"));
     }
     Ok(p)
 }
@@ -145,6 +167,43 @@ mod tests {
         let p = parse("some avg10=12.50 avg60=1.00 avg300=0.00 total=99\n").unwrap();
         assert!(p.full.is_none());
         assert!((p.some.unwrap().avg10 - 0.125).abs() < 1e-12);
+    }
+
+    /// `/proc/pressure/irq` (kernel 6.1+, `CONFIG_IRQ_TIME_ACCOUNTING`; format from
+    /// Documentation/accounting/psi.rst): only a `full` line. It used to be rejected whole.
+    #[test]
+    fn pressure_irq_kernel_6_1_has_only_a_full_line() {
+        let p = parse("full avg10=0.31 avg60=0.12 avg300=0.02 total=1570427\n").unwrap();
+        assert!(p.some.is_none());
+        assert_eq!(p.full.unwrap().total_us, 1570427);
+    }
+
+    /// A corrupt avg10 of 150 % was exported as a ratio of 1.5.
+    #[test]
+    fn pressure_averages_beyond_100_percent_are_errors() {
+        let e = parse("some avg10=150.00 avg60=0.00 avg300=0.00 total=1\n").unwrap_err();
+        assert_eq!(e.line, 1);
+        assert!(e.msg.contains("avg10"), "{e}");
+        assert!(parse("some avg10=0.00 avg60=-1.00 avg300=0.00 total=1\n").is_err());
+        assert!(parse("some avg10=100.00 avg60=100.00 avg300=100.00 total=1\n").is_ok());
+    }
+
+    #[test]
+    fn pressure_irq_is_read_where_the_kernel_has_it() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir_all(dir.path().join("pressure")).unwrap();
+        std::fs::write(
+            dir.path().join("pressure/irq"),
+            "full avg10=1.00 avg60=0.50 avg300=0.10 total=42\n",
+        )
+        .unwrap();
+        let roots = Roots {
+            procfs: dir.path().to_path_buf(),
+            ..Roots::default()
+        };
+        let p = read(&roots, Resource::Irq).unwrap().unwrap();
+        assert!((p.full.unwrap().avg10 - 0.01).abs() < 1e-12);
+        assert_eq!(read(&roots, Resource::Cpu).unwrap(), None);
     }
 
     #[test]

@@ -40,7 +40,7 @@ mod fixtures {
     use super::fixture_roots;
     use crate::proc::pressure::Resource;
     use crate::proc::{diskstats, loadavg, meminfo, pressure, stat, sys_vm, vmstat};
-    use crate::sample::host::{read_all, Reading};
+    use crate::sample::host::{read_all, HostSource, Reading};
 
     const DEBIAN: &str = "debian12-6.18";
     const V2_NOPSI: &str = "v2-nopsi-5.4";
@@ -202,9 +202,12 @@ mod fixtures {
 
     /// Partition flags as `read_all` computes them (from sysfs `partition` files).
     fn partitions(
-        results: &[(&'static str, Result<Option<Reading>, crate::Error>)],
+        results: &[(HostSource, Result<Option<Reading>, crate::Error>)],
     ) -> Vec<(String, bool)> {
-        let (_, disks) = results.iter().find(|(n, _)| *n == "diskstats").unwrap();
+        let (_, disks) = results
+            .iter()
+            .find(|(n, _)| *n == HostSource::Diskstats)
+            .unwrap();
         match disks {
             Ok(Some(Reading::Disks(d))) => d
                 .iter()
@@ -217,9 +220,14 @@ mod fixtures {
     #[test]
     fn read_all_debian12() {
         let all = read_all(&fixture_roots(DEBIAN));
-        assert_eq!(all.len(), 11);
+        assert_eq!(all.len(), 12);
         for (name, r) in &all {
-            assert!(matches!(r, Ok(Some(_))), "{name}: {r:?}");
+            if *name == HostSource::Pressure(crate::proc::pressure::Resource::Irq) {
+                // 6.18 here is built without CONFIG_IRQ_TIME_ACCOUNTING: no irq pressure.
+                assert!(matches!(r, Ok(None)), "{name}: {r:?}");
+            } else {
+                assert!(matches!(r, Ok(Some(_))), "{name}: {r:?}");
+            }
         }
         let parts = partitions(&all);
         assert!(parts.contains(&("vda1".into(), true)));
@@ -232,7 +240,10 @@ mod fixtures {
         let all = read_all(&fixture_roots(V2_NOPSI));
         for (name, r) in &all {
             // No PSI on 5.4; this tree also has no mount table or bdi class.
-            if name.starts_with("pressure_") || *name == "mountinfo" || *name == "bdi" {
+            if matches!(
+                name,
+                HostSource::Pressure(_) | HostSource::Mountinfo | HostSource::Bdi
+            ) {
                 assert!(matches!(r, Ok(None)), "{name}: {r:?}");
             } else {
                 assert!(matches!(r, Ok(Some(_))), "{name}: {r:?}");
@@ -240,10 +251,18 @@ mod fixtures {
         }
         let psi: Vec<&str> = all
             .iter()
-            .map(|(n, _)| *n)
+            .map(|(n, _)| n.name())
             .filter(|n| n.starts_with("pressure_"))
             .collect();
-        assert_eq!(psi, ["pressure_cpu", "pressure_io", "pressure_memory"]);
+        assert_eq!(
+            psi,
+            [
+                "pressure_cpu",
+                "pressure_io",
+                "pressure_memory",
+                "pressure_irq"
+            ]
+        );
         let parts = partitions(&all);
         assert_eq!(
             parts,

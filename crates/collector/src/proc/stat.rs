@@ -18,7 +18,7 @@ use crate::error::{parse_u64, ParseError};
 use crate::proc::read_with;
 use crate::{Error, Roots};
 
-/// Aggregate CPU time by mode, in clock ticks (`USER_HZ`, see [`crate::sample::clock_ticks`]).
+/// Aggregate CPU time by mode, in clock ticks (`USER_HZ`, see [`crate::sysconf::clock_ticks`]).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct CpuTicks {
     pub user: u64,
@@ -29,12 +29,15 @@ pub struct CpuTicks {
     pub irq: u64,
     pub softirq: u64,
     pub steal: u64,
+    /// How many of the modes above the kernel printed (4 to 8): a mode the kernel did not
+    /// print is unknown, not zero (2.6-era kernels lack steal).
+    pub present: u8,
 }
 
 impl CpuTicks {
-    /// `(mode, ticks)` pairs in a stable order, for exposition.
-    pub fn modes(&self) -> [(&'static str, u64); 8] {
-        [
+    /// `(mode, ticks)` pairs the kernel printed, in a stable order, for exposition.
+    pub fn modes(&self) -> impl Iterator<Item = (&'static str, u64)> {
+        let all = [
             ("user", self.user),
             ("nice", self.nice),
             ("system", self.system),
@@ -43,7 +46,8 @@ impl CpuTicks {
             ("irq", self.irq),
             ("softirq", self.softirq),
             ("steal", self.steal),
-        ]
+        ];
+        all.into_iter().take(self.present as usize)
     }
 }
 
@@ -79,7 +83,7 @@ pub fn parse(text: &str) -> Result<Stat, ParseError> {
         match key {
             "cpu" => {
                 let mut v = [0u64; 8];
-                let mut got = 0;
+                let mut got = 0u8;
                 for (slot, f) in v.iter_mut().zip(&mut fields) {
                     *slot = parse_u64(f, n, "cpu")?;
                     got += 1;
@@ -97,6 +101,7 @@ pub fn parse(text: &str) -> Result<Stat, ParseError> {
                     irq: v[5],
                     softirq: v[6],
                     steal: v[7],
+                    present: got,
                 });
             }
             "ctxt" => st.ctxt = Some(single(&mut fields)?),
@@ -149,8 +154,14 @@ softirq 1096372 0 147412 1 20711 0 0 3 389113 0 539132
     #[test]
     fn stat_linux_2_6_cpu_line_without_steal() {
         let st = parse("cpu  1 2 3 4 5\nprocs_blocked 0\n").unwrap();
-        assert_eq!(st.cpu.unwrap().iowait, 5);
-        assert_eq!(st.cpu.unwrap().steal, 0);
+        let cpu = st.cpu.unwrap();
+        assert_eq!(cpu.iowait, 5);
+        let modes: Vec<&str> = cpu.modes().map(|(m, _)| m).collect();
+        assert_eq!(
+            modes,
+            ["user", "nice", "system", "idle", "iowait"],
+            "missing modes are absent, not exported as 0"
+        );
     }
 
     #[test]

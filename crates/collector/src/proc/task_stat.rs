@@ -116,12 +116,10 @@ fn trim(b: &[u8]) -> &[u8] {
 }
 
 /// Turns a comm into a label-safe, display-safe string: bytes that are not UTF-8 become
-/// U+FFFD and control characters (newline, tab, escape …) become `?`, as `ps` shows them.
+/// U+FFFD, control characters (newline, tab, escape …) and bidirectional overrides become `?`
+/// ([`crate::text::safe`]). A comm is at most 15 bytes (`TASK_COMM_LEN`).
 pub fn sanitize(comm: &[u8]) -> String {
-    String::from_utf8_lossy(comm)
-        .chars()
-        .map(|c| if c.is_control() { '?' } else { c })
-        .collect()
+    crate::text::safe(&String::from_utf8_lossy(comm), 64)
 }
 
 #[cfg(test)]

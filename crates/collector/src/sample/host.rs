@@ -1,16 +1,13 @@
 //! The host sampler: the cheap, fast sources (`/proc/stat`, `loadavg`, PSI, `meminfo`,
-//! `vmstat`, `diskstats`, `vm.dirty_*`) read every `interval` (default 1 s), each by its own
-//! worker thread, integrated into peaks and counters, and published as an immutable
-//! [`HostSnapshot`] through an `ArcSwap` that any number of scrapes read without locking.
+//! `vmstat`, `diskstats`, `vm.dirty_*`, the mount table, bdi settings) read every `interval`
+//! (default 1 s) on the periodic driver, each by its own reader thread, integrated into peaks
+//! and counters, and published as an immutable [`HostSnapshot`] through an `ArcSwap` that any
+//! number of scrapes read without locking.
 
-use std::path::Path;
-use std::sync::mpsc;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
 use arc_swap::ArcSwap;
-use regex::Regex;
-use tracing::{info, warn};
 
 use crate::error::Error;
 use crate::proc::diskstats::DiskStat;
@@ -20,56 +17,13 @@ use crate::proc::pressure::{Pressure, Resource};
 use crate::proc::stat::Stat;
 use crate::proc::sys_vm::VmTunables;
 use crate::proc::vmstat::Vmstat;
-use crate::proc::{diskstats, loadavg, meminfo, mountinfo, pressure, stat, sys_vm, vmstat};
+use crate::proc::{diskstats, loadavg, meminfo, overlays, pressure, stat, sys_vm, vmstat};
 use crate::roots::Roots;
+use crate::sample::driver::{self, Driver, Hook, Schedule, SourceSpec};
 use crate::sample::status::SourceStatus;
 use crate::sample::window::{AboveThreshold, Integral, WindowMax};
-use crate::sample::worker::{Background, Outcome, Worker};
 use crate::sys::bdi::{self, Bdi};
-
-/// Which block devices to export. Partitions, loop and RAM devices are off by default: they
-/// repeat their parent's I/O or are not storage, and each costs ~20 series.
-#[derive(Debug, Clone, Default)]
-pub struct DiskFilter {
-    pub include_partitions: bool,
-    pub include_loop: bool,
-    pub include_ram: bool,
-    /// Devices whose name matches are dropped (after the class switches above).
-    pub exclude: Option<Regex>,
-    /// When set, only devices whose name matches are kept.
-    pub include: Option<Regex>,
-}
-
-impl DiskFilter {
-    pub fn keep(&self, d: &Disk) -> bool {
-        let name = d.stat.name.as_str();
-        if d.partition && !self.include_partitions {
-            return false;
-        }
-        if is_loop(name) && !self.include_loop {
-            return false;
-        }
-        if is_ram(name) && !self.include_ram {
-            return false;
-        }
-        if self.exclude.as_ref().is_some_and(|re| re.is_match(name)) {
-            return false;
-        }
-        self.include.as_ref().is_none_or(|re| re.is_match(name))
-    }
-}
-
-fn is_loop(name: &str) -> bool {
-    name.strip_prefix("loop")
-        .is_some_and(|n| !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()))
-}
-
-fn is_ram(name: &str) -> bool {
-    let rest = name
-        .strip_prefix("zram")
-        .or_else(|| name.strip_prefix("ram"));
-    rest.is_some_and(|n| !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()))
-}
+use crate::sys::block::{Disk, DiskFilter, PartitionCache};
 
 /// Where a writeback burst starts.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -102,12 +56,93 @@ impl Default for HostConfig {
     }
 }
 
-/// A block device as the diskstats worker saw it.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Disk {
-    pub stat: DiskStat,
-    /// A partition (sysfs `class/block/<dev>/partition` exists, or the name says so).
-    pub partition: bool,
+/// The host sources, each one kernel file (or one sysfs family) with its own reader.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum HostSource {
+    Stat,
+    Loadavg,
+    Pressure(Resource),
+    Meminfo,
+    Vmstat,
+    Diskstats,
+    SysVm,
+    Mountinfo,
+    Bdi,
+}
+
+impl std::fmt::Display for HostSource {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+impl HostSource {
+    /// Every host source, in the order the snapshot lists their health.
+    pub const ALL: [HostSource; 12] = [
+        HostSource::Stat,
+        HostSource::Loadavg,
+        HostSource::Pressure(Resource::Cpu),
+        HostSource::Pressure(Resource::Io),
+        HostSource::Pressure(Resource::Memory),
+        HostSource::Pressure(Resource::Irq),
+        HostSource::Meminfo,
+        HostSource::Vmstat,
+        HostSource::Diskstats,
+        HostSource::SysVm,
+        HostSource::Mountinfo,
+        HostSource::Bdi,
+    ];
+
+    /// The `source` label.
+    pub fn name(self) -> &'static str {
+        match self {
+            HostSource::Stat => "stat",
+            HostSource::Loadavg => "loadavg",
+            HostSource::Pressure(Resource::Cpu) => "pressure_cpu",
+            HostSource::Pressure(Resource::Io) => "pressure_io",
+            HostSource::Pressure(Resource::Memory) => "pressure_memory",
+            HostSource::Pressure(Resource::Irq) => "pressure_irq",
+            HostSource::Meminfo => "meminfo",
+            HostSource::Vmstat => "vmstat",
+            HostSource::Diskstats => "diskstats",
+            HostSource::SysVm => "sys_vm",
+            HostSource::Mountinfo => "mountinfo",
+            HostSource::Bdi => "bdi",
+        }
+    }
+
+    /// Sources that change only when an operator changes them are read less often than every
+    /// tick: the bdi settings are ~5 files per block device (0.2 ms a pass on this machine's
+    /// 12 devices, most of a 1 s pass), and a 30 s delay in seeing a changed max_ratio costs
+    /// nothing.
+    fn period(self) -> Option<Duration> {
+        match self {
+            HostSource::Bdi => Some(Duration::from_secs(30)),
+            _ => None,
+        }
+    }
+
+    /// One read of the source. `partitions` is the diskstats reader's cache.
+    pub fn read(self, roots: &Roots, partitions: &mut PartitionCache) -> ReadResult {
+        fn wrap<T>(r: Result<Option<T>, Error>, f: impl FnOnce(T) -> Reading) -> ReadResult {
+            r.map(|o| o.map(f))
+        }
+        match self {
+            HostSource::Stat => wrap(stat::read(roots), Reading::Stat),
+            HostSource::Loadavg => wrap(loadavg::read(roots), Reading::LoadAvg),
+            HostSource::Pressure(res) => {
+                wrap(pressure::read(roots, res), |p| Reading::Pressure(res, p))
+            }
+            HostSource::Meminfo => wrap(meminfo::read(roots), Reading::Meminfo),
+            HostSource::Vmstat => wrap(vmstat::read(roots), Reading::Vmstat),
+            HostSource::Diskstats => wrap(diskstats::read(roots), |d| {
+                Reading::Disks(partitions.classify(roots, d))
+            }),
+            HostSource::SysVm => wrap(sys_vm::read(roots), Reading::Tunables),
+            HostSource::Mountinfo => wrap(overlays::read(roots), Reading::Overlays),
+            HostSource::Bdi => wrap(bdi::read(roots), Reading::Bdi),
+        }
+    }
 }
 
 /// Window maxima over `peak_window`, in base units.
@@ -117,7 +152,7 @@ pub struct Peaks {
     pub writeback_bytes: Option<f64>,
     pub procs_blocked: Option<f64>,
     /// `[resource][0 = some, 1 = full]`, ratio.
-    pub psi_avg10: [[Option<f64>; 2]; 3],
+    pub psi_avg10: [[Option<f64>; 2]; 4],
 }
 
 /// Counters integrated between scrapes; never reset.
@@ -141,7 +176,7 @@ pub struct HostSnapshot {
     pub stat: Option<Stat>,
     pub loadavg: Option<LoadAvg>,
     /// Indexed like [`Resource::ALL`].
-    pub pressure: [Option<Pressure>; 3],
+    pub pressure: [Option<Pressure>; 4],
     pub meminfo: Option<Meminfo>,
     pub vmstat: Option<Vmstat>,
     /// Filtered by the config's [`DiskFilter`].
@@ -182,231 +217,68 @@ pub enum Reading {
     Bdi(Vec<Bdi>),
 }
 
-type ReadResult = Result<Option<Reading>, Error>;
-type Reader = Box<dyn FnMut(&Roots) -> ReadResult + Send>;
-
-/// The host sources, in a fixed order: `(label, reader)`.
-fn sources() -> Vec<(&'static str, Reader)> {
-    fn wrap<T>(r: Result<Option<T>, Error>, f: impl FnOnce(T) -> Reading) -> ReadResult {
-        r.map(|o| o.map(f))
-    }
-    let psi = |res: Resource| {
-        Box::new(move |roots: &Roots| {
-            wrap(pressure::read(roots, res), |p| Reading::Pressure(res, p))
-        }) as Reader
-    };
-    vec![
-        (
-            "stat",
-            Box::new(|r: &Roots| wrap(stat::read(r), Reading::Stat)),
-        ),
-        (
-            "loadavg",
-            Box::new(|r: &Roots| wrap(loadavg::read(r), Reading::LoadAvg)),
-        ),
-        ("pressure_cpu", psi(Resource::Cpu)),
-        ("pressure_io", psi(Resource::Io)),
-        ("pressure_memory", psi(Resource::Memory)),
-        (
-            "meminfo",
-            Box::new(|r: &Roots| wrap(meminfo::read(r), Reading::Meminfo)),
-        ),
-        (
-            "vmstat",
-            Box::new(|r: &Roots| wrap(vmstat::read(r), Reading::Vmstat)),
-        ),
-        ("diskstats", {
-            let mut cache = PartitionCache::default();
-            Box::new(move |r: &Roots| {
-                wrap(diskstats::read(r), |d| Reading::Disks(cache.classify(r, d)))
-            })
-        }),
-        (
-            "sys_vm",
-            Box::new(|r: &Roots| wrap(sys_vm::read(r), Reading::Tunables)),
-        ),
-        (
-            "mountinfo",
-            Box::new(|r: &Roots| wrap(read_overlays(r), Reading::Overlays)),
-        ),
-        (
-            "bdi",
-            Box::new(|r: &Roots| wrap(bdi::read(r), Reading::Bdi)),
-        ),
-    ]
-}
+pub type ReadResult = Result<Option<Reading>, Error>;
 
 /// Reads every host source once, sequentially, on the calling thread. For tests and one-shot
 /// commands; the agent uses [`HostSampler`].
-pub fn read_all(roots: &Roots) -> Vec<(&'static str, ReadResult)> {
+pub fn read_all(roots: &Roots) -> Vec<(HostSource, ReadResult)> {
     HostReaders::new().read_all(roots)
 }
 
 /// The host readers with their caches (partition flags), for repeated sequential passes:
 /// what one sampler tick costs, without the threads (benchmarks).
-pub struct HostReaders(Vec<(&'static str, Reader)>);
+#[derive(Default)]
+pub struct HostReaders(PartitionCache);
 
 impl HostReaders {
     pub fn new() -> Self {
-        HostReaders(sources())
+        Self::default()
     }
 
-    pub fn read_all(&mut self, roots: &Roots) -> Vec<(&'static str, ReadResult)> {
-        self.0
-            .iter_mut()
-            .map(|(name, f)| (*name, f(roots)))
-            .collect()
-    }
-}
-
-impl Default for HostReaders {
-    fn default() -> Self {
-        Self::new()
-    }
-}
-
-/// Counts overlay mounts by the block device of their upper directory: that filesystem is what
-/// `syncfs` flushes when an overlay unmounts (Garden's 10 s unmounts). The mount table is the
-/// host's init's (`<procfs>/1/mountinfo`, which with a host `/proc` is the host's even from a
-/// container), else our own.
-fn read_overlays(roots: &Roots) -> Result<Option<Vec<(String, u64)>>, Error> {
-    let mut text = None;
-    for who in ["1", "self"] {
-        let p = roots.proc(&format!("{who}/mountinfo"));
-        match crate::roots::read_optional(&p) {
-            Ok(Some(t)) => {
-                text = Some((p, t));
-                break;
-            }
-            Ok(None) => {}
-            Err(e) if who == "1" => {
-                tracing::debug!(error = %e, "Cannot read init's mount table; using our own.");
-            }
-            Err(e) => return Err(e),
-        }
-    }
-    let Some((path, text)) = text else {
-        return Ok(None);
-    };
-    let mounts = mountinfo::parse(&text).map_err(|e| Error::Parse { path, source: e })?;
-    let mut by_dev: std::collections::BTreeMap<String, u64> = std::collections::BTreeMap::new();
-    for m in mounts.iter().filter(|m| m.fs_type == "overlay") {
-        let dev = m
-            .upperdir
-            .as_deref()
-            .and_then(|u| mountinfo::mount_of(&mounts, u))
-            .map(|up| device_name(roots, up))
-            .unwrap_or_else(|| "none".to_string());
-        *by_dev.entry(dev).or_insert(0) += 1;
-    }
-    Ok(Some(by_dev.into_iter().collect()))
-}
-
-/// A mount's block device name (`loop0`) from sysfs, or its filesystem type for mounts that
-/// are not on a block device (`tmpfs`).
-fn device_name(roots: &Roots, m: &mountinfo::Mount) -> String {
-    if m.major != 0 {
-        if let Ok(target) =
-            std::fs::read_link(roots.sys(&format!("dev/block/{}:{}", m.major, m.minor)))
-        {
-            if let Some(name) = target.file_name().and_then(|n| n.to_str()) {
-                return name.to_string();
-            }
-        }
-        return format!("{}:{}", m.major, m.minor);
-    }
-    m.fs_type.clone()
-}
-
-/// Remembers which devices are partitions: sysfs is asked once per (name, major, minor).
-#[derive(Default)]
-struct PartitionCache {
-    known: std::collections::HashMap<(String, u32, u32), bool>,
-}
-
-impl PartitionCache {
-    fn classify(&mut self, roots: &Roots, stats: Vec<DiskStat>) -> Vec<Disk> {
-        if self.known.len() > 4096 {
-            self.known.clear(); // device churn (loop devices): keep the cache bounded
-        }
-        stats
+    pub fn read_all(&mut self, roots: &Roots) -> Vec<(HostSource, ReadResult)> {
+        HostSource::ALL
             .into_iter()
-            .map(|stat| {
-                let key = (stat.name.clone(), stat.major, stat.minor);
-                let partition = *self
-                    .known
-                    .entry(key)
-                    .or_insert_with(|| is_partition(&roots.sys("class/block"), &stat.name));
-                Disk { stat, partition }
-            })
+            .map(|s| (s, s.read(roots, &mut self.0)))
             .collect()
     }
-}
-
-fn is_partition(class_block: &Path, name: &str) -> bool {
-    let dev = class_block.join(name);
-    if dev.exists() {
-        return dev.join("partition").exists();
-    }
-    // No sysfs entry (fixture trees, exotic mounts): judge by the name's shape.
-    static SHAPE: std::sync::OnceLock<Option<Regex>> = std::sync::OnceLock::new();
-    SHAPE
-        .get_or_init(|| {
-            Regex::new(r"^((h|s|v|xv)d[a-z]+\d+|(nvme\d+n\d+|mmcblk\d+|loop\d+|md\d+)p\d+)$").ok()
-        })
-        .as_ref()
-        .is_some_and(|re| re.is_match(name))
 }
 
 /// Running host sampler; dropping it does not stop it, [`HostSampler::stop`] does.
-pub struct HostSampler(Background);
+pub struct HostSampler(Driver);
 
 impl HostSampler {
-    /// Starts the sampler thread and one worker thread per source. The first snapshot is
+    /// Starts the sampler thread and one reader thread per source. The first snapshot is
     /// published after the first tick (at most `source_timeout` after start).
     pub fn spawn(
         roots: Arc<Roots>,
         config: Arc<ArcSwap<HostConfig>>,
         out: Arc<ArcSwap<HostSnapshot>>,
+        on_publish: Option<Hook>,
     ) -> std::io::Result<HostSampler> {
-        let (res_tx, res_rx) = mpsc::channel::<Outcome<ReadResult>>();
-        let mut workers = Vec::new();
-        let mut status = Vec::new();
-        for (idx, (name, mut f)) in sources().into_iter().enumerate() {
-            let roots = Arc::clone(&roots);
-            workers.push(Worker::spawn(name, idx, res_tx.clone(), move || f(&roots))?);
-            status.push(SourceStatus::new(name));
-        }
-        drop(res_tx);
-        let n = workers.len();
-        let mut state = State {
-            workers,
-            snap: HostSnapshot {
-                sources: status,
-                page_size: super::page_size(),
-                clock_ticks: super::clock_ticks(),
-                ..HostSnapshot::default()
+        let driver = Driver::spawn(
+            "sampler",
+            move || Host {
+                roots: Arc::clone(&roots),
+                snap: HostSnapshot {
+                    sources: HostSource::ALL
+                        .iter()
+                        .map(|s| SourceStatus::new(s.name()))
+                        .collect(),
+                    page_size: crate::sysconf::page_size(),
+                    clock_ticks: crate::sysconf::clock_ticks(),
+                    ..HostSnapshot::default()
+                },
+                acc: Accumulators::default(),
             },
-            acc: Accumulators::default(),
-            error_log: vec![None; n],
-            stuck_log: vec![None; n],
-            last_request: vec![None; n],
-        };
-        let bg = Background::spawn("sw-sampler", move |sleeper| loop {
-            let cfg = config.load_full();
-            let tick = Instant::now();
-            state.tick(&cfg, &res_rx, tick);
-            out.store(Arc::new(state.snap.clone()));
-            let next = tick + cfg.interval;
-            if !sleeper.sleep(next.saturating_duration_since(Instant::now())) {
-                break;
-            }
-        })?;
-        Ok(HostSampler(bg))
+            config,
+            out,
+            on_publish,
+        )?;
+        Ok(HostSampler(driver))
     }
 
-    /// Stops the sampler thread and waits for it. Worker threads end when their current read
-    /// returns (a worker stuck in the kernel is left behind; the process exit reaps it).
+    /// Stops the sampler thread and waits for it. Reader threads end when their current read
+    /// returns (a reader stuck in the kernel is left behind; the process exit reaps it).
     pub fn stop(self) {
         self.0.stop();
     }
@@ -417,132 +289,103 @@ struct Accumulators {
     dirty: WindowMax,
     writeback: WindowMax,
     blocked: WindowMax,
-    psi: [[WindowMax; 2]; 3],
+    psi: [[WindowMax; 2]; 4],
     blocked_integral: Integral,
     dirty_over_bg: AboveThreshold,
     writeback_burst: AboveThreshold,
 }
 
-struct State {
-    workers: Vec<Worker>,
+/// The host sampler on the periodic driver.
+struct Host {
+    roots: Arc<Roots>,
     snap: HostSnapshot,
     acc: Accumulators,
-    /// When each source last logged an error / a stuck read (rate limit: once a minute).
-    error_log: Vec<Option<Instant>>,
-    stuck_log: Vec<Option<Instant>>,
-    /// When each source was last asked for a reading.
-    last_request: Vec<Option<Instant>>,
 }
 
-/// Sources that change only when an operator changes them are read less often than every
-/// tick: the bdi settings are ~5 files per block device (0.2 ms a pass on this machine's 12
-/// devices, most of a 1 s pass), and a 30 s delay in seeing a changed max_ratio costs nothing.
-fn slow_period(source: &str) -> Option<Duration> {
-    match source {
-        "bdi" => Some(Duration::from_secs(30)),
-        _ => None,
-    }
-}
+impl driver::Sampler for Host {
+    type Key = HostSource;
+    type Reading = Reading;
+    type Config = HostConfig;
+    type Snapshot = HostSnapshot;
 
-impl State {
-    fn tick(
-        &mut self,
-        cfg: &HostConfig,
-        res_rx: &mpsc::Receiver<Outcome<ReadResult>>,
-        tick: Instant,
-    ) {
-        // Late answers from workers that were slow last time.
-        while let Ok(o) = res_rx.try_recv() {
-            self.apply(cfg, o);
-        }
-        let mut outstanding = 0;
-        for (i, w) in self.workers.iter_mut().enumerate() {
-            let due = slow_period(w.name).is_none_or(|p| {
-                self.last_request[i].is_none_or(|t| tick.saturating_duration_since(t) >= p)
-            });
-            if due && w.request(tick) {
-                self.last_request[i] = Some(tick);
-            }
-            if w.busy_since.is_some() {
-                outstanding += 1;
-            }
-        }
-        let deadline = tick + cfg.source_timeout.min(cfg.interval);
-        while outstanding > 0 {
-            let wait = deadline.saturating_duration_since(Instant::now());
-            match res_rx.recv_timeout(wait) {
-                Ok(o) => {
-                    self.apply(cfg, o);
-                    outstanding -= 1;
+    fn sources(&mut self, _: &HostConfig) -> Vec<SourceSpec<HostSource, Reading>> {
+        HostSource::ALL
+            .into_iter()
+            .map(|src| {
+                let roots = Arc::clone(&self.roots);
+                SourceSpec {
+                    key: src,
+                    name: src.name().into(),
+                    make: driver::reader(move || {
+                        let roots = Arc::clone(&roots);
+                        let mut partitions = PartitionCache::default();
+                        move || src.read(&roots, &mut partitions)
+                    }),
                 }
-                Err(_) => break,
-            }
+            })
+            .collect()
+    }
+
+    fn tick(&self, cfg: &HostConfig) -> Duration {
+        cfg.interval
+    }
+
+    fn wait(&self, cfg: &HostConfig) -> Duration {
+        cfg.source_timeout.min(cfg.interval)
+    }
+
+    fn schedule(&mut self, src: &HostSource, cfg: &HostConfig, _: Instant) -> Option<Schedule> {
+        Some(Schedule {
+            every: src.period().unwrap_or(cfg.interval),
+            max_cpu: 0.0,
+            timeout: cfg.source_timeout,
+        })
+    }
+
+    fn apply(
+        &mut self,
+        src: &HostSource,
+        at: Instant,
+        reading: Option<Reading>,
+        _: &mut SourceStatus,
+        cfg: &HostConfig,
+    ) {
+        match reading {
+            Some(r) => self.store(cfg, r, at),
+            None => self.clear(*src),
         }
-        let now = Instant::now();
-        for (i, (w, s)) in self.workers.iter().zip(&mut self.snap.sources).enumerate() {
-            s.in_flight_since = w.busy_since;
-            s.timeout = cfg.source_timeout;
-            s.warn_if_stuck(now, &mut self.stuck_log[i]);
-        }
+    }
+
+    fn publish(
+        &mut self,
+        sources: &[SourceStatus],
+        now: Instant,
+        cfg: &HostConfig,
+    ) -> HostSnapshot {
+        self.snap.sources = sources.to_vec();
         self.snap.taken = Some(SystemTime::now());
         self.update_derived(cfg, now);
+        self.snap.clone()
     }
+}
 
-    fn apply(&mut self, cfg: &HostConfig, o: Outcome<ReadResult>) {
-        let idx = o.idx;
-        self.workers[idx].busy_since = None;
-        let s = &mut self.snap.sources[idx];
-        s.record(&o);
-        let name = s.name;
-        match o.result {
-            Ok(Some(r)) => {
-                s.last_success = Some(o.finished);
-                if s.missing {
-                    info!(source = name, "Source is available again.");
-                }
-                s.missing = false;
-                self.store(cfg, r, o.finished);
+impl Host {
+    /// The source's file does not exist (any more): its metrics are absent.
+    fn clear(&mut self, src: HostSource) {
+        let s = &mut self.snap;
+        match src {
+            HostSource::Stat => s.stat = None,
+            HostSource::Loadavg => s.loadavg = None,
+            HostSource::Pressure(r) => s.pressure[r as usize] = None,
+            HostSource::Meminfo => s.meminfo = None,
+            HostSource::Vmstat => s.vmstat = None,
+            HostSource::Diskstats => {
+                s.disks.clear();
+                s.all_disks = Arc::default();
             }
-            Ok(None) => {
-                s.last_success = Some(o.finished);
-                if !s.missing {
-                    info!(
-                        source = name,
-                        "Source file does not exist on this host; its metrics are absent."
-                    );
-                }
-                s.missing = true;
-                self.clear(idx);
-            }
-            Err(e) => {
-                s.count_error(e.kind());
-                // Rate-limited: a broken file must not flood the log at 1 Hz.
-                let last = &mut self.error_log[idx];
-                if last.is_none_or(|t| o.finished.duration_since(t) > Duration::from_secs(60)) {
-                    warn!(source = name, error = %e, "Cannot read source; keeping its last value.");
-                    *last = Some(o.finished);
-                }
-            }
-        }
-    }
-
-    fn clear(&mut self, idx: usize) {
-        match self.snap.sources[idx].name {
-            "stat" => self.snap.stat = None,
-            "loadavg" => self.snap.loadavg = None,
-            "pressure_cpu" => self.snap.pressure[0] = None,
-            "pressure_io" => self.snap.pressure[1] = None,
-            "pressure_memory" => self.snap.pressure[2] = None,
-            "meminfo" => self.snap.meminfo = None,
-            "vmstat" => self.snap.vmstat = None,
-            "diskstats" => {
-                self.snap.disks.clear();
-                self.snap.all_disks = Arc::default();
-            }
-            "sys_vm" => self.snap.tunables = None,
-            "mountinfo" => self.snap.overlays = None,
-            "bdi" => self.snap.bdi.clear(),
-            _ => {}
+            HostSource::SysVm => s.tunables = None,
+            HostSource::Mountinfo => s.overlays = None,
+            HostSource::Bdi => s.bdi.clear(),
         }
     }
 
@@ -674,47 +517,13 @@ impl State {
 mod tests {
     use super::*;
 
-    fn disk(name: &str, partition: bool) -> Disk {
-        Disk {
-            stat: DiskStat {
-                name: name.into(),
-                ..DiskStat::default()
-            },
-            partition,
+    #[test]
+    fn every_source_has_a_distinct_name_and_reads_on_this_machine() {
+        let names: std::collections::HashSet<&str> =
+            HostSource::ALL.iter().map(|s| s.name()).collect();
+        assert_eq!(names.len(), HostSource::ALL.len());
+        for (src, r) in read_all(&Roots::default()) {
+            assert!(r.is_ok(), "{}: {:?}", src.name(), r.err());
         }
-    }
-
-    #[test]
-    fn disk_filter_defaults_drop_partitions_loop_and_ram() {
-        let f = DiskFilter::default();
-        assert!(f.keep(&disk("vda", false)));
-        assert!(f.keep(&disk("nvme0n1", false)));
-        assert!(!f.keep(&disk("vda1", true)));
-        assert!(!f.keep(&disk("loop0", false)));
-        assert!(!f.keep(&disk("ram3", false)));
-        assert!(!f.keep(&disk("zram0", false)));
-        assert!(f.keep(&disk("loopy", false)), "only loopN is a loop device");
-    }
-
-    #[test]
-    fn disk_filter_switches_and_regexes() {
-        let f = DiskFilter {
-            include_loop: true,
-            exclude: Regex::new("^sr").ok(),
-            include: Regex::new("^(loop|sd|sr)").ok(),
-            ..DiskFilter::default()
-        };
-        assert!(f.keep(&disk("loop7", false)));
-        assert!(!f.keep(&disk("sr0", false)));
-        assert!(!f.keep(&disk("vda", false)));
-    }
-
-    #[test]
-    fn partition_by_name_shape_without_sysfs() {
-        let none = Path::new("/nonexistent-sysfs/class/block");
-        assert!(is_partition(none, "sda1"));
-        assert!(is_partition(none, "nvme0n1p2"));
-        assert!(!is_partition(none, "nvme0n1"));
-        assert!(!is_partition(none, "dm-0"));
     }
 }

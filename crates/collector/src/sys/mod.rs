@@ -1,3 +1,4 @@
 //! One module per sysfs file family: a pure `parse` and a thin `read(&Roots)`.
 
 pub mod bdi;
+pub mod block;
