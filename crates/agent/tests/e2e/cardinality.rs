@@ -335,6 +335,15 @@ pub fn families(m: &Metrics) -> BTreeMap<String, usize> {
     out
 }
 
+/// The sum of a family's series (`name` or `name{…}`).
+pub fn family_sum(m: &Metrics, name: &str) -> f64 {
+    m.series
+        .iter()
+        .filter(|(k, _)| k == name || k.strip_prefix(name).is_some_and(|r| r.starts_with('{')))
+        .map(|(_, v)| v)
+        .sum()
+}
+
 /// Runs the agent on `node` and returns its scrape once every source has been read, the
 /// container pass and thread walk have seen the whole shape, a probe write has completed, and
 /// two scrapes a second apart have the same series.
@@ -346,18 +355,8 @@ fn measure(shape: Shape, node: &FixtureNode, cfg: &Path) -> Metrics {
     let want_containers = shape.containers as f64;
     let want_threads = shape.threads as f64;
     agent.wait_for(Duration::from_secs(60), "the whole shape read", |m| {
-        let containers: f64 = m
-            .series
-            .iter()
-            .filter(|(k, _)| k.starts_with("stallwatch_containers{"))
-            .map(|(_, v)| v)
-            .sum();
-        let threads: f64 = m
-            .series
-            .iter()
-            .filter(|(k, _)| k.starts_with("stallwatch_threads{"))
-            .map(|(_, v)| v)
-            .sum();
+        let containers = family_sum(m, "stallwatch_containers");
+        let threads = family_sum(m, "stallwatch_threads");
         containers == want_containers
             && threads == want_threads
             && m.get("stallwatch_snapshot_age_seconds{source=\"containers\"}")

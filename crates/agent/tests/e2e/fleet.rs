@@ -111,6 +111,35 @@ fn start_node(cfg: &Path, root: Option<FixtureNode>, instance_id: &str, volume_i
     }
 }
 
+/// A node on a generated fixture root (`containers`, `threads`, PSI io full avg10 in percent)
+/// as a new harness instance discovered through IMDS, its volume at `balance` % and mapped to
+/// the fixture's disk (so the agent's local estimate runs too). Returns it and its zone.
+fn fixture_node(
+    aws: &Aws,
+    dir: &Path,
+    name: &str,
+    balance: f64,
+    (containers, threads, io_full): (usize, usize, f64),
+    salt: u64,
+) -> (Node, String) {
+    let (iid, zone, vol) = instance_with_volume(aws, balance);
+    let root = FixtureNode::build(
+        Shape {
+            containers,
+            threads,
+        },
+        io_full,
+        salt,
+    );
+    let cfg = agent_config(
+        dir,
+        name,
+        aws,
+        &format!("\n[[cloud.volume]]\ndevice = \"vda\"\nvolume_id = \"{vol}\"\n"),
+    );
+    (start_node(&cfg, Some(root), &iid, &vol), zone)
+}
+
 #[test]
 fn fleet_prometheus_agents_remote_write_into_victoriametrics_and_every_fleet_query_has_data() {
     let t0 = Instant::now();
@@ -119,38 +148,8 @@ fn fleet_prometheus_agents_remote_write_into_victoriametrics_and_every_fleet_que
 
     // A: stalled on I/O (PSI io full avg10 25 %), 50 containers; B: 20 containers. Both have
     // threads in D (the fixture's 31 groups), so they turn "dstate" after 30 s too.
-    let (iid_a, zone_a, vol_a) = instance_with_volume(&aws, 40.0);
-    let root_a = FixtureNode::build(
-        Shape {
-            containers: 50,
-            threads: 400,
-        },
-        25.0,
-        1,
-    );
-    let cfg_a = agent_config(
-        tmp.path(),
-        "a",
-        &aws,
-        &format!("\n[[cloud.volume]]\ndevice = \"vda\"\nvolume_id = \"{vol_a}\"\n"),
-    );
-    let a = start_node(&cfg_a, Some(root_a), &iid_a, &vol_a);
-    let (iid_b, zone_b, vol_b) = instance_with_volume(&aws, 12.0);
-    let root_b = FixtureNode::build(
-        Shape {
-            containers: 20,
-            threads: 300,
-        },
-        0.0,
-        2,
-    );
-    let cfg_b = agent_config(
-        tmp.path(),
-        "b",
-        &aws,
-        &format!("\n[[cloud.volume]]\ndevice = \"vda\"\nvolume_id = \"{vol_b}\"\n"),
-    );
-    let b = start_node(&cfg_b, Some(root_b), &iid_b, &vol_b);
+    let (a, zone_a) = fixture_node(&aws, tmp.path(), "a", 40.0, (50, 400, 25.0), 1);
+    let (b, zone_b) = fixture_node(&aws, tmp.path(), "b", 12.0, (20, 300, 0.0), 2);
     // C: this host, the instance configured (no IMDS discovery: no instance type).
     let (iid_c, _, vol_c) = instance_with_volume(&aws, 80.0);
     let zone_c = "us-east-1b";
@@ -191,45 +190,45 @@ fn fleet_prometheus_agents_remote_write_into_victoriametrics_and_every_fleet_que
     };
 
     // The store has all three nodes, the fleet rules' outputs (the daily ones from a minute
-    // boundary on) and a minute of scrapes.
-    vm.wait_for(
-        Duration::from_secs(60),
-        "three nodes in the store",
-        "count(stallwatch_node_info)",
-        |n| n == 3.0,
-        diag,
+    // boundary on) and a minute of scrapes: (timeout, what, query, at least).
+    let io_a = format!(
+        "instance:stallwatch_stall_cause:active{{cause=\"io_pressure\",instance=\"{}\"}}",
+        a.agent.addr
     );
-    vm.wait_for(
-        Duration::from_secs(60),
-        "the stall causes recorded",
-        "count(instance:stallwatch_stall_cause:active)",
-        |n| n >= 9.0,
-        diag,
-    );
-    vm.wait_for(
-        Duration::from_secs(90),
-        "node A stalled by the io-full threshold",
-        &format!(
-            "instance:stallwatch_stall_cause:active{{cause=\"io_pressure\",instance=\"{}\"}}",
-            a.agent.addr
+    for (secs, what, expr, least) in [
+        (
+            60,
+            "three nodes in the store",
+            "count(stallwatch_node_info)",
+            3.0,
         ),
-        |v| v == 1.0,
-        diag,
-    );
-    vm.wait_for(
-        Duration::from_secs(120),
-        "a day's stall total",
-        "count(instance:stallwatch_stalled_seconds:1d)",
-        |n| n == 3.0,
-        diag,
-    );
-    vm.wait_for(
-        Duration::from_secs(60),
-        "D-state hot spots",
-        "count(cluster_zone_type_group:stallwatch_dstate_nodes:count)",
-        |n| n >= 1.0,
-        diag,
-    );
+        (
+            60,
+            "the stall causes recorded",
+            "count(instance:stallwatch_stall_cause:active)",
+            9.0,
+        ),
+        (
+            90,
+            "node A stalled by the io-full threshold",
+            io_a.as_str(),
+            1.0,
+        ),
+        (
+            120,
+            "a day's stall total",
+            "count(instance:stallwatch_stalled_seconds:1d)",
+            3.0,
+        ),
+        (
+            60,
+            "D-state hot spots",
+            "count(cluster_zone_type_group:stallwatch_dstate_nodes:count)",
+            1.0,
+        ),
+    ] {
+        vm.wait_for(Duration::from_secs(secs), what, expr, |n| n >= least, diag);
+    }
     eprintln!("fleet: store ready after {:?}", t0.elapsed());
 
     // 1. Every recording rule; 2. every fleet-dashboard variable and query.

@@ -128,6 +128,15 @@ pub struct Prometheus {
 }
 
 impl Prometheus {
+    /// Any server that speaks Prometheus's query API (VictoriaMetrics, in the fleet test).
+    pub(crate) fn from_server(server: Server) -> Prometheus {
+        Prometheus { server }
+    }
+
+    pub(crate) fn url(&self) -> &str {
+        &self.server.url
+    }
+
     /// `config` may refer to `{dir}`, replaced by the temp dir (for rule files written by
     /// `files`: name → content).
     pub fn start(config: &str, files: &[(&str, &str)]) -> Prometheus {

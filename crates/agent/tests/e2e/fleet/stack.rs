@@ -7,12 +7,14 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
+use crate::cardinality::family_sum;
 use crate::harness::{repo, write, Metrics};
-use crate::promstack::{http, Server, Webhook};
+use crate::promstack::{http, Prometheus, Server, Webhook};
 
-/// The VictoriaMetrics single-node server (Prometheus-compatible query API and remote_write).
+/// The VictoriaMetrics single-node server (Prometheus-compatible query API and remote_write),
+/// queried through the same client as the Prometheus of the other tests.
 pub(super) struct Vm {
-    pub(super) server: Server,
+    prom: Prometheus,
 }
 
 impl Vm {
@@ -32,32 +34,31 @@ impl Vm {
                 "-loggerLevel=ERROR".into(),
             ]
         });
-        Vm { server }
+        Vm {
+            prom: Prometheus::from_server(server),
+        }
+    }
+
+    pub(super) fn url(&self) -> &str {
+        self.prom.url()
     }
 
     pub(super) fn api(&self, path: &str, params: &[(&str, &str)]) -> Value {
-        let r = http()
-            .get(format!("{}{path}", self.server.url))
-            .query(params)
-            .send()
-            .unwrap_or_else(|e| panic!("GET {path}: {e}"));
-        let text = r.text().unwrap();
-        serde_json::from_str(&text).unwrap_or_else(|e| panic!("{path}: not JSON ({e}): {text}"))
+        self.prom.api(path, params)
     }
 
     pub(super) fn query(&self, expr: &str) -> Value {
-        self.api("/api/v1/query", &[("query", expr)])
+        self.prom.query(expr)
+    }
+
+    pub(super) fn value(&self, expr: &str) -> Option<f64> {
+        self.prom.value(expr)
     }
 
     pub(super) fn result(&self, expr: &str) -> Vec<Value> {
         let r = self.query(expr);
         assert_eq!(r["status"], "success", "{expr}: {r}");
         r["data"]["result"].as_array().cloned().unwrap_or_default()
-    }
-
-    pub(super) fn value(&self, expr: &str) -> Option<f64> {
-        let r = self.result(expr);
-        (r.len() == 1).then(|| r[0]["value"][1].as_str()?.parse().ok())?
     }
 
     pub(super) fn wait_for(
@@ -77,7 +78,7 @@ impl Vm {
                 panic!(
                     "timed out after {timeout:?} waiting for {what} ({expr} = {}); log:\n{}\n{}",
                     self.query(expr),
-                    self.server.log(),
+                    self.prom.log(),
                     diag()
                 );
             }
@@ -114,7 +115,7 @@ pub(super) fn prometheus_agent(cluster: &str, targets: &[&str], vm: &Vm) -> Serv
         "global:\n  scrape_interval: 1s\n  scrape_timeout: 1s\n  external_labels:\n    cluster: {cluster}\n\
          scrape_configs:\n  - job_name: stallwatch\n    static_configs:\n      - targets: [{list}]\n\
          remote_write:\n  - url: {}/api/v1/write\n    queue_config: {}\n",
-        vm.server.url,
+        vm.url(),
         example_queue_config()
     );
     let path = dir.path().join("prometheus.yml");
@@ -158,7 +159,7 @@ pub(super) fn vmalert(vm: &Vm, notifier: &Webhook) -> Server {
         &dir.path().join("rules.yml"),
         &rules.replace("    interval: 5m\n", "    interval: 5s\n"),
     );
-    let vm_url = vm.server.url.clone();
+    let vm_url = vm.url().to_string();
     let am = notifier.url.trim_end_matches("/alerts").to_string();
     Server::start("vmalert", "vmalert", dir, move |d, port| {
         vec![
@@ -201,16 +202,9 @@ pub(super) fn remote_write_counters(agent: &Server) -> (f64, f64, f64) {
         .text()
         .unwrap();
     let m = Metrics::parse(&text);
-    let sum = |name: &str| -> f64 {
-        m.series
-            .iter()
-            .filter(|(k, _)| k.starts_with(&format!("{name}{{")))
-            .map(|(_, v)| v)
-            .sum()
-    };
     (
-        sum("prometheus_remote_storage_samples_total"),
-        sum("prometheus_remote_storage_bytes_total"),
-        sum("prometheus_remote_storage_metadata_bytes_total"),
+        family_sum(&m, "prometheus_remote_storage_samples_total"),
+        family_sum(&m, "prometheus_remote_storage_bytes_total"),
+        family_sum(&m, "prometheus_remote_storage_metadata_bytes_total"),
     )
 }
