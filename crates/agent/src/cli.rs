@@ -126,6 +126,10 @@ pub struct Common {
     #[arg(long = "web.config.file", global = true)]
     pub web_config_file: Option<PathBuf>,
 
+    /// Connection cap and timeouts of the HTTP server (`--web.max-connections`, ...).
+    #[command(flatten)]
+    pub web: crate::web::WebArgs,
+
     /// procfs mount point.
     #[arg(long = "path.procfs", global = true, default_value = "/proc")]
     pub procfs: PathBuf,

@@ -7,9 +7,8 @@ mod dstate;
 mod metrics;
 mod node;
 mod reload;
-mod server;
 mod telemetry;
-mod webconfig;
+mod web;
 
 use std::process::ExitCode;
 use std::sync::Arc;
@@ -20,7 +19,7 @@ use clap::Parser;
 use prometheus_client::registry::Registry;
 use stallwatch_collector::sample::containers::ContainerSampler;
 use stallwatch_collector::sample::{HostSampler, ThreadSampler};
-use tracing::{error, info};
+use tracing::{error, info, warn};
 
 use crate::cli::{BadInput, Cli, Command, Common, Exit};
 use crate::config::Config;
@@ -65,9 +64,12 @@ fn load_config(common: &Common) -> Result<(Config, Option<String>), config::Conf
 
 fn run(common: Common) -> anyhow::Result<Exit> {
     let (cfg, initial_text) = load_config(&common)?;
+    config::check::reject_unusable_probe_dirs(&cfg, &[])
+        .map_err(anyhow::Error::msg)
+        .context(BadInput)?;
     let web = match &common.web_config_file {
         Some(p) => Some(Arc::new(
-            webconfig::WebConfig::load(p)
+            web::WebConfig::load(p)
                 .with_context(|| format!("web config {}", p.display()))
                 .context(BadInput)?,
         )),
@@ -76,7 +78,8 @@ fn run(common: Common) -> anyhow::Result<Exit> {
     let addr = cli::parse_listen_address(&common.listen_address)
         .map_err(anyhow::Error::msg)
         .context(BadInput)?;
-    let listener = server::bind(addr).with_context(|| format!("cannot listen on {addr}"))?;
+    let nofile = web::raise_nofile_limit();
+    let listener = web::bind(addr).with_context(|| format!("cannot listen on {addr}"))?;
     let local = listener.local_addr().unwrap_or(addr);
 
     let roots = Arc::new(common.roots());
@@ -126,7 +129,15 @@ fn run(common: Common) -> anyhow::Result<Exit> {
         reload: reload_status.clone(),
         start_time,
     }));
-    let state = Arc::new(server::AppState {
+    let (limits, lowered) =
+        web::Limits::new(&common.web, nofile.as_ref().map(|n| n.soft).unwrap_or(1024));
+    let conns = web::Conns::new(limits);
+    registry.register_collector(Box::new(web::WebCollector {
+        conns: conns.clone(),
+        auth: web.as_ref().and_then(|w| w.auth.clone()),
+        nofile: nofile.as_ref().map(|n| n.soft).unwrap_or(0),
+    }));
+    let state = Arc::new(web::AppState {
         registry,
         telemetry_path: common.telemetry_path.clone(),
         node,
@@ -134,7 +145,7 @@ fn run(common: Common) -> anyhow::Result<Exit> {
     });
     let tls = web.as_ref().and_then(|w| w.tls.clone());
     let stop_probes = live.clone();
-    let app = server::app(state, web);
+    let app = web::app(state, web);
 
     // Reload runs on its own thread (it reads files); the runtime only forwards SIGHUP to it.
     let reload_triggers = match common.config_file.clone() {
@@ -151,37 +162,55 @@ fn run(common: Common) -> anyhow::Result<Exit> {
         .enable_all()
         .build()
         .context("cannot start the runtime")?;
+    // One stop signal for the server and the cloud tasks, so they wind down together.
+    let (stop, stopping) = tokio::sync::watch::channel(false);
+    web::on_signal(stop).context("cannot install signal handlers")?;
     let result = rt.block_on(async move {
-        let handle = axum_server::Handle::<std::net::SocketAddr>::new();
         if let Some(tx) = reload_triggers {
             tokio::spawn(reload::forward_sighup(tx));
         }
-        tokio::spawn(shutdown_on_signal(handle.clone()));
-        let (stop_cloud, cloud_stopped) = tokio::sync::watch::channel(false);
         let cloud = stallwatch_cloud::runner::spawn(
             live.cloud.clone(),
             roots.clone(),
+            parts.host.clone(),
             parts.cloud.clone(),
-            cloud_stopped,
+            stopping.clone(),
         );
         info!(
             address = %local,
             tls = tls.is_some(),
             telemetry_path = %common.telemetry_path,
             procfs = %roots.procfs.display(),
+            max_connections = limits.max_connections,
+            max_fds = nofile.as_ref().map(|n| n.soft).unwrap_or(0),
             version = env!("CARGO_PKG_VERSION"),
             "Listening."
         );
-        let r = server::serve(listener, app, tls, handle).await;
-        let _ = stop_cloud.send(true);
-        // The cloud tasks stop at their next wait; a call in flight is not waited for long.
-        let _ = tokio::time::timeout(Duration::from_secs(2), cloud).await;
+        if lowered {
+            warn!(
+                max_connections = limits.max_connections,
+                "--web.max-connections lowered to leave file descriptors for the readers."
+            );
+        }
+        if let Err(error) = &nofile {
+            warn!(%error, "Cannot read the open-file limit.");
+        }
+        let r = web::serve(listener, app, tls, conns, stopping).await;
+        // The cloud tasks were told at the same time; a call in flight is not waited for long.
+        let _ = tokio::time::timeout(Duration::from_millis(500), cloud).await;
         r
     });
-    sampler.stop();
-    thread_sampler.stop();
-    container_sampler.stop();
-    stop_probes.stop();
+    // Nothing left on the runtime (a blocking task, a connection mid-write) holds the exit.
+    rt.shutdown_timeout(Duration::from_millis(200));
+    stop_within(
+        Duration::from_secs(1),
+        vec![
+            Box::new(move || sampler.stop()),
+            Box::new(move || thread_sampler.stop()),
+            Box::new(move || container_sampler.stop()),
+            Box::new(move || stop_probes.stop()),
+        ],
+    );
     match result {
         Ok(()) => {
             info!("Shut down.");
@@ -194,20 +223,31 @@ fn run(common: Common) -> anyhow::Result<Exit> {
     }
 }
 
-/// SIGTERM or SIGINT: stop accepting, let in-flight scrapes finish (at most 5 s).
-async fn shutdown_on_signal(handle: axum_server::Handle<std::net::SocketAddr>) {
-    use tokio::signal::unix::{signal, SignalKind};
-    let (Ok(mut term), Ok(mut int)) = (
-        signal(SignalKind::terminate()),
-        signal(SignalKind::interrupt()),
-    ) else {
-        error!("Cannot install signal handlers.");
-        return;
-    };
-    let name = tokio::select! {
-        _ = term.recv() => "SIGTERM",
-        _ = int.recv() => "SIGINT",
-    };
-    info!(signal = name, "Shutting down.");
-    handle.graceful_shutdown(Some(Duration::from_secs(5)));
+/// Runs the samplers' stops side by side and waits for them at most `budget`: a sampler
+/// waiting out a reader stuck in the kernel (a file on a hung disk) ends with the process
+/// instead of holding the exit past the README's 5 s.
+fn stop_within(budget: Duration, stops: Vec<Box<dyn FnOnce() + Send>>) {
+    let (done, finished) = std::sync::mpsc::channel();
+    let n = stops.len();
+    for stop in stops {
+        let done = done.clone();
+        let spawned = std::thread::Builder::new()
+            .name("sw-stop".into())
+            .spawn(move || {
+                stop();
+                let _ = done.send(());
+            });
+        if let Err(error) = spawned {
+            warn!(%error, "Cannot start a thread to stop a sampler.");
+        }
+    }
+    drop(done);
+    let deadline = std::time::Instant::now() + budget;
+    for _ in 0..n {
+        let left = deadline.saturating_duration_since(std::time::Instant::now());
+        if finished.recv_timeout(left).is_err() {
+            warn!("A sampler did not stop in time (a read stuck in the kernel?); exiting anyway.");
+            return;
+        }
+    }
 }

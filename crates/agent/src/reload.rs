@@ -193,6 +193,16 @@ fn reload_text(
     match parsed {
         Ok(mut c) => {
             c.source = Some(path.to_path_buf());
+            let running: Vec<String> = live
+                .probes
+                .lock()
+                .map(|p| p.snapshot().into_iter().map(|s| s.path).collect())
+                .unwrap_or_default();
+            if let Err(e) = config::check::reject_unusable_probe_dirs(&c, &running) {
+                status.mark(false);
+                error!(path = %path.display(), error = %e, "Bad configuration on reload; keeping the running one.");
+                return false;
+            }
             if let Err(e) = live.apply(c) {
                 status.mark(false);
                 error!(path = %path.display(), error = %e, "Cannot apply the reloaded configuration; keeping the running one.");

@@ -138,6 +138,40 @@ pub fn check_dirs(dirs: &[(PathBuf, Duration)]) -> Vec<DirState> {
         .collect()
 }
 
+/// The longest the agent waits for a probe directory's check at start or on a reload.
+const AGENT_CHECK_DEADLINE: Duration = Duration::from_secs(3);
+
+/// The agent's own check of new probe directories, at start and on a reload (on the reload
+/// thread, never an HTTP worker): a directory that is definitely unusable (missing, read-only,
+/// not writable) rejects the config, as an operator who mistyped a path expects; one that does
+/// not answer within its probe's timeout (at most 3 s) is accepted with a warning, since a
+/// hung disk is exactly what the probe is there to report. `skip` are directories already
+/// being probed (their state is the probe's own business now).
+pub fn reject_unusable_probe_dirs(cfg: &super::Config, skip: &[String]) -> Result<(), String> {
+    let dirs: Vec<(PathBuf, Duration)> = cfg
+        .probes
+        .iter()
+        .filter(|p| !skip.iter().any(|s| Path::new(s) == p.path))
+        .map(|p| (p.path.clone(), p.timeout.min(AGENT_CHECK_DEADLINE)))
+        .collect();
+    let mut bad = Vec::new();
+    for ((path, _), state) in dirs.iter().zip(check_dirs(&dirs)) {
+        match state {
+            DirState::Usable => {}
+            DirState::Unusable(_) => bad.push(state.describe(path)),
+            DirState::NotAnswering(_) | DirState::Unknown(_) => {
+                tracing::warn!(path = %path.display(), state = %state.describe(path),
+                    "Probe directory not checked; starting its probe anyway.");
+            }
+        }
+    }
+    if bad.is_empty() {
+        Ok(())
+    } else {
+        Err(format!("probe directory unusable: {}", bad.join("; ")))
+    }
+}
+
 /// `stallwatch check-config`: the config file (and web config file) as the agent would load
 /// them, then each probe directory as the probe will find it, each within its probe's
 /// `timeout`. Exit 0 when everything is fine, 2 when the config or a probe directory is wrong,
@@ -166,7 +200,7 @@ pub fn main(common: &crate::cli::Common) -> anyhow::Result<crate::cli::Exit> {
         ),
     };
     if let Some(w) = &common.web_config_file {
-        crate::webconfig::WebConfig::load(w)
+        crate::web::WebConfig::load(w)
             .with_context(|| format!("web config {}", w.display()))
             .context(BadInput)?;
     }

@@ -26,4 +26,6 @@ mod promstack;
 mod rules;
 mod soak;
 mod stuck;
+mod web_auth;
+mod web_limits;
 mod writeback;
