@@ -14,6 +14,7 @@ pub mod disks;
 pub mod exposition;
 pub mod host;
 pub mod memory;
+pub mod node_info;
 pub mod pressure;
 pub mod probe;
 pub mod selfmon;
