@@ -10,7 +10,8 @@ For each agent (started here on 127.0.0.1, stopped by PID at the end):
 Medians over windows and runs; this machine is noisy, compare the ratios, not the numbers.
 
 BENCH_BASELINE=/path/to/an/older/stallwatch adds that binary as a third agent in the same run
-(before/after a change, side by side with node_exporter).
+(before/after a change, side by side with node_exporter); BENCH_BASELINE_CONFIG gives it the
+example config of its own version when the config keys changed.
 """
 import http.client
 import os
@@ -136,7 +137,8 @@ def main():
                                           "--web.listen-address=127.0.0.1:19139", "--log.level=warn"], 19139))
     base = os.environ.get("BENCH_BASELINE")
     if base:
-        results.append(measure("stallwatch-base", [base, "--config.file", os.path.join(ROOT, "config/stallwatch.example.toml"),
+        base_cfg = os.environ.get("BENCH_BASELINE_CONFIG", os.path.join(ROOT, "config/stallwatch.example.toml"))
+        results.append(measure("stallwatch-base", [base, "--config.file", base_cfg,
                                                    "--web.listen-address=127.0.0.1:19140", "--log.level=warn"], 19140))
     ne = shutil.which("prometheus-node-exporter")
     if ne:
