@@ -16,6 +16,7 @@ mod golden;
 mod harness;
 mod http;
 mod kernel;
+mod probe_hung;
 mod promstack;
 mod rules;
 mod stuck;
