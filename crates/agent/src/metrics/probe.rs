@@ -20,7 +20,7 @@ use super::{family, Labels};
 
 pub struct ProbeCollector {
     /// The joined node; its probe states were taken at the last join (at least every second,
-    /// with each probe's lock held only around bookkeeping, never around a write).
+    /// from the probe sampler's last publish, which never waits on a write).
     pub node: Arc<ArcSwap<Node>>,
 }
 

@@ -193,9 +193,11 @@ fn sigterm_while_a_probe_write_is_stuck_in_d_ends_the_agent_within_5s() {
     });
 
     rig.hang();
-    let m1 = agent.wait_for(Duration::from_secs(15), "the probe stuck past its timeout", |m| {
-        m.get(&stuck) == Some(1.0) && value(m, &in_flight) >= 1.5
-    });
+    let m1 = agent.wait_for(
+        Duration::from_secs(15),
+        "the probe stuck past its timeout",
+        |m| m.get(&stuck) == Some(1.0) && value(m, &in_flight) >= 1.5,
+    );
     // The write is stuck in D, in a process of its own.
     let deadline = Instant::now() + Duration::from_secs(5);
     let writer = loop {
@@ -221,7 +223,11 @@ fn sigterm_while_a_probe_write_is_stuck_in_d_ends_the_agent_within_5s() {
         value(&m1, &in_flight),
         value(&m2, &in_flight)
     );
-    assert_eq!(value(&m2, &timeouts), 1.0, "one timeout for the one hung write");
+    assert_eq!(
+        value(&m2, &timeouts),
+        1.0,
+        "one timeout for the one hung write"
+    );
 
     let t = Instant::now();
     agent.signal(libc::SIGTERM);
