@@ -5,7 +5,7 @@ CARGO ?= cargo
 LISTEN ?= 127.0.0.1:10139
 CONFIG ?= config/stallwatch.example.toml
 
-.PHONY: all build run test test-deps bench bench-deps lint clean
+.PHONY: all build run test test-deps soak bench bench-deps lint clean
 
 all: build
 
@@ -17,9 +17,10 @@ run: build
 
 # Debian packages the tests use: promtool (prometheus) parses our exposition; e2fsprogs and
 # util-linux (mkfs, losetup) for the real-kernel tests; docker.io, busybox-static and iptables
-# for the real-container test (a private dockerd the test starts and stops). Installed only
-# when missing.
-TEST_DEBS := prometheus prometheus-alertmanager node-typescript curl e2fsprogs util-linux docker.io busybox-static iptables systemd binutils
+# for the real-container test (a private dockerd the test starts and stops); fuse3,
+# libfuse3-dev, pkg-config and gcc for the hung-disk rig (a one-file FUSE filesystem the tests
+# compile and stop with SIGSTOP: crates/agent/tests/e2e/hung.rs). Installed only when missing.
+TEST_DEBS := prometheus prometheus-alertmanager node-typescript curl e2fsprogs util-linux docker.io busybox-static iptables systemd binutils fuse3 libfuse3-dev pkg-config gcc
 # PyPI packages the tests use: moto's server plays EC2 and CloudWatch on loopback; cbor2 for
 # the harness's CBOR<->query proxy (aws-sdk-cloudwatch speaks RPCv2 CBOR, moto does not).
 TEST_PIP := 'moto[server]>=5.1,<6' 'cbor2>=5' 'PyYAML>=6' 'kubernetes-validate>=1.28'
@@ -30,6 +31,13 @@ test-deps:
 test: test-deps
 	$(CARGO) build --locked --workspace --all-targets
 	$(CARGO) nextest run --locked --workspace --no-fail-fast
+
+# The soak (not part of `test`): an hour of process and container churn with the agent's RSS
+# sampled and a 10-minute hang of a probed disk, printed as a table
+# (crates/agent/tests/e2e/soak.rs). SOAK_SCALE scales every duration: 0.05 is 3 minutes.
+SOAK_SCALE ?= 1
+soak: test-deps
+	SOAK_SCALE=$(SOAK_SCALE) $(CARGO) test --locked -p stallwatch --test e2e -- --ignored --exact soak::soak --nocapture
 
 BENCH_DEBS := prometheus-node-exporter prometheus-process-exporter
 bench-deps:

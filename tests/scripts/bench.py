@@ -8,6 +8,9 @@ For each agent (started here on 127.0.0.1, stopped by PID at the end):
   * /metrics latency: N sequential scrapes over one keep-alive connection, p50/p99;
   * CPU per scrape: CPU time consumed during the scrape loop / number of scrapes.
 Medians over windows and runs; this machine is noisy, compare the ratios, not the numbers.
+
+BENCH_BASELINE=/path/to/an/older/stallwatch adds that binary as a third agent in the same run
+(before/after a change, side by side with node_exporter).
 """
 import http.client
 import os
@@ -91,7 +94,7 @@ def measure(name, argv, port):
             size = len(body)
         c1 = cpu_seconds(proc.pid)
         per_source = {}
-        if name == "stallwatch":
+        if name.startswith("stallwatch"):
             # CPU per read of each source, from the agent's own RUSAGE_THREAD accounting.
             cpu, reads = {}, {}
             for line in body.decode(errors="replace").splitlines():
@@ -131,6 +134,10 @@ def main():
     sw = os.path.join(ROOT, "target/release/stallwatch")
     results.append(measure("stallwatch", [sw, "--config.file", os.path.join(ROOT, "config/stallwatch.example.toml"),
                                           "--web.listen-address=127.0.0.1:19139", "--log.level=warn"], 19139))
+    base = os.environ.get("BENCH_BASELINE")
+    if base:
+        results.append(measure("stallwatch-base", [base, "--config.file", os.path.join(ROOT, "config/stallwatch.example.toml"),
+                                                   "--web.listen-address=127.0.0.1:19140", "--log.level=warn"], 19140))
     ne = shutil.which("prometheus-node-exporter")
     if ne:
         results.append(measure("node_exporter", [ne, "--web.listen-address=127.0.0.1:19100", "--no-collector.systemd"], 19100))
@@ -151,10 +158,14 @@ def main():
             if "__host_ms_per_s" in r["per_source_ms"]:
                 print(f"  host sampler CPU per second of uptime: {r['per_source_ms']['__host_ms_per_s']:.4f} ms "
                       "(all fast sources every 1 s, bdi every 30 s)")
-    if len(results) == 2:
-        a, b = results
-        print(f"ratios stallwatch/node_exporter: p50 {a['p50_ms'] / b['p50_ms']:.2f}, p99 {a['p99_ms'] / b['p99_ms']:.2f}, "
-              f"CPU/scrape {a['cpu_ms_per_scrape'] / max(b['cpu_ms_per_scrape'], 1e-9):.2f}, RSS {a['rss_mib'] / b['rss_mib']:.2f}")
+    peer = next((r for r in results if r["name"] == "node_exporter"), None)
+    for a in results:
+        for b in [peer, next((r for r in results if r["name"] == "stallwatch-base"), None)]:
+            if b is None or a is b or not a["name"].startswith("stallwatch") or a["name"] == "stallwatch-base" and b["name"] == "stallwatch-base":
+                continue
+            print(f"ratios {a['name']}/{b['name']}: idle CPU {a['idle_cpu_pct'] / max(b['idle_cpu_pct'], 1e-9):.2f}, "
+                  f"p50 {a['p50_ms'] / b['p50_ms']:.2f}, p99 {a['p99_ms'] / b['p99_ms']:.2f}, "
+                  f"CPU/scrape {a['cpu_ms_per_scrape'] / max(b['cpu_ms_per_scrape'], 1e-9):.2f}, RSS {a['rss_mib'] / b['rss_mib']:.2f}")
 
 
 if __name__ == "__main__":

@@ -32,8 +32,55 @@ pub enum Command {
     /// Who is stuck in D state right now: the `ps | grep " D "` loop done right.
     Dstate(DstateArgs),
     /// Check what this node gives the agent (procfs, PSI, delay accounting, capabilities,
-    /// cgroups, EBS devices, IMDS) and what it will miss; exit 1 when something is broken.
+    /// cgroups, EBS devices, IMDS, probe directories) and what it will miss; exit 1 when
+    /// something is broken.
     Doctor,
+    /// Internal: check one probe directory in a child process that may hang on a stalled
+    /// filesystem without hanging its parent (see config/check.rs).
+    #[command(name = "__check-probe-dir", hide = true)]
+    CheckProbeDir { path: PathBuf },
+}
+
+/// The process exit status, one mapping for every subcommand.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(u8)]
+pub enum Exit {
+    Ok = 0,
+    /// Something failed at run time (cannot listen, `doctor` found a failure, a probe
+    /// directory did not answer `check-config` in time).
+    Failure = 1,
+    /// The operator's input is wrong: the config file, the web config file or a flag.
+    BadConfig = 2,
+}
+
+impl From<Exit> for std::process::ExitCode {
+    fn from(e: Exit) -> Self {
+        std::process::ExitCode::from(e as u8)
+    }
+}
+
+/// Context that marks an error as bad input (exit 2); a [`crate::config::ConfigError`]
+/// anywhere in the chain does too.
+#[derive(Debug, Clone, Copy)]
+pub struct BadInput;
+
+impl std::fmt::Display for BadInput {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("bad config")
+    }
+}
+
+impl Exit {
+    /// The exit status for an error that ended a subcommand.
+    pub fn of(e: &anyhow::Error) -> Exit {
+        if e.downcast_ref::<BadInput>().is_some()
+            || e.chain().any(|c| c.is::<crate::config::ConfigError>())
+        {
+            Exit::BadConfig
+        } else {
+            Exit::Failure
+        }
+    }
 }
 
 #[derive(Debug, Clone, Args)]
@@ -47,18 +94,18 @@ pub struct DstateArgs {
     /// Also print the kernel stack of the longest-stuck threads (/proc/<pid>/task/<tid>/stack).
     #[arg(long)]
     pub stack: bool,
-    /// How many stacks --stack prints.
-    #[arg(long, default_value_t = 5)]
-    pub stacks: usize,
-    /// Refresh interval of the live view.
-    #[arg(long, default_value = "1s", value_parser = humantime::parse_duration)]
+    /// How many stacks --stack prints (at most 1000).
+    #[arg(long, default_value_t = 5, value_parser = clap::value_parser!(u16).range(0..=1000))]
+    pub stacks: u16,
+    /// Refresh interval of the live view (10ms to 1h).
+    #[arg(long, default_value = "1s", value_parser = flag_duration)]
     pub interval: std::time::Duration,
-    /// With --once: how long to watch before printing, so ages mean something.
-    #[arg(long, default_value = "1s", value_parser = humantime::parse_duration)]
+    /// With --once: how long to watch before printing, so ages mean something (10ms to 1h).
+    #[arg(long, default_value = "1s", value_parser = flag_duration)]
     pub observe: std::time::Duration,
-    /// At most this many threads are listed (longest first).
-    #[arg(long, default_value_t = 50)]
-    pub limit: usize,
+    /// At most this many threads are listed, longest first (1 to 100000).
+    #[arg(long, default_value_t = 50, value_parser = clap::value_parser!(u32).range(1..=100_000))]
+    pub limit: u32,
 }
 
 #[derive(Debug, Clone, Args)]
@@ -78,6 +125,10 @@ pub struct Common {
     /// Web config file (TLS and basic auth) in the Prometheus exporter-toolkit format.
     #[arg(long = "web.config.file", global = true)]
     pub web_config_file: Option<PathBuf>,
+
+    /// Connection cap and timeouts of the HTTP server (`--web.max-connections`, ...).
+    #[command(flatten)]
+    pub web: crate::web::WebArgs,
 
     /// procfs mount point.
     #[arg(long = "path.procfs", global = true, default_value = "/proc")]
@@ -132,6 +183,16 @@ impl Common {
     }
 }
 
+/// A duration flag of `dstate`: 10 ms to 1 h, like the config's intervals.
+fn flag_duration(s: &str) -> Result<std::time::Duration, String> {
+    use std::time::Duration;
+    let d = humantime::parse_duration(s).map_err(|e| format!("{e} (e.g. \"1s\", \"500ms\")"))?;
+    if !(Duration::from_millis(10)..=Duration::from_secs(3600)).contains(&d) {
+        return Err(format!("{s:?} is out of range: must be 10ms to 1h"));
+    }
+    Ok(d)
+}
+
 /// Parses `host:port`, `:port` (all interfaces, as Go exporters do) and `[v6]:port`.
 pub fn parse_listen_address(s: &str) -> Result<std::net::SocketAddr, String> {
     use std::net::{SocketAddr, ToSocketAddrs};
@@ -180,5 +241,36 @@ mod tests {
         assert_eq!(cli.common.procfs, PathBuf::from("/host/proc"));
         assert_eq!(cli.common.roots().cgroupfs, PathBuf::from("/sys/fs/cgroup"));
         assert!(matches!(cli.command, Some(Command::CheckConfig)));
+    }
+
+    #[test]
+    fn dstate_flags_are_bounded() {
+        let p = |args: &[&str]| {
+            Cli::try_parse_from([&["stallwatch", "dstate"][..], args].concat()).map(|c| c.command)
+        };
+        assert!(p(&["--interval=500ms", "--limit=10"]).is_ok());
+        for bad in [
+            "--interval=18446744073709551615s",
+            "--observe=0s",
+            "--limit=0",
+            "--stacks=100000",
+        ] {
+            assert!(p(&[bad]).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn one_exit_mapping() {
+        use anyhow::Context;
+        let bad: anyhow::Result<()> = Err(anyhow::anyhow!("cert missing")).context(BadInput);
+        assert_eq!(Exit::of(&bad.unwrap_err()), Exit::BadConfig);
+        let cfg = crate::config::parse("f", "x = 1").unwrap_err();
+        let e = anyhow::Error::new(cfg).context("loading");
+        assert_eq!(Exit::of(&e), Exit::BadConfig);
+        assert_eq!(Exit::of(&anyhow::anyhow!("cannot listen")), Exit::Failure);
+        assert_eq!(
+            std::process::ExitCode::from(Exit::BadConfig),
+            std::process::ExitCode::from(2)
+        );
     }
 }

@@ -5,7 +5,6 @@
 
 use std::collections::HashMap;
 use std::io::Write;
-use std::process::ExitCode;
 use std::time::{Duration, Instant, SystemTime};
 
 use serde::Serialize;
@@ -15,7 +14,7 @@ use stallwatch_collector::sample::dstate::{DThread, DTracker};
 use stallwatch_collector::sample::threads::ThreadsConfig;
 use stallwatch_collector::Roots;
 
-use crate::cli::{Common, DstateArgs};
+use crate::cli::{Common, DstateArgs, Exit};
 
 /// One walk applied to the tracker: the walk, threads in D now, D threads per group.
 type Observed = (Walk, Vec<DThread>, HashMap<std::sync::Arc<str>, u64>);
@@ -58,15 +57,11 @@ struct ThreadOut<'a> {
     stack: Option<Vec<String>>,
 }
 
-pub fn main(common: &Common, args: &DstateArgs) -> ExitCode {
+pub fn main(common: &Common, args: &DstateArgs) -> anyhow::Result<Exit> {
+    // `[threads]` only: nothing else of the config matters here, and nothing in it is looked
+    // up on disk, so the tool runs during the stall it is for.
     let cfg = match &common.config_file {
-        Some(p) => match crate::config::load(p) {
-            Ok(c) => c.threads,
-            Err(e) => {
-                eprintln!("stallwatch: bad config: {e}");
-                return ExitCode::from(2);
-            }
-        },
+        Some(p) => crate::config::load_threads(p)?,
         None => ThreadsConfig::default(),
     };
     let roots = common.roots();
@@ -80,29 +75,19 @@ pub fn main(common: &Common, args: &DstateArgs) -> ExitCode {
     };
     let stdout = std::io::stdout();
     if args.once {
-        if let Err(e) = walk_once(&mut tracker) {
-            eprintln!("stallwatch: {e}");
-            return ExitCode::FAILURE;
-        }
+        walk_once(&mut tracker).map_err(anyhow::Error::msg)?;
         std::thread::sleep(args.observe);
-        return match walk_once(&mut tracker) {
-            Ok((walk, stuck, counts)) => {
-                let mut out = stdout.lock();
-                let _ = print(&mut out, &roots, args, &walk, stuck, &counts, false);
-                ExitCode::SUCCESS
-            }
-            Err(e) => {
-                eprintln!("stallwatch: {e}");
-                ExitCode::FAILURE
-            }
-        };
+        let (walk, stuck, counts) = walk_once(&mut tracker).map_err(anyhow::Error::msg)?;
+        let mut out = stdout.lock();
+        let _ = print(&mut out, &roots, args, &walk, stuck, &counts, false);
+        return Ok(Exit::Ok);
     }
     loop {
         match walk_once(&mut tracker) {
             Ok((walk, stuck, counts)) => {
                 let mut out = stdout.lock();
                 if print(&mut out, &roots, args, &walk, stuck, &counts, !args.json).is_err() {
-                    return ExitCode::SUCCESS; // stdout closed (piped into head)
+                    return Ok(Exit::Ok); // stdout closed (piped into head)
                 }
             }
             Err(e) => eprintln!("stallwatch: {e}"),
@@ -134,7 +119,7 @@ fn print(
     let now = Instant::now();
     stuck.sort_by_key(|d| d.since);
     let total_d = stuck.len();
-    stuck.truncate(args.limit);
+    stuck.truncate(args.limit as usize);
     let blocked = stat::read(roots)
         .ok()
         .flatten()
@@ -160,7 +145,7 @@ fn print(
         .iter()
         .enumerate()
         .map(|(i, d)| {
-            (args.stack && i < args.stacks)
+            (args.stack && i < usize::from(args.stacks))
                 .then(|| stack_of(roots, d))
                 .flatten()
         })

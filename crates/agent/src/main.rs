@@ -7,21 +7,21 @@ mod dstate;
 mod metrics;
 mod node;
 mod reload;
-mod server;
 mod telemetry;
-mod webconfig;
+mod web;
 
 use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+use anyhow::Context;
 use clap::Parser;
 use prometheus_client::registry::Registry;
 use stallwatch_collector::sample::containers::ContainerSampler;
 use stallwatch_collector::sample::{HostSampler, ThreadSampler};
-use tracing::{error, info};
+use tracing::{error, info, warn};
 
-use crate::cli::{Cli, Command, Common};
+use crate::cli::{BadInput, Cli, Command, Common, Exit};
 use crate::config::Config;
 use crate::metrics::cloud::CloudCollector;
 use crate::metrics::containers::ContainersCollector;
@@ -30,135 +30,84 @@ use crate::metrics::probe::ProbeCollector;
 use crate::metrics::selfmon::{ReloadStatus, SelfCollector};
 use crate::metrics::threads::ThreadsCollector;
 
-/// Exit code for a bad config or bad flags at start-up.
-const EXIT_BAD_CONFIG: u8 = 2;
-
 fn main() -> ExitCode {
     let cli = Cli::parse();
     telemetry::init(cli.common.log_level, cli.common.log_format);
-    match cli.command.unwrap_or(Command::Run) {
+    let result = match cli.command.unwrap_or(Command::Run) {
         Command::Run => run(cli.common),
-        Command::CheckConfig => check_config(&cli.common),
+        Command::CheckConfig => config::check::main(&cli.common),
         Command::Dstate(args) => dstate::main(&cli.common, &args),
         Command::Doctor => doctor::main(&cli.common),
+        Command::CheckProbeDir { path } => Ok(config::check::child_main(&path)),
+    };
+    match result {
+        Ok(exit) => exit.into(),
+        Err(e) => {
+            // `{:#}`: the whole chain on one line, outermost first (ripgrep's habit).
+            eprintln!("stallwatch: {e:#}");
+            Exit::of(&e).into()
+        }
     }
 }
 
-fn load_config(common: &Common) -> Result<Config, config::ConfigError> {
+/// The config the agent starts with, and the text it came from (the reload thread compares
+/// against it).
+fn load_config(common: &Common) -> Result<(Config, Option<String>), config::ConfigError> {
     match &common.config_file {
-        Some(p) => config::load(p),
-        None => Ok(Config::default()),
+        Some(p) => {
+            let c = config::load(p)?;
+            Ok((c, config::read_bounded(p).ok()))
+        }
+        None => Ok((Config::default(), None)),
     }
 }
 
-fn check_config(common: &Common) -> ExitCode {
-    let cfg = match load_config(common) {
-        Ok(c) => c,
-        Err(e) => {
-            eprintln!("stallwatch: bad config: {e}");
-            return ExitCode::from(EXIT_BAD_CONFIG);
-        }
-    };
-    if let Some(w) = &common.web_config_file {
-        if let Err(e) = webconfig::WebConfig::load(w) {
-            eprintln!("stallwatch: bad web config: {e:#}");
-            return ExitCode::from(EXIT_BAD_CONFIG);
-        }
-    }
-    let src = common
-        .config_file
-        .as_ref()
-        .map(|p| p.display().to_string())
-        .unwrap_or_else(|| "<defaults>".into());
-    println!(
-        "{src}: OK (interval {:?}, peak window {:?})",
-        cfg.host.interval, cfg.host.peak_window
-    );
-    ExitCode::SUCCESS
-}
-
-fn run(common: Common) -> ExitCode {
-    let cfg = match load_config(&common) {
-        Ok(c) => c,
-        Err(e) => {
-            error!(error = %e, "Bad configuration.");
-            eprintln!("stallwatch: bad config: {e}");
-            return ExitCode::from(EXIT_BAD_CONFIG);
-        }
-    };
+fn run(common: Common) -> anyhow::Result<Exit> {
+    let (cfg, initial_text) = load_config(&common)?;
+    config::check::reject_unusable_probe_dirs(&cfg, &[])
+        .map_err(anyhow::Error::msg)
+        .context(BadInput)?;
     let web = match &common.web_config_file {
-        Some(p) => match webconfig::WebConfig::load(p) {
-            Ok(w) => Some(Arc::new(w)),
-            Err(e) => {
-                eprintln!("stallwatch: bad web config: {e:#}");
-                return ExitCode::from(EXIT_BAD_CONFIG);
-            }
-        },
+        Some(p) => Some(Arc::new(
+            web::WebConfig::load(p)
+                .with_context(|| format!("web config {}", p.display()))
+                .context(BadInput)?,
+        )),
         None => None,
     };
-    let addr = match cli::parse_listen_address(&common.listen_address) {
-        Ok(a) => a,
-        Err(e) => {
-            eprintln!("stallwatch: {e}");
-            return ExitCode::from(EXIT_BAD_CONFIG);
-        }
-    };
-    let listener = match server::bind(addr) {
-        Ok(l) => l,
-        Err(e) => {
-            eprintln!("stallwatch: cannot listen on {addr}: {e}");
-            return ExitCode::FAILURE;
-        }
-    };
+    let addr = cli::parse_listen_address(&common.listen_address)
+        .map_err(anyhow::Error::msg)
+        .context(BadInput)?;
+    let nofile = web::raise_nofile_limit();
+    let listener = web::bind(addr).with_context(|| format!("cannot listen on {addr}"))?;
     let local = listener.local_addr().unwrap_or(addr);
 
     let roots = Arc::new(common.roots());
-    let live = match reload::Live::new(&cfg) {
-        Ok(l) => l,
-        Err(e) => {
-            eprintln!("stallwatch: cannot start the probes: {e}");
-            return ExitCode::FAILURE;
-        }
-    };
+    let live = reload::Live::new(&cfg).context("cannot start the probes")?;
     // Every sampler publishes its snapshot and then joins the node view (node.rs).
     let parts = node::Parts::new(live.probes.clone());
-    let sampler = match HostSampler::spawn(
+    let sampler = HostSampler::spawn(
         roots.clone(),
         live.host.clone(),
         parts.host.clone(),
         Some(parts.hook()),
-    ) {
-        Ok(s) => s,
-        Err(e) => {
-            eprintln!("stallwatch: cannot start the sampler: {e}");
-            return ExitCode::FAILURE;
-        }
-    };
-    let container_sampler = match ContainerSampler::spawn(
+    )
+    .context("cannot start the sampler")?;
+    let container_sampler = ContainerSampler::spawn(
         roots.clone(),
         live.containers.clone(),
         parts.containers.clone(),
         Some(parts.hook()),
-    ) {
-        Ok(s) => s,
-        Err(e) => {
-            eprintln!("stallwatch: cannot start the container sampler: {e}");
-            return ExitCode::FAILURE;
-        }
-    };
-    let thread_sampler = match ThreadSampler::spawn(
+    )
+    .context("cannot start the container sampler")?;
+    let thread_sampler = ThreadSampler::spawn(
         roots.clone(),
         live.threads.clone(),
         parts.host.clone(),
         parts.threads.clone(),
         Some(parts.hook()),
-    ) {
-        Ok(s) => s,
-        Err(e) => {
-            eprintln!("stallwatch: cannot start the thread sampler: {e}");
-            return ExitCode::FAILURE;
-        }
-    };
+    )
+    .context("cannot start the thread sampler")?;
     let reload_status = Arc::new(ReloadStatus::new());
     let start_time = SystemTime::now()
         .duration_since(UNIX_EPOCH)
@@ -176,7 +125,15 @@ fn run(common: Common) -> ExitCode {
         reload: reload_status.clone(),
         start_time,
     }));
-    let state = Arc::new(server::AppState {
+    let (limits, lowered) =
+        web::Limits::new(&common.web, nofile.as_ref().map(|n| n.soft).unwrap_or(1024));
+    let conns = web::Conns::new(limits);
+    registry.register_collector(Box::new(web::WebCollector {
+        conns: conns.clone(),
+        auth: web.as_ref().and_then(|w| w.auth.clone()),
+        nofile: nofile.as_ref().map(|n| n.soft).unwrap_or(0),
+    }));
+    let state = Arc::new(web::AppState {
         registry,
         telemetry_path: common.telemetry_path.clone(),
         node,
@@ -184,78 +141,109 @@ fn run(common: Common) -> ExitCode {
     });
     let tls = web.as_ref().and_then(|w| w.tls.clone());
     let stop_probes = live.clone();
-    let app = server::app(state, web);
+    let app = web::app(state, web);
 
-    let rt = match tokio::runtime::Builder::new_multi_thread()
+    // Reload runs on its own thread (it reads files); the runtime only forwards SIGHUP to it.
+    let reload_triggers = match common.config_file.clone() {
+        Some(path) => Some(
+            reload::spawn(path, live.clone(), reload_status, initial_text)
+                .context("cannot start the reload thread")?,
+        ),
+        None => None,
+    };
+
+    let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .thread_name("sw-http")
         .enable_all()
         .build()
-    {
-        Ok(rt) => rt,
-        Err(e) => {
-            eprintln!("stallwatch: cannot start the runtime: {e}");
-            return ExitCode::FAILURE;
-        }
-    };
+        .context("cannot start the runtime")?;
+    // One stop signal for the server and the cloud tasks, so they wind down together.
+    let (stop, stopping) = tokio::sync::watch::channel(false);
+    web::on_signal(stop).context("cannot install signal handlers")?;
     let result = rt.block_on(async move {
-        let handle = axum_server::Handle::<std::net::SocketAddr>::new();
-        if let Some(path) = common.config_file.clone() {
-            let initial = std::fs::read(&path).ok();
-            tokio::spawn(reload::run(path, live.clone(), reload_status, initial));
+        if let Some(tx) = reload_triggers {
+            tokio::spawn(reload::forward_sighup(tx));
         }
-        tokio::spawn(shutdown_on_signal(handle.clone()));
-        let (stop_cloud, cloud_stopped) = tokio::sync::watch::channel(false);
         let cloud = stallwatch_cloud::runner::spawn(
             live.cloud.clone(),
             roots.clone(),
+            parts.host.clone(),
             parts.cloud.clone(),
-            cloud_stopped,
+            stopping.clone(),
         );
         info!(
             address = %local,
             tls = tls.is_some(),
             telemetry_path = %common.telemetry_path,
             procfs = %roots.procfs.display(),
+            max_connections = limits.max_connections,
+            max_fds = nofile.as_ref().map(|n| n.soft).unwrap_or(0),
             version = env!("CARGO_PKG_VERSION"),
             "Listening."
         );
-        let r = server::serve(listener, app, tls, handle).await;
-        let _ = stop_cloud.send(true);
-        // The cloud tasks stop at their next wait; a call in flight is not waited for long.
-        let _ = tokio::time::timeout(Duration::from_secs(2), cloud).await;
+        if lowered {
+            warn!(
+                max_connections = limits.max_connections,
+                "--web.max-connections lowered to leave file descriptors for the readers."
+            );
+        }
+        if let Err(error) = &nofile {
+            warn!(%error, "Cannot read the open-file limit.");
+        }
+        let r = web::serve(listener, app, tls, conns, stopping).await;
+        // The cloud tasks were told at the same time; a call in flight is not waited for long.
+        let _ = tokio::time::timeout(Duration::from_millis(500), cloud).await;
         r
     });
-    sampler.stop();
-    thread_sampler.stop();
-    container_sampler.stop();
-    stop_probes.stop();
+    // Nothing left on the runtime (a blocking task, a connection mid-write) holds the exit.
+    rt.shutdown_timeout(Duration::from_millis(200));
+    stop_within(
+        Duration::from_secs(1),
+        vec![
+            Box::new(move || sampler.stop()),
+            Box::new(move || thread_sampler.stop()),
+            Box::new(move || container_sampler.stop()),
+            Box::new(move || stop_probes.stop()),
+        ],
+    );
     match result {
         Ok(()) => {
             info!("Shut down.");
-            ExitCode::SUCCESS
+            Ok(Exit::Ok)
         }
         Err(e) => {
             error!(error = %e, "HTTP server failed.");
-            ExitCode::FAILURE
+            Err(anyhow::Error::new(e).context("HTTP server failed"))
         }
     }
 }
 
-/// SIGTERM or SIGINT: stop accepting, let in-flight scrapes finish (at most 5 s).
-async fn shutdown_on_signal(handle: axum_server::Handle<std::net::SocketAddr>) {
-    use tokio::signal::unix::{signal, SignalKind};
-    let (Ok(mut term), Ok(mut int)) = (
-        signal(SignalKind::terminate()),
-        signal(SignalKind::interrupt()),
-    ) else {
-        error!("Cannot install signal handlers.");
-        return;
-    };
-    let name = tokio::select! {
-        _ = term.recv() => "SIGTERM",
-        _ = int.recv() => "SIGINT",
-    };
-    info!(signal = name, "Shutting down.");
-    handle.graceful_shutdown(Some(Duration::from_secs(5)));
+/// Runs the samplers' stops side by side and waits for them at most `budget`: a sampler
+/// waiting out a reader stuck in the kernel (a file on a hung disk) ends with the process
+/// instead of holding the exit past the README's 5 s.
+fn stop_within(budget: Duration, stops: Vec<Box<dyn FnOnce() + Send>>) {
+    let (done, finished) = std::sync::mpsc::channel();
+    let n = stops.len();
+    for stop in stops {
+        let done = done.clone();
+        let spawned = std::thread::Builder::new()
+            .name("sw-stop".into())
+            .spawn(move || {
+                stop();
+                let _ = done.send(());
+            });
+        if let Err(error) = spawned {
+            warn!(%error, "Cannot start a thread to stop a sampler.");
+        }
+    }
+    drop(done);
+    let deadline = std::time::Instant::now() + budget;
+    for _ in 0..n {
+        let left = deadline.saturating_duration_since(std::time::Instant::now());
+        if finished.recv_timeout(left).is_err() {
+            warn!("A sampler did not stop in time (a read stuck in the kernel?); exiting anyway.");
+            return;
+        }
+    }
 }

@@ -1,4 +1,5 @@
-//! Config reload on SIGHUP and on file change. The watcher is on the file's *directory*:
+//! Config reload on SIGHUP and on file change, on a thread of its own (a reload may read a file
+//! on a hung disk; it must not hold up an HTTP worker). The watcher is on the file's *directory*:
 //! editors replace files by rename and Kubernetes ConfigMaps swap a `..data` symlink, both of
 //! which a watch on the file's inode misses. Events are debounced (~1 s) and a reload happens
 //! only when the bytes changed. A config that fails to parse or validate is logged with file,
@@ -6,7 +7,7 @@
 //! stays in force.
 
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex};
+use std::sync::{mpsc, Arc, Mutex};
 use std::time::Duration;
 
 use arc_swap::ArcSwap;
@@ -16,7 +17,6 @@ use stallwatch_collector::sample::containers::ContainersConfig;
 use stallwatch_collector::sample::probe::Probes;
 use stallwatch_collector::sample::{HostConfig, ThreadsConfig};
 use tokio::signal::unix::{signal, SignalKind};
-use tokio::sync::mpsc;
 use tracing::{error, info, warn};
 
 use crate::config;
@@ -90,16 +90,49 @@ impl Live {
     }
 }
 
-/// Runs until the process exits. `initial` is the text the running config was loaded from.
-pub async fn run(path: PathBuf, live: Live, status: Arc<ReloadStatus>, initial: Option<Vec<u8>>) {
-    let (tx, mut rx) = mpsc::unbounded_channel::<()>();
-    let _watcher = match watch_dir(&path, tx) {
+/// What woke the reload thread.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Trigger {
+    Hangup,
+    FileChanged,
+}
+
+/// Where SIGHUP and file events are sent. Bounded and never blocking: when the reload thread is
+/// busy (or stuck reading a config on a hung disk) further triggers are dropped, since the
+/// reload that runs next reads the file as it is then anyway.
+pub type Triggers = mpsc::SyncSender<Trigger>;
+
+/// Starts the reload thread (named "sw-reload"). Reading, parsing and applying a config all
+/// happen on it, never on an HTTP worker: a read that blocks (a config file on a hung disk, a
+/// FIFO) stops only this thread, and `/metrics`, `/healthz` and SIGTERM keep working.
+/// `initial` is the text the running config was loaded from. Returns the sender that the
+/// SIGHUP forwarder ([`forward_sighup`]) uses.
+pub fn spawn(
+    path: PathBuf,
+    live: Live,
+    status: Arc<ReloadStatus>,
+    initial: Option<String>,
+) -> std::io::Result<Triggers> {
+    let (tx, rx) = mpsc::sync_channel::<Trigger>(4);
+    let watcher = match watch_dir(&path, tx.clone()) {
         Ok(w) => Some(w),
         Err(e) => {
             warn!(path = %path.display(), error = %e, "Cannot watch the config directory; reload on SIGHUP only.");
             None
         }
     };
+    std::thread::Builder::new()
+        .name("sw-reload".into())
+        .spawn(move || {
+            let _watcher = watcher;
+            run(&path, &live, &status, initial, &rx);
+        })?;
+    Ok(tx)
+}
+
+/// Sends a [`Trigger::Hangup`] for every SIGHUP. A task on the runtime that only forwards: it
+/// never reads a file, so it cannot block a worker.
+pub async fn forward_sighup(tx: Triggers) {
     let mut hup = match signal(SignalKind::hangup()) {
         Ok(s) => s,
         Err(e) => {
@@ -107,30 +140,69 @@ pub async fn run(path: PathBuf, live: Live, status: Arc<ReloadStatus>, initial: 
             return;
         }
     };
-    let mut last = initial;
-    loop {
-        let forced = tokio::select! {
-            Some(()) = hup.recv() => true,
-            Some(()) = rx.recv() => {
-                tokio::time::sleep(DEBOUNCE).await;
-                while rx.try_recv().is_ok() {}
-                false
-            }
-            else => return,
-        };
-        let bytes = std::fs::read(&path).ok();
-        if !forced && bytes.is_some() && bytes == last {
-            continue; // an event in the directory, but our file did not change
-        }
-        reload_now(&path, &live, &status, forced);
-        last = bytes;
+    while hup.recv().await.is_some() {
+        let _ = tx.try_send(Trigger::Hangup);
     }
 }
 
-/// Loads the file and swaps it in, or keeps the old config and records the failure.
-pub fn reload_now(path: &Path, live: &Live, status: &ReloadStatus, forced: bool) -> bool {
-    match config::load(path) {
-        Ok(c) => {
+fn run(
+    path: &Path,
+    live: &Live,
+    status: &ReloadStatus,
+    initial: Option<String>,
+    rx: &mpsc::Receiver<Trigger>,
+) {
+    let mut last = initial;
+    while let Ok(first) = rx.recv() {
+        let mut forced = first == Trigger::Hangup;
+        if !forced {
+            // Debounce: editors write in several steps; read once things are quiet.
+            std::thread::sleep(DEBOUNCE);
+        }
+        while let Ok(t) = rx.try_recv() {
+            forced |= t == Trigger::Hangup;
+        }
+        let text = config::read_bounded(path);
+        if !forced && text.is_ok() && text.as_ref().ok() == last.as_ref() {
+            continue; // an event in the directory, but our file did not change
+        }
+        reload_text(path, &text, live, status, forced);
+        last = text.ok();
+    }
+}
+
+/// Parses `text` (what was read from `path`) and swaps it in, or keeps the old config and
+/// records the failure.
+fn reload_text(
+    path: &Path,
+    text: &Result<String, String>,
+    live: &Live,
+    status: &ReloadStatus,
+    forced: bool,
+) -> bool {
+    let file = path.display().to_string();
+    let parsed = match text {
+        Ok(t) => config::parse_in(&file, t, &config::Env::this_process()),
+        Err(msg) => Err(config::ConfigError {
+            file,
+            line: None,
+            key: None,
+            msg: msg.clone(),
+        }),
+    };
+    match parsed {
+        Ok(mut c) => {
+            c.source = Some(path.to_path_buf());
+            let running: Vec<String> = live
+                .probes
+                .lock()
+                .map(|p| p.snapshot().into_iter().map(|s| s.path).collect())
+                .unwrap_or_default();
+            if let Err(e) = config::check::reject_unusable_probe_dirs(&c, &running) {
+                status.mark(false);
+                error!(path = %path.display(), error = %e, "Bad configuration on reload; keeping the running one.");
+                return false;
+            }
             if let Err(e) = live.apply(c) {
                 status.mark(false);
                 error!(path = %path.display(), error = %e, "Cannot apply the reloaded configuration; keeping the running one.");
@@ -148,10 +220,7 @@ pub fn reload_now(path: &Path, live: &Live, status: &ReloadStatus, forced: bool)
     }
 }
 
-fn watch_dir(
-    path: &Path,
-    tx: mpsc::UnboundedSender<()>,
-) -> notify::Result<notify::RecommendedWatcher> {
+fn watch_dir(path: &Path, tx: Triggers) -> notify::Result<notify::RecommendedWatcher> {
     let dir = match path.parent() {
         Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
         _ => PathBuf::from("."),
@@ -159,7 +228,7 @@ fn watch_dir(
     let mut w = notify::recommended_watcher(move |res: notify::Result<notify::Event>| {
         if let Ok(ev) = res {
             if !ev.kind.is_access() {
-                let _ = tx.send(());
+                let _ = tx.try_send(Trigger::FileChanged);
             }
         }
     })?;

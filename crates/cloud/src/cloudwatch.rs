@@ -113,7 +113,7 @@ pub async fn fetch_newest(
                             } else {
                                 format!("{code}: ")
                             },
-                            crate::imds::error_chain(&e)
+                            crate::http::error_chain(&e)
                         ),
                         throttled,
                     }

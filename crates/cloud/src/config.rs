@@ -50,7 +50,8 @@ pub struct CloudConfig {
     pub staleness: Duration,
     /// First retry delay after a failed call; doubles per failure up to the call's interval.
     pub retry_min: Duration,
-    /// Local credit-model cadence (reads `/proc/diskstats`).
+    /// Local credit-model cadence: how often the host sampler's latest disk counters are looked
+    /// at (a reading advances the model once, at its own time) and the EBS NVMe log pages read.
     pub model_interval: Duration,
     /// Also poll the instance's `EBSIOBalance%`, `EBSByteBalance%` (and `CPUCreditBalance` on T
     /// instances) with the volumes' BurstBalance.

@@ -63,10 +63,7 @@ pub struct Ec2Client {
 
 impl Ec2Client {
     pub fn new(region: &str, endpoint: Option<&str>, timeout: Duration) -> Result<Self, Ec2Error> {
-        let http = reqwest_cloud::Client::builder()
-            .timeout(timeout)
-            .build()
-            .map_err(|e| Ec2Error::Transport(e.to_string()))?;
+        let http = crate::http::query_client(timeout).map_err(Ec2Error::Transport)?;
         Ok(Ec2Client {
             http,
             endpoint: endpoint
@@ -117,7 +114,7 @@ impl Ec2Client {
         let resp = rb
             .send()
             .await
-            .map_err(|e| Ec2Error::Transport(crate::imds::error_chain(&e)))?;
+            .map_err(|e| Ec2Error::Transport(crate::http::error_chain(&e)))?;
         let status = resp.status().as_u16();
         let text = resp
             .text()

@@ -7,6 +7,7 @@ use std::time::Duration;
 use aws_config::imds;
 use aws_config::provider_config::ProviderConfig;
 
+use crate::http::error_chain;
 use crate::snapshot::Instance;
 
 #[derive(Debug, thiserror::Error)]
@@ -43,7 +44,7 @@ pub fn client(
 
 /// One discovery as the agent does it, with its own HTTPS client (for `stallwatch doctor`).
 pub async fn probe(endpoint: Option<&str>, timeout: Duration) -> Result<Instance, DiscoveryError> {
-    let provider = ProviderConfig::default().with_http_client(crate::runner::https_client());
+    let provider = ProviderConfig::default().with_http_client(crate::http::sdk_client());
     discover(&client(&provider, endpoint, timeout)?).await
 }
 
@@ -80,21 +81,6 @@ pub fn parse_identity(text: &str) -> Result<Instance, DiscoveryError> {
         availability_zone: field("availabilityZone")?,
         instance_type: field("instanceType").unwrap_or_default(),
     })
-}
-
-/// The error and its sources on one line (the SDK's top-level messages are terse).
-pub fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
-    let mut s = e.to_string();
-    let mut cur = e.source();
-    while let Some(c) = cur {
-        let m = c.to_string();
-        if !s.contains(&m) {
-            s.push_str(": ");
-            s.push_str(&m);
-        }
-        cur = c.source();
-    }
-    s
 }
 
 #[cfg(test)]

@@ -1,20 +1,31 @@
 //! The cloud side of stallwatch (AWS): which EBS volumes back this node's disks, how much burst
 //! credit they have left (CloudWatch `BurstBalance`, minutes late), a local estimate of the same
-//! bucket from `/proc/diskstats` every second (so the warning comes before the wall), and the
-//! EBS NVMe statistics log page (time spent over the volume's and the instance's limits).
+//! bucket from the host sampler's disk counters every second (so the warning comes before the
+//! wall), and the EBS NVMe statistics log page (time spent over the volume's and the instance's
+//! limits).
 //!
-//! Pure parts (`model`, `nvme`, `devices`) are sync and take their inputs as values or paths;
-//! the AWS clients are async and publish a [`CloudSnapshot`] the agent encodes.
+//! Floors, bottom up (no module imports one above it, nothing imports `runner`):
+//! - pure values and readers: `config`, `model`, `nvme`, `devices`, `snapshot`;
+//! - `http`: the HTTPS clients and the error chain every AWS call is reported with;
+//! - the AWS calls, each on its own: `imds`, `ec2`, `cloudwatch`;
+//! - `state`: what is known and every decision made from it, pure and unit-tested;
+//! - `runner`: the loops that make the calls and feed the state, publishing a [`CloudSnapshot`]
+//!   the agent encodes.
 
+pub mod config;
 pub mod devices;
 pub mod model;
 pub mod nvme;
+pub mod snapshot;
+
+pub mod http;
 
 pub mod cloudwatch;
-pub mod config;
 pub mod ec2;
 pub mod imds;
+
+pub mod state;
+
 pub mod runner;
-pub mod snapshot;
 
 pub use snapshot::CloudSnapshot;

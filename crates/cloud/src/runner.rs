@@ -1,12 +1,16 @@
-//! The cloud side's tasks: discovery once, then three loops sharing one state —
-//! DescribeVolumes every few minutes, GetMetricData (BurstBalance) every `poll_interval` (every
-//! `fast_poll_interval` while a balance is low), and a 1 s tick that feeds the local credit
-//! model from `/proc/diskstats` and reads the EBS NVMe log pages. Every loop publishes a fresh
-//! [`CloudSnapshot`]; blocking reads run on the blocking pool under a deadline, so nothing here
-//! can hold up a scrape.
+//! The cloud side's tasks: discovery once, then four loops around one [`State`] —
+//! DescribeVolumes (with a sysfs scan) every `describe_interval`; GetMetricData (BurstBalance)
+//! every `poll_interval` (every `fast_poll_interval` while a balance is low); every
+//! `model_interval`, the host sampler's newest disk counters into the local credit model; and
+//! as often, the EBS NVMe log pages.
+//!
+//! Each loop makes one bounded call per period, hands its outcome to the state (which decides
+//! when to call again) and publishes a fresh [`CloudSnapshot`]. Blocking reads run on the
+//! blocking pool under a deadline and the state's lock is never held across I/O, so nothing here
+//! can hold up a scrape. The credit model reads no file: the host sampler already reads
+//! `/proc/diskstats` every second, and its unfiltered reading is the model's input.
 
-use std::collections::{BTreeMap, HashMap};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use arc_swap::ArcSwap;
@@ -14,233 +18,91 @@ use aws_config::provider_config::ProviderConfig;
 use aws_config::BehaviorVersion;
 use aws_credential_types::provider::{ProvideCredentials, SharedCredentialsProvider};
 use aws_sdk_cloudwatch::config::Region;
+use stallwatch_collector::sample::HostSnapshot;
 use stallwatch_collector::Roots;
 use tokio::sync::watch;
+use tokio::task::JoinHandle;
 use tracing::{debug, info, warn};
 
 use crate::config::{backoff, CloudConfig, Enabled};
 use crate::devices::{self, BlockDevice};
-use crate::ec2::{self, Ec2Client, Volume};
-use crate::model::{Bucket, VolumeType};
-use crate::nvme;
-use crate::snapshot::{
-    Api, CloudSnapshot, Instance, InstanceBalance, NvmeCounters, Outcome, VolumeState,
-};
-use crate::{cloudwatch, imds};
+use crate::ec2::Ec2Client;
+use crate::snapshot::{Api, CloudSnapshot, Instance, Outcome};
+use crate::state::{self, Described, Failure, State};
+use crate::{cloudwatch, http, imds, nvme};
 
-/// Shared state of the loops; every lock is held only for bookkeeping, never across I/O.
-#[derive(Default)]
-struct State {
-    instance: Option<Instance>,
-    volumes: Vec<Volume>,
-    disks: Vec<BlockDevice>,
-    /// volume id → kernel device name.
-    devices: BTreeMap<String, String>,
-    buckets: HashMap<String, Bucket>,
-    /// Newest CloudWatch point per volume.
-    balances: BTreeMap<String, crate::snapshot::BalancePoint>,
-    instance_balances: BTreeMap<InstanceBalance, crate::snapshot::BalancePoint>,
-    /// Previous diskstats counters per device: (ops, bytes).
-    prev_io: HashMap<String, (u64, u64)>,
-    nvme: BTreeMap<String, nvme::Stats>,
-    requests: BTreeMap<(Api, Outcome), u64>,
-    metrics_requested: u64,
-    last_success: BTreeMap<Api, f64>,
+/// Starts the cloud side on the current tokio runtime. Returns at once; the tasks end when
+/// `stop` turns true. `roots` is for the sysfs device scan; `host` is the host sampler's
+/// published snapshot, whose unfiltered disk counters feed the credit model.
+pub fn spawn(
+    cfg: Arc<ArcSwap<CloudConfig>>,
+    roots: Arc<Roots>,
+    host: Arc<ArcSwap<HostSnapshot>>,
+    out: Arc<ArcSwap<CloudSnapshot>>,
+    stop: watch::Receiver<bool>,
+) -> tokio::task::JoinHandle<()> {
+    let ctx = Ctx {
+        cfg,
+        state: Arc::default(),
+        out,
+        stop,
+    };
+    tokio::spawn(run(ctx, roots, host))
 }
 
-impl State {
-    fn count(&mut self, api: Api, outcome: Outcome) {
-        *self.requests.entry((api, outcome)).or_default() += 1;
-        if outcome == Outcome::Success {
-            self.last_success.insert(api, unix_now());
-        }
+/// What every loop shares.
+#[derive(Clone)]
+struct Ctx {
+    cfg: Arc<ArcSwap<CloudConfig>>,
+    state: Arc<Mutex<State>>,
+    out: Arc<ArcSwap<CloudSnapshot>>,
+    stop: watch::Receiver<bool>,
+}
+
+impl Ctx {
+    fn lock(&self) -> MutexGuard<'_, State> {
+        lock(&self.state)
     }
 
-    fn snapshot(&self, cfg: &CloudConfig) -> CloudSnapshot {
-        let now = unix_now();
-        let staleness = cfg.staleness.as_secs_f64();
-        let mut instance_iops = None::<f64>;
-        let mut instance_tp = None::<f64>;
-        for s in self.nvme.values() {
-            instance_iops = Some(
-                instance_iops
-                    .unwrap_or(0.0)
-                    .max(us(s.ec2_instance_exceeded_iops_us)),
-            );
-            instance_tp = Some(
-                instance_tp
-                    .unwrap_or(0.0)
-                    .max(us(s.ec2_instance_exceeded_tp_us)),
-            );
-        }
-        let volumes =
-            self.volumes
-                .iter()
-                .map(|v| {
-                    let device = self.devices.get(&v.volume_id).cloned();
-                    let vt = VolumeType::parse(&v.volume_type);
-                    // Before the first CloudWatch point the bucket's level is unknown: no estimate
-                    // rather than a made-up 100 %.
-                    let bucket = self
-                        .buckets
-                        .get(&v.volume_id)
-                        .filter(|b| b.last_anchor().is_some());
-                    VolumeState {
-                        volume_id: v.volume_id.clone(),
-                        device: device.clone(),
-                        volume_type: v.volume_type.clone(),
-                        availability_zone: v.availability_zone.clone(),
-                        size_bytes: v.size_gib.saturating_mul(1 << 30),
-                        provisioned_iops: v.iops,
-                        throughput_mibps: v.throughput_mibps,
-                        baseline_iops: baseline_iops(&vt, v.size_gib, v.iops),
-                        burst_balance: self
-                            .balances
-                            .get(&v.volume_id)
-                            .copied()
-                            .filter(|p| now - p.timestamp <= staleness),
-                        estimate_percent: bucket.map(|b| b.percent()),
-                        seconds_to_empty: bucket.map(|b| b.seconds_to_empty()),
-                        nvme: device.as_ref().and_then(|d| self.nvme.get(d)).map(|s| {
-                            NvmeCounters {
-                                exceeded_iops_seconds: us(s.volume_exceeded_iops_us),
-                                exceeded_throughput_seconds: us(s.volume_exceeded_tp_us),
-                                queue_length: s.volume_queue_length as f64,
-                                read_ops: s.total_read_ops,
-                                write_ops: s.total_write_ops,
-                                read_time_seconds: us(s.total_read_time_us),
-                                write_time_seconds: us(s.total_write_time_us),
-                                read_latency: bins(&s.read_io_latency_histogram),
-                                write_latency: bins(&s.write_io_latency_histogram),
-                            }
-                        }),
-                    }
-                })
-                .collect();
-        CloudSnapshot {
-            enabled: true,
-            instance: self.instance.clone(),
-            disks: self.disks.clone(),
-            volumes,
-            instance_balances: self
-                .instance_balances
-                .iter()
-                .filter(|(_, p)| now - p.timestamp <= staleness)
-                .map(|(k, p)| (*k, *p))
-                .collect(),
-            instance_exceeded_iops_seconds: instance_iops,
-            instance_exceeded_throughput_seconds: instance_tp,
-            requests: self
-                .requests
-                .iter()
-                .map(|((a, o), n)| (*a, *o, *n))
-                .collect(),
-            metrics_requested: self.metrics_requested,
-            last_success: self.last_success.iter().map(|(a, t)| (*a, *t)).collect(),
-        }
+    fn publish(&self, c: &CloudConfig) {
+        let snap = self.lock().snapshot(c, unix_now());
+        self.out.store(Arc::new(snap));
     }
 
-    /// Volume id → device: the config's overrides first, then NVMe serials, then Xen
-    /// attachment names (`/dev/sdf` → `xvdf`) that exist in sysfs.
-    fn map_devices(&mut self, overrides: &[crate::config::VolumeOverride]) {
-        let mut m = BTreeMap::new();
-        let attached: std::collections::HashSet<&str> =
-            self.volumes.iter().map(|v| v.volume_id.as_str()).collect();
-        for d in &self.disks {
-            if let Some(id) = &d.volume_id {
-                if attached.contains(id.as_str()) {
-                    m.insert(id.clone(), d.name.clone());
-                }
-            }
-        }
-        for v in &self.volumes {
-            if m.contains_key(&v.volume_id) {
-                continue;
-            }
-            for a in &v.attachment_devices {
-                if let Some(k) = ec2::kernel_name_of_attachment(a) {
-                    if self.disks.iter().any(|d| d.name == k) {
-                        m.insert(v.volume_id.clone(), k);
-                        break;
-                    }
-                }
-            }
-        }
-        for o in overrides {
-            m.insert(o.volume_id.clone(), o.device.clone());
-        }
-        self.devices = m;
+    fn count(&self, api: Api, outcome: Outcome) {
+        self.lock().count(api, outcome, unix_now());
     }
 
-    /// Buckets for the volumes that can burst; a volume whose type or size changed gets a new one.
-    fn sync_buckets(&mut self) {
-        let mut keep = HashMap::new();
-        for v in &self.volumes {
-            let vt = VolumeType::parse(&v.volume_type);
-            if let Some(b) = self.buckets.remove(&v.volume_id) {
-                if *b.volume_type() == vt && b.size_gib() == v.size_gib {
-                    keep.insert(v.volume_id.clone(), b);
-                    continue;
-                }
-            }
-            if let Some(b) = Bucket::new(&vt, v.size_gib) {
-                keep.insert(v.volume_id.clone(), b);
-            }
+    /// Sleeps `d`; true when asked to stop meanwhile.
+    async fn sleep_or_stop(&self, d: Duration) -> bool {
+        let mut stop = self.stop.clone();
+        if *stop.borrow() {
+            return true;
         }
-        self.buckets = keep;
+        tokio::select! {
+            _ = tokio::time::sleep(d) => false,
+            r = stop.changed() => r.is_err() || *stop.borrow(),
+        }
     }
 }
 
-/// Baseline IOPS: gp2's 3 per GiB (100..=16,000); gp3/io1/io2 what is provisioned (they do
-/// not burst, so that is the rate they hold); HDD types are throughput-based (none).
-fn baseline_iops(vt: &VolumeType, size_gib: u64, provisioned: Option<u64>) -> Option<f64> {
-    match vt {
-        VolumeType::Gp2 => Some((3.0 * size_gib as f64).clamp(100.0, 16_000.0)),
-        VolumeType::Gp3 | VolumeType::Io1 | VolumeType::Io2 => provisioned.map(|p| p as f64),
-        _ => None,
-    }
+fn lock(s: &Mutex<State>) -> MutexGuard<'_, State> {
+    s.lock().unwrap_or_else(|p| p.into_inner())
 }
 
-fn bins(h: &nvme::Histogram) -> Vec<(f64, u64)> {
-    h.bins
-        .iter()
-        .map(|b| (us(b.upper_us), u64::from(b.count)))
-        .collect()
-}
-
-fn us(v: u64) -> f64 {
-    v as f64 / 1e6
-}
-
-pub fn unix_now() -> f64 {
+fn unix_now() -> f64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0.0, |d| d.as_secs_f64())
 }
 
-/// Starts the cloud side on the current tokio runtime. Returns at once; the tasks end when
-/// `stop` turns true.
-pub fn spawn(
-    cfg: Arc<ArcSwap<CloudConfig>>,
-    roots: Arc<Roots>,
-    out: Arc<ArcSwap<CloudSnapshot>>,
-    stop: watch::Receiver<bool>,
-) -> tokio::task::JoinHandle<()> {
-    tokio::spawn(run(cfg, roots, out, stop))
-}
-
-async fn run(
-    cfg: Arc<ArcSwap<CloudConfig>>,
-    roots: Arc<Roots>,
-    out: Arc<ArcSwap<CloudSnapshot>>,
-    stop: watch::Receiver<bool>,
-) {
-    let c = cfg.load_full();
+async fn run(ctx: Ctx, roots: Arc<Roots>, host: Arc<ArcSwap<HostSnapshot>>) {
+    let c = ctx.cfg.load_full();
     if c.enabled == Enabled::Off {
         info!("Cloud features off ([cloud] enabled = false).");
-        return disks_only(cfg, roots, out, stop).await;
+        return disks_only(ctx, roots).await;
     }
-    let http = https_client();
+    let http = http::sdk_client();
     let provider = ProviderConfig::default().with_http_client(http.clone());
     let imds_client = match imds::client(&provider, c.imds_endpoint.as_deref(), c.imds_timeout) {
         Ok(i) => i,
@@ -249,48 +111,10 @@ async fn run(
             return;
         }
     };
-    let state = Arc::new(Mutex::new(State::default()));
-
-    // Discovery: the configured instance, or IMDS.
-    let instance = match (&c.instance_id, &c.region) {
-        (Some(id), Some(region)) => Instance {
-            instance_id: id.clone(),
-            region: region.clone(),
-            availability_zone: c.availability_zone.clone().unwrap_or_default(),
-            instance_type: String::new(),
-        },
-        _ => {
-            let mut failures = 0u32;
-            loop {
-                let t = Instant::now();
-                match imds::discover(&imds_client).await {
-                    Ok(mut i) => {
-                        lock(&state).count(Api::Imds, Outcome::Success);
-                        if let Some(r) = &c.region {
-                            i.region = r.clone();
-                        }
-                        break i;
-                    }
-                    Err(e) => {
-                        lock(&state).count(Api::Imds, Outcome::Error);
-                        if c.enabled == Enabled::Auto {
-                            info!(
-                                error = %e,
-                                waited_ms = t.elapsed().as_millis() as u64,
-                                "Not on EC2 (no IMDS answer): cloud features off. Set [cloud] enabled = true to keep trying."
-                            );
-                            return disks_only(cfg, roots, out, stop).await;
-                        }
-                        failures += 1;
-                        let d = backoff(c.retry_min, c.describe_interval, failures);
-                        warn!(error = %e, retry_in = ?d, "IMDS discovery failed; [cloud] enabled = true, retrying.");
-                        if sleep_or_stop(d, &stop).await {
-                            return;
-                        }
-                    }
-                }
-            }
-        }
+    let instance = match discover(&ctx, &c, &imds_client).await {
+        Discovery::Found(i) => i,
+        Discovery::NotOnEc2 => return disks_only(ctx, roots).await,
+        Discovery::Stopped => return,
     };
     info!(
         instance_id = %instance.instance_id,
@@ -299,22 +123,18 @@ async fn run(
         instance_type = %instance.instance_type,
         "Cloud features on."
     );
-    let region = instance.region.clone();
-    lock(&state).instance = Some(instance.clone());
+    let region = Region::new(instance.region.clone());
+    ctx.lock().set_instance(instance.clone());
 
     let creds_chain = aws_config::default_provider::credentials::DefaultCredentialsChain::builder()
-        .imds_client(imds_client.clone())
-        .configure(
-            provider
-                .clone()
-                .with_region(Some(Region::new(region.clone()))),
-        )
+        .imds_client(imds_client)
+        .configure(provider.with_region(Some(region.clone())))
         .build()
         .await;
     let creds = SharedCredentialsProvider::new(creds_chain);
     let sdk = aws_config::defaults(BehaviorVersion::latest())
         .http_client(http)
-        .region(Region::new(region.clone()))
+        .region(region)
         .credentials_provider(creds.clone())
         .timeout_config(
             aws_config::timeout::TimeoutConfig::builder()
@@ -329,151 +149,95 @@ async fn run(
         cwb = cwb.endpoint_url(e);
     }
     let cw = aws_sdk_cloudwatch::Client::from_conf(cwb.build());
-    let ec2c = match Ec2Client::new(&region, c.ec2_endpoint.as_deref(), c.request_timeout) {
+    let ec2c = match Ec2Client::new(
+        &instance.region,
+        c.ec2_endpoint.as_deref(),
+        c.request_timeout,
+    ) {
         Ok(e) => e,
         Err(e) => {
             warn!(error = %e, "Cloud features off: cannot build the EC2 client.");
             return;
         }
     };
-    out.store(Arc::new(lock(&state).snapshot(&c)));
+    ctx.publish(&c);
 
     let (volumes_tx, volumes_rx) = watch::channel(0u64);
-    let t1 = tokio::spawn(describe_loop(
-        cfg.clone(),
-        state.clone(),
-        out.clone(),
-        ec2c,
+    let describe = Describe {
+        ec2: ec2c,
         creds,
-        instance.instance_id.clone(),
-        roots.clone(),
-        volumes_tx,
-        stop.clone(),
-    ));
-    let t2 = tokio::spawn(poll_loop(
-        cfg.clone(),
-        state.clone(),
-        out.clone(),
-        cw,
-        volumes_rx,
-        stop.clone(),
-    ));
-    let t3 = tokio::spawn(tick_loop(cfg, state, out, roots, stop));
-    let _ = tokio::join!(t1, t2, t3);
+        instance_id: instance.instance_id,
+        roots,
+    };
+    let t1 = tokio::spawn(describe_loop(ctx.clone(), describe, volumes_tx));
+    let t2 = tokio::spawn(poll_loop(ctx.clone(), cw, volumes_rx));
+    let t3 = tokio::spawn(model_loop(ctx.clone(), host));
+    let t4 = tokio::spawn(nvme_loop(ctx));
+    let _ = tokio::join!(t1, t2, t3, t4);
+}
+
+enum Discovery {
+    Found(Instance),
+    /// No IMDS answer with `enabled = "auto"`: describe the disks only.
+    NotOnEc2,
+    /// Asked to stop while `enabled = true` kept retrying.
+    Stopped,
+}
+
+/// The configured instance, or IMDS discovery (retried with backoff when `enabled = true`).
+async fn discover(ctx: &Ctx, c: &CloudConfig, imds_client: &aws_config::imds::Client) -> Discovery {
+    if let (Some(id), Some(region)) = (&c.instance_id, &c.region) {
+        return Discovery::Found(Instance {
+            instance_id: id.clone(),
+            region: region.clone(),
+            availability_zone: c.availability_zone.clone().unwrap_or_default(),
+            instance_type: String::new(),
+        });
+    }
+    let mut failures = 0u32;
+    loop {
+        let t = Instant::now();
+        match imds::discover(imds_client).await {
+            Ok(mut i) => {
+                ctx.count(Api::Imds, Outcome::Success);
+                if let Some(r) = &c.region {
+                    i.region = r.clone();
+                }
+                return Discovery::Found(i);
+            }
+            Err(e) => {
+                ctx.count(Api::Imds, Outcome::Error);
+                if c.enabled == Enabled::Auto {
+                    info!(
+                        error = %e,
+                        waited_ms = t.elapsed().as_millis() as u64,
+                        "Not on EC2 (no IMDS answer): cloud features off. Set [cloud] enabled = true to keep trying."
+                    );
+                    return Discovery::NotOnEc2;
+                }
+                failures += 1;
+                let d = backoff(c.retry_min, c.describe_interval, failures);
+                warn!(error = %e, retry_in = ?d, "IMDS discovery failed; [cloud] enabled = true, retrying.");
+                if ctx.sleep_or_stop(d).await {
+                    return Discovery::Stopped;
+                }
+            }
+        }
+    }
 }
 
 /// Cloud features off: still describe the block devices (model, serial, EBS volume id from the
 /// NVMe serial, io_timeout) every `describe_interval`; they cost one sysfs scan.
-async fn disks_only(
-    cfg: Arc<ArcSwap<CloudConfig>>,
-    roots: Arc<Roots>,
-    out: Arc<ArcSwap<CloudSnapshot>>,
-    stop: watch::Receiver<bool>,
-) {
+async fn disks_only(ctx: Ctx, roots: Arc<Roots>) {
     loop {
-        let c = cfg.load_full();
+        let c = ctx.cfg.load_full();
         if let Some(d) = scan_disks(roots.clone(), c.request_timeout).await {
-            out.store(Arc::new(CloudSnapshot {
+            ctx.out.store(Arc::new(CloudSnapshot {
                 disks: d,
                 ..CloudSnapshot::default()
             }));
         }
-        if sleep_or_stop(c.describe_interval, &stop).await {
-            return;
-        }
-    }
-}
-
-/// The SDK's HTTPS client on rustls with ring (the agent's own TLS stack; no aws-lc build).
-pub fn https_client() -> aws_smithy_runtime_api::client::http::SharedHttpClient {
-    aws_smithy_http_client::Builder::new()
-        .tls_provider(aws_smithy_http_client::tls::Provider::Rustls(
-            aws_smithy_http_client::tls::rustls_provider::CryptoMode::Ring,
-        ))
-        .build_https()
-}
-
-fn lock(s: &Mutex<State>) -> std::sync::MutexGuard<'_, State> {
-    s.lock().unwrap_or_else(|p| p.into_inner())
-}
-
-/// Sleeps `d`; true when asked to stop meanwhile.
-async fn sleep_or_stop(d: Duration, stop: &watch::Receiver<bool>) -> bool {
-    let mut stop = stop.clone();
-    if *stop.borrow() {
-        return true;
-    }
-    tokio::select! {
-        _ = tokio::time::sleep(d) => false,
-        r = stop.changed() => r.is_err() || *stop.borrow(),
-    }
-}
-
-#[allow(clippy::too_many_arguments)]
-async fn describe_loop(
-    cfg: Arc<ArcSwap<CloudConfig>>,
-    state: Arc<Mutex<State>>,
-    out: Arc<ArcSwap<CloudSnapshot>>,
-    ec2c: Ec2Client,
-    creds: SharedCredentialsProvider,
-    instance_id: String,
-    roots: Arc<Roots>,
-    volumes_tx: watch::Sender<u64>,
-    stop: watch::Receiver<bool>,
-) {
-    let mut failures = 0u32;
-    let mut generation = 0u64;
-    loop {
-        let c = cfg.load_full();
-        let disks = scan_disks(roots.clone(), c.request_timeout).await;
-        let result = match creds.provide_credentials().await {
-            Ok(k) => ec2c
-                .describe_attached_volumes(&k, &instance_id)
-                .await
-                .map_err(|e| (e.is_throttling(), e.to_string())),
-            Err(e) => Err((
-                false,
-                format!("no AWS credentials: {}", imds::error_chain(&e)),
-            )),
-        };
-        let delay = {
-            let mut s = lock(&state);
-            if let Some(d) = disks {
-                s.disks = d;
-            }
-            match result {
-                Ok(vols) => {
-                    s.count(Api::DescribeVolumes, Outcome::Success);
-                    if failures > 0 || s.volumes != vols {
-                        info!(volumes = vols.len(), "Attached EBS volumes described.");
-                    }
-                    failures = 0;
-                    s.volumes = vols;
-                    s.sync_buckets();
-                    s.map_devices(&c.volumes);
-                    generation += 1;
-                    let _ = volumes_tx.send(generation);
-                    c.describe_interval
-                }
-                Err((throttled, msg)) => {
-                    s.count(
-                        Api::DescribeVolumes,
-                        if throttled {
-                            Outcome::Throttled
-                        } else {
-                            Outcome::Error
-                        },
-                    );
-                    failures += 1;
-                    let d = backoff(c.retry_min, c.describe_interval, failures);
-                    warn!(error = %msg, retry_in = ?d, "DescribeVolumes failed.");
-                    s.map_devices(&c.volumes);
-                    d
-                }
-            }
-        };
-        out.store(Arc::new(lock(&state).snapshot(&c)));
-        if sleep_or_stop(delay, &stop).await {
+        if ctx.sleep_or_stop(c.describe_interval).await {
             return;
         }
     }
@@ -496,245 +260,207 @@ async fn scan_disks(roots: Arc<Roots>, timeout: Duration) -> Option<Vec<BlockDev
     }
 }
 
-async fn poll_loop(
-    cfg: Arc<ArcSwap<CloudConfig>>,
-    state: Arc<Mutex<State>>,
-    out: Arc<ArcSwap<CloudSnapshot>>,
-    cw: aws_sdk_cloudwatch::Client,
-    mut volumes_rx: watch::Receiver<u64>,
-    stop: watch::Receiver<bool>,
-) {
+/// What the describe loop calls with.
+struct Describe {
+    ec2: Ec2Client,
+    creds: SharedCredentialsProvider,
+    instance_id: String,
+    roots: Arc<Roots>,
+}
+
+/// Every success wakes the poll loop (`volumes_tx`), so that new volumes are asked at once.
+async fn describe_loop(ctx: Ctx, d: Describe, volumes_tx: watch::Sender<u64>) {
+    let mut generation = 0u64;
+    loop {
+        let c = ctx.cfg.load_full();
+        if describe_once(&ctx, &c, &d).await {
+            generation += 1;
+            let _ = volumes_tx.send(generation);
+        }
+        ctx.publish(&c);
+        let delay = ctx.lock().describe_delay(&c);
+        if ctx.sleep_or_stop(delay).await {
+            return;
+        }
+    }
+}
+
+/// One describe period: the sysfs scan and DescribeVolumes, into the state. True when the
+/// volumes were described.
+async fn describe_once(ctx: &Ctx, c: &CloudConfig, d: &Describe) -> bool {
+    let disks = scan_disks(d.roots.clone(), c.request_timeout).await;
+    let volumes = match d.creds.provide_credentials().await {
+        Ok(k) => d
+            .ec2
+            .describe_attached_volumes(&k, &d.instance_id)
+            .await
+            .map_err(|e| Failure {
+                throttled: e.is_throttling(),
+                message: e.to_string(),
+            }),
+        Err(e) => Err(Failure {
+            throttled: false,
+            message: format!("no AWS credentials: {}", http::error_chain(&e)),
+        }),
+    };
+    let described = ctx.lock().on_describe(disks, volumes, c, unix_now());
+    match described {
+        Described::Same => true,
+        Described::Changed { volumes } => {
+            info!(volumes, "Attached EBS volumes described.");
+            true
+        }
+        Described::Failed { failure, retry_in } => {
+            warn!(error = %failure.message, ?retry_in, "DescribeVolumes failed.");
+            false
+        }
+    }
+}
+
+async fn poll_loop(ctx: Ctx, cw: aws_sdk_cloudwatch::Client, mut volumes_rx: watch::Receiver<u64>) {
     // Nothing to ask before the first DescribeVolumes.
     if volumes_rx.changed().await.is_err() {
         return;
     }
-    let mut failures = 0u32;
     loop {
-        let c = cfg.load_full();
-        // What to ask: BurstBalance of the volumes that burst, then the instance's balances.
-        let (ids, instance, instance_id): (Vec<String>, Vec<InstanceBalance>, String) = {
-            let s = lock(&state);
-            let ids = s
-                .volumes
-                .iter()
-                .filter(|v| VolumeType::parse(&v.volume_type).has_burst_balance(v.size_gib))
-                .map(|v| v.volume_id.clone())
-                .collect();
-            let ty = s.instance.as_ref().map_or("", |i| i.instance_type.as_str());
-            let inst = if c.instance_balances {
-                InstanceBalance::ALL
-                    .into_iter()
-                    .filter(|b| b.applies_to(ty))
-                    .collect()
-            } else {
-                Vec::new()
-            };
-            let id = s
-                .instance
-                .as_ref()
-                .map(|i| i.instance_id.clone())
-                .unwrap_or_default();
-            (ids, inst, id)
-        };
-        let mut series: Vec<cloudwatch::Series> = ids
-            .iter()
-            .map(|v| cloudwatch::Series::burst_balance(v))
-            .collect();
-        series.extend(
-            instance
-                .iter()
-                .map(|b| cloudwatch::Series::instance(b.cloudwatch_metric(), &instance_id)),
-        );
-        let mut delay = c.poll_interval;
-        if !series.is_empty() {
-            let st = state.clone();
-            let r = cloudwatch::fetch_newest(&cw, &series, SystemTime::now(), c.lookback, |n| {
-                lock(&st).metrics_requested += n as u64;
-            })
-            .await
-            .map(|points| {
-                let mut vols = BTreeMap::new();
-                let mut inst = BTreeMap::new();
-                for (i, p) in points {
-                    match ids.get(i) {
-                        Some(v) => {
-                            vols.insert(v.clone(), p);
-                        }
-                        None => {
-                            if let Some(b) = instance.get(i - ids.len()) {
-                                inst.insert(*b, p);
-                            }
-                        }
-                    }
-                }
-                (vols, inst)
-            });
-            let mut s = lock(&state);
-            match r {
-                Ok((points, inst)) => {
-                    s.count(Api::GetMetricData, Outcome::Success);
-                    failures = 0;
-                    s.instance_balances.extend(inst);
-                    for (vol, p) in points {
-                        let newer = s
-                            .balances
-                            .get(&vol)
-                            .is_none_or(|q| p.timestamp > q.timestamp);
-                        if newer {
-                            if let Some(b) = s.buckets.get_mut(&vol) {
-                                // A BurstBalance point is the average over its minute.
-                                let r = b.anchor_period_average(p.percent, p.timestamp, 60.0);
-                                debug!(volume_id = %vol, percent = p.percent, timestamp = p.timestamp, result = ?r, "Anchored the credit model.");
-                            }
-                            s.balances.insert(vol, p);
-                        }
-                    }
-                }
-                Err(e) => {
-                    s.count(
-                        Api::GetMetricData,
-                        if e.throttled {
-                            Outcome::Throttled
-                        } else {
-                            Outcome::Error
-                        },
-                    );
-                    failures += 1;
-                    delay = backoff(c.retry_min, c.poll_interval, failures);
-                    warn!(error = %e, retry_in = ?delay, "GetMetricData failed.");
-                }
-            }
-            if failures == 0 && low_balance(&s, &c) {
-                delay = delay.min(c.fast_poll_interval);
-            }
-        }
-        out.store(Arc::new(lock(&state).snapshot(&c)));
-        let mut stop2 = stop.clone();
+        let c = ctx.cfg.load_full();
+        let delay = poll_once(&ctx, &c, &cw).await;
+        ctx.publish(&c);
+        let mut stop = ctx.stop.clone();
         tokio::select! {
             _ = tokio::time::sleep(delay) => {}
             // New or changed volumes: ask at once.
             r = volumes_rx.changed() => if r.is_err() { return },
-            _ = stop2.changed() => return,
+            _ = stop.changed() => return,
         }
-        if *stop.borrow() {
+        if *ctx.stop.borrow() {
             return;
         }
     }
 }
 
-/// Any bursting volume whose level (local estimate, else CloudWatch) is below the threshold.
-fn low_balance(s: &State, c: &CloudConfig) -> bool {
-    s.volumes.iter().any(|v| {
-        let est = s
-            .buckets
-            .get(&v.volume_id)
-            .filter(|b| b.last_anchor().is_some())
-            .map(|b| b.percent());
-        let level = est.or_else(|| s.balances.get(&v.volume_id).map(|p| p.percent));
-        level.is_some_and(|l| l < c.fast_poll_below_percent)
-    }) || [InstanceBalance::EbsIo, InstanceBalance::EbsByte]
-        .iter()
-        .any(|b| {
-            s.instance_balances
-                .get(b)
-                .is_some_and(|p| p.percent < c.fast_poll_below_percent)
-        })
+/// One poll: GetMetricData for what the state says to ask, its outcome into the state.
+/// Returns when to poll again.
+async fn poll_once(ctx: &Ctx, c: &CloudConfig, cw: &aws_sdk_cloudwatch::Client) -> Duration {
+    let plan = ctx.lock().poll_plan(c);
+    if plan.is_empty() {
+        return ctx.lock().poll_delay(&plan, c);
+    }
+    let points = cloudwatch::fetch_newest(cw, &plan.series(), SystemTime::now(), c.lookback, |n| {
+        ctx.lock().add_metrics_requested(n)
+    })
+    .await
+    .map_err(|e| Failure {
+        throttled: e.throttled,
+        message: e.message,
+    });
+    let (polled, delay) = {
+        let mut s = ctx.lock();
+        let polled = s.on_poll(&plan, points, unix_now());
+        (polled, s.poll_delay(&plan, c))
+    };
+    match polled {
+        Ok(anchored) => {
+            for (volume_id, p, result) in anchored {
+                debug!(%volume_id, percent = p.percent, timestamp = p.timestamp, ?result, "Anchored the credit model.");
+            }
+        }
+        Err(failure) => warn!(error = %failure.message, retry_in = ?delay, "GetMetricData failed."),
+    }
+    delay
 }
 
-async fn tick_loop(
-    cfg: Arc<ArcSwap<CloudConfig>>,
-    state: Arc<Mutex<State>>,
-    out: Arc<ArcSwap<CloudSnapshot>>,
-    roots: Arc<Roots>,
-    stop: watch::Receiver<bool>,
-) {
-    let nvme_busy = Arc::new(std::sync::atomic::AtomicBool::new(false));
-    let mut pending_read: Option<
-        tokio::task::JoinHandle<
-            Result<
-                Option<Vec<stallwatch_collector::proc::diskstats::DiskStat>>,
-                stallwatch_collector::Error,
-            >,
-        >,
-    > = None;
+/// The credit model, every `model_interval`: the host sampler's newest reading, if not fed yet.
+async fn model_loop(ctx: Ctx, host: Arc<ArcSwap<HostSnapshot>>) {
     loop {
-        let c = cfg.load_full();
+        let c = ctx.cfg.load_full();
         let started = Instant::now();
-        // Disk counters (never blocks on a disk, but keep the deadline discipline anyway): a
-        // read that misses its deadline is waited for on the next ticks, never started twice,
-        // so a wedged procfs costs one blocking thread, not one a second.
-        let mut read = match pending_read.take() {
-            Some(h) => h,
-            None => {
-                let r = roots.clone();
-                tokio::task::spawn_blocking(move || stallwatch_collector::proc::diskstats::read(&r))
-            }
-        };
-        let disks =
-            match tokio::time::timeout(c.model_interval.max(Duration::from_secs(1)), &mut read)
-                .await
-            {
-                Ok(r) => r.ok(),
-                Err(_) => {
-                    pending_read = Some(read);
-                    None
-                }
-            };
-        let now = unix_now();
-        if let Some(Ok(Some(disks))) = disks {
-            let mut s = lock(&state);
-            let devs: HashMap<String, String> = s
-                .devices
-                .iter()
-                .map(|(v, d)| (d.clone(), v.clone()))
-                .collect();
-            for d in &disks {
-                let Some(vol) = devs.get(&d.name) else {
-                    continue;
-                };
-                let ops = d.reads_completed + d.writes_completed;
-                let bytes = (d.sectors_read + d.sectors_written) * 512;
-                let prev = s.prev_io.insert(d.name.clone(), (ops, bytes));
-                let Some((pops, pbytes)) = prev else { continue };
-                if let Some(b) = s.buckets.get_mut(vol) {
-                    b.advance(now, ops.saturating_sub(pops), bytes.saturating_sub(pbytes));
-                }
-            }
-        }
-        // EBS NVMe log pages: one blocking read pass at a time; a hung admin command leaves
-        // the last values in place and the next ticks skip until it returns.
-        if c.nvme_stats && !nvme_busy.load(std::sync::atomic::Ordering::Acquire) {
-            let targets: Vec<(String, std::path::PathBuf)> = {
-                let s = lock(&state);
-                s.disks
-                    .iter()
-                    .filter(|d| d.volume_id.is_some() && d.name.starts_with("nvme"))
-                    .map(|d| (d.name.clone(), c.dev_dir.join(&d.name)))
-                    .collect()
-            };
-            if !targets.is_empty() {
-                nvme_busy.store(true, std::sync::atomic::Ordering::Release);
-                let busy = nvme_busy.clone();
-                let st = state.clone();
-                tokio::task::spawn_blocking(move || {
-                    for (name, path) in targets {
-                        match nvme::read_log_page(&path) {
-                            Ok(stats) => {
-                                lock(&st).nvme.insert(name, stats);
-                            }
-                            Err(e) => {
-                                debug!(device = %name, error = %e, "Cannot read the EBS NVMe log page.")
-                            }
-                        }
-                    }
-                    busy.store(false, std::sync::atomic::Ordering::Release);
-                });
-            }
-        }
-        out.store(Arc::new(lock(&state).snapshot(&c)));
-        let d = c.model_interval.saturating_sub(started.elapsed());
-        if sleep_or_stop(d, &stop).await {
+        feed_model(&ctx.state, &host);
+        ctx.publish(&c);
+        if ctx
+            .sleep_or_stop(c.model_interval.saturating_sub(started.elapsed()))
+            .await
+        {
             return;
         }
     }
 }
+
+/// The model's look at the host sampler: a diskstats reading not fed yet advances the buckets
+/// at the reading's own time (its `Instant` put on the wall clock now). True when it was fed.
+fn feed_model(state: &Mutex<State>, host: &ArcSwap<HostSnapshot>) -> bool {
+    let h = host.load();
+    let Some(at) = h.disks_at else {
+        return false;
+    };
+    let at_unix = state::unix_time_of(at, Instant::now(), unix_now());
+    lock(state).on_disk_counters(&h.all_disks, at, at_unix)
+}
+
+/// One read pass: each EBS NVMe device's log page, or why not.
+type Pages = Vec<(String, Result<nvme::Stats, nvme::NvmeError>)>;
+
+/// EBS NVMe log pages, every `model_interval` while `nvme_stats` is on.
+async fn nvme_loop(ctx: Ctx) {
+    let mut running: Option<JoinHandle<Pages>> = None;
+    loop {
+        let c = ctx.cfg.load_full();
+        let started = Instant::now();
+        if let Some(pages) = nvme_once(&ctx, &c, &mut running).await {
+            let mut s = ctx.lock();
+            for (device, page) in pages {
+                match page {
+                    Ok(stats) => s.on_nvme(device, stats),
+                    Err(error) => {
+                        debug!(%device, %error, "Cannot read the EBS NVMe log page.")
+                    }
+                }
+            }
+            drop(s);
+            ctx.publish(&c);
+        }
+        if ctx
+            .sleep_or_stop(c.model_interval.saturating_sub(started.elapsed()))
+            .await
+        {
+            return;
+        }
+    }
+}
+
+/// One period: a blocking read pass over the EBS NVMe devices, waited for until the period
+/// ends. A pass still running then (a hung admin command) is waited for again in the next
+/// periods, never started twice, and the last values stay in place meanwhile. `None`: nothing
+/// was read this period.
+async fn nvme_once(
+    ctx: &Ctx,
+    c: &CloudConfig,
+    running: &mut Option<JoinHandle<Pages>>,
+) -> Option<Pages> {
+    let mut pass = match running.take() {
+        Some(p) => p,
+        None if !c.nvme_stats => return None,
+        None => {
+            let targets = ctx.lock().nvme_targets(&c.dev_dir);
+            if targets.is_empty() {
+                return None;
+            }
+            tokio::task::spawn_blocking(move || {
+                targets
+                    .into_iter()
+                    .map(|(device, path)| (device, nvme::read_log_page(&path)))
+                    .collect()
+            })
+        }
+    };
+    match tokio::time::timeout(c.model_interval, &mut pass).await {
+        Ok(pages) => pages.ok(),
+        Err(_) => {
+            *running = Some(pass);
+            None
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -15,6 +15,13 @@ const VOLATILE: &[&str] = &[
     "stallwatch_snapshot_age_seconds",
     "stallwatch_source_cpu_seconds_total",
     "stallwatch_source_reads_total",
+    // the HTTP server's own counts (they count the test's scrapes) and the machine's fd limit
+    "stallwatch_http_connections",
+    "stallwatch_http_connections_accepted_total",
+    "stallwatch_http_connections_closed_total",
+    "stallwatch_http_connections_limit",
+    "stallwatch_http_accept_errors_total",
+    "stallwatch_process_max_fds",
     // integrals over time: they grow with every tick
     "stallwatch_procs_blocked_seconds_total",
     "stallwatch_dirty_over_background_seconds_total",

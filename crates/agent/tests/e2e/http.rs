@@ -1,8 +1,10 @@
 //! The real binary on a real socket: exposition parsed by Debian's promtool, every metric
-//! documented, TLS and basic auth, bad config at start and on reload, graceful shutdown.
+//! documented, TLS and basic auth, HTTP/1.1 only, bad config at start and on reload, graceful
+//! shutdown.
 
-use std::io::Write;
+use std::io::{Read, Write};
 use std::process::{Command, Stdio};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crate::golden;
@@ -121,6 +123,104 @@ fn openmetrics_negotiated_by_accept() {
     assert!(body.contains("# UNIT stallwatch_memory_dirty_bytes bytes"));
 }
 
+/// Sends `request` on a new connection and returns everything the server answers until it
+/// closes or goes quiet for a second.
+fn raw_exchange(addr: &str, request: &[u8]) -> Vec<u8> {
+    let mut s = std::net::TcpStream::connect(addr).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(1))).unwrap();
+    s.write_all(request).unwrap();
+    let mut out = Vec::new();
+    let mut buf = [0u8; 8192];
+    while let Ok(n) = s.read(&mut buf) {
+        if n == 0 {
+            break;
+        }
+        out.extend_from_slice(&buf[..n]);
+    }
+    out
+}
+
+#[test]
+fn plain_http_is_http1_only_and_varies_on_accept_and_encoding() {
+    let agent = Agent::start(&[]);
+    // HTTP/2 with prior knowledge: the connection preface, then an empty SETTINGS frame. An
+    // h2 server answers with its own SETTINGS frame (type 0x4); we must not speak h2.
+    let mut preface = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n".to_vec();
+    preface.extend_from_slice(&[0, 0, 0, 4, 0, 0, 0, 0, 0]);
+    let got = raw_exchange(&agent.addr, &preface);
+    let h2_settings = got.len() >= 9 && got[3] == 4 && !got.starts_with(b"HTTP/");
+    assert!(
+        !h2_settings,
+        "plain HTTP answered HTTP/2 prior knowledge: {:?}",
+        &got[..got.len().min(32)]
+    );
+    // An h2c upgrade request is served as plain HTTP/1.1, not switched.
+    let got = raw_exchange(
+        &agent.addr,
+        b"GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: Upgrade, HTTP2-Settings\r\n\
+          Upgrade: h2c\r\nHTTP2-Settings: AAMAAABkAAQCAAAAAAIAAAAA\r\n\r\n",
+    );
+    let text = String::from_utf8_lossy(&got);
+    assert!(text.starts_with("HTTP/1.1 200"), "{text}");
+
+    // The body depends on Accept (format) and Accept-Encoding (gzip): caches must know.
+    let client = reqwest::blocking::Client::new();
+    for gzip in [false, true] {
+        let mut req = client.get(agent.url("/metrics"));
+        if gzip {
+            req = req.header("Accept-Encoding", "gzip");
+        }
+        let resp = req.send().unwrap();
+        assert_eq!(resp.version(), reqwest::Version::HTTP_11);
+        let vary: Vec<String> = resp
+            .headers()
+            .get_all("vary")
+            .iter()
+            .flat_map(|v| v.to_str().unwrap().split(','))
+            .map(|v| v.trim().to_ascii_lowercase())
+            .collect();
+        assert!(
+            vary.contains(&"accept".to_string()) && vary.contains(&"accept-encoding".to_string()),
+            "gzip={gzip}: Vary {vary:?}"
+        );
+    }
+}
+
+#[test]
+fn tls_negotiates_http1_even_when_the_client_prefers_h2() {
+    let dir = tempfile::tempdir().unwrap();
+    let ca_pem = tls_files(dir.path());
+    let web = dir.path().join("web.yml");
+    write(
+        &web,
+        "tls_server_config:\n  cert_file: server.crt\n  key_file: server.key\n",
+    );
+    let agent = Agent::start(&[&format!("--web.config.file={}", web.display())]);
+    use rustls::pki_types::pem::PemObject;
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in rustls::pki_types::CertificateDer::pem_slice_iter(ca_pem.as_bytes()) {
+        roots.add(cert.unwrap()).unwrap();
+    }
+    let mut cfg = rustls::ClientConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .unwrap()
+    .with_root_certificates(roots)
+    .with_no_client_auth();
+    cfg.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    let mut conn =
+        rustls::ClientConnection::new(Arc::new(cfg), "localhost".try_into().unwrap()).unwrap();
+    let mut sock = std::net::TcpStream::connect(&agent.addr).unwrap();
+    let mut tls = rustls::Stream::new(&mut conn, &mut sock);
+    tls.write_all(b"GET /healthz HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")
+        .unwrap();
+    let mut answer = String::new();
+    let _ = tls.read_to_string(&mut answer);
+    assert_eq!(conn.alpn_protocol(), Some(&b"http/1.1"[..]));
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+}
+
 fn tls_files(dir: &std::path::Path) -> String {
     let ck = rcgen::generate_simple_self_signed(vec!["localhost".to_string()]).unwrap();
     write(&dir.join("server.crt"), &ck.cert.pem());
@@ -218,11 +318,17 @@ fn bad_config_at_start_exits_2_naming_file_line_and_key() {
         );
         assert!(err.contains("unknown field"), "{err}");
     }
-    // A probe path that does not exist, and one on a read-only filesystem (/proc): exit 2 naming
-    // the path.
-    for bad in ["/nonexistent/stallwatch-probe", "/proc/sys"] {
+    // A probe path on a pseudo-filesystem (/proc) is refused by the agent and check-config; one
+    // that does not exist by check-config (the agent never touches probe paths while loading:
+    // a missing directory shows as that probe's failures): exit 2 naming the path.
+    for (bad, sub) in [
+        ("/nonexistent/stallwatch-probe", &["check-config"][..]),
+        ("/proc/sys", &[][..]),
+        ("/proc/sys", &["check-config"][..]),
+    ] {
         write(&cfg, &format!("\n[[probe]]\npath = \"{bad}\"\n"));
         let out = Command::new(BIN)
+            .args(sub)
             .arg(format!("--config.file={}", cfg.display()))
             .arg("--web.listen-address=127.0.0.1:0")
             .output()
@@ -230,7 +336,7 @@ fn bad_config_at_start_exits_2_naming_file_line_and_key() {
         assert_eq!(out.status.code(), Some(2), "{bad}");
         let err = String::from_utf8_lossy(&out.stderr);
         assert!(
-            err.contains(&format!("{}:2: key `probe[0].path`", cfg.display())) && err.contains(bad),
+            err.contains(&format!("{}:3: key `probe[0].path`", cfg.display())) && err.contains(bad),
             "{err}"
         );
     }
@@ -261,6 +367,55 @@ fn bad_config_at_start_exits_2_naming_file_line_and_key() {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
+}
+
+/// Runs the binary with `args` and returns its exit code and stderr, or fails if it has not
+/// ended within 20 s (it is killed then).
+fn run_to_exit(args: &[&str]) -> (Option<i32>, String) {
+    let mut child = Command::new(BIN)
+        .args(args)
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while child.try_wait().unwrap().is_none() {
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("stallwatch {args:?} still running after 20 s");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let out = child.wait_with_output().unwrap();
+    (
+        out.status.code(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[test]
+fn bcrypt_cost_31_fails_start_at_once_naming_user_and_file() {
+    let dir = tempfile::tempdir().unwrap();
+    // A cost-4 hash with its cost field set to 31 (2^31 rounds: years per login). Producing
+    // a real one would take as long.
+    let hash = bcrypt::hash("pw", 4).unwrap();
+    let hash = format!("{}31{}", &hash[..4], &hash[6..]);
+    let web = dir.path().join("web.yml");
+    write(&web, &format!("basic_auth_users:\n  carol: {hash}\n"));
+    let flag = format!("--web.config.file={}", web.display());
+    for sub in [&[][..], &["check-config"][..]] {
+        let mut args = vec![flag.as_str(), "--web.listen-address=127.0.0.1:0"];
+        args.extend_from_slice(sub);
+        let (code, err) = run_to_exit(&args);
+        assert_eq!(code, Some(2), "{sub:?}: {err}");
+        assert!(
+            err.contains(&web.display().to_string())
+                && err.contains("\"carol\"")
+                && err.contains("bcrypt cost 31 is above the maximum 14"),
+            "{sub:?}: {err}"
+        );
+    }
 }
 
 #[test]

@@ -3,6 +3,7 @@
 //! binary (modules below) to keep link time down.
 
 mod cloud;
+mod config_bounds;
 mod containers;
 mod containers_shapes;
 mod dashboards;
@@ -15,9 +16,15 @@ mod dstate_rig;
 mod golden;
 mod harness;
 mod http;
+mod hung;
+mod hung_reload;
+mod hung_tools;
 mod kernel;
 mod probe_hung;
 mod promstack;
 mod rules;
+mod soak;
 mod stuck;
+mod web_auth;
+mod web_limits;
 mod writeback;

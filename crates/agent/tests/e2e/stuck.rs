@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use crate::harness::{fixture, get, write, Agent};
 
-fn copy_tree(from: &Path, to: &Path) {
+pub fn copy_tree(from: &Path, to: &Path) {
     std::fs::create_dir_all(to).unwrap();
     for e in std::fs::read_dir(from).unwrap() {
         let e = e.unwrap();

@@ -1,7 +1,6 @@
-//! HTTP: `/metrics` (or `--web.telemetry-path`), `/healthz`, and `/`. Handlers only encode
-//! snapshots already in memory; TLS and basic auth come from `--web.config.file`.
+//! The routes: `/metrics` (or `--web.telemetry-path`), `/healthz`, and `/`. Handlers only
+//! encode snapshots already in memory; TLS and basic auth come from `--web.config.file`.
 
-use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
@@ -15,12 +14,13 @@ use prometheus_client::registry::Registry;
 use stallwatch_collector::sample::HostConfig;
 use tower_http::compression::CompressionLayer;
 
+use super::auth;
+use super::config::WebConfig;
 use crate::metrics::exposition::{
     fix_infinities, openmetrics_to_text, wants_openmetrics, OPENMETRICS_CONTENT_TYPE,
     TEXT_CONTENT_TYPE,
 };
 use crate::node::Node;
-use crate::webconfig::{self, WebConfig};
 
 pub struct AppState {
     pub registry: Registry,
@@ -42,10 +42,7 @@ pub fn app(state: Arc<AppState>, web: Option<Arc<WebConfig>>) -> Router {
         .with_state(state)
         .layer(CompressionLayer::new());
     if let Some(web) = web {
-        router = router.layer(axum::middleware::from_fn_with_state(
-            web,
-            webconfig::middleware,
-        ));
+        router = router.layer(axum::middleware::from_fn_with_state(web, auth::middleware));
     }
     router
 }
@@ -58,11 +55,18 @@ async fn metrics(State(st): State<Arc<AppState>>, headers: HeaderMap) -> Respons
     }
     let body = fix_infinities(body);
     let accept = headers.get(header::ACCEPT).and_then(|v| v.to_str().ok());
+    // The format depends on `Accept`, so caches must key on it; the compression layer adds
+    // `Accept-Encoding` to `Vary` itself.
+    let vary = (header::VARY, "Accept");
     if wants_openmetrics(accept) {
-        ([(header::CONTENT_TYPE, OPENMETRICS_CONTENT_TYPE)], body).into_response()
+        (
+            [(header::CONTENT_TYPE, OPENMETRICS_CONTENT_TYPE), vary],
+            body,
+        )
+            .into_response()
     } else {
         (
-            [(header::CONTENT_TYPE, TEXT_CONTENT_TYPE)],
+            [(header::CONTENT_TYPE, TEXT_CONTENT_TYPE), vary],
             openmetrics_to_text(&body),
         )
             .into_response()
@@ -125,38 +129,6 @@ fn html_escape(s: &str) -> String {
         .replace('<', "&lt;")
         .replace('>', "&gt;")
         .replace('"', "&quot;")
-}
-
-/// Binds first (so a busy port fails start-up with a clear error), then serves until the
-/// handle's graceful shutdown. Returns the bound address through `on_bound`.
-pub fn bind(addr: SocketAddr) -> std::io::Result<std::net::TcpListener> {
-    let l = std::net::TcpListener::bind(addr)?;
-    l.set_nonblocking(true)?;
-    Ok(l)
-}
-
-pub async fn serve(
-    listener: std::net::TcpListener,
-    app: Router,
-    tls: Option<Arc<rustls::ServerConfig>>,
-    handle: axum_server::Handle<SocketAddr>,
-) -> std::io::Result<()> {
-    let svc = app.into_make_service();
-    match tls {
-        Some(cfg) => {
-            let rustls = axum_server::tls_rustls::RustlsConfig::from_config(cfg);
-            axum_server::from_tcp_rustls(listener, rustls)?
-                .handle(handle)
-                .serve(svc)
-                .await
-        }
-        None => {
-            axum_server::from_tcp(listener)?
-                .handle(handle)
-                .serve(svc)
-                .await
-        }
-    }
 }
 
 #[cfg(test)]
@@ -268,6 +240,8 @@ mod tests {
         .await;
         assert_eq!(st, StatusCode::OK);
         assert_eq!(h[header::CONTENT_ENCODING], "gzip");
+        let vary: Vec<_> = h.get_all(header::VARY).iter().collect();
+        assert_eq!(vary, ["Accept", "accept-encoding"]);
         let mut d = flate2::read::GzDecoder::new(&body[..]);
         let mut s = String::new();
         std::io::Read::read_to_string(&mut d, &mut s).unwrap();

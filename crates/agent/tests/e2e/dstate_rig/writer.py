@@ -1,0 +1,30 @@
+import ctypes, mmap, os, sys, threading
+mnt, n, name = sys.argv[1], int(sys.argv[2]), bytes.fromhex(sys.argv[3])
+libc = ctypes.CDLL(None, use_errno=True)
+libc.prctl.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_ulong, ctypes.c_ulong, ctypes.c_ulong]
+libc.prctl.restype = ctypes.c_int
+if sys.stdin.buffer.readline() != b"go\n":
+    os._exit(3)
+
+def work(i):
+    try:
+        # PR_SET_NAME names the calling thread only.
+        if libc.prctl(15, name, 0, 0, 0) != 0:
+            raise OSError(ctypes.get_errno(), "prctl(PR_SET_NAME)")
+        buf = mmap.mmap(-1, 4096)  # page-aligned, as O_DIRECT needs
+        buf.write(b"x" * 4096)
+        fd = os.open(os.path.join(mnt, "w%d" % i), os.O_WRONLY | os.O_CREAT | os.O_DIRECT, 0o600)
+        k = 0
+        while True:
+            # os.pwrite releases the GIL and passes the mmap's memory as is (no copy).
+            os.pwrite(fd, buf, (k % 16) * 4096)
+            k += 1
+    except BaseException as e:
+        sys.stderr.write("writer thread %d: %r\n" % (i, e))
+        sys.stderr.flush()
+        os._exit(5)
+
+for i in range(n):
+    threading.Thread(target=work, args=(i,), daemon=True).start()
+sys.stdin.buffer.read()
+os._exit(0)
