@@ -133,7 +133,7 @@ pub struct Probes {
 }
 
 impl Probes {
-    /// Starts the probes (one sampler thread, named "sw-probes", and a reader thread per
+    /// Starts the probes (one sampler thread, named "sw-probe", and a reader thread per
     /// probe).
     ///
     /// Fails (starting nothing) on a duplicate path, a zero `size` or `interval`, or when the
@@ -207,7 +207,7 @@ impl Probes {
             );
             config.store(Arc::new(configs));
             let started = Driver::spawn(
-                "probes",
+                "probe",
                 move || ProbeSampler::new(Arc::clone(&config), Arc::clone(&writers), hooks.clone()),
                 Arc::clone(&self.config),
                 Arc::clone(&self.out),
