@@ -58,6 +58,12 @@ impl Node {
         Node::join(view, Arc::default())
     }
 
+    /// A node joined from these parts (tests of the encoders).
+    #[cfg(test)]
+    pub fn of(view: NodeView, cloud: CloudSnapshot) -> Node {
+        Node::join(view, Arc::new(cloud))
+    }
+
     /// A node that knows only a cloud snapshot (tests of the cloud encoder).
     #[cfg(test)]
     pub fn of_cloud(cloud: CloudSnapshot) -> Node {

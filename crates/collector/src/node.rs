@@ -214,7 +214,7 @@ mod tests {
     fn every_probe_is_a_source() {
         let probe = |dir: &str| ProbeSnapshot {
             path: dir.into(),
-            bucket_counts: Vec::new(),
+            buckets: Vec::new(),
             sum: 0.0,
             count: 0,
             in_flight_since: None,

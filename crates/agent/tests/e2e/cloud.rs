@@ -7,7 +7,7 @@ use std::time::Duration;
 use crate::harness::{Agent, Metrics};
 
 mod aws;
-pub use aws::{now, start_agent, Aws};
+pub use aws::{now, start_agent, start_agent_with, Aws};
 
 fn minute(t: f64) -> f64 {
     (t / 60.0).floor() * 60.0

@@ -29,6 +29,33 @@ const FILES: [&str; 3] = [
     "stallwatch-ebs.json",
 ];
 
+/// The fleet dashboard (issue 17): checked statically here with the others; its queries need
+/// the fleet recording rules and many nodes, so they run live in `fleet.rs` (against
+/// VictoriaMetrics fed by Prometheus agents), not in this file's single-node test.
+pub(crate) const FLEET: &str = "stallwatch-fleet.json";
+
+/// Every dashboard file.
+fn all_files() -> impl Iterator<Item = &'static str> {
+    FILES.into_iter().chain([FLEET])
+}
+
+/// A recording-rule name (`level:metric:operations`) of ours.
+const RULE_NAME: &str = r"\b[a-z_]+:stallwatch_[a-z0-9_]+:[a-z0-9_]+";
+
+/// Recording-rule names in a PromQL expression.
+pub(crate) fn recorded_rule_names(expr: &str) -> BTreeSet<String> {
+    let re = regex::Regex::new(RULE_NAME).unwrap();
+    re.find_iter(expr).map(|m| m.as_str().to_string()).collect()
+}
+
+/// The names `deploy/prometheus/stallwatch.rules.yml` records.
+pub(crate) fn recorded_by_rules() -> BTreeSet<String> {
+    let text =
+        std::fs::read_to_string(repo().join("deploy/prometheus/stallwatch.rules.yml")).unwrap();
+    let re = regex::Regex::new(r"(?m)^\s*- record: (\S+)").unwrap();
+    re.captures_iter(&text).map(|c| c[1].to_string()).collect()
+}
+
 /// (dashboard file, panel title, refIds or "*", why): targets that may return nothing in this
 /// test. Every other target must return data.
 const ALLOWED_EMPTY: &[(&str, &str, &str, &str)] = &[
@@ -172,7 +199,7 @@ fn dashboards_dir() -> PathBuf {
     repo().join("dashboards")
 }
 
-fn load(file: &str) -> Value {
+pub(crate) fn load(file: &str) -> Value {
     let p = dashboards_dir().join(file);
     let text = std::fs::read_to_string(&p).unwrap_or_else(|e| panic!("{}: {e}", p.display()));
     serde_json::from_str(&text).unwrap_or_else(|e| panic!("{}: {e}", p.display()))
@@ -190,14 +217,14 @@ fn all_panels(d: &Value) -> Vec<&Value> {
     out
 }
 
-struct Target<'a> {
-    panel: &'a str,
-    ref_id: &'a str,
-    expr: &'a str,
-    legend: &'a str,
+pub(crate) struct Target<'a> {
+    pub panel: &'a str,
+    pub ref_id: &'a str,
+    pub expr: &'a str,
+    pub legend: &'a str,
 }
 
-fn targets(d: &Value) -> Vec<Target<'_>> {
+pub(crate) fn targets(d: &Value) -> Vec<Target<'_>> {
     let mut out = Vec::new();
     for p in all_panels(d) {
         if p["type"] == "row" {
@@ -224,10 +251,12 @@ fn var_refs(s: &str) -> Vec<String> {
         .collect()
 }
 
-/// `stallwatch_*` metric names in a PromQL expression (histogram series → their family).
+/// `stallwatch_*` metric names in a PromQL expression (histogram series → their family;
+/// recording-rule names, which contain one, are not metrics).
 fn metric_names(expr: &str) -> BTreeSet<String> {
     let re = regex::Regex::new(r"\bstallwatch_[a-z0-9_]+").unwrap();
-    re.find_iter(expr)
+    let expr = regex::Regex::new(RULE_NAME).unwrap().replace_all(expr, " ");
+    re.find_iter(&expr)
         .map(|m| {
             let n = m.as_str();
             n.strip_suffix("_bucket")
@@ -240,17 +269,18 @@ fn metric_names(expr: &str) -> BTreeSet<String> {
 }
 
 /// `{{label}}` names in a legend format.
-fn legend_labels(legend: &str) -> Vec<String> {
+pub(crate) fn legend_labels(legend: &str) -> Vec<String> {
     let re = regex::Regex::new(r"\{\{\s*([A-Za-z_][A-Za-z0-9_]*)\s*\}\}").unwrap();
     re.captures_iter(legend).map(|c| c[1].to_string()).collect()
 }
 
-fn variable_query(v: &Value) -> Option<&str> {
+pub(crate) fn variable_query(v: &Value) -> Option<&str> {
     v["query"]["query"].as_str().or(v["query"].as_str())
 }
 
 /// The structural rules Grafana's schema types cannot express. Returns every violation.
 fn structural_problems(file: &str, d: &Value, documented: &str) -> Vec<String> {
+    let recorded = recorded_by_rules();
     let mut bad = Vec::new();
     let mut err = |m: String| bad.push(format!("{file}: {m}"));
     if d["schemaVersion"].as_u64().unwrap_or(0) < 39 {
@@ -388,7 +418,13 @@ fn structural_problems(file: &str, d: &Value, documented: &str) -> Vec<String> {
                 }
             }
             let names = metric_names(expr);
-            if names.is_empty() {
+            let rules = recorded_rule_names(expr);
+            for r in rules.iter().filter(|r| !recorded.contains(*r)) {
+                err(format!(
+                    "panel {title:?} {r}: recording rule {r} is not in deploy/prometheus/stallwatch.rules.yml"
+                ));
+            }
+            if names.is_empty() && rules.is_empty() {
                 err(format!(
                     "panel {title:?} {r}: no stallwatch metric in {expr:?}"
                 ));
@@ -433,7 +469,7 @@ fn dashboards_are_generated_schema_valid_and_well_formed() {
 
     // Grafana's own schema types, through tsc.
     let check = dir.join("schema/check.py");
-    let paths: Vec<PathBuf> = FILES.iter().map(|f| dir.join(f)).collect();
+    let paths: Vec<PathBuf> = all_files().map(|f| dir.join(f)).collect();
     let (ok, out) = run_ok(Command::new("python3").arg(&check).args(&paths));
     assert!(ok, "schema check failed:\n{out}");
     // ...which rejects a misspelt key, an unknown enum value and a wrongly typed field.
@@ -463,7 +499,7 @@ fn dashboards_are_generated_schema_valid_and_well_formed() {
     let documented = std::fs::read_to_string(repo().join("docs/metrics.md")).unwrap();
     let mut problems = Vec::new();
     let mut uids = BTreeSet::new();
-    for f in FILES {
+    for f in all_files() {
         let d = load(f);
         assert!(
             uids.insert(d["uid"].as_str().unwrap().to_string()),
@@ -494,6 +530,17 @@ fn dashboards_are_generated_schema_valid_and_well_formed() {
             "structural check missed {want:?}:\n{problems}"
         );
     }
+    // ...and a recording rule the rules do not record fails too (the fleet dashboard reads
+    // the fleet rules).
+    let mut broken = load(FLEET);
+    let panels = broken["panels"].as_array_mut().unwrap();
+    let p = panels.iter_mut().find(|p| p["type"] != "row").unwrap();
+    p["targets"][0]["expr"] = "sum(instance:stallwatch_no_such_rule:max)".into();
+    let problems = structural_problems("broken-fleet", &broken, &documented).join("\n");
+    assert!(
+        problems.contains("recording rule instance:stallwatch_no_such_rule:max is not in"),
+        "structural check missed an unknown recording rule:\n{problems}"
+    );
     for (f, title, _, _) in ALLOWED_EMPTY {
         assert!(
             targets(&load(f)).iter().any(|t| t.panel == *title),
@@ -631,7 +678,7 @@ fn whole_disk_of(path: &Path) -> String {
 
 /// Grafana's substitutions for this test: a 1 s scrape interval makes `$__rate_interval`
 /// 4 × 1 s (Grafana's `max($__interval + scrape, 4 × scrape)`).
-fn substitute(expr: &str, vars: &HashMap<&str, String>) -> String {
+pub(crate) fn substitute(expr: &str, vars: &HashMap<&str, String>) -> String {
     let re =
         regex::Regex::new(r"\$\{([A-Za-z0-9_]+)(?::[^}]*)?\}|\$([A-Za-z_][A-Za-z0-9_]*)").unwrap();
     re.replace_all(expr, |c: &regex::Captures| {
@@ -644,7 +691,7 @@ fn substitute(expr: &str, vars: &HashMap<&str, String>) -> String {
 }
 
 /// `label_values(selector, label)` → (selector, label).
-fn parse_label_values(q: &str) -> (String, String) {
+pub(crate) fn parse_label_values(q: &str) -> (String, String) {
     let inner = q
         .strip_prefix("label_values(")
         .and_then(|s| s.strip_suffix(')'))

@@ -100,9 +100,10 @@ impl Default for ProbeConfig {
 pub struct ProbeSnapshot {
     /// The configured directory, lossy UTF-8; the `path` label.
     pub path: String,
-    /// Cumulative count of writes per [`BUCKETS`] entry (Prometheus `le` semantics); `+Inf`
-    /// is `count`.
-    pub bucket_counts: Vec<u64>,
+    /// `(upper bound, writes in the bucket)`: one per [`BUCKETS`] entry, then `+Inf` for the
+    /// slower ones. Per-bucket counts, not cumulative (what the exposition encoder takes, so it
+    /// is never made cumulative here and undone there); they sum to `count`.
+    pub buckets: Vec<(f64, u64)>,
     /// Sum of the observed write durations, seconds.
     pub sum: f64,
     /// Writes observed: every write call that returned, successful or not (a failed open is

@@ -38,8 +38,9 @@ pub fn source_name(dir: &Path) -> String {
 /// One probe's numbers.
 #[derive(Debug)]
 struct Stats {
-    /// Cumulative per bucket (each write increments every bucket it fits under).
-    buckets: [u64; BUCKETS.len()],
+    /// Writes per bucket: the first [`BUCKETS`] bound a write fits under, else the last
+    /// (`+Inf`) slot.
+    buckets: [u64; BUCKETS.len() + 1],
     sum: f64,
     count: u64,
     failures: [u64; REASONS.len()],
@@ -61,7 +62,7 @@ struct Stats {
 impl Stats {
     fn new() -> Self {
         Stats {
-            buckets: [0; BUCKETS.len()],
+            buckets: [0; BUCKETS.len() + 1],
             sum: 0.0,
             count: 0,
             failures: [0; REASONS.len()],
@@ -78,11 +79,11 @@ impl Stats {
 
     fn observe(&mut self, d: Duration) {
         let s = d.as_secs_f64();
-        for (n, &le) in self.buckets.iter_mut().zip(BUCKETS) {
-            if s <= le {
-                *n += 1;
-            }
-        }
+        let i = BUCKETS
+            .iter()
+            .position(|&le| s <= le)
+            .unwrap_or(BUCKETS.len());
+        self.buckets[i] += 1;
         self.sum += s;
         self.count += 1;
         self.last_duration = Some(d);
@@ -314,7 +315,12 @@ impl driver::Sampler for ProbeSampler {
             }
             out.push(ProbeSnapshot {
                 path: c.path.to_string_lossy().into_owned(),
-                bucket_counts: st.buckets.to_vec(),
+                buckets: BUCKETS
+                    .iter()
+                    .copied()
+                    .chain([f64::INFINITY])
+                    .zip(st.buckets)
+                    .collect(),
                 sum: st.sum,
                 count: st.count,
                 in_flight_since: status.in_flight_since,
