@@ -24,36 +24,18 @@ use arc_swap::ArcSwap;
 use prometheus_client::collector::Collector;
 use prometheus_client::encoding::DescriptorEncoder;
 use prometheus_client::metrics::MetricType;
-use stallwatch_collector::roots::read_optional;
+use stallwatch_collector::proc::sys_kernel;
 use stallwatch_collector::Roots;
 use tracing::warn;
 
 use super::Labels;
 use crate::node::Node;
 
-/// Longest kernel release kept as a label value (Linux's `UTS_LEN` is 64).
-const MAX_RELEASE_LEN: usize = 64;
-
-/// The kernel release as a label value: the first line, trimmed, printable ASCII only (a
-/// fixture or a broken procfs must not put control bytes into a label), at most 64 bytes.
-pub fn parse_kernel_release(text: &str) -> String {
-    text.lines()
-        .next()
-        .unwrap_or("")
-        .trim()
-        .chars()
-        .filter(|c| c.is_ascii_graphic())
-        .take(MAX_RELEASE_LEN)
-        .collect()
-}
-
-/// Reads `<procfs>/sys/kernel/osrelease`; empty when it is absent (a fixture root without it)
-/// or unreadable (logged once: this runs once, at start-up).
+/// Reads the kernel release ([`sys_kernel::read_release`]); empty when it is absent (a
+/// fixture root without it) or unreadable (logged once: this runs once, at start-up).
 pub fn read_kernel_release(roots: &Roots) -> String {
-    let path = roots.proc("sys/kernel/osrelease");
-    match read_optional(&path) {
-        Ok(Some(text)) => parse_kernel_release(&text),
-        Ok(None) => String::new(),
+    match sys_kernel::read_release(roots) {
+        Ok(r) => r.unwrap_or_default(),
         Err(error) => {
             warn!(%error, "Cannot read the kernel release; stallwatch_node_info has kernel_release=\"\".");
             String::new()
@@ -135,27 +117,11 @@ mod tests {
     }
 
     #[test]
-    fn kernel_release_debian12_and_amazon_linux_2023() {
-        assert_eq!(
-            parse_kernel_release("6.1.0-18-cloud-amd64\n"),
-            "6.1.0-18-cloud-amd64"
-        );
-        assert_eq!(
-            parse_kernel_release("6.1.79-99.164.amzn2023.x86_64\n"),
-            "6.1.79-99.164.amzn2023.x86_64"
-        );
-    }
-
-    #[test]
-    fn kernel_release_garbage_is_bounded_and_printable() {
-        assert_eq!(parse_kernel_release(""), "");
-        assert_eq!(parse_kernel_release("5.4\u{7}x\tq\nsecond line"), "5.4xq");
-        assert_eq!(
-            parse_kernel_release(&"9".repeat(500)).len(),
-            MAX_RELEASE_LEN
-        );
+    fn the_release_is_read_through_the_collector_reader() {
         let (_t, roots) = root_with_release(Some(b"6.18.4\xff\xfe-foo\n"));
         assert_eq!(read_kernel_release(&roots), "6.18.4-foo");
+        let (_t, roots) = root_with_release(None);
+        assert_eq!(read_kernel_release(&roots), "");
     }
 
     #[test]
