@@ -105,8 +105,8 @@ impl Parts {
     /// Joins the latest parts into a new node and publishes it.
     pub fn join(&self) {
         let _one = self.joining.lock().unwrap_or_else(|e| e.into_inner());
-        // The probes' own locks are held only around bookkeeping, never around a write; a
-        // reload reconciling them right now keeps the probes of the last join.
+        // `snapshot` only loads what the probe sampler last published (it never waits on a
+        // write); a reload reconciling the probes right now keeps those of the last join.
         let probes = match self.probes.try_lock() {
             Ok(p) => Arc::new(p.snapshot()),
             Err(_) => Arc::clone(&self.node.load().view.probes),

@@ -17,7 +17,7 @@ use crate::node::Node;
 
 pub struct ProbeCollector {
     /// The joined node; its probe states were taken at the last join (at least every second,
-    /// with each probe's lock held only around bookkeeping, never around a write).
+    /// from the probe sampler's last publish, which never waits on a write).
     pub node: Arc<ArcSwap<Node>>,
 }
 
@@ -56,7 +56,7 @@ impl ProbeNow {
     }
 }
 
-/// `collector/src/sample/probe.rs`. The failures by reason sit between these two rows.
+/// `collector/src/sample/probe/sampler.rs`. The failures by reason sit between these two rows.
 pub const IN_FLIGHT: Row<ProbeNow> = gauge(
     "probe_in_flight",
     "Age of the probe's running write; 0 when idle. A hung write keeps growing here while it hangs.",

@@ -522,6 +522,12 @@ pub fn probe_snapshots(now: Instant) -> Vec<ProbeSnapshot> {
             failures,
             last_duration: Some(Duration::from_millis(40)),
             last_success: Some(SystemTime::UNIX_EPOCH + Duration::from_secs(1_700_000_000)),
+            // Its write hung past a 1 s timeout: the probe's source is stuck.
+            status: SourceStatus {
+                in_flight_since: Some(now - Duration::from_secs(5)),
+                timeout: Duration::from_secs(1),
+                ..SourceStatus::new("probe:/var/lib/docker")
+            },
         },
         ProbeSnapshot {
             path: "/data".into(),
@@ -532,6 +538,7 @@ pub fn probe_snapshots(now: Instant) -> Vec<ProbeSnapshot> {
             failures: REASONS.iter().map(|r| (*r, 0)).collect(),
             last_duration: None,
             last_success: None,
+            status: SourceStatus::new("probe:/data"),
         },
     ]
 }
