@@ -116,7 +116,7 @@ pub const DURATION: Row<SourceNow> = gauge(
 pub const HEALTH: &[Row<SourceNow>] = &[
     gauge(
         "source_stuck",
-        "1 while a read of the source has been outstanding longer than its timeout (sampler.source_timeout, threads.timeout).",
+        "1 while a read of the source has been outstanding longer than its timeout (sampler.source_timeout, threads.timeout, containers.source_timeout, a probe's timeout).",
         NONE,
         |s| flag(s.stuck),
     ),
