@@ -165,7 +165,9 @@ def main():
         for b in [peer, next((r for r in results if r["name"] == "stallwatch-base"), None)]:
             if b is None or a is b or not a["name"].startswith("stallwatch") or a["name"] == "stallwatch-base" and b["name"] == "stallwatch-base":
                 continue
-            print(f"ratios {a['name']}/{b['name']}: idle CPU {a['idle_cpu_pct'] / max(b['idle_cpu_pct'], 1e-9):.2f}, "
+            # node_exporter does nothing between scrapes: an idle-CPU ratio against ~0 means nothing.
+            idle = (f"idle CPU {a['idle_cpu_pct'] / b['idle_cpu_pct']:.2f}, " if b['idle_cpu_pct'] > 0.01 else "")
+            print(f"ratios {a['name']}/{b['name']}: {idle}"
                   f"p50 {a['p50_ms'] / b['p50_ms']:.2f}, p99 {a['p99_ms'] / b['p99_ms']:.2f}, "
                   f"CPU/scrape {a['cpu_ms_per_scrape'] / max(b['cpu_ms_per_scrape'], 1e-9):.2f}, RSS {a['rss_mib'] / b['rss_mib']:.2f}")
 
