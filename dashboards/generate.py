@@ -99,7 +99,7 @@ class Panel:
 
     def render(self, pid, x, y):
         defaults = {"unit": self.unit}
-        for k in ("min", "max", "decimals"):
+        for k in ("min", "max", "decimals", "links"):
             if k in self.kw:
                 defaults[k] = self.kw[k]
         defaults["thresholds"] = self.kw.get("thresholds") or thresholds()
@@ -149,12 +149,12 @@ class Panel:
             "description": self.desc,
             "datasource": DS,
             "gridPos": {"h": self.h, "w": self.w, "x": x, "y": y},
-            "fieldConfig": {"defaults": defaults, "overrides": []},
+            "fieldConfig": {"defaults": defaults, "overrides": self.kw.get("overrides", [])},
             "options": options,
             "targets": targets,
         }
         if self.kind == "table":
-            p["transformations"] = [
+            p["transformations"] = self.kw.get("transformations") or [
                 {
                     "id": "organize",
                     "options": {"excludeByName": {"Time": True, "Value": True, "__name__": True}},
@@ -690,10 +690,18 @@ def ebs():
     )
 
 
+def fleet():
+    # In its own module (dashboards/fleet.py), which imports the helpers above.
+    import fleet as fleet_module
+
+    return fleet_module.fleet()
+
+
 DASHBOARDS = {
     "stallwatch-node.json": overview,
     "stallwatch-containers.json": containers,
     "stallwatch-ebs.json": ebs,
+    "stallwatch-fleet.json": fleet,
 }
 
 

@@ -10,7 +10,8 @@ For each agent (started here on 127.0.0.1, stopped by PID at the end):
 Medians over windows and runs; this machine is noisy, compare the ratios, not the numbers.
 
 BENCH_BASELINE=/path/to/an/older/stallwatch adds that binary as a third agent in the same run
-(before/after a change, side by side with node_exporter).
+(before/after a change, side by side with node_exporter); BENCH_BASELINE_CONFIG gives it the
+example config of its own version when the config keys changed.
 """
 import http.client
 import os
@@ -136,7 +137,8 @@ def main():
                                           "--web.listen-address=127.0.0.1:19139", "--log.level=warn"], 19139))
     base = os.environ.get("BENCH_BASELINE")
     if base:
-        results.append(measure("stallwatch-base", [base, "--config.file", os.path.join(ROOT, "config/stallwatch.example.toml"),
+        base_cfg = os.environ.get("BENCH_BASELINE_CONFIG", os.path.join(ROOT, "config/stallwatch.example.toml"))
+        results.append(measure("stallwatch-base", [base, "--config.file", base_cfg,
                                                    "--web.listen-address=127.0.0.1:19140", "--log.level=warn"], 19140))
     ne = shutil.which("prometheus-node-exporter")
     if ne:
@@ -163,7 +165,9 @@ def main():
         for b in [peer, next((r for r in results if r["name"] == "stallwatch-base"), None)]:
             if b is None or a is b or not a["name"].startswith("stallwatch") or a["name"] == "stallwatch-base" and b["name"] == "stallwatch-base":
                 continue
-            print(f"ratios {a['name']}/{b['name']}: idle CPU {a['idle_cpu_pct'] / max(b['idle_cpu_pct'], 1e-9):.2f}, "
+            # node_exporter does nothing between scrapes: an idle-CPU ratio against ~0 means nothing.
+            idle = (f"idle CPU {a['idle_cpu_pct'] / b['idle_cpu_pct']:.2f}, " if b['idle_cpu_pct'] > 0.01 else "")
+            print(f"ratios {a['name']}/{b['name']}: {idle}"
                   f"p50 {a['p50_ms'] / b['p50_ms']:.2f}, p99 {a['p99_ms'] / b['p99_ms']:.2f}, "
                   f"CPU/scrape {a['cpu_ms_per_scrape'] / max(b['cpu_ms_per_scrape'], 1e-9):.2f}, RSS {a['rss_mib'] / b['rss_mib']:.2f}")
 

@@ -137,6 +137,10 @@ fn run(common: Common) -> anyhow::Result<Exit> {
     registry.register_collector(Box::new(ThreadsCollector { node: node.clone() }));
     registry.register_collector(Box::new(ContainersCollector { node: node.clone() }));
     registry.register_collector(Box::new(CloudCollector { node: node.clone() }));
+    registry.register_collector(Box::new(metrics::node_info::NodeInfoCollector::new(
+        &roots,
+        node.clone(),
+    )));
     registry.register_collector(Box::new(ProbeCollector { node: node.clone() }));
     registry.register_collector(Box::new(SelfCollector {
         node: node.clone(),

@@ -59,6 +59,12 @@ impl Node {
         Node::join(view, Arc::default())
     }
 
+    /// A node joined from these parts (tests of the encoders).
+    #[cfg(test)]
+    pub fn of(view: NodeView, cloud: CloudSnapshot) -> Node {
+        Node::join(view, Arc::new(cloud))
+    }
+
     /// A node that knows only a cloud snapshot (tests of the cloud encoder).
     #[cfg(test)]
     pub fn of_cloud(cloud: CloudSnapshot) -> Node {
@@ -109,8 +115,8 @@ impl Parts {
     /// Joins the latest parts into a new node and publishes it.
     pub fn join(&self) {
         let _one = self.joining.lock().unwrap_or_else(|e| e.into_inner());
-        // The probes' own locks are held only around bookkeeping, never around a write; a
-        // reload reconciling them right now keeps the probes of the last join.
+        // `snapshot` only loads what the probe sampler last published (it never waits on a
+        // write); a reload reconciling the probes right now keeps those of the last join.
         let probes = match self.probes.try_lock() {
             Ok(p) => Arc::new(p.snapshot()),
             Err(_) => Arc::clone(&self.node.load().view.probes),
@@ -139,5 +145,25 @@ impl Parts {
             me.join();
             follow();
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_sources_are_the_collectors_then_the_clouds() {
+        let host = HostSnapshot {
+            sources: vec![SourceStatus::new("stat"), SourceStatus::new("meminfo")],
+            ..HostSnapshot::default()
+        };
+        let mut node = Node::of_host(host);
+        node.cloud = Arc::new(CloudSnapshot {
+            sources: vec![SourceStatus::new("cloud_describe")],
+            ..CloudSnapshot::default()
+        });
+        let names: Vec<&str> = node.sources().iter().map(|s| &*s.name).collect();
+        assert_eq!(names, ["stat", "meminfo", "cloud_describe"]);
     }
 }

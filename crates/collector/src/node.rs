@@ -101,7 +101,7 @@ impl NodeView {
     }
 
     /// The health of every source: the host's, the walk's and the container pass's (when
-    /// enabled).
+    /// enabled), and each configured probe's.
     pub fn sources(&self) -> Vec<&SourceStatus> {
         let mut all: Vec<&SourceStatus> = self.host.sources.iter().collect();
         if self.threads.enabled {
@@ -110,6 +110,7 @@ impl NodeView {
         if self.containers.enabled {
             all.push(&self.containers.status);
         }
+        all.extend(self.probes.iter().map(|p| &p.status));
         all
     }
 }
@@ -206,6 +207,32 @@ mod tests {
             v.dstate_by_container.len(),
             2,
             "the host service is no container"
+        );
+    }
+
+    #[test]
+    fn every_probe_is_a_source() {
+        let probe = |dir: &str| ProbeSnapshot {
+            path: dir.into(),
+            buckets: Vec::new(),
+            sum: 0.0,
+            count: 0,
+            in_flight_since: None,
+            failures: Vec::new(),
+            last_duration: None,
+            last_success: None,
+            status: SourceStatus::new(crate::sample::probe::source_name(dir.as_ref())),
+        };
+        let v = NodeView::join(
+            Arc::default(),
+            Arc::default(),
+            Arc::default(),
+            Arc::new(vec![probe("/data"), probe("/var/lib/docker")]),
+        );
+        let names: Vec<&str> = v.sources().iter().map(|s| s.name.as_ref()).collect();
+        assert!(
+            names.ends_with(&["probe:/data", "probe:/var/lib/docker"]),
+            "{names:?}"
         );
     }
 }

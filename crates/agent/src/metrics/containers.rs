@@ -6,20 +6,22 @@
 //! A container that vanished is not in the snapshot, so its series end with the next scrape.
 
 use std::borrow::Cow;
-use std::collections::HashMap;
+use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use arc_swap::ArcSwap;
 use prometheus_client::collector::Collector;
 use prometheus_client::encoding::DescriptorEncoder;
-use prometheus_client::metrics::MetricType::{Counter, Gauge};
-use prometheus_client::registry::Unit;
-use stallwatch_collector::proc::pressure::Resource;
+use prometheus_client::metrics::MetricType;
+use stallwatch_collector::cgroup::DeviceIo;
+use stallwatch_collector::proc::net_dev::NetDev;
 use stallwatch_collector::sample::containers::{ContainerRow, ContainerSnapshot};
 
 use crate::node::Node;
 
-use super::{family, ratio, single, Labels};
+use super::pressure::{records, CONTAINER_PSI};
+use super::table::{counter, family, gauge, labelled, num, rows, Labels, Row};
+use super::table::{BYTES, NONE, SECONDS};
 
 /// Interfaces exported per container (a container can create and name its own).
 pub const MAX_INTERFACES: usize = 16;
@@ -31,6 +33,209 @@ pub struct ContainersCollector {
     pub node: Arc<ArcSwap<Node>>,
 }
 
+/// The pass itself (`collector/src/sample/containers.rs`).
+pub const PASS: &[Row<ContainerSnapshot>] = &[
+    counter(
+        "container_starts",
+        "Container ids that appeared since the agent started (the first pass counts every container).",
+        NONE,
+        |s| Some(s.starts as f64),
+    ),
+    counter(
+        "container_stops",
+        "Container ids that vanished since the agent started.",
+        NONE,
+        |s| Some(s.stops as f64),
+    ),
+    gauge(
+        "containers_dropped",
+        "Containers found by the last pass but not read: over containers.max_containers.",
+        NONE,
+        |s| Some(s.dropped as f64),
+    ),
+    counter(
+        "container_reads_dropped",
+        "Containers not read because of containers.max_containers, summed over passes.",
+        NONE,
+        |s| Some(s.dropped_total as f64),
+    ),
+    gauge(
+        "container_pass_interval",
+        "The container pass cadence in force: containers.interval, stretched so that a pass's CPU stays under containers.max_cpu of one core.",
+        SECONDS,
+        |s| Some(s.current_interval.as_secs_f64()),
+    ),
+];
+
+/// One container's cgroup counters (`collector/src/cgroup/v1.rs`, `v2.rs`).
+pub const CONTAINER: &[Row<ContainerRow>] = &[
+    counter(
+        "container_cpu_user",
+        "CPU time in user mode.",
+        SECONDS,
+        |r| r.stats.cpu.user_seconds,
+    ),
+    counter(
+        "container_cpu_system",
+        "CPU time in kernel mode.",
+        SECONDS,
+        |r| r.stats.cpu.system_seconds,
+    ),
+    counter("container_cpu_usage", "Total CPU time.", SECONDS, |r| {
+        r.stats.cpu.usage_seconds
+    }),
+    counter(
+        "container_cpu_periods",
+        "CFS enforcement periods elapsed (0 without a CPU limit).",
+        NONE,
+        |r| num(r.stats.cpu.nr_periods),
+    ),
+    counter(
+        "container_cpu_throttled_periods",
+        "CFS periods in which the container was throttled.",
+        NONE,
+        |r| num(r.stats.cpu.nr_throttled),
+    ),
+    counter(
+        "container_cpu_throttled",
+        "Time the container was throttled by its CPU limit.",
+        SECONDS,
+        |r| r.stats.cpu.throttled_seconds,
+    ),
+    gauge(
+        "container_memory_usage",
+        "Memory charged to the container now (v1 usage_in_bytes, v2 memory.current).",
+        BYTES,
+        |r| num(r.stats.memory.usage_bytes),
+    ),
+    gauge(
+        "container_memory_limit",
+        "Memory limit; absent when unlimited.",
+        BYTES,
+        |r| num(r.stats.memory.limit_bytes),
+    ),
+    gauge(
+        "container_memory_rss",
+        "Anonymous memory (v1 rss, v2 anon).",
+        BYTES,
+        |r| num(r.stats.memory.rss_bytes),
+    ),
+    gauge(
+        "container_memory_cache",
+        "Page cache (v1 cache, v2 file).",
+        BYTES,
+        |r| num(r.stats.memory.cache_bytes),
+    ),
+    gauge(
+        "container_memory_dirty",
+        "Dirty page cache of the container.",
+        BYTES,
+        |r| num(r.stats.memory.dirty_bytes),
+    ),
+    gauge(
+        "container_memory_writeback",
+        "Page cache of the container under writeback.",
+        BYTES,
+        |r| num(r.stats.memory.writeback_bytes),
+    ),
+    counter(
+        "container_memory_major_faults",
+        "Major page faults.",
+        NONE,
+        |r| num(r.stats.memory.major_faults),
+    ),
+    counter(
+        "container_oom_kills",
+        "OOM kills in the container.",
+        NONE,
+        |r| num(r.stats.memory.oom_kills),
+    ),
+    gauge("container_pids", "Tasks in the container.", NONE, |r| {
+        num(r.stats.pids)
+    }),
+];
+
+/// Block I/O of a container on one device (v1 blkio throttle statistics, v2 `io.stat`).
+pub const IO: &[Row<DeviceIo>] = &[
+    counter(
+        "container_io_read",
+        "Bytes read by the container from the device (v1 blkio throttle stats, v2 io.stat).",
+        BYTES,
+        |d| Some(d.read_bytes as f64),
+    ),
+    counter(
+        "container_io_written",
+        "Bytes written by the container to the device (direct I/O only on cgroup v1: buffered writeback is charged to the flusher).",
+        BYTES,
+        |d| Some(d.write_bytes as f64),
+    ),
+    counter(
+        "container_io_reads",
+        "Read operations of the container on the device.",
+        NONE,
+        |d| Some(d.read_ops as f64),
+    ),
+    counter(
+        "container_io_writes",
+        "Write operations of the container on the device.",
+        NONE,
+        |d| Some(d.write_ops as f64),
+    ),
+];
+
+/// One interface of the container's network namespace (`collector/src/proc/net_dev.rs`).
+pub const NETWORK: &[Row<NetDev>] = &[
+    counter(
+        "container_network_receive",
+        "Bytes received on the interface of the container's network namespace.",
+        BYTES,
+        |d| Some(d.rx_bytes as f64),
+    ),
+    counter(
+        "container_network_transmit",
+        "Bytes transmitted.",
+        BYTES,
+        |d| Some(d.tx_bytes as f64),
+    ),
+    counter(
+        "container_network_receive_packets",
+        "Packets received.",
+        NONE,
+        |d| Some(d.rx_packets as f64),
+    ),
+    counter(
+        "container_network_transmit_packets",
+        "Packets transmitted.",
+        NONE,
+        |d| Some(d.tx_packets as f64),
+    ),
+    counter(
+        "container_network_receive_errors",
+        "Receive errors.",
+        NONE,
+        |d| Some(d.rx_errors as f64),
+    ),
+    counter(
+        "container_network_transmit_errors",
+        "Transmit errors.",
+        NONE,
+        |d| Some(d.tx_errors as f64),
+    ),
+    counter(
+        "container_network_receive_drops",
+        "Received packets dropped.",
+        NONE,
+        |d| Some(d.rx_drops as f64),
+    ),
+    counter(
+        "container_network_transmit_drops",
+        "Transmitted packets dropped.",
+        NONE,
+        |d| Some(d.tx_drops as f64),
+    ),
+];
+
+/// The labels of every row of a container.
 fn base(r: &ContainerRow) -> Labels<'_> {
     let id = &r.identity;
     let mut l: Labels<'_> = vec![
@@ -49,7 +254,8 @@ fn base(r: &ContainerRow) -> Labels<'_> {
     l
 }
 
-fn with<'a>(mut l: Labels<'a>, k: &'static str, v: Cow<'a, str>) -> Labels<'a> {
+fn with<'a>(l: &Labels<'a>, k: &'static str, v: Cow<'a, str>) -> Labels<'a> {
+    let mut l = l.clone();
     l.push((k, v));
     l
 }
@@ -61,365 +267,79 @@ impl Collector for ContainersCollector {
         if !s.enabled || s.taken.is_none() {
             return Ok(());
         }
-        let secs = Some(&Unit::Seconds);
-        let bytes = Some(&Unit::Bytes);
-        let rows = &s.containers;
+        let e = &mut e;
+        let cs = &s.containers;
+        let bases: Vec<Labels<'_>> = cs.iter().map(base).collect();
 
-        let mut by_runtime: HashMap<&'static str, u64> = HashMap::new();
-        for r in rows {
+        let mut by_runtime: BTreeMap<&'static str, u64> = BTreeMap::new();
+        for r in cs {
             *by_runtime.entry(r.identity.runtime.as_str()).or_insert(0) += 1;
         }
-        let mut rt: Vec<_> = by_runtime.into_iter().collect();
-        rt.sort();
         family(
-            &mut e,
+            e,
             "containers",
             "Containers seen by the last pass, by runtime.",
-            None,
-            Gauge,
-            rt.into_iter()
-                .map(|(r, n)| (vec![("runtime", Cow::Borrowed(r))], n as f64)),
+            NONE,
+            MetricType::Gauge,
+            by_runtime
+                .into_iter()
+                .map(|(r, n)| ([("runtime", r)], n as f64)),
         )?;
-        single(&mut e, "container_starts", "Container ids that appeared since the agent started (the first pass counts every container).", None, Counter, s.starts as f64)?;
-        single(
-            &mut e,
-            "container_stops",
-            "Container ids that vanished since the agent started.",
-            None,
-            Counter,
-            s.stops as f64,
-        )?;
-        single(
-            &mut e,
-            "containers_dropped",
-            "Containers found by the last pass but not read: over containers.max_containers.",
-            None,
-            Gauge,
-            s.dropped as f64,
-        )?;
-        single(
-            &mut e,
-            "container_reads_dropped",
-            "Containers not read because of containers.max_containers, summed over passes.",
-            None,
-            Counter,
-            s.dropped_total as f64,
-        )?;
-        single(
-            &mut e,
-            "container_pass_interval",
-            "The container pass cadence in force: containers.interval, stretched so that a pass's CPU stays under containers.max_cpu of one core.",
-            secs,
-            Gauge,
-            s.current_interval.as_secs_f64(),
-        )?;
+        rows(e, PASS, s)?;
 
-        macro_rules! per {
-            ($name:expr, $help:expr, $unit:expr, $ty:expr, $get:expr) => {
-                family(
-                    &mut e,
-                    $name,
-                    $help,
-                    $unit,
-                    $ty,
-                    rows.iter()
-                        .filter_map(|r| $get(r).map(|v: f64| (base(r), v))),
-                )?
-            };
-        }
-        per!(
-            "container_cpu_user",
-            "CPU time in user mode.",
-            secs,
-            Counter,
-            |r: &ContainerRow| r.stats.cpu.user_seconds
-        );
-        per!(
-            "container_cpu_system",
-            "CPU time in kernel mode.",
-            secs,
-            Counter,
-            |r: &ContainerRow| r.stats.cpu.system_seconds
-        );
-        per!(
-            "container_cpu_usage",
-            "Total CPU time.",
-            secs,
-            Counter,
-            |r: &ContainerRow| r.stats.cpu.usage_seconds
-        );
-        per!(
-            "container_cpu_periods",
-            "CFS enforcement periods elapsed (0 without a CPU limit).",
-            None,
-            Counter,
-            |r: &ContainerRow| r.stats.cpu.nr_periods.map(|v| v as f64)
-        );
-        per!(
-            "container_cpu_throttled_periods",
-            "CFS periods in which the container was throttled.",
-            None,
-            Counter,
-            |r: &ContainerRow| r.stats.cpu.nr_throttled.map(|v| v as f64)
-        );
-        per!(
-            "container_cpu_throttled",
-            "Time the container was throttled by its CPU limit.",
-            secs,
-            Counter,
-            |r: &ContainerRow| r.stats.cpu.throttled_seconds
-        );
-        per!(
-            "container_memory_usage",
-            "Memory charged to the container now (v1 usage_in_bytes, v2 memory.current).",
-            bytes,
-            Gauge,
-            |r: &ContainerRow| r.stats.memory.usage_bytes.map(|v| v as f64)
-        );
-        per!(
-            "container_memory_limit",
-            "Memory limit; absent when unlimited.",
-            bytes,
-            Gauge,
-            |r: &ContainerRow| r.stats.memory.limit_bytes.map(|v| v as f64)
-        );
-        per!(
-            "container_memory_rss",
-            "Anonymous memory (v1 rss, v2 anon).",
-            bytes,
-            Gauge,
-            |r: &ContainerRow| r.stats.memory.rss_bytes.map(|v| v as f64)
-        );
-        per!(
-            "container_memory_cache",
-            "Page cache (v1 cache, v2 file).",
-            bytes,
-            Gauge,
-            |r: &ContainerRow| r.stats.memory.cache_bytes.map(|v| v as f64)
-        );
-        per!(
-            "container_memory_dirty",
-            "Dirty page cache of the container.",
-            bytes,
-            Gauge,
-            |r: &ContainerRow| r.stats.memory.dirty_bytes.map(|v| v as f64)
-        );
-        per!(
-            "container_memory_writeback",
-            "Page cache of the container under writeback.",
-            bytes,
-            Gauge,
-            |r: &ContainerRow| r.stats.memory.writeback_bytes.map(|v| v as f64)
-        );
-        per!(
-            "container_memory_major_faults",
-            "Major page faults.",
-            None,
-            Counter,
-            |r: &ContainerRow| r.stats.memory.major_faults.map(|v| v as f64)
-        );
-        per!(
-            "container_oom_kills",
-            "OOM kills in the container.",
-            None,
-            Counter,
-            |r: &ContainerRow| r.stats.memory.oom_kills.map(|v| v as f64)
-        );
-        per!(
-            "container_pids",
-            "Tasks in the container.",
-            None,
-            Gauge,
-            |r: &ContainerRow| r.stats.pids.map(|v| v as f64)
-        );
+        let each: Vec<_> = bases.iter().cloned().zip(cs).collect();
+        labelled(e, CONTAINER, &each)?;
 
-        // Block I/O per device: names from diskstats (every device, joined by major:minor in
-        // the node view), else "major:minor".
-        let dev_name = |ma: u32, mi: u32| -> String {
-            node.view
-                .device_name(ma, mi)
-                .map(str::to_string)
-                .unwrap_or_else(|| format!("{ma}:{mi}"))
-        };
-        // The EBS volume behind a device, when the cloud side knows it: "which container is
-        // spending this volume's burst credits" in one query.
-        let io_rows: Vec<(
-            &ContainerRow,
-            String,
-            Option<String>,
-            &stallwatch_collector::cgroup::DeviceIo,
-        )> = rows
-            .iter()
-            .flat_map(|r| r.stats.io.iter().flatten().map(move |d| (r, d)))
-            .map(|(r, d)| {
-                let dev = dev_name(d.major, d.minor);
-                let vol = node.volume_of(&dev).map(str::to_string);
-                (r, dev, vol, d)
-            })
-            .collect();
-        macro_rules! io {
-            ($name:expr, $help:expr, $unit:expr, $get:expr) => {
-                family(
-                    &mut e,
-                    $name,
-                    $help,
-                    $unit,
-                    Counter,
-                    io_rows.iter().map(|(r, dev, vol, d)| {
-                        let mut l = with(base(r), "device", Cow::Borrowed(dev.as_str()));
-                        if let Some(v) = vol {
-                            l.push(("volume_id", Cow::Borrowed(v.as_str())));
-                        }
-                        (l, $get(d) as f64)
-                    }),
-                )?
-            };
-        }
-        io!(
-            "container_io_read",
-            "Bytes read by the container from the device (v1 blkio throttle stats, v2 io.stat).",
-            bytes,
-            |d: &stallwatch_collector::cgroup::DeviceIo| d.read_bytes
-        );
-        io!("container_io_written", "Bytes written by the container to the device (direct I/O only on cgroup v1: buffered writeback is charged to the flusher).", bytes, |d: &stallwatch_collector::cgroup::DeviceIo| d.write_bytes);
-        io!(
-            "container_io_reads",
-            "Read operations of the container on the device.",
-            None,
-            |d: &stallwatch_collector::cgroup::DeviceIo| d.read_ops
-        );
-        io!(
-            "container_io_writes",
-            "Write operations of the container on the device.",
-            None,
-            |d: &stallwatch_collector::cgroup::DeviceIo| d.write_ops
-        );
-
-        // PSI per container (cgroup v2).
-        let mut psi_total = Vec::new();
-        let mut psi_avg10 = Vec::new();
-        for r in rows {
-            for res in Resource::CGROUP {
-                if let Some(p) = &r.stats.pressure[res as usize] {
-                    for (kind, rec) in [("some", p.some), ("full", p.full)] {
-                        if let Some(rec) = rec {
-                            let l = with(
-                                with(base(r), "resource", Cow::Borrowed(res.as_str())),
-                                "kind",
-                                Cow::Borrowed(kind),
-                            );
-                            psi_total.push((l.clone(), rec.total_us as f64 / 1e6));
-                            psi_avg10.push((l, rec.avg10));
-                        }
-                    }
+        // Block I/O per device, named from the node's devices (every device of the diskstats
+        // read, joined by major:minor), else "major:minor", with the EBS volume behind the
+        // name when the cloud side knows it: "which container spends this volume's burst
+        // credits" in one query.
+        let mut io = Vec::new();
+        for (b, r) in bases.iter().zip(cs) {
+            for d in r.stats.io.iter().flatten() {
+                let dev = node.view.device_name(d.major, d.minor).map_or_else(
+                    || Cow::Owned(format!("{}:{}", d.major, d.minor)),
+                    Cow::Borrowed,
+                );
+                let vol = node.volume_of(&dev).map(Cow::Borrowed);
+                let mut l = with(b, "device", dev);
+                if let Some(v) = vol {
+                    l.push(("volume_id", v));
                 }
+                io.push((l, d));
             }
         }
-        family(
-            &mut e,
-            "container_pressure_stall",
-            "Time the container's tasks were stalled on the resource (cgroup v2 PSI total).",
-            secs,
-            Counter,
-            psi_total,
-        )?;
-        family(
-            &mut e,
-            "container_pressure_avg10",
-            "Share of the last 10 s the container's tasks were stalled (cgroup v2 PSI avg10).",
-            Some(&ratio()),
-            Gauge,
-            psi_avg10,
-        )?;
+        labelled(e, IO, &io)?;
+
+        let psi: Vec<_> = bases
+            .iter()
+            .zip(cs)
+            .flat_map(|(b, r)| records(&r.stats.pressure, b))
+            .collect();
+        labelled(e, CONTAINER_PSI, &psi)?;
 
         // Network, once per namespace (a pod's containers share one: it is reported on one).
-        let net: Vec<(&ContainerRow, &stallwatch_collector::proc::net_dev::NetDev)> = rows
-            .iter()
-            .flat_map(|r| {
-                r.network
-                    .iter()
-                    .flatten()
-                    .filter(|d| d.name != "lo")
-                    .take(MAX_INTERFACES)
-                    .map(move |d| (r, d))
-            })
-            .collect();
-        macro_rules! netm {
-            ($name:expr, $help:expr, $unit:expr, $get:expr) => {
-                family(
-                    &mut e,
-                    $name,
-                    $help,
-                    $unit,
-                    Counter,
-                    net.iter().map(|(r, d)| {
-                        (
-                            with(base(r), "interface", Cow::Borrowed(d.name.as_str())),
-                            $get(d) as f64,
-                        )
-                    }),
-                )?
-            };
+        let mut net = Vec::new();
+        for (b, r) in bases.iter().zip(cs) {
+            let ifaces = r.network.iter().flatten().filter(|d| d.name != "lo");
+            for d in ifaces.take(MAX_INTERFACES) {
+                net.push((with(b, "interface", Cow::Borrowed(d.name.as_str())), d));
+            }
         }
-        type N = stallwatch_collector::proc::net_dev::NetDev;
-        netm!(
-            "container_network_receive",
-            "Bytes received on the interface of the container's network namespace.",
-            bytes,
-            |d: &N| d.rx_bytes
-        );
-        netm!(
-            "container_network_transmit",
-            "Bytes transmitted.",
-            bytes,
-            |d: &N| d.tx_bytes
-        );
-        netm!(
-            "container_network_receive_packets",
-            "Packets received.",
-            None,
-            |d: &N| d.rx_packets
-        );
-        netm!(
-            "container_network_transmit_packets",
-            "Packets transmitted.",
-            None,
-            |d: &N| d.tx_packets
-        );
-        netm!(
-            "container_network_receive_errors",
-            "Receive errors.",
-            None,
-            |d: &N| d.rx_errors
-        );
-        netm!(
-            "container_network_transmit_errors",
-            "Transmit errors.",
-            None,
-            |d: &N| d.tx_errors
-        );
-        netm!(
-            "container_network_receive_drops",
-            "Received packets dropped.",
-            None,
-            |d: &N| d.rx_drops
-        );
-        netm!(
-            "container_network_transmit_drops",
-            "Transmitted packets dropped.",
-            None,
-            |d: &N| d.tx_drops
-        );
+        labelled(e, NETWORK, &net)?;
 
-        // Threads in D per container: the walk identified each D thread's container, the
-        // node view counted them per container id (exact, not a substring of the path).
-        per!(
+        // The walk identified each D thread's container; the node view counted them per
+        // container id (exact, not a substring of the path).
+        family(
+            e,
             "container_dstate_threads",
             "Threads of the container in D state at the last thread walk.",
-            None,
-            Gauge,
-            |r: &ContainerRow| Some(node.view.dstate_threads_of(&r.identity.container_id) as f64)
-        );
-        Ok(())
+            NONE,
+            MetricType::Gauge,
+            bases.iter().zip(cs).map(|(b, r)| {
+                let n = node.view.dstate_threads_of(&r.identity.container_id);
+                (b.as_slice(), n as f64)
+            }),
+        )
     }
 }

@@ -4,23 +4,20 @@
 
 use std::borrow::Cow;
 use std::sync::Arc;
+use std::time::{Instant, UNIX_EPOCH};
 
 use arc_swap::ArcSwap;
-use std::time::Instant;
-
 use prometheus_client::collector::Collector;
-use prometheus_client::encoding::{DescriptorEncoder, NoLabelSet};
+use prometheus_client::encoding::DescriptorEncoder;
 use prometheus_client::metrics::MetricType;
-use prometheus_client::registry::Unit;
-use stallwatch_collector::sample::probe::BUCKETS;
+use stallwatch_collector::sample::probe::ProbeSnapshot;
 
+use super::table::{family, gauge, histograms, labelled, Labels, Row, NONE, SECONDS};
 use crate::node::Node;
-
-use super::{family, Labels};
 
 pub struct ProbeCollector {
     /// The joined node; its probe states were taken at the last join (at least every second,
-    /// with each probe's lock held only around bookkeeping, never around a write).
+    /// from the probe sampler's last publish, which never waits on a write).
     pub node: Arc<ArcSwap<Node>>,
 }
 
@@ -33,72 +30,80 @@ impl std::fmt::Debug for ProbeCollector {
 impl Collector for ProbeCollector {
     fn encode(&self, mut e: DescriptorEncoder) -> Result<(), std::fmt::Error> {
         let node = self.node.load();
-        let snaps: &[_] = &node.view.probes;
-        if snaps.is_empty() {
-            return Ok(());
-        }
-        let secs = Unit::Seconds;
-        let now = Instant::now();
-        let mut m = e.encode_descriptor(
-            "probe_write",
-            "Duration of the probe's O_DSYNC write of `size` bytes (every write that returned, failed or not).",
-            Some(&secs),
-            MetricType::Histogram,
-        )?;
-        for s in snaps {
-            let labels: Labels<'_> = vec![("path", Cow::Borrowed(s.path.as_str()))];
-            // The snapshot's counts are cumulative; the encoder wants per-bucket counts.
-            let mut prev = 0;
-            let mut buckets: Vec<(f64, u64)> = BUCKETS
-                .iter()
-                .zip(&s.bucket_counts)
-                .map(|(le, c)| {
-                    let d = c.saturating_sub(prev);
-                    prev = *c;
-                    (*le, d)
-                })
-                .collect();
-            buckets.push((f64::INFINITY, s.count.saturating_sub(prev)));
-            m.encode_family(&labels)?
-                .encode_histogram::<NoLabelSet>(s.sum, s.count, &buckets, None)?;
-        }
-        family(
-            &mut e,
-            "probe_in_flight",
-            "Age of the probe's running write; 0 when idle. A hung write keeps growing here while it hangs.",
-            Some(&secs),
-            MetricType::Gauge,
-            snaps.iter().map(|s| {
-                let age = s.in_flight_since.map_or(0.0, |t| now.saturating_duration_since(t).as_secs_f64());
-                (vec![("path", Cow::Borrowed(s.path.as_str()))], age)
-            }),
-        )?;
-        family(
-            &mut e,
-            "probe_failures",
-            "Probe failures by reason: timeout (still running after the timeout), enospc, eio, permission, readonly, notfound, other.",
-            None,
-            MetricType::Counter,
-            snaps.iter().flat_map(|s| {
-                s.failures.iter().map(move |(r, n)| {
-                    (vec![("path", Cow::Borrowed(s.path.as_str())), ("reason", Cow::Borrowed(*r))], *n as f64)
-                })
-            }),
-        )?;
-        family(
-            &mut e,
-            "probe_last_success_timestamp",
-            "When the probe's last write succeeded, seconds since the epoch.",
-            Some(&secs),
-            MetricType::Gauge,
-            snaps.iter().filter_map(|s| {
-                let t = s.last_success?.duration_since(std::time::UNIX_EPOCH).ok()?;
-                Some((
-                    vec![("path", Cow::Borrowed(s.path.as_str()))],
-                    t.as_secs_f64(),
-                ))
-            }),
-        )?;
-        Ok(())
+        encode_probes(&mut e, &node.view.probes, Instant::now())
     }
+}
+
+/// A probe as of the scrape: its ages are measured against the scrape's clock.
+pub struct ProbeNow {
+    /// Age of the running write; 0 when idle.
+    pub in_flight_seconds: f64,
+    /// Unix time of the last successful write.
+    pub last_success: Option<f64>,
+}
+
+impl ProbeNow {
+    fn of(s: &ProbeSnapshot, now: Instant) -> Self {
+        ProbeNow {
+            in_flight_seconds: s
+                .in_flight_since
+                .map_or(0.0, |t| now.saturating_duration_since(t).as_secs_f64()),
+            last_success: s
+                .last_success
+                .and_then(|t| t.duration_since(UNIX_EPOCH).ok())
+                .map(|d| d.as_secs_f64()),
+        }
+    }
+}
+
+/// `collector/src/sample/probe/sampler.rs`. The failures by reason sit between these two rows.
+pub const IN_FLIGHT: Row<ProbeNow> = gauge(
+    "probe_in_flight",
+    "Age of the probe's running write; 0 when idle. A hung write keeps growing here while it hangs.",
+    SECONDS,
+    |p| Some(p.in_flight_seconds),
+);
+
+pub const LAST_SUCCESS: Row<ProbeNow> = gauge(
+    "probe_last_success_timestamp",
+    "When the probe's last write succeeded, seconds since the epoch.",
+    SECONDS,
+    |p| p.last_success,
+);
+
+fn path(s: &ProbeSnapshot) -> Labels<'_> {
+    vec![("path", Cow::Borrowed(s.path.as_str()))]
+}
+
+/// The probe families for these snapshots; `now` dates the in-flight ages.
+pub fn encode_probes(
+    e: &mut DescriptorEncoder<'_>,
+    snaps: &[ProbeSnapshot],
+    now: Instant,
+) -> std::fmt::Result {
+    histograms(
+        e,
+        "probe_write",
+        "Duration of the probe's O_DSYNC write of `size` bytes (every write that returned, failed or not).",
+        SECONDS,
+        snaps
+            .iter()
+            .map(|s| (path(s), s.sum, s.count, Cow::Borrowed(s.buckets.as_slice()))),
+    )?;
+    let ages: Vec<ProbeNow> = snaps.iter().map(|s| ProbeNow::of(s, now)).collect();
+    let items: Vec<_> = snaps.iter().map(path).zip(&ages).collect();
+    labelled(e, &[IN_FLIGHT], &items)?;
+    family(
+        e,
+        "probe_failures",
+        "Probe failures by reason: timeout (still running after the timeout), enospc, eio, permission, readonly, notfound, other.",
+        NONE,
+        MetricType::Counter,
+        snaps.iter().flat_map(|s| {
+            s.failures
+                .iter()
+                .map(move |(r, n)| ([("path", s.path.as_str()), ("reason", *r)], *n as f64))
+        }),
+    )?;
+    labelled(e, &[LAST_SUCCESS], &items)
 }

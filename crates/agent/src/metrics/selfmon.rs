@@ -1,7 +1,6 @@
 //! The agent's own health: build info, per-source read duration, errors, stuck flags and
 //! snapshot ages, and config reload status. Bounded: one row per source (a fixed list).
 
-use std::borrow::Cow;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Instant;
@@ -9,13 +8,12 @@ use std::time::Instant;
 use arc_swap::ArcSwap;
 use prometheus_client::collector::Collector;
 use prometheus_client::encoding::DescriptorEncoder;
-use prometheus_client::metrics::MetricType::{self, Counter, Gauge};
-use prometheus_client::registry::Unit;
+use prometheus_client::metrics::MetricType;
 use stallwatch_collector::sample::SourceStatus;
 
 use crate::node::Node;
 
-use super::{family, single, Labels};
+use super::table::{counter, family, flag, gauge, labelled, rows, Row, NONE, SECONDS};
 
 /// Reload outcome, written by the reload task, read by scrapes.
 #[derive(Debug)]
@@ -60,9 +58,97 @@ pub struct SelfCollector {
     pub start_time: f64,
 }
 
+/// The agent's start and its configuration reloads (`agent/src/reload.rs`).
+pub const AGENT: &[Row<SelfCollector>] = &[
+    gauge(
+        "start_time",
+        "Start time of the agent, seconds since the epoch.",
+        SECONDS,
+        |c| Some(c.start_time),
+    ),
+    gauge(
+        "config_last_reload_successful",
+        "Whether the last configuration (re)load succeeded (1) or failed and the previous config is still running (0).",
+        NONE,
+        |c| flag(c.reload.successful.load(Ordering::Relaxed)),
+    ),
+    gauge(
+        "config_last_reload_success_timestamp",
+        "Time of the last successful configuration (re)load, seconds since the epoch.",
+        SECONDS,
+        |c| Some(f64::from_bits(c.reload.last_success.load(Ordering::Relaxed))),
+    ),
+];
+
+/// A source's health as of the scrape: whether it is stuck and how old its value is are
+/// measured against the scrape's clock.
+pub struct SourceNow {
+    pub duration: Option<f64>,
+    pub stuck: bool,
+    /// `None` before the first good read.
+    pub available: Option<bool>,
+    pub cpu: f64,
+    pub reads: u64,
+    pub age: Option<f64>,
+}
+
+impl SourceNow {
+    fn of(s: &SourceStatus, now: Instant) -> Self {
+        SourceNow {
+            duration: s.last_duration.map(|d| d.as_secs_f64()),
+            stuck: s.stuck(now),
+            available: s.last_success.map(|_| !s.missing),
+            cpu: s.cpu.as_secs_f64(),
+            reads: s.reads,
+            age: s.age(now).map(|a| a.as_secs_f64()),
+        }
+    }
+}
+
+/// `collector/src/sample/status.rs`. The errors by kind sit between this row and [`HEALTH`].
+pub const DURATION: Row<SourceNow> = gauge(
+    "source_duration",
+    "Wall time of the source's last completed read.",
+    SECONDS,
+    |s| s.duration,
+);
+
+pub const HEALTH: &[Row<SourceNow>] = &[
+    gauge(
+        "source_stuck",
+        "1 while a read of the source has been outstanding longer than its timeout (sampler.source_timeout, threads.timeout, containers.source_timeout, a probe's timeout).",
+        NONE,
+        |s| flag(s.stuck),
+    ),
+    gauge(
+        "source_available",
+        "0 when the source's file does not exist on this host (its metrics are absent).",
+        NONE,
+        |s| s.available.and_then(flag),
+    ),
+    counter(
+        "source_cpu",
+        "CPU time the source's reader thread spent in completed reads (RUSAGE_THREAD); divide by source_reads_total for CPU per read.",
+        SECONDS,
+        |s| Some(s.cpu),
+    ),
+    counter(
+        "source_reads",
+        "Completed reads of the source (successful or not).",
+        NONE,
+        |s| Some(s.reads as f64),
+    ),
+    gauge(
+        "snapshot_age",
+        "Age of the source's last completed read; keeps growing while the source is stuck.",
+        SECONDS,
+        |s| s.age,
+    ),
+];
+
 impl Collector for SelfCollector {
     fn encode(&self, mut e: DescriptorEncoder) -> Result<(), std::fmt::Error> {
-        let secs = Some(&Unit::Seconds);
+        let e = &mut e;
         let mut m = e.encode_descriptor(
             "build",
             "Build information; value is 1.",
@@ -78,107 +164,30 @@ impl Collector for SelfCollector {
             ("target_os", std::env::consts::OS),
         ];
         m.encode_info(&labels)?;
-        single(
-            &mut e,
-            "start_time",
-            "Start time of the agent, seconds since the epoch.",
-            secs,
-            Gauge,
-            self.start_time,
-        )?;
-        single(
-            &mut e,
-            "config_last_reload_successful",
-            "Whether the last configuration (re)load succeeded (1) or failed and the previous config is still running (0).",
-            None,
-            Gauge,
-            if self.reload.successful.load(Ordering::Relaxed) { 1.0 } else { 0.0 },
-        )?;
-        single(
-            &mut e,
-            "config_last_reload_success_timestamp",
-            "Time of the last successful configuration (re)load, seconds since the epoch.",
-            secs,
-            Gauge,
-            f64::from_bits(self.reload.last_success.load(Ordering::Relaxed)),
-        )?;
+        rows(e, AGENT, self)?;
 
         let node = self.node.load();
         let all: Vec<&SourceStatus> = node.sources();
         let now = Instant::now();
-        let src = |name: &Cow<'static, str>| -> Labels<'static> { vec![("source", name.clone())] };
+        let health: Vec<SourceNow> = all.iter().map(|s| SourceNow::of(s, now)).collect();
+        let items: Vec<_> = all
+            .iter()
+            .map(|s| vec![("source", s.name.clone())])
+            .zip(&health)
+            .collect();
+        labelled(e, &[DURATION], &items)?;
         family(
-            &mut e,
-            "source_duration",
-            "Wall time of the source's last completed read.",
-            secs,
-            Gauge,
-            all.iter()
-                .filter_map(|s| s.last_duration.map(|d| (src(&s.name), d.as_secs_f64()))),
-        )?;
-        family(
-            &mut e,
+            e,
             "source_errors",
             "Failed reads of the source, by kind (parse, permission, io).",
-            None,
-            Counter,
+            NONE,
+            MetricType::Counter,
             all.iter().flat_map(|s| {
-                s.errors.iter().map(move |(k, n)| {
-                    (
-                        vec![
-                            ("source", s.name.clone()),
-                            ("kind", Cow::Borrowed(k.as_str())),
-                        ],
-                        n as f64,
-                    )
-                })
+                s.errors
+                    .iter()
+                    .map(move |(k, n)| ([("source", &*s.name), ("kind", k.as_str())], n as f64))
             }),
         )?;
-        family(
-            &mut e,
-            "source_stuck",
-            "1 while a read of the source has been outstanding longer than its timeout (sampler.source_timeout, threads.timeout).",
-            None,
-            Gauge,
-            all
-                .iter()
-                .map(|s| (src(&s.name), if s.stuck(now) { 1.0 } else { 0.0 })),
-        )?;
-        family(
-            &mut e,
-            "source_available",
-            "0 when the source's file does not exist on this host (its metrics are absent).",
-            None,
-            Gauge,
-            all.iter()
-                .filter(|s| s.last_success.is_some())
-                .map(|s| (src(&s.name), if s.missing { 0.0 } else { 1.0 })),
-        )?;
-        family(
-            &mut e,
-            "source_cpu",
-            "CPU time the source's reader thread spent in completed reads (RUSAGE_THREAD); divide by source_reads_total for CPU per read.",
-            secs,
-            Counter,
-            all.iter().map(|s| (src(&s.name), s.cpu.as_secs_f64())),
-        )?;
-        family(
-            &mut e,
-            "source_reads",
-            "Completed reads of the source (successful or not).",
-            None,
-            Counter,
-            all.iter().map(|s| (src(&s.name), s.reads as f64)),
-        )?;
-        family(
-            &mut e,
-            "snapshot_age",
-            "Age of the source's last completed read; keeps growing while the source is stuck.",
-            secs,
-            Gauge,
-            all.iter()
-                .filter_map(|s| s.age(now).map(|a| (src(&s.name), a.as_secs_f64()))),
-        )?;
-        Ok(())
+        labelled(e, HEALTH, &items)
     }
 }

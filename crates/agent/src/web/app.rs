@@ -248,6 +248,29 @@ mod tests {
         assert!(s.contains("stallwatch_procs_blocked "));
     }
 
+    /// The supervisor's record: a source whose reader or sampler panicked (and was restarted by
+    /// the driver) is listed with its count, and the node stays healthy while it publishes.
+    #[tokio::test]
+    async fn healthz_lists_sources_restarted_after_a_panic() {
+        use stallwatch_collector::sample::SourceStatus;
+        use stallwatch_collector::ErrorKind;
+        let mut s = sample_snapshot();
+        let mut vmstat = SourceStatus::new("vmstat");
+        vmstat.count_error(ErrorKind::Panic);
+        vmstat.count_error(ErrorKind::Panic);
+        vmstat.last_panic = Some(std::time::Instant::now());
+        s.sources = vec![SourceStatus::new("stat"), vmstat];
+        let (st, _, body) = get(app(state(s), None), "/healthz", &[]).await;
+        let body = String::from_utf8(body).unwrap();
+        assert_eq!(st, StatusCode::OK, "{body}");
+        assert!(body.starts_with("ok\n"), "{body}");
+        assert!(
+            body.contains("source vmstat restarted after 2 panic(s), the last 0s ago"),
+            "{body}"
+        );
+        assert!(!body.contains("source stat"), "{body}");
+    }
+
     #[tokio::test]
     async fn healthz_and_index() {
         let (st, _, _) = get(app(state(sample_snapshot()), None), "/healthz", &[]).await;

@@ -8,7 +8,7 @@ use crate::harness::{Agent, Metrics};
 
 mod aws;
 mod calls;
-pub use aws::{now, start_agent, Aws};
+pub use aws::{now, start_agent, start_agent_with, Aws};
 
 fn minute(t: f64) -> f64 {
     (t / 60.0).floor() * 60.0

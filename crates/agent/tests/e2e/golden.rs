@@ -123,3 +123,131 @@ fn golden_cgroup_v2_kernel_5_4_without_psi() {
     );
     check("v2-nopsi-5.4");
 }
+
+/// A family row of docs/metrics.md: the metrics its first cell names, the reader modules of
+/// its `reader` column and the encoder files its section names (paths under `crates/`).
+#[derive(Debug)]
+pub struct DocRow {
+    pub metrics: Vec<String>,
+    pub readers: Vec<String>,
+    pub encoders: Vec<String>,
+}
+
+/// The `…` spans of a piece of markdown.
+fn backticked(s: &str) -> Vec<String> {
+    s.split('`').skip(1).step_by(2).map(String::from).collect()
+}
+
+/// Cells of a table row, split on `|` but not on an escaped `\|`.
+fn cells(line: &str) -> Vec<String> {
+    let inner = line.trim().trim_start_matches('|').trim_end_matches('|');
+    let mut out = vec![String::new()];
+    let mut prev = ' ';
+    for c in inner.chars() {
+        if c == '|' && prev != '\\' {
+            out.push(String::new());
+        } else {
+            out.last_mut().unwrap().push(c);
+        }
+        prev = c;
+    }
+    out.iter().map(|c| c.trim().to_string()).collect()
+}
+
+/// Every metric row of the metrics reference.
+pub fn doc_rows(doc: &str) -> Vec<DocRow> {
+    let mut rows = Vec::new();
+    let mut encoders: Vec<String> = Vec::new();
+    let mut reader: Option<usize> = None;
+    for line in doc.lines() {
+        if line.starts_with("## ") {
+            encoders.clear();
+            reader = None;
+        } else if let Some(rest) = line.strip_prefix("Encoded by ") {
+            encoders = backticked(rest);
+        } else if line.starts_with("| metric |") {
+            reader = cells(line).iter().position(|c| c == "reader");
+        } else if line.starts_with("| `stallwatch_") {
+            let c = cells(line);
+            rows.push(DocRow {
+                metrics: backticked(&c[0])
+                    .into_iter()
+                    .filter(|m| m.starts_with("stallwatch_"))
+                    .collect(),
+                readers: reader.map(|i| backticked(&c[i])).unwrap_or_default(),
+                encoders: encoders.clone(),
+            });
+        }
+    }
+    rows
+}
+
+/// Scraped family names that have no row naming an existing reader module.
+pub fn without_reader<'a>(doc: &str, names: &'a [String]) -> Vec<&'a String> {
+    let rows = doc_rows(doc);
+    let crates = repo().join("crates");
+    names
+        .iter()
+        .filter(|n| {
+            !rows.iter().any(|r| {
+                r.metrics.contains(n)
+                    && !r.readers.is_empty()
+                    && r.readers.iter().all(|p| crates.join(p).is_file())
+            })
+        })
+        .collect()
+}
+
+/// The names an encoder table may spell a documented family with: the prometheus-client name
+/// has the `stallwatch_` prefix, the type's `_total`/`_info` and the unit appended.
+fn table_names(metric: &str) -> Vec<String> {
+    let n = metric.trim_start_matches("stallwatch_");
+    let mut out = vec![n.to_string()];
+    let base = n.strip_suffix("_total").unwrap_or(n);
+    out.push(base.to_string());
+    for unit in ["_bytes", "_seconds", "_ratio", "_info"] {
+        if let Some(b) = base.strip_suffix(unit) {
+            out.push(b.to_string());
+        }
+    }
+    out
+}
+
+/// docs/metrics.md leads from every series to its code in two steps: the section's encoder
+/// file (whose table names the family) and the row's reader module. Fast: no binary runs.
+#[test]
+fn docs_name_an_existing_reader_and_encoder_for_every_row() {
+    let doc = std::fs::read_to_string(repo().join("docs/metrics.md")).unwrap();
+    let rows = doc_rows(&doc);
+    assert!(rows.len() > 150, "only {} rows parsed", rows.len());
+    let crates = repo().join("crates");
+    let mut bad = Vec::new();
+    for r in &rows {
+        let name = r.metrics.join(", ");
+        if r.metrics.is_empty() {
+            bad.push(format!("a row without a metric name: {r:?}"));
+        }
+        if r.readers.is_empty() {
+            bad.push(format!("{name}: no reader"));
+        }
+        for p in r.readers.iter().chain(&r.encoders) {
+            if !p.ends_with(".rs") || !crates.join(p).is_file() {
+                bad.push(format!("{name}: {p} is not a file under crates/"));
+            }
+        }
+        let sources: Vec<String> = r
+            .encoders
+            .iter()
+            .filter_map(|p| std::fs::read_to_string(crates.join(p)).ok())
+            .collect();
+        for m in &r.metrics {
+            let named = table_names(m)
+                .iter()
+                .any(|t| sources.iter().any(|src| src.contains(&format!("\"{t}\""))));
+            if !named {
+                bad.push(format!("{m}: not named in {:?}", r.encoders));
+            }
+        }
+    }
+    assert!(bad.is_empty(), "docs/metrics.md:\n{}", bad.join("\n"));
+}

@@ -98,6 +98,12 @@ fn real_proc_scrape_passes_promtool_and_is_documented() {
         missing.is_empty(),
         "docs/metrics.md does not list: {missing:?}"
     );
+    // ... each in a row that names the module reading it (a file that exists).
+    let unread = golden::without_reader(&doc, &names);
+    assert!(
+        unread.is_empty(),
+        "docs/metrics.md has no row with an existing reader module for: {unread:?}"
+    );
 }
 
 #[test]

@@ -120,8 +120,8 @@ fn sighup_and_an_edit_with_a_probe_on_a_hung_disk_keep_the_agent_answering() {
         );
         std::thread::sleep(Duration::from_millis(100));
     }
-    // The probe threads' writes are still in D; the process ends once they return (keeping a
-    // process alive past "Shut down." while a write is stuck is issue 13 item 6).
+    // The probes' writer processes are still in D; the agent itself does not wait for them
+    // (probe_hung.rs shows its PID gone within 5 s of SIGTERM). Resume, then check its exit.
     rig.resume();
     let status = wait_exit(&mut agent.child, Duration::from_secs(20))
         .unwrap_or_else(|| panic!("did not exit after the disk resumed:\n{}", agent.log()));

@@ -2,6 +2,7 @@
 //! End-to-end tests: the real `stallwatch` binary, real sockets, real kernel files. One test
 //! binary (modules below) to keep link time down.
 
+mod cardinality;
 mod cloud;
 mod config_bounds;
 mod containers;
@@ -13,6 +14,7 @@ mod doctor;
 mod dstate;
 mod dstate_alerting;
 mod dstate_rig;
+mod fleet;
 mod golden;
 mod harness;
 mod http;
@@ -20,6 +22,7 @@ mod hung;
 mod hung_reload;
 mod hung_tools;
 mod kernel;
+mod probe_hung;
 mod promstack;
 mod rules;
 mod soak;

@@ -27,7 +27,7 @@ pub fn free_port() -> u16 {
         .port()
 }
 
-fn http() -> reqwest::blocking::Client {
+pub(crate) fn http() -> reqwest::blocking::Client {
     reqwest::blocking::Client::builder()
         .timeout(Duration::from_secs(10))
         .build()
@@ -36,16 +36,16 @@ fn http() -> reqwest::blocking::Client {
 
 /// A child server process with its own temp dir and a captured log; SIGTERM, then SIGKILL after
 /// 5 s, on drop.
-struct Server {
+pub(crate) struct Server {
     name: &'static str,
     child: Child,
     dir: tempfile::TempDir,
-    url: String,
+    pub(crate) url: String,
 }
 
 impl Server {
     /// Starts `bin` with `args(dir, port)` on a free port and waits (≤ 20 s) for `/-/ready`.
-    fn start(
+    pub(crate) fn start(
         name: &'static str,
         bin: &str,
         dir: tempfile::TempDir,
@@ -100,7 +100,7 @@ impl Server {
         panic!("{name} did not start in 3 attempts; last log:\n{last_log}");
     }
 
-    fn log(&self) -> String {
+    pub(crate) fn log(&self) -> String {
         std::fs::read_to_string(self.dir.path().join("server.log")).unwrap_or_default()
     }
 }
@@ -128,6 +128,15 @@ pub struct Prometheus {
 }
 
 impl Prometheus {
+    /// Any server that speaks Prometheus's query API (VictoriaMetrics, in the fleet test).
+    pub(crate) fn from_server(server: Server) -> Prometheus {
+        Prometheus { server }
+    }
+
+    pub(crate) fn url(&self) -> &str {
+        &self.server.url
+    }
+
     /// `config` may refer to `{dir}`, replaced by the temp dir (for rule files written by
     /// `files`: name → content).
     pub fn start(config: &str, files: &[(&str, &str)]) -> Prometheus {

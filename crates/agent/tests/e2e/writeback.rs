@@ -343,8 +343,8 @@ fn a_probe_held_by_a_throttled_disk_times_out_while_scrapes_stay_fast() {
     });
 
     // Throttle the agent's own writes to the loop device to 1 I/O per second: the probe's
-    // O_DSYNC write is submitted by the probe thread, so it is charged to (and held by) the
-    // agent's blkio cgroup, as a write to a volume out of burst credits would be.
+    // O_DSYNC write is submitted by the probe's writer process (forked into the agent's
+    // cgroups), so it is charged to (and held by) the agent's blkio cgroup, as a write to a volume out of burst credits would be.
     let name = format!("stallwatch-probe-test-{}", std::process::id());
     let cg = Cgroup::new_with_specified_controllers(
         Box::new(V1::new()),

@@ -50,6 +50,11 @@ pub struct FlushStat {
     pub time_ms: u64,
 }
 
+/// Fields after major, minor and name that the parser reads (kernel 5.5+ has 17; later ones are
+/// ignored). Every one lands in a field of [`DiskStat`]; the agent's metric table is checked
+/// against this count.
+pub const FIELDS: usize = 17;
+
 /// Bytes per diskstats sector (always 512, see block/genhd.c).
 pub const SECTOR_BYTES: u64 = 512;
 
@@ -64,7 +69,7 @@ fn parse_line(line: &str, n: usize) -> Result<DiskStat, ParseError> {
     let name = f
         .next()
         .ok_or_else(|| ParseError::new(n, "missing device name"))?;
-    let mut v = [0u64; 17];
+    let mut v = [0u64; FIELDS];
     let mut count = 0;
     for (slot, s) in v.iter_mut().zip(&mut f) {
         *slot = parse_u64(s, n, name)?;

@@ -18,7 +18,7 @@ use crate::error::{parse_u64, ParseError};
 use crate::proc::read_with;
 use crate::{Error, Roots};
 
-/// Selected fields, in bytes. Absent keys stay `None` (older kernels, fixtures).
+/// The fields of [`KEYS`], in bytes. Absent keys stay `None` (older kernels, fixtures).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Meminfo {
     pub mem_total: Option<u64>,
@@ -35,27 +35,23 @@ pub struct Meminfo {
     pub swap_free: Option<u64>,
 }
 
-impl Meminfo {
-    /// `(metric name stem, value)` for every present field, in a stable order.
-    pub fn fields(&self) -> impl Iterator<Item = (&'static str, u64)> {
-        [
-            ("total", self.mem_total),
-            ("free", self.mem_free),
-            ("available", self.mem_available),
-            ("buffers", self.buffers),
-            ("cached", self.cached),
-            ("swap_cached", self.swap_cached),
-            ("dirty", self.dirty),
-            ("writeback", self.writeback),
-            ("writeback_tmp", self.writeback_tmp),
-            ("shmem", self.shmem),
-            ("swap_total", self.swap_total),
-            ("swap_free", self.swap_free),
-        ]
-        .into_iter()
-        .filter_map(|(k, v)| v.map(|v| (k, v)))
-    }
-}
+/// The keys this parser reads, in the order of the file and of [`Meminfo`]'s fields. The
+/// agent's metric table is checked against this list: a key read here without a metric row
+/// fails a test instead of vanishing.
+pub const KEYS: [&str; 12] = [
+    "MemTotal",
+    "MemFree",
+    "MemAvailable",
+    "Buffers",
+    "Cached",
+    "SwapCached",
+    "Dirty",
+    "Writeback",
+    "WritebackTmp",
+    "Shmem",
+    "SwapTotal",
+    "SwapFree",
+];
 
 /// Pure: unknown keys ignored, a known key with a garbage value is an error.
 pub fn parse(text: &str) -> Result<Meminfo, ParseError> {
@@ -152,5 +148,46 @@ Hugepagesize:       2048 kB
         assert!(parse("Dirty:").is_err());
         assert!(parse("Dirty: 1 MB").is_err());
         assert!(parse("Dirty 1 kB").is_err());
+    }
+
+    #[test]
+    fn meminfo_every_key_fills_its_own_field() {
+        let text: String = KEYS
+            .iter()
+            .enumerate()
+            .map(|(i, k)| format!("{k}: {} kB\n", i + 1))
+            .collect();
+        // No `..`: a field added to `Meminfo` stops this from compiling until it is listed
+        // here, and then fails it until a key in `KEYS` fills it.
+        let Meminfo {
+            mem_total,
+            mem_free,
+            mem_available,
+            buffers,
+            cached,
+            swap_cached,
+            dirty,
+            writeback,
+            writeback_tmp,
+            shmem,
+            swap_total,
+            swap_free,
+        } = parse(&text).unwrap();
+        let got = [
+            mem_total,
+            mem_free,
+            mem_available,
+            buffers,
+            cached,
+            swap_cached,
+            dirty,
+            writeback,
+            writeback_tmp,
+            shmem,
+            swap_total,
+            swap_free,
+        ];
+        let want: Vec<Option<u64>> = (1..=KEYS.len() as u64).map(|i| Some(i * 1024)).collect();
+        assert_eq!(got.to_vec(), want);
     }
 }

@@ -11,6 +11,7 @@ pub mod pressure;
 #[cfg(test)]
 mod proptests;
 pub mod stat;
+pub mod sys_kernel;
 pub mod sys_vm;
 pub mod task_stat;
 pub mod tasks;

@@ -17,7 +17,26 @@ use crate::error::{parse_u64, ParseError};
 use crate::proc::read_with;
 use crate::{Error, Roots};
 
-/// Selected counters. Gauges in pages: `nr_*` without `-ed`; counters since boot otherwise.
+/// The keys this parser reads, in the order of [`Vmstat`]'s fields. The agent's metric table is
+/// checked against this list: a key read here is either exported or listed there as not
+/// exported, with the reason.
+pub const KEYS: [&str; 12] = [
+    "nr_dirty",
+    "nr_writeback",
+    "nr_writeback_temp",
+    "nr_dirtied",
+    "nr_written",
+    "nr_dirty_threshold",
+    "nr_dirty_background_threshold",
+    "pgfault",
+    "pgmajfault",
+    "pswpin",
+    "pswpout",
+    "oom_kill",
+];
+
+/// The counters of [`KEYS`]. Gauges in pages: `nr_*` without `-ed`; counters since boot
+/// otherwise.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Vmstat {
     /// Pages dirty now.
@@ -117,5 +136,46 @@ mod tests {
         assert!(parse("").is_err());
         assert!(parse("nr_dirty").is_err());
         assert_eq!(parse("nr_dirty 1\nnr_written -3\n").unwrap_err().line, 2);
+    }
+
+    #[test]
+    fn vmstat_every_key_fills_its_own_field() {
+        let text: String = KEYS
+            .iter()
+            .enumerate()
+            .map(|(i, k)| format!("{k} {}\n", i + 1))
+            .collect();
+        // No `..`: a field added to `Vmstat` stops this from compiling until it is listed here,
+        // and then fails it until a key in `KEYS` fills it.
+        let Vmstat {
+            nr_dirty,
+            nr_writeback,
+            nr_writeback_temp,
+            nr_dirtied,
+            nr_written,
+            nr_dirty_threshold,
+            nr_dirty_background_threshold,
+            pgfault,
+            pgmajfault,
+            pswpin,
+            pswpout,
+            oom_kill,
+        } = parse(&text).unwrap();
+        let got = [
+            nr_dirty,
+            nr_writeback,
+            nr_writeback_temp,
+            nr_dirtied,
+            nr_written,
+            nr_dirty_threshold,
+            nr_dirty_background_threshold,
+            pgfault,
+            pgmajfault,
+            pswpin,
+            pswpout,
+            oom_kill,
+        ];
+        let want: Vec<Option<u64>> = (1..=KEYS.len() as u64).map(Some).collect();
+        assert_eq!(got.to_vec(), want);
     }
 }

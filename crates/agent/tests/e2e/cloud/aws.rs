@@ -99,7 +99,15 @@ pub fn now() -> f64 {
 /// Starts the agent with no AWS credentials in its environment: the default chain must find
 /// the harness IMDS's instance-role credentials, as on a real node.
 pub fn start_agent(cfg_path: &std::path::Path) -> Agent {
-    Agent::start_with(&[&format!("--config.file={}", cfg_path.display())], |c| {
+    start_agent_with(cfg_path, &[])
+}
+
+/// [`start_agent`] with more flags (e.g. `--path.procfs` of a fixture root).
+pub fn start_agent_with(cfg_path: &std::path::Path, extra: &[&str]) -> Agent {
+    let mut args = vec![format!("--config.file={}", cfg_path.display())];
+    args.extend(extra.iter().map(|a| a.to_string()));
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    Agent::start_with(&args, |c| {
         for k in [
             "AWS_ACCESS_KEY_ID",
             "AWS_SECRET_ACCESS_KEY",
