@@ -111,7 +111,10 @@ class World:
         return vol["VolumeId"]
 
     def attach(self, spec):
-        # One more volume on the instance of the last setup, at `device`.
+        # One more volume on the instance of the last setup, at `device` (required: the
+        # default names of setup's volumes are taken).
+        if "device" not in spec:
+            raise ValueError("attach needs a device")
         return {"volume": self.attach_one(spec, 0)}
 
     def put(self, spec):
