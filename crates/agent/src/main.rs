@@ -174,6 +174,14 @@ fn run(common: Common) -> anyhow::Result<Exit> {
         None => None,
     };
 
+    // Serve once the first host snapshot is in (at most one source timeout, 5 s at most): a
+    // scrape or /healthz right after "Listening." then sees data, not "starting". The socket is
+    // bound already, so a client that comes earlier only waits in the backlog for those ms.
+    let first = std::time::Instant::now();
+    let limit = live.host.load().source_timeout.min(Duration::from_secs(5));
+    while parts.host.load().taken.is_none() && first.elapsed() < limit {
+        std::thread::sleep(Duration::from_millis(5));
+    }
     let (stop, stopping) = tokio::sync::watch::channel(false);
     web::on_signal(stop).context("cannot install signal handlers")?;
     let result = rt.block_on(async move {
