@@ -1,6 +1,6 @@
 """The fleet dashboard (stallwatch-fleet.json): many nodes through one store (docs/fleet.md).
 
-Built by generate.py with its helpers. Every query reads the fleet recording rules of
+Built by generate.py from the shared blocks in panels.py. Every query reads the fleet recording rules of
 deploy/prometheus (group stallwatch.fleet) or raw series joined to `stallwatch_node_info`, so
 it needs those rules evaluated where the series are (vmalert, Mimir ruler, Thanos rule, or one
 Prometheus that scrapes every node).
@@ -12,7 +12,7 @@ agent exports `stallwatch_verdict{cause}`, that rule's expression changes and no
 `stallwatch_node_info`; each may be absent (one cluster; off EC2), and "All" matches absent.
 """
 
-import generate as g
+import panels as g
 
 # Filter on the fleet aggregates and on stallwatch_node_info.
 F = 'cluster=~"$cluster", availability_zone=~"$zone", instance_type=~"$instance_type"'

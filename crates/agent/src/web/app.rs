@@ -42,7 +42,10 @@ pub fn app(state: Arc<AppState>, web: Option<Arc<WebConfig>>) -> Router {
         .with_state(state)
         .layer(CompressionLayer::new());
     if let Some(web) = web {
-        router = router.layer(axum::middleware::from_fn_with_state(web, auth::middleware));
+        router = router.layer(axum::middleware::from_fn_with_state(
+            Arc::new(auth::Guard::from(&*web)),
+            auth::middleware,
+        ));
     }
     router
 }

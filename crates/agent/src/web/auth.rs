@@ -22,13 +22,12 @@ use std::time::{Duration, Instant};
 use anyhow::{anyhow, bail, Context, Result};
 use axum::extract::{ConnectInfo, Request, State};
 use axum::http::header::{AUTHORIZATION, RETRY_AFTER, WWW_AUTHENTICATE};
-use axum::http::{HeaderValue, StatusCode};
+use axum::http::{HeaderName, HeaderValue, StatusCode};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use rustls::crypto::ring;
 use sha2::{Digest, Sha256};
 
-use super::config::WebConfig;
 use super::gate::Gate;
 
 /// Realm sent in `WWW-Authenticate` challenges.
@@ -334,11 +333,19 @@ fn decode_base64(input: &[u8]) -> Option<Vec<u8>> {
 /// How long a client refused with 429 should wait: about the time the queue takes to drain.
 const RETRY_AFTER_SECS: Duration = Duration::from_secs(2);
 
+/// What the middleware enforces: the basic-auth users (if any) and the operator's headers, as
+/// the web config file gives them (`Guard::from(&WebConfig)`).
+#[derive(Debug, Default)]
+pub struct Guard {
+    pub auth: Option<Arc<BasicAuth>>,
+    pub headers: Vec<(HeaderName, HeaderValue)>,
+}
+
 /// axum middleware (use with `axum::middleware::from_fn_with_state`): answers 401 with
 /// `WWW-Authenticate: Basic realm="stallwatch"` when auth is configured and the request lacks
 /// valid credentials, 429 with `Retry-After` when its verification cannot be queued, and sets
 /// the configured headers on every response, 401s and 429s included.
-pub async fn middleware(State(cfg): State<Arc<WebConfig>>, req: Request, next: Next) -> Response {
+pub async fn middleware(State(cfg): State<Arc<Guard>>, req: Request, next: Next) -> Response {
     let verdict = match &cfg.auth {
         Some(auth) => {
             let client = req

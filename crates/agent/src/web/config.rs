@@ -37,6 +37,15 @@ pub struct WebConfig {
     pub headers: Vec<(HeaderName, HeaderValue)>,
 }
 
+impl From<&WebConfig> for super::auth::Guard {
+    fn from(w: &WebConfig) -> Self {
+        super::auth::Guard {
+            auth: w.auth.clone(),
+            headers: w.headers.clone(),
+        }
+    }
+}
+
 impl WebConfig {
     /// Reads and validates the file, including certificates, keys and bcrypt hashes, so that
     /// a bad file is reported at startup rather than at the first request.

@@ -9,7 +9,7 @@ use axum::http::header::{AUTHORIZATION, RETRY_AFTER, WWW_AUTHENTICATE};
 use axum::http::{HeaderValue, StatusCode};
 
 use super::*;
-use crate::web::config::build_headers;
+use crate::web::config::{build_headers, WebConfig};
 
 type TestResult = Result<()>;
 
@@ -212,7 +212,7 @@ fn app_with(cfg: &Arc<WebConfig>) -> axum::Router {
     axum::Router::new()
         .route("/metrics", axum::routing::get(|| async { "ok" }))
         .layer(axum::middleware::from_fn_with_state(
-            Arc::clone(cfg),
+            Arc::new(Guard::from(&**cfg)),
             middleware,
         ))
 }
@@ -285,7 +285,7 @@ async fn middleware_enforces_auth_and_sets_headers() -> TestResult {
     let app = axum::Router::new()
         .route("/metrics", axum::routing::get(|| async { "ok" }))
         .layer(axum::middleware::from_fn_with_state(
-            cfg.clone(),
+            Arc::new(Guard::from(&*cfg)),
             middleware,
         ));
     let call = |h: Option<HeaderValue>| {
@@ -332,7 +332,10 @@ async fn middleware_enforces_auth_and_sets_headers() -> TestResult {
     });
     let app = axum::Router::new()
         .route("/", axum::routing::get(|| async { "ok" }))
-        .layer(axum::middleware::from_fn_with_state(open, middleware));
+        .layer(axum::middleware::from_fn_with_state(
+            Arc::new(Guard::from(&*open)),
+            middleware,
+        ));
     let resp = app
         .oneshot(axum::http::Request::get("/").body(Body::empty())?)
         .await?;
