@@ -409,8 +409,21 @@ fn a_writer_killed_mid_write_is_a_failure_and_the_next_write_works() {
     let gate_dir = tempfile::tempdir().unwrap();
     let gate = gate_dir.path().join("go");
     let p = held(vec![cfg(dir.path(), 20)], &gate);
-    wait_until(5, "write stuck", || writer_processes().len() == 1);
-    let pid = writer_processes()[0].0;
+    // The held writer: the same single writer process in two scans 50 ms apart (a short-lived
+    // child, such as the start-up cleanup's, can be seen once and be gone by the next scan).
+    let mut pid = 0;
+    wait_until(5, "write stuck", || {
+        let first = writer_processes();
+        std::thread::sleep(Duration::from_millis(50));
+        let second = writer_processes();
+        match (first.as_slice(), second.as_slice()) {
+            ([(a, _)], [(b, _)]) if a == b => {
+                pid = *a;
+                true
+            }
+            _ => false,
+        }
+    });
     // SAFETY: kill(2) on our own child.
     unsafe { libc::kill(pid as i32, libc::SIGKILL) };
     wait_until(5, "counted as other", || {
