@@ -3,15 +3,12 @@
 //! only at the hold thresholds (`hold_ratio` × each, [`Level::Hold`]), or not at all; with
 //! the evidence (signal, value, threshold) and who.
 
-use std::collections::BTreeMap;
-
 use stallwatch_collector::sample::dstate::DThread;
 
 use super::tick::{DiskTick, Tick};
 use super::wchan::WaitKind;
-use super::{
-    Cause, Evidence, Severity, VerdictConfig, WchanCount, Who, WhoContainer, WhoDevice, WhoGroup,
-};
+use super::who::{container, names, who_device, who_waits};
+use super::{Cause, Evidence, Severity, VerdictConfig, Who, WhoDevice};
 use crate::node::Node;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
@@ -122,89 +119,6 @@ fn io_pressure(t: &Tick, th: &Th<'_>) -> Option<Vec<Evidence>> {
         e.push(ev("psi_io_full", None, f, th.x(th.c.io_full), "ratio"));
     }
     (!e.is_empty()).then_some(e)
-}
-
-fn who_device(d: &DiskTick) -> WhoDevice {
-    WhoDevice {
-        name: d.name.clone(),
-        major: d.major,
-        minor: d.minor,
-        volume_id: d.volume_id.clone(),
-    }
-}
-
-/// Who is in D at the last walk, by group (most threads first) and container, keeping the
-/// threads `keep` selects.
-pub fn who_waits(node: &Node, keep: impl Fn(&DThread) -> bool) -> Who {
-    let mut groups: BTreeMap<&str, (u64, BTreeMap<&str, u64>)> = BTreeMap::new();
-    let mut containers: BTreeMap<&str, u64> = BTreeMap::new();
-    for d in node.view.threads.stuck.iter().filter(|d| keep(d)) {
-        let g = groups.entry(&d.group).or_default();
-        g.0 += 1;
-        *g.1.entry(d.wchan.as_deref().unwrap_or("?")).or_default() += 1;
-        if let Some(c) = &d.container {
-            *containers.entry(&c.container_id).or_default() += 1;
-        }
-    }
-    let mut groups: Vec<WhoGroup> = groups
-        .into_iter()
-        .map(|(g, (n, w))| {
-            let mut wchans: Vec<WchanCount> = w
-                .into_iter()
-                .map(|(w, n)| WchanCount {
-                    wchan: w.to_string(),
-                    threads: n,
-                })
-                .collect();
-            wchans.sort_by_key(|w| std::cmp::Reverse(w.threads));
-            wchans.truncate(5);
-            WhoGroup {
-                group: g.to_string(),
-                d_threads: n,
-                wchans,
-            }
-        })
-        .collect();
-    groups.sort_by_key(|g| std::cmp::Reverse(g.d_threads));
-    groups.truncate(5);
-    let mut containers: Vec<WhoContainer> = containers
-        .into_iter()
-        .map(|(id, n)| container(node, id, n))
-        .collect();
-    containers.sort_by_key(|c| std::cmp::Reverse(c.d_threads));
-    containers.truncate(5);
-    Who {
-        devices: Vec::new(),
-        containers,
-        groups,
-    }
-}
-
-fn container(node: &Node, id: &str, d_threads: u64) -> WhoContainer {
-    let row = node
-        .view
-        .containers
-        .containers
-        .iter()
-        .find(|r| r.identity.container_id == id);
-    WhoContainer {
-        id: id.to_string(),
-        name: row.and_then(|r| r.name.clone()),
-        runtime: row.map_or("unknown", |r| r.identity.runtime.as_str()),
-        d_threads,
-    }
-}
-
-fn names(g: &[WhoGroup]) -> String {
-    let v: Vec<String> = g
-        .iter()
-        .take(3)
-        .map(|g| match g.wchans.first() {
-            Some(w) => format!("{} ×{} in {}", g.group, g.d_threads, w.wchan),
-            None => format!("{} ×{}", g.group, g.d_threads),
-        })
-        .collect();
-    v.join(", ")
 }
 
 fn disk_stalled(t: &Tick, node: &Node, th: &Th<'_>) -> Option<Finding> {
@@ -465,10 +379,40 @@ fn disk_saturated(t: &Tick, node: &Node, th: &Th<'_>) -> Option<Finding> {
             }
         }
     }
-    if devices.is_empty() && at_limit.is_empty() {
-        return None;
-    }
     let mut parts = Vec::new();
+    let mut who = who_waits(node, |d| {
+        WaitKind::of(d.wchan.as_deref()) == WaitKind::Device
+    });
+    if devices.is_empty() && at_limit.is_empty() {
+        // Tasks wait on I/O, yet no device is at its limit and no container at a known limit:
+        // the I/O is held back above the devices (a blkio/io.max throttle whose limit was not
+        // read, a network filesystem) or spread thin. Still a stall on I/O; say so plainly,
+        // with who waits, rather than "not stalled".
+        if who.groups.is_empty() && t.psi[1][1].unwrap_or(0.0) < th.x(c.io_full) {
+            return None;
+        }
+        let busiest = t
+            .disks
+            .iter()
+            .max_by(|a, b| a.utilisation.total_cmp(&b.utilisation));
+        parts.push(format!(
+            "tasks wait on I/O {} of the time but no device is at its limit{}: held back above the disks (a cgroup I/O throttle, a network filesystem)",
+            pct(t.psi[1][0].unwrap_or(0.0)),
+            busiest
+                .map(|d| format!(" (busiest {} at {})", d.name, pct(d.utilisation)))
+                .unwrap_or_default()
+        ));
+        if !who.groups.is_empty() {
+            parts.push(format!("waiting: {}", names(&who.groups)));
+        }
+        return Some(finding(
+            Cause::DiskSaturated,
+            Severity::Warning,
+            parts.join("; "),
+            e,
+            who,
+        ));
+    }
     for d in devices.iter().take(3) {
         e.push(ev(
             "disk_utilisation",
@@ -502,9 +446,6 @@ fn disk_saturated(t: &Tick, node: &Node, th: &Th<'_>) -> Option<Finding> {
             d.iops
         ));
     }
-    let mut who = who_waits(node, |d| {
-        WaitKind::of(d.wchan.as_deref()) == WaitKind::Device
-    });
     who.devices = devices.iter().map(|d| who_device(d)).collect();
     for (ci, kind, limit, r) in at_limit.iter().take(3) {
         let name = ci

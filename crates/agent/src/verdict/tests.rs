@@ -324,3 +324,25 @@ fn the_tick_computes_rates_and_survives_counters_going_back() {
     let t = m.tick(&s.node(t0 + Duration::from_secs(2)), 2.0).unwrap();
     assert!(t.disks.is_empty(), "{:?}", t.disks);
 }
+
+#[test]
+fn io_waits_with_no_device_at_its_limit_are_still_an_io_stall_and_say_so() {
+    // blk-throttle holds bios above the device: the device looks idle while writers wait.
+    let (mut e, mut s, t0) = (engine(), Scene::default(), Instant::now());
+    s.disk.name = "loop3".into();
+    run(&mut e, &mut s, t0, 2, |s| s.advance(IDLE));
+    s.stuck = (0..4)
+        .map(|i| d_thread(30 + i, "fio", "io_schedule", Duration::from_secs(2)))
+        .collect();
+    let v = run(&mut e, &mut s, t0, 3, |s| {
+        s.advance([[0.0, 0.0], [0.9, 0.6], [0.0, 0.0]]);
+        disk_load(&mut s.disk, 300, 0.05, 0.0, 1);
+    });
+    let v = v.last().unwrap();
+    assert!(v.stalled && v.io, "{v:?}");
+    assert_eq!(v.cause, Cause::DiskSaturated);
+    let c = &v.causes[0];
+    assert!(c.summary.contains("no device is at its limit"), "{}", c.summary);
+    assert_eq!(c.who.groups[0].group, "fio");
+    assert_eq!(c.who.groups[0].d_threads, 4);
+}
