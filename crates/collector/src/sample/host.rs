@@ -1,5 +1,6 @@
 //! The host sampler: the cheap, fast sources (`/proc/stat`, `loadavg`, PSI, `meminfo`,
-//! `vmstat`, `diskstats`, `vm.dirty_*`, the mount table, bdi settings) read every `interval`
+//! `vmstat`, `diskstats`, `vm.dirty_*`, the mount table, bdi settings, the hung-task
+//! detector) read every `interval`
 //! (default 1 s) on the periodic driver, each by its own reader thread, integrated into peaks
 //! and counters, and published as an immutable [`HostSnapshot`] through an `ArcSwap` that any
 //! number of scrapes read without locking.
@@ -15,6 +16,7 @@ use crate::proc::loadavg::LoadAvg;
 use crate::proc::meminfo::Meminfo;
 use crate::proc::pressure::{Pressure, Resource};
 use crate::proc::stat::Stat;
+use crate::proc::sys_kernel::{self, HungTasks};
 use crate::proc::sys_vm::VmTunables;
 use crate::proc::vmstat::Vmstat;
 use crate::proc::{diskstats, loadavg, meminfo, overlays, pressure, stat, sys_vm, vmstat};
@@ -68,6 +70,7 @@ pub enum HostSource {
     SysVm,
     Mountinfo,
     Bdi,
+    HungTasks,
 }
 
 impl std::fmt::Display for HostSource {
@@ -78,7 +81,7 @@ impl std::fmt::Display for HostSource {
 
 impl HostSource {
     /// Every host source, in the order the snapshot lists their health.
-    pub const ALL: [HostSource; 12] = [
+    pub const ALL: [HostSource; 13] = [
         HostSource::Stat,
         HostSource::Loadavg,
         HostSource::Pressure(Resource::Cpu),
@@ -91,6 +94,7 @@ impl HostSource {
         HostSource::SysVm,
         HostSource::Mountinfo,
         HostSource::Bdi,
+        HostSource::HungTasks,
     ];
 
     /// The `source` label.
@@ -108,6 +112,7 @@ impl HostSource {
             HostSource::SysVm => "sys_vm",
             HostSource::Mountinfo => "mountinfo",
             HostSource::Bdi => "bdi",
+            HostSource::HungTasks => "hung_tasks",
         }
     }
 
@@ -141,6 +146,7 @@ impl HostSource {
             HostSource::SysVm => wrap(sys_vm::read(roots), Reading::Tunables),
             HostSource::Mountinfo => wrap(overlays::read(roots), Reading::Overlays),
             HostSource::Bdi => wrap(bdi::read(roots), Reading::Bdi),
+            HostSource::HungTasks => wrap(sys_kernel::read_hung_tasks(roots), Reading::HungTasks),
         }
     }
 }
@@ -193,6 +199,8 @@ pub struct HostSnapshot {
     /// Writeback settings of the backing devices (all of them; the encoder joins them with
     /// the exported disks by major:minor).
     pub bdi: Vec<Bdi>,
+    /// The kernel's hung-task detector; `None` without `CONFIG_DETECT_HUNG_TASK`.
+    pub hung_tasks: Option<HungTasks>,
     pub peaks: Peaks,
     pub integrals: Integrals,
     /// The writeback burst threshold in effect, bytes.
@@ -215,6 +223,7 @@ pub enum Reading {
     /// Overlay mounts per device of their upper directory.
     Overlays(Vec<(String, u64)>),
     Bdi(Vec<Bdi>),
+    HungTasks(HungTasks),
 }
 
 pub type ReadResult = Result<Option<Reading>, Error>;
@@ -386,6 +395,7 @@ impl Host {
             HostSource::SysVm => s.tunables = None,
             HostSource::Mountinfo => s.overlays = None,
             HostSource::Bdi => s.bdi.clear(),
+            HostSource::HungTasks => s.hung_tasks = None,
         }
     }
 
@@ -450,6 +460,7 @@ impl Host {
             Reading::Tunables(t) => self.snap.tunables = Some(t),
             Reading::Overlays(o) => self.snap.overlays = Some(o),
             Reading::Bdi(b) => self.snap.bdi = b,
+            Reading::HungTasks(h) => self.snap.hung_tasks = Some(h),
         }
     }
 

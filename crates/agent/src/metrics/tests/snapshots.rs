@@ -17,6 +17,7 @@ use stallwatch_collector::proc::meminfo::Meminfo;
 use stallwatch_collector::proc::net_dev::NetDev;
 use stallwatch_collector::proc::pressure::{Pressure, Record};
 use stallwatch_collector::proc::stat::{CpuTicks, Stat};
+use stallwatch_collector::proc::sys_kernel::HungTasks;
 use stallwatch_collector::proc::sys_vm::VmTunables;
 use stallwatch_collector::proc::vmstat::Vmstat;
 use stallwatch_collector::sample::containers::{ContainerRow, ContainerSnapshot};
@@ -212,6 +213,10 @@ pub fn host_snapshot(now: Instant) -> HostSnapshot {
                 ..Bdi::default()
             },
         ],
+        hung_tasks: Some(HungTasks {
+            detect_count: Some(4),
+            timeout_seconds: Some(120),
+        }),
         peaks: Peaks {
             dirty_bytes: Some(9e6),
             writeback_bytes: Some(1e6),
