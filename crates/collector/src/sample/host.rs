@@ -5,6 +5,7 @@
 //! and counters, and published as an immutable [`HostSnapshot`] through an `ArcSwap` that any
 //! number of scrapes read without locking.
 
+use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
@@ -21,6 +22,8 @@ use crate::proc::sys_vm::VmTunables;
 use crate::proc::vmstat::Vmstat;
 use crate::proc::{diskstats, loadavg, meminfo, overlays, pressure, stat, sys_vm, vmstat};
 use crate::roots::Roots;
+pub use crate::sample::disk_stall::DiskStall;
+use crate::sample::disk_stall::StallTracker;
 use crate::sample::driver::{self, Driver, Hook, Schedule, SourceSpec};
 use crate::sample::status::SourceStatus;
 use crate::sample::window::{AboveThreshold, Integral, WindowMax};
@@ -193,6 +196,13 @@ pub struct HostSnapshot {
     pub all_disks: Arc<Vec<Disk>>,
     /// Completion time of the diskstats read behind `disks` and `all_disks`.
     pub disks_at: Option<Instant>,
+    /// Devices of `all_disks` with I/O in flight and no completion since the previous
+    /// diskstats read (partitions and loop devices included), longest first
+    /// ([`crate::sample::disk_stall`]). Empty when nothing is stalled.
+    pub disk_stalls: Vec<DiskStall>,
+    /// Seconds each device of `all_disks` has spent stalled, by (major, minor); never
+    /// decreases while the device exists.
+    pub disk_stalled_seconds: BTreeMap<(u32, u32), f64>,
     pub tunables: Option<VmTunables>,
     /// Overlay mounts by upper device; `None` when no mount table could be read.
     pub overlays: Option<Vec<(String, u64)>>,
@@ -302,6 +312,7 @@ struct Accumulators {
     blocked_integral: Integral,
     dirty_over_bg: AboveThreshold,
     writeback_burst: AboveThreshold,
+    stalls: StallTracker,
 }
 
 /// The host sampler on the periodic driver.
@@ -391,6 +402,9 @@ impl Host {
             HostSource::Diskstats => {
                 s.disks.clear();
                 s.all_disks = Arc::default();
+                s.disk_stalls.clear();
+                s.disk_stalled_seconds.clear();
+                self.acc.stalls.clear();
             }
             HostSource::SysVm => s.tunables = None,
             HostSource::Mountinfo => s.overlays = None,
@@ -454,6 +468,9 @@ impl Host {
                     .filter(|d| cfg.disks.keep(d))
                     .map(|d| d.stat.clone())
                     .collect();
+                acc.stalls.observe(&d, at, gap);
+                self.snap.disk_stalls = acc.stalls.stalls().to_vec();
+                self.snap.disk_stalled_seconds = acc.stalls.stalled_seconds();
                 self.snap.all_disks = Arc::new(d);
                 self.snap.disks_at = Some(at);
             }

@@ -6,6 +6,7 @@
 
 pub mod budget;
 pub mod containers;
+pub mod disk_stall;
 pub mod driver;
 pub mod dstate;
 pub mod host;

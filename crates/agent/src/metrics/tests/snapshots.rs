@@ -22,7 +22,7 @@ use stallwatch_collector::proc::sys_vm::VmTunables;
 use stallwatch_collector::proc::vmstat::Vmstat;
 use stallwatch_collector::sample::containers::{ContainerRow, ContainerSnapshot};
 use stallwatch_collector::sample::dstate::{DThread, GroupRow};
-use stallwatch_collector::sample::host::{Integrals, Peaks};
+use stallwatch_collector::sample::host::{DiskStall, Integrals, Peaks};
 use stallwatch_collector::sample::probe::{ProbeSnapshot, BUCKETS, REASONS};
 use stallwatch_collector::sample::{HostSnapshot, SourceStatus, ThreadSnapshot};
 use stallwatch_collector::sys::bdi::Bdi;
@@ -179,6 +179,30 @@ pub fn host_snapshot(now: Instant) -> HostSnapshot {
                 partition: false,
             },
         ]),
+        // sda (exported) and vda1 (a partition, not exported) stalled now; vda never was.
+        disk_stalls: vec![
+            DiskStall {
+                major: 8,
+                minor: 0,
+                name: "sda".into(),
+                partition: false,
+                in_flight: 100,
+                since: now,
+                seconds: 3.0,
+            },
+            DiskStall {
+                major: 254,
+                minor: 1,
+                name: "vda1".into(),
+                partition: true,
+                in_flight: 1,
+                since: now,
+                seconds: 1.0,
+            },
+        ],
+        disk_stalled_seconds: [((254, 0), 0.0), ((254, 1), 1.0), ((8, 0), 7.5)]
+            .into_iter()
+            .collect(),
         tunables: Some(VmTunables {
             dirty_background_bytes: Some(0),
             dirty_background_ratio: Some(10),
