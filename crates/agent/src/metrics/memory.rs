@@ -230,13 +230,13 @@ pub const WRITEBACK: &[Row<HostSnapshot>] = &[
     ),
     counter(
         "writeback_bursts",
-        "Episodes of Writeback above the burst threshold.",
+        "Writeback bursts: Writeback above the burst threshold, or more than it written back between two samples (nr_written).",
         NONE,
         |s| bursts(s).then_some(s.integrals.writeback_bursts as f64),
     ),
     counter(
         "writeback_burst",
-        "Time Writeback was above the burst threshold.",
+        "Time in a writeback burst: Writeback above the burst threshold, or more than it written back in the sample interval.",
         SECONDS,
         |s| bursts(s).then_some(s.integrals.writeback_burst_seconds),
     ),
@@ -249,7 +249,7 @@ pub const WRITEBACK: &[Row<HostSnapshot>] = &[
 ];
 
 fn bursts(s: &HostSnapshot) -> bool {
-    s.meminfo.is_some() && s.burst_threshold_bytes.is_some()
+    (s.meminfo.is_some() || s.vmstat.is_some()) && s.burst_threshold_bytes.is_some()
 }
 
 /// `/proc/sys/vm/dirty_*` (`collector/src/proc/sys_vm.rs`), in base units.

@@ -22,6 +22,7 @@ use crate::proc::sys_vm::VmTunables;
 use crate::proc::vmstat::Vmstat;
 use crate::proc::{diskstats, loadavg, meminfo, overlays, pressure, stat, sys_vm, vmstat};
 use crate::roots::Roots;
+use crate::sample::bursts::Bursts;
 pub use crate::sample::disk_stall::DiskStall;
 use crate::sample::disk_stall::StallTracker;
 use crate::sample::driver::{self, Driver, Hook, Schedule, SourceSpec};
@@ -171,9 +172,11 @@ pub struct Integrals {
     pub procs_blocked_seconds: f64,
     /// Time `Dirty` was above the kernel's background threshold (flushers running).
     pub dirty_over_background_seconds: f64,
-    /// Time `Writeback` was above the burst threshold.
+    /// Time in a writeback burst: `Writeback` above the burst threshold, or more than the
+    /// threshold written back since the previous vmstat reading.
     pub writeback_burst_seconds: f64,
-    /// Episodes of `Writeback` above the burst threshold.
+    /// Writeback bursts (rising edges of the condition above). A flush that starts and ends
+    /// between two samples is one: the Writeback level never shows it, `nr_written` does.
     pub writeback_bursts: u64,
 }
 
@@ -188,6 +191,9 @@ pub struct HostSnapshot {
     pub pressure: [Option<Pressure>; 4],
     pub meminfo: Option<Meminfo>,
     pub vmstat: Option<Vmstat>,
+    /// Bytes written back per second between the last two vmstat readings (`nr_written` ×
+    /// page size / interval); `None` before the second reading or after a gap.
+    pub written_bytes_per_second: Option<f64>,
     /// Filtered by the config's [`DiskFilter`].
     pub disks: Vec<DiskStat>,
     /// Every device of the last diskstats read, unfiltered (partitions, loop and excluded
@@ -311,7 +317,7 @@ struct Accumulators {
     psi: [[WindowMax; 2]; 4],
     blocked_integral: Integral,
     dirty_over_bg: AboveThreshold,
-    writeback_burst: AboveThreshold,
+    bursts: Bursts,
     stalls: StallTracker,
 }
 
@@ -398,7 +404,11 @@ impl Host {
             HostSource::Loadavg => s.loadavg = None,
             HostSource::Pressure(r) => s.pressure[r as usize] = None,
             HostSource::Meminfo => s.meminfo = None,
-            HostSource::Vmstat => s.vmstat = None,
+            HostSource::Vmstat => {
+                s.vmstat = None;
+                s.written_bytes_per_second = None;
+                self.acc.bursts.forget_written();
+            }
             HostSource::Diskstats => {
                 s.disks.clear();
                 s.all_disks = Arc::default();
@@ -455,13 +465,17 @@ impl Host {
                 }
                 if let Some(w) = m.writeback {
                     acc.writeback.push(at, w as f64, win);
-                    if let Some(t) = burst_threshold {
-                        acc.writeback_burst.observe(at, w > t, gap);
-                    }
+                    acc.bursts.level(at, w, burst_threshold, gap);
                 }
                 self.snap.meminfo = Some(m);
             }
-            Reading::Vmstat(v) => self.snap.vmstat = Some(v),
+            Reading::Vmstat(v) => {
+                let page = self.snap.page_size;
+                self.snap.written_bytes_per_second =
+                    acc.bursts
+                        .written(at, v.nr_written, page, burst_threshold, gap);
+                self.snap.vmstat = Some(v);
+            }
             Reading::Disks(d) => {
                 self.snap.disks = d
                     .iter()
@@ -534,8 +548,8 @@ impl Host {
         self.snap.integrals = Integrals {
             procs_blocked_seconds: acc.blocked_integral.total,
             dirty_over_background_seconds: acc.dirty_over_bg.seconds,
-            writeback_burst_seconds: acc.writeback_burst.seconds,
-            writeback_bursts: acc.writeback_burst.episodes,
+            writeback_burst_seconds: acc.bursts.burst.seconds,
+            writeback_bursts: acc.bursts.burst.episodes,
         };
         self.snap.burst_threshold_bytes = self.burst_threshold(cfg);
     }
