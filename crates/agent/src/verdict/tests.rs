@@ -342,7 +342,11 @@ fn io_waits_with_no_device_at_its_limit_are_still_an_io_stall_and_say_so() {
     assert!(v.stalled && v.io, "{v:?}");
     assert_eq!(v.cause, Cause::DiskSaturated);
     let c = &v.causes[0];
-    assert!(c.summary.contains("no device is at its limit"), "{}", c.summary);
+    assert!(
+        c.summary.contains("no device is at its limit"),
+        "{}",
+        c.summary
+    );
     assert_eq!(c.who.groups[0].group, "fio");
     assert_eq!(c.who.groups[0].d_threads, 4);
 }
