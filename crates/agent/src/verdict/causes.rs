@@ -83,7 +83,7 @@ fn detect_one(cause: Cause, t: &Tick, node: &Node, th: &Th<'_>) -> Option<Findin
         Cause::EbsCredits => ebs_credits(t, node, th),
         Cause::Memory => memory(t, th),
         Cause::Writeback => writeback(t, node, th),
-        Cause::Lock => lock(node, th),
+        Cause::Lock => lock(t, node, th),
         Cause::DiskSaturated => disk_saturated(t, node, th),
         Cause::Cpu => cpu(t, node, th),
         Cause::None => None,
@@ -104,6 +104,14 @@ fn finding(
         summary,
         evidence,
         who,
+    }
+}
+
+/// The kernel's hung-task detector fired in the tick: a task in D for longer than
+/// `hung_task_timeout_secs` (evidence for the causes that put tasks in D).
+fn hung(t: &Tick, e: &mut Vec<Evidence>) {
+    if let Some(n) = t.hung_task_detections.filter(|n| *n > 0) {
+        e.push(ev("hung_task_detections", None, n as f64, 0.0, "tasks"));
     }
 }
 
@@ -129,7 +137,7 @@ fn disk_stalled(t: &Tick, node: &Node, th: &Th<'_>) -> Option<Finding> {
         .filter(|d| d.in_flight > 0 && d.stalled_seconds >= after)
         .collect();
     let first = stalled.first()?;
-    let evidence = stalled
+    let mut evidence: Vec<Evidence> = stalled
         .iter()
         .map(|d| {
             ev(
@@ -141,6 +149,7 @@ fn disk_stalled(t: &Tick, node: &Node, th: &Th<'_>) -> Option<Finding> {
             )
         })
         .collect();
+    hung(t, &mut evidence);
     let mut who = who_waits(node, |d| {
         WaitKind::of(d.wchan.as_deref()) != WaitKind::Other
     });
@@ -251,20 +260,45 @@ fn memory(t: &Tick, th: &Th<'_>) -> Option<Finding> {
     if e.is_empty() {
         return None;
     }
-    if let Some(m) = t.major_faults_per_second {
-        e.push(ev("major_faults_per_second", None, m, 0.0, "1/s"));
+    for (signal, v, unit) in [
+        ("major_faults_per_second", t.major_faults_per_second, "1/s"),
+        (
+            "direct_reclaim_stalls_per_second",
+            t.allocstalls_per_second,
+            "1/s",
+        ),
+        (
+            "compaction_stalls_per_second",
+            t.compact_stalls_per_second,
+            "1/s",
+        ),
+        (
+            "direct_scan_bytes_per_second",
+            t.direct_scan_bytes_per_second,
+            "bytes/s",
+        ),
+        ("refaults_per_second", t.refaults_per_second, "1/s"),
+    ] {
+        if let Some(v) = v.filter(|v| *v > 0.0) {
+            e.push(ev(signal, None, v, 0.0, unit));
+        }
     }
     let severity = if full.unwrap_or(0.0) >= th.c.memory_full * 4.0 {
         Severity::Critical
     } else {
         Severity::Warning
     };
-    let summary = format!(
-        "Not I/O at the root: tasks stall on memory {} of the time (reclaim, refaults){}",
-        pct(some.unwrap_or(0.0)),
-        t.major_faults_per_second
-            .map(|m| format!(", {m:.0} major faults/s"))
+    let rate = |v: Option<f64>, what: &str| {
+        v.filter(|v| *v > 0.0)
+            .map(|v| format!(", {v:.0} {what}/s"))
             .unwrap_or_default()
+    };
+    let summary = format!(
+        "Not I/O at the root: tasks stall on memory {} of the time{}{}{}",
+        pct(some.unwrap_or(0.0)),
+        rate(t.refaults_per_second, "refaults"),
+        rate(t.allocstalls_per_second, "direct reclaim stalls"),
+        rate(t.major_faults_per_second, "major faults")
     );
     Some(finding(Cause::Memory, severity, summary, e, Who::default()))
 }
@@ -325,7 +359,7 @@ fn writeback(t: &Tick, node: &Node, th: &Th<'_>) -> Option<Finding> {
     ))
 }
 
-fn lock(node: &Node, th: &Th<'_>) -> Option<Finding> {
+fn lock(t: &Tick, node: &Node, th: &Th<'_>) -> Option<Finding> {
     let after = std::time::Duration::from_secs_f64(th.x(th.c.lock_after.as_secs_f64()));
     let now = std::time::Instant::now();
     let on_lock = |d: &DThread| {
@@ -344,13 +378,14 @@ fn lock(node: &Node, th: &Th<'_>) -> Option<Finding> {
         return None;
     }
     let who = who_waits(node, on_lock);
-    let e = vec![ev(
+    let mut e = vec![ev(
         "d_threads_on_lock",
         None,
         n as f64,
         need as f64,
         "threads",
     )];
+    hung(t, &mut e);
     let summary = format!(
         "{n} threads in D on a lock, not on a device: {}",
         names(&who.groups)

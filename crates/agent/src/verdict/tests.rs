@@ -10,6 +10,7 @@ use stallwatch_collector::node::NodeView;
 use stallwatch_collector::proc::diskstats::DiskStat;
 use stallwatch_collector::proc::pressure::{Pressure, Record};
 use stallwatch_collector::proc::stat::Stat;
+use stallwatch_collector::sample::disk_stall::DiskStall;
 use stallwatch_collector::sample::dstate::DThread;
 use stallwatch_collector::sample::{HostSnapshot, ThreadSnapshot};
 use stallwatch_collector::sys::block::Disk;
@@ -25,6 +26,9 @@ struct Scene {
     psi_total_us: [[u64; 2]; 3],
     procs_running: u64,
     disk: DiskStat,
+    /// Seconds the disk has had I/O in flight and completed nothing (the host sampler's
+    /// `disk_stalls`).
+    stalled: Option<f64>,
     stuck: Vec<DThread>,
 }
 
@@ -56,6 +60,19 @@ impl Scene {
                 partition: false,
             }]),
             disks_at: Some(at),
+            disk_stalls: self
+                .stalled
+                .map(|seconds| DiskStall {
+                    major: self.disk.major,
+                    minor: self.disk.minor,
+                    name: self.disk.name.clone(),
+                    partition: false,
+                    in_flight: self.disk.in_progress,
+                    since: at - Duration::from_secs_f64(seconds),
+                    seconds,
+                })
+                .into_iter()
+                .collect(),
             page_size: 4096,
             ..HostSnapshot::default()
         };
@@ -215,6 +232,7 @@ fn a_device_that_completes_nothing_is_stalled_after_stall_after() {
     let hung = |s: &mut Scene| {
         s.advance([[0.0, 0.0], [1.0, 1.0], [0.0, 0.0]]);
         s.disk.in_progress = 4;
+        s.stalled = Some(s.stalled.map_or(0.5, |x| x + 1.0));
         s.disk.io_time_ms += 1000;
         s.disk.weighted_io_time_ms += 4000;
     };
