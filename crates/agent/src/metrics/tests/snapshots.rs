@@ -399,6 +399,7 @@ fn dthread(cgroup: Option<String>, container: Option<Identity>, now: Instant) ->
         container: container.map(Into::into),
         kernel_thread: false,
         since: now,
+        stack: Some("[<0>] __iomap_dio_rw+0x4b0/0x8d0\n".into()),
     }
 }
 
@@ -451,6 +452,7 @@ pub fn threads_snapshot(now: Instant) -> ThreadSnapshot {
         status: status("threads", now),
         current_interval: Duration::from_secs(1),
         suspected: true,
+        stacks_missing: None,
     }
 }
 
