@@ -311,6 +311,38 @@ impl Collector for ContainersCollector {
         }
         labelled(e, IO, &io)?;
 
+        // I/O limits (blk-throttle: v1 blkio.throttle.*_device, v2 io.max), only for the
+        // devices a container is limited on: "is this container at its limit" is
+        // rate(container_*_ops_total) against these.
+        let mut limits = Vec::new();
+        for (b, r) in bases.iter().zip(cs) {
+            for l in r.stats.io_limits.iter().flatten() {
+                let dev = node.view.device_name(l.major, l.minor).map_or_else(
+                    || Cow::Owned(format!("{}:{}", l.major, l.minor)),
+                    Cow::Borrowed,
+                );
+                let l_dev = with(b, "device", dev);
+                for (kind, v) in [
+                    ("read_bps", l.read_bps),
+                    ("write_bps", l.write_bps),
+                    ("read_iops", l.read_iops),
+                    ("write_iops", l.write_iops),
+                ] {
+                    if let Some(v) = v {
+                        limits.push((with(&l_dev, "kind", Cow::Borrowed(kind)), v as f64));
+                    }
+                }
+            }
+        }
+        family(
+            e,
+            "container_io_limit",
+            "I/O limit of the container on the device: bytes per second (kind read_bps, write_bps) or operations per second (read_iops, write_iops); only limits that are set.",
+            NONE,
+            MetricType::Gauge,
+            limits.iter().map(|(l, v)| (l.as_slice(), *v)),
+        )?;
+
         let psi: Vec<_> = bases
             .iter()
             .zip(cs)
