@@ -107,20 +107,15 @@ pub fn parse_io_stat(text: &str) -> Result<Vec<DeviceIo>, ParseError> {
     let mut out = Vec::new();
     for (i, line) in text.lines().enumerate() {
         let n = i + 1;
-        let mut it = line.split_ascii_whitespace();
-        let Some(dev) = it.next() else {
+        let Some(((major, minor), pairs)) = dev_pairs(line, n)? else {
             continue;
         };
-        let (major, minor) = parse_dev(dev, n)?;
         let mut d = DeviceIo {
             major,
             minor,
             ..DeviceIo::default()
         };
-        for kv in it {
-            let (k, v) = kv
-                .split_once('=')
-                .ok_or_else(|| ParseError::new(n, format!("expected key=value, got {kv:?}")))?;
+        for (k, v) in pairs {
             let dst = match k {
                 "rbytes" => &mut d.read_bytes,
                 "wbytes" => &mut d.write_bytes,
@@ -136,6 +131,25 @@ pub fn parse_io_stat(text: &str) -> Result<Vec<DeviceIo>, ParseError> {
     Ok(out)
 }
 
+/// One `maj:min key=value …` line of `io.stat` or `io.max`: the device and its pairs, values
+/// unparsed; `None` for a blank line.
+type DevPairs<'a> = ((u32, u32), Vec<(&'a str, &'a str)>);
+
+fn dev_pairs(line: &str, n: usize) -> Result<Option<DevPairs<'_>>, ParseError> {
+    let mut it = line.split_ascii_whitespace();
+    let Some(dev) = it.next() else {
+        return Ok(None);
+    };
+    let dev = parse_dev(dev, n)?;
+    let pairs = it
+        .map(|kv| {
+            kv.split_once('=')
+                .ok_or_else(|| ParseError::new(n, format!("expected key=value, got {kv:?}")))
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    Ok(Some((dev, pairs)))
+}
+
 /// `io.max`: `maj:min rbps=… wbps=… riops=… wiops=…` per device with a limit, `max` for none
 /// (admin-guide/cgroup-v2.rst, "IO Interface Files"). Unknown keys are skipped; a device whose
 /// keys are all `max` is left out.
@@ -143,20 +157,15 @@ pub fn parse_io_max(text: &str) -> Result<Vec<IoLimit>, ParseError> {
     let mut out = Vec::new();
     for (i, line) in text.lines().enumerate() {
         let n = i + 1;
-        let mut it = line.split_ascii_whitespace();
-        let Some(dev) = it.next() else {
+        let Some(((major, minor), pairs)) = dev_pairs(line, n)? else {
             continue;
         };
-        let (major, minor) = parse_dev(dev, n)?;
         let mut l = IoLimit {
             major,
             minor,
             ..IoLimit::default()
         };
-        for kv in it {
-            let (k, v) = kv
-                .split_once('=')
-                .ok_or_else(|| ParseError::new(n, format!("expected key=value, got {kv:?}")))?;
+        for (k, v) in pairs {
             let dst = match k {
                 "rbps" => &mut l.read_bps,
                 "wbps" => &mut l.write_bps,
