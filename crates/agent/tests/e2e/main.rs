@@ -22,6 +22,7 @@ mod hung;
 mod hung_reload;
 mod hung_tools;
 mod kernel;
+mod page;
 mod probe_hung;
 mod promstack;
 mod rules;
