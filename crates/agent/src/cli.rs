@@ -45,6 +45,17 @@ pub enum Command {
     /// filesystem without hanging its parent (see config/check.rs).
     #[command(name = "__check-probe-dir", hide = true)]
     CheckProbeDir { path: PathBuf },
+    /// Internal: write one incident record (JSON on stdin) into DIR, in a child process that
+    /// may hang on a stalled disk without hanging the agent (see recorder/store.rs).
+    #[command(name = "__incident-write", hide = true)]
+    IncidentWrite {
+        dir: PathBuf,
+        max_files: usize,
+        max_bytes: u64,
+    },
+    /// Internal: print the incident records of DIR as one JSON array (recorder/store.rs).
+    #[command(name = "__incident-read", hide = true)]
+    IncidentRead { dir: PathBuf },
 }
 
 /// The process exit status, one mapping for every subcommand.

@@ -7,8 +7,10 @@ mod doctor;
 mod dstate;
 mod metrics;
 mod node;
+mod recorder;
 mod reload;
 mod telemetry;
+mod verdict;
 mod web;
 
 use std::process::ExitCode;
@@ -43,6 +45,16 @@ fn main() -> ExitCode {
         Command::Why(args) => client::why_main(&args),
         Command::Incidents(args) => client::incidents_main(&args),
         Command::CheckProbeDir { path } => Ok(config::check::child_main(&path)),
+        Command::IncidentWrite {
+            dir,
+            max_files,
+            max_bytes,
+        } => recorder::store::child_write(&dir, max_files, max_bytes)
+            .map(|()| Exit::Ok)
+            .map_err(anyhow::Error::msg),
+        Command::IncidentRead { dir } => recorder::store::child_read(&dir)
+            .map(|()| Exit::Ok)
+            .map_err(anyhow::Error::msg),
     };
     match result {
         Ok(exit) => exit.into(),
@@ -96,7 +108,8 @@ fn run(common: Common) -> anyhow::Result<Exit> {
         .build()
         .context("cannot start the runtime")?;
     // Every sampler publishes its snapshot and then joins the node view (node.rs).
-    let parts = node::Parts::new(live.probes.clone());
+    let parts = node::Parts::new(live.probes.clone(), live.analysis.clone());
+    live.analysis.start_store();
     let cloud = CloudSampler::spawn(stallwatch_cloud::Wiring {
         config: live.cloud.clone(),
         roots: &roots,
@@ -145,6 +158,9 @@ fn run(common: Common) -> anyhow::Result<Exit> {
         node.clone(),
     )));
     registry.register_collector(Box::new(ProbeCollector { node: node.clone() }));
+    registry.register_collector(Box::new(metrics::verdict::VerdictCollector {
+        analysis: live.analysis.clone(),
+    }));
     registry.register_collector(Box::new(SelfCollector {
         node: node.clone(),
         reload: reload_status.clone(),
@@ -163,6 +179,7 @@ fn run(common: Common) -> anyhow::Result<Exit> {
         telemetry_path: common.telemetry_path.clone(),
         node,
         host_config: live.host.clone(),
+        analysis: live.analysis.clone(),
     });
     let tls = web.as_ref().and_then(|w| w.tls.clone());
     let stop_probes = live.clone();

@@ -26,6 +26,8 @@ pub struct FileConfig {
     pub probe: Vec<ProbeSection>,
     pub containers: ContainersSection,
     pub cloud: CloudSection,
+    pub verdict: super::verdict::VerdictSection,
+    pub incident: super::verdict::IncidentSection,
 }
 
 /// `[cloud]`: AWS discovery, EBS volumes, BurstBalance and the local credit model.

@@ -259,8 +259,12 @@ impl FileConfig {
             max_cpu: c.max_cpu.0,
         };
         let cloud = self.cloud.validate(loc)?;
+        let verdict = self.verdict.validate(loc)?;
+        let incident = self.incident.validate(loc)?;
         let d = self.disks;
         Ok(Config {
+            verdict,
+            incident,
             threads,
             probes,
             containers,

@@ -27,6 +27,8 @@ pub struct AppState {
     pub telemetry_path: String,
     pub node: Arc<ArcSwap<Node>>,
     pub host_config: Arc<ArcSwap<HostConfig>>,
+    /// The verdict and the flight recorder (`/api/v1/*`).
+    pub analysis: Arc<crate::recorder::Analysis>,
 }
 
 pub fn app(state: Arc<AppState>, web: Option<Arc<WebConfig>>) -> Router {
@@ -39,6 +41,7 @@ pub fn app(state: Arc<AppState>, web: Option<Arc<WebConfig>>) -> Router {
         .route(&path, get(metrics))
         .route("/healthz", get(healthz))
         .route("/", get(super::page::index))
+        .merge(super::api::routes())
         .with_state(state)
         .layer(CompressionLayer::new());
     if let Some(web) = web {
@@ -146,6 +149,7 @@ mod tests {
             telemetry_path: "/metrics".into(),
             node,
             host_config: Arc::new(ArcSwap::from_pointee(HostConfig::default())),
+            analysis: crate::recorder::Analysis::new(Default::default(), Default::default()),
         })
     }
 

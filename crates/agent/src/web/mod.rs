@@ -13,6 +13,7 @@
 //!   its TLS config and basic auth; `gate.rs` bounds bcrypt work.
 //! - `stats.rs`: `stallwatch_http_*`.
 
+mod api;
 mod app;
 mod auth;
 mod config;

@@ -1,0 +1,612 @@
+//! One detector per cause. Each reads the tick (rates) and the node (who is in D, the EBS
+//! state) and says whether its condition holds at the entry thresholds ([`Level::Enter`]),
+//! only at the hold thresholds (`hold_ratio` × each, [`Level::Hold`]), or not at all; with
+//! the evidence (signal, value, threshold) and who.
+
+use std::collections::BTreeMap;
+
+use stallwatch_collector::sample::dstate::DThread;
+
+use super::tick::{DiskTick, Tick};
+use super::wchan::WaitKind;
+use super::{
+    Cause, Evidence, Severity, VerdictConfig, WchanCount, Who, WhoContainer, WhoDevice, WhoGroup,
+};
+use crate::node::Node;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Level {
+    Hold,
+    Enter,
+}
+
+/// What one detector found on one tick.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Finding {
+    pub cause: Cause,
+    pub level: Level,
+    pub severity: Severity,
+    pub summary: String,
+    pub evidence: Vec<Evidence>,
+    pub who: Who,
+}
+
+/// The thresholds in force: the entry ones, or the hold ones (scaled by `hold_ratio`).
+struct Th<'a> {
+    c: &'a VerdictConfig,
+    k: f64,
+}
+
+impl Th<'_> {
+    fn x(&self, v: f64) -> f64 {
+        v * self.k
+    }
+}
+
+fn ev(
+    signal: &'static str,
+    subject: Option<&str>,
+    value: f64,
+    threshold: f64,
+    unit: &'static str,
+) -> Evidence {
+    Evidence {
+        signal,
+        subject: subject.map(str::to_string),
+        value,
+        threshold,
+        unit,
+    }
+}
+
+fn pct(v: f64) -> String {
+    format!("{:.0}%", v * 100.0)
+}
+
+/// Evaluates every detector at the entry thresholds, then (for those that did not enter) at
+/// the hold thresholds.
+pub fn detect(tick: &Tick, node: &Node, c: &VerdictConfig) -> Vec<Finding> {
+    let mut out = Vec::new();
+    for cause in Cause::DETECTED {
+        for (level, k) in [(Level::Enter, 1.0), (Level::Hold, c.hold_ratio)] {
+            let th = Th { c, k };
+            if let Some(mut f) = detect_one(cause, tick, node, &th) {
+                f.level = level;
+                out.push(f);
+                break;
+            }
+        }
+    }
+    out
+}
+
+fn detect_one(cause: Cause, t: &Tick, node: &Node, th: &Th<'_>) -> Option<Finding> {
+    match cause {
+        Cause::DiskStalled => disk_stalled(t, node, th),
+        Cause::EbsCredits => ebs_credits(t, node, th),
+        Cause::Memory => memory(t, th),
+        Cause::Writeback => writeback(t, node, th),
+        Cause::Lock => lock(node, th),
+        Cause::DiskSaturated => disk_saturated(t, node, th),
+        Cause::Cpu => cpu(t, node, th),
+        Cause::None => None,
+    }
+}
+
+fn finding(
+    cause: Cause,
+    severity: Severity,
+    summary: String,
+    evidence: Vec<Evidence>,
+    who: Who,
+) -> Finding {
+    Finding {
+        cause,
+        level: Level::Enter,
+        severity,
+        summary,
+        evidence,
+        who,
+    }
+}
+
+/// Tasks wait on I/O: PSI io some or full over its threshold. The gate of the I/O causes
+/// other than `disk_stalled` (which is a stall by itself).
+fn io_pressure(t: &Tick, th: &Th<'_>) -> Option<Vec<Evidence>> {
+    let [some, full] = t.psi[1];
+    let mut e = Vec::new();
+    if let Some(s) = some.filter(|s| *s >= th.x(th.c.io_some)) {
+        e.push(ev("psi_io_some", None, s, th.x(th.c.io_some), "ratio"));
+    }
+    if let Some(f) = full.filter(|f| *f >= th.x(th.c.io_full)) {
+        e.push(ev("psi_io_full", None, f, th.x(th.c.io_full), "ratio"));
+    }
+    (!e.is_empty()).then_some(e)
+}
+
+fn who_device(d: &DiskTick) -> WhoDevice {
+    WhoDevice {
+        name: d.name.clone(),
+        major: d.major,
+        minor: d.minor,
+        volume_id: d.volume_id.clone(),
+    }
+}
+
+/// Who is in D at the last walk, by group (most threads first) and container, keeping the
+/// threads `keep` selects.
+pub fn who_waits(node: &Node, keep: impl Fn(&DThread) -> bool) -> Who {
+    let mut groups: BTreeMap<&str, (u64, BTreeMap<&str, u64>)> = BTreeMap::new();
+    let mut containers: BTreeMap<&str, u64> = BTreeMap::new();
+    for d in node.view.threads.stuck.iter().filter(|d| keep(d)) {
+        let g = groups.entry(&d.group).or_default();
+        g.0 += 1;
+        *g.1.entry(d.wchan.as_deref().unwrap_or("?")).or_default() += 1;
+        if let Some(c) = &d.container {
+            *containers.entry(&c.container_id).or_default() += 1;
+        }
+    }
+    let mut groups: Vec<WhoGroup> = groups
+        .into_iter()
+        .map(|(g, (n, w))| {
+            let mut wchans: Vec<WchanCount> = w
+                .into_iter()
+                .map(|(w, n)| WchanCount {
+                    wchan: w.to_string(),
+                    threads: n,
+                })
+                .collect();
+            wchans.sort_by_key(|w| std::cmp::Reverse(w.threads));
+            wchans.truncate(5);
+            WhoGroup {
+                group: g.to_string(),
+                d_threads: n,
+                wchans,
+            }
+        })
+        .collect();
+    groups.sort_by_key(|g| std::cmp::Reverse(g.d_threads));
+    groups.truncate(5);
+    let mut containers: Vec<WhoContainer> = containers
+        .into_iter()
+        .map(|(id, n)| container(node, id, n))
+        .collect();
+    containers.sort_by_key(|c| std::cmp::Reverse(c.d_threads));
+    containers.truncate(5);
+    Who {
+        devices: Vec::new(),
+        containers,
+        groups,
+    }
+}
+
+fn container(node: &Node, id: &str, d_threads: u64) -> WhoContainer {
+    let row = node
+        .view
+        .containers
+        .containers
+        .iter()
+        .find(|r| r.identity.container_id == id);
+    WhoContainer {
+        id: id.to_string(),
+        name: row.and_then(|r| r.name.clone()),
+        runtime: row.map_or("unknown", |r| r.identity.runtime.as_str()),
+        d_threads,
+    }
+}
+
+fn names(g: &[WhoGroup]) -> String {
+    let v: Vec<String> = g
+        .iter()
+        .take(3)
+        .map(|g| match g.wchans.first() {
+            Some(w) => format!("{} ×{} in {}", g.group, g.d_threads, w.wchan),
+            None => format!("{} ×{}", g.group, g.d_threads),
+        })
+        .collect();
+    v.join(", ")
+}
+
+fn disk_stalled(t: &Tick, node: &Node, th: &Th<'_>) -> Option<Finding> {
+    let after = th.x(th.c.stall_after.as_secs_f64());
+    let stalled: Vec<&DiskTick> = t
+        .disks
+        .iter()
+        .filter(|d| d.in_flight > 0 && d.stalled_seconds >= after)
+        .collect();
+    let first = stalled.first()?;
+    let evidence = stalled
+        .iter()
+        .map(|d| {
+            ev(
+                "disk_stalled_seconds",
+                Some(&d.name),
+                d.stalled_seconds,
+                after,
+                "seconds",
+            )
+        })
+        .collect();
+    let mut who = who_waits(node, |d| {
+        WaitKind::of(d.wchan.as_deref()) != WaitKind::Other
+    });
+    who.devices = stalled.iter().map(|d| who_device(d)).collect();
+    let summary = format!(
+        "{} has {} I/O in flight and completed nothing for {:.0} s{}",
+        first.name,
+        first.in_flight,
+        first.stalled_seconds,
+        if who.groups.is_empty() {
+            String::new()
+        } else {
+            format!("; waiting: {}", names(&who.groups))
+        }
+    );
+    Some(finding(
+        Cause::DiskStalled,
+        Severity::Critical,
+        summary,
+        evidence,
+        who,
+    ))
+}
+
+fn ebs_credits(t: &Tick, node: &Node, th: &Th<'_>) -> Option<Finding> {
+    let mut evidence = io_pressure(t, th)?;
+    let empty = th.c.credits_empty / th.k; // the hold level is a fuller bucket
+    let mut devices = Vec::new();
+    let mut summary = Vec::new();
+    for v in &node.cloud.volumes {
+        let Some(dev) = &v.device else { continue };
+        let active = t
+            .disks
+            .iter()
+            .find(|d| &d.name == dev && (d.iops > 0.0 || d.in_flight > 0));
+        let Some(d) = active else { continue };
+        if let Some(p) = v.estimate_percent.or(v.burst_balance.map(|b| b.percent)) {
+            if p / 100.0 <= empty {
+                evidence.push(ev(
+                    "ebs_burst_balance",
+                    Some(&v.volume_id),
+                    p / 100.0,
+                    empty,
+                    "ratio",
+                ));
+                summary.push(format!(
+                    "{} ({}, {}) burst bucket empty ({:.1}%): held to {:.0} IOPS baseline",
+                    v.volume_id,
+                    v.volume_type,
+                    dev,
+                    p,
+                    v.baseline_iops.unwrap_or(0.0)
+                ));
+                devices.push(who_device(d));
+            }
+        }
+    }
+    for (kind, p) in &node.cloud.instance_balances {
+        let name = kind.cloudwatch_metric();
+        if name.starts_with("EBS") && p.percent / 100.0 <= empty {
+            evidence.push(ev(
+                "instance_ebs_balance",
+                Some(name),
+                p.percent / 100.0,
+                empty,
+                "ratio",
+            ));
+            summary.push(format!("the instance's {name} is empty ({:.1}%): every volume is held to the instance baseline", p.percent));
+        }
+    }
+    if summary.is_empty() {
+        return None;
+    }
+    let mut who = who_waits(node, |d| {
+        WaitKind::of(d.wchan.as_deref()) == WaitKind::Device
+    });
+    who.devices = devices;
+    Some(finding(
+        Cause::EbsCredits,
+        Severity::Critical,
+        summary.join("; "),
+        evidence,
+        who,
+    ))
+}
+
+fn memory(t: &Tick, th: &Th<'_>) -> Option<Finding> {
+    let [some, full] = t.psi[2];
+    let mut e = Vec::new();
+    if let Some(s) = some.filter(|s| *s >= th.x(th.c.memory_some)) {
+        e.push(ev(
+            "psi_memory_some",
+            None,
+            s,
+            th.x(th.c.memory_some),
+            "ratio",
+        ));
+    }
+    if let Some(f) = full.filter(|f| *f >= th.x(th.c.memory_full)) {
+        e.push(ev(
+            "psi_memory_full",
+            None,
+            f,
+            th.x(th.c.memory_full),
+            "ratio",
+        ));
+    }
+    if e.is_empty() {
+        return None;
+    }
+    if let Some(m) = t.major_faults_per_second {
+        e.push(ev("major_faults_per_second", None, m, 0.0, "1/s"));
+    }
+    let severity = if full.unwrap_or(0.0) >= th.c.memory_full * 4.0 {
+        Severity::Critical
+    } else {
+        Severity::Warning
+    };
+    let summary = format!(
+        "Not I/O at the root: tasks stall on memory {} of the time (reclaim, refaults){}",
+        pct(some.unwrap_or(0.0)),
+        t.major_faults_per_second
+            .map(|m| format!(", {m:.0} major faults/s"))
+            .unwrap_or_default()
+    );
+    Some(finding(Cause::Memory, severity, summary, e, Who::default()))
+}
+
+fn writeback(t: &Tick, node: &Node, th: &Th<'_>) -> Option<Finding> {
+    let mut e = io_pressure(t, th)?;
+    let limit = th.x(th.c.writeback_bytes as f64);
+    let level = t.writeback_bytes.unwrap_or(0.0);
+    let written = t.written_bytes_per_second.unwrap_or(0.0) * t.dt;
+    let waiting = node
+        .view
+        .threads
+        .stuck
+        .iter()
+        .filter(|d| WaitKind::of(d.wchan.as_deref()) == WaitKind::Writeback)
+        .count();
+    if level < limit && written < limit {
+        return None;
+    }
+    if level >= limit {
+        e.push(ev("writeback_bytes", None, level, limit, "bytes"));
+    }
+    if written >= limit {
+        e.push(ev("written_bytes_in_tick", None, written, limit, "bytes"));
+    }
+    if let Some(d) = t.dirty_bytes {
+        e.push(ev("dirty_bytes", None, d, 0.0, "bytes"));
+    }
+    let mut who = who_waits(node, |d| {
+        WaitKind::of(d.wchan.as_deref()) == WaitKind::Writeback
+    });
+    let mut busy: Vec<&DiskTick> = t
+        .disks
+        .iter()
+        .filter(|d| d.bytes_per_second > 0.0)
+        .collect();
+    busy.sort_by(|a, b| b.bytes_per_second.total_cmp(&a.bytes_per_second));
+    who.devices = busy.iter().take(3).map(|d| who_device(d)).collect();
+    let summary = format!(
+        "Flush storm: {:.0} MiB under writeback, {:.0} MiB/s written{}{}",
+        level / 1048576.0,
+        t.written_bytes_per_second.unwrap_or(0.0) / 1048576.0,
+        busy.first()
+            .map(|d| format!(" to {}", d.name))
+            .unwrap_or_default(),
+        if waiting > 0 {
+            format!("; {waiting} threads wait for it: {}", names(&who.groups))
+        } else {
+            String::new()
+        }
+    );
+    Some(finding(
+        Cause::Writeback,
+        Severity::Warning,
+        summary,
+        e,
+        who,
+    ))
+}
+
+fn lock(node: &Node, th: &Th<'_>) -> Option<Finding> {
+    let after = std::time::Duration::from_secs_f64(th.x(th.c.lock_after.as_secs_f64()));
+    let now = std::time::Instant::now();
+    let on_lock = |d: &DThread| {
+        WaitKind::of(d.wchan.as_deref()) == WaitKind::Lock
+            && now.saturating_duration_since(d.since) >= after
+    };
+    let n = node
+        .view
+        .threads
+        .stuck
+        .iter()
+        .filter(|d| on_lock(d))
+        .count() as u64;
+    let need = th.c.lock_threads.max(1);
+    if n < need {
+        return None;
+    }
+    let who = who_waits(node, on_lock);
+    let e = vec![ev(
+        "d_threads_on_lock",
+        None,
+        n as f64,
+        need as f64,
+        "threads",
+    )];
+    let summary = format!(
+        "{n} threads in D on a lock, not on a device: {}",
+        names(&who.groups)
+    );
+    Some(finding(Cause::Lock, Severity::Warning, summary, e, who))
+}
+
+fn disk_saturated(t: &Tick, node: &Node, th: &Th<'_>) -> Option<Finding> {
+    let mut e = io_pressure(t, th)?;
+    let c = th.c;
+    let mut devices: Vec<&DiskTick> = t
+        .disks
+        .iter()
+        .filter(|d| {
+            d.utilisation >= th.x(c.utilisation)
+                && (d.queue >= th.x(c.queue)
+                    || d.await_seconds.unwrap_or(0.0) >= th.x(c.await_threshold.as_secs_f64()))
+        })
+        .collect();
+    devices.sort_by(|a, b| b.utilisation.total_cmp(&a.utilisation));
+    let mut at_limit = Vec::new();
+    for ci in &t.containers {
+        for (kind, limit, r) in &ci.limits {
+            if *limit > 0.0 && *r >= th.x(c.limit_share) * limit {
+                at_limit.push((ci, *kind, *limit, *r));
+            }
+        }
+    }
+    if devices.is_empty() && at_limit.is_empty() {
+        return None;
+    }
+    let mut parts = Vec::new();
+    for d in devices.iter().take(3) {
+        e.push(ev(
+            "disk_utilisation",
+            Some(&d.name),
+            d.utilisation,
+            th.x(c.utilisation),
+            "ratio",
+        ));
+        e.push(ev(
+            "disk_queue",
+            Some(&d.name),
+            d.queue,
+            th.x(c.queue),
+            "requests",
+        ));
+        if let Some(a) = d.await_seconds {
+            e.push(ev(
+                "disk_await",
+                Some(&d.name),
+                a,
+                th.x(c.await_threshold.as_secs_f64()),
+                "seconds",
+            ));
+        }
+        parts.push(format!(
+            "{} at its limit: {} busy, queue {:.1}, await {:.0} ms, {:.0} IOPS",
+            d.name,
+            pct(d.utilisation),
+            d.queue,
+            d.await_seconds.unwrap_or(0.0) * 1000.0,
+            d.iops
+        ));
+    }
+    let mut who = who_waits(node, |d| {
+        WaitKind::of(d.wchan.as_deref()) == WaitKind::Device
+    });
+    who.devices = devices.iter().map(|d| who_device(d)).collect();
+    for (ci, kind, limit, r) in at_limit.iter().take(3) {
+        let name = ci
+            .name
+            .clone()
+            .unwrap_or_else(|| ci.id.chars().take(12).collect());
+        let dev = node
+            .view
+            .device_name(ci.major, ci.minor)
+            .map_or_else(|| format!("{}:{}", ci.major, ci.minor), str::to_string);
+        e.push(ev(
+            "container_io",
+            Some(&format!("{name} {kind} {dev}")),
+            *r,
+            th.x(c.limit_share) * limit,
+            if kind.ends_with("bps") {
+                "bytes/s"
+            } else {
+                "1/s"
+            },
+        ));
+        parts.push(format!(
+            "container {name} at its {kind} limit on {dev}: {r:.0} of {limit:.0}/s"
+        ));
+        if !who.containers.iter().any(|w| w.id == ci.id) {
+            let d = node.view.dstate_threads_of(&ci.id);
+            who.containers.insert(0, container(node, &ci.id, d));
+        }
+        if !who
+            .devices
+            .iter()
+            .any(|w| (w.major, w.minor) == (ci.major, ci.minor))
+        {
+            who.devices.push(WhoDevice {
+                name: dev.clone(),
+                major: ci.major,
+                minor: ci.minor,
+                volume_id: node.volume_of(&dev).map(str::to_string),
+            });
+        }
+    }
+    if !who.groups.is_empty() {
+        parts.push(format!("waiting: {}", names(&who.groups)));
+    }
+    let full = t.psi[1][1].unwrap_or(0.0);
+    let severity = if full >= c.io_full * 4.0 {
+        Severity::Critical
+    } else {
+        Severity::Warning
+    };
+    Some(finding(
+        Cause::DiskSaturated,
+        severity,
+        parts.join("; "),
+        e,
+        who,
+    ))
+}
+
+fn cpu(t: &Tick, node: &Node, th: &Th<'_>) -> Option<Finding> {
+    let c = th.c;
+    let some = t.psi[0][0]?;
+    let running = t.procs_running? as f64;
+    let per_cpu = running / t.cpus.max(1.0);
+    if some < th.x(c.cpu_some) || per_cpu < th.x(c.run_queue_per_cpu) {
+        return None;
+    }
+    let mut e = vec![
+        ev("psi_cpu_some", None, some, th.x(c.cpu_some), "ratio"),
+        ev(
+            "run_queue_per_cpu",
+            None,
+            per_cpu,
+            th.x(c.run_queue_per_cpu),
+            "tasks",
+        ),
+    ];
+    let starts = node.view.containers.starts;
+    e.push(ev(
+        "container_starts_total",
+        None,
+        starts as f64,
+        0.0,
+        "containers",
+    ));
+    let io = t.psi[1][0].unwrap_or(0.0);
+    let summary = format!(
+        "Not I/O: {running:.0} runnable tasks on {:.0} CPUs wait for a CPU {} of the time (I/O pressure {}){}",
+        t.cpus,
+        pct(some),
+        pct(io),
+        if node.view.containers.enabled {
+            format!(", {starts} container starts so far")
+        } else {
+            String::new()
+        }
+    );
+    Some(finding(
+        Cause::Cpu,
+        Severity::Warning,
+        summary,
+        e,
+        Who::default(),
+    ))
+}
