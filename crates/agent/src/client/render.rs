@@ -377,19 +377,19 @@ pub fn incident_list(v: &Value) -> String {
 /// `stallwatch incidents ID`.
 pub fn incident(i: &Value) -> String {
     let mut out = String::new();
-    let end = if i["open"].as_bool() == Some(true) {
-        "ongoing".to_string()
+    let lasted = f64_of(&i["duration_seconds"])
+        .map(seconds)
+        .unwrap_or_else(|| "–".into());
+    let when = if i["open"].as_bool() == Some(true) {
+        format!("from {}, ongoing ({lasted} so far)", text(&i["start"]))
     } else {
-        format!("to {}", text(&i["end"]))
+        format!(
+            "from {} to {} ({lasted})",
+            text(&i["start"]),
+            text(&i["end"])
+        )
     };
-    let _ = writeln!(
-        out,
-        "incident {}: {} from {} {end} ({})",
-        text(&i["id"]),
-        causes_of(i),
-        text(&i["start"]),
-        duration(i)
-    );
+    let _ = writeln!(out, "incident {}: {} {when}", text(&i["id"]), causes_of(i),);
     let _ = writeln!(out, "  {}", text(&i["summary"]));
     let missing = arr(&i["missing"]);
     if !missing.is_empty() {
@@ -466,6 +466,7 @@ pub fn incident(i: &Value) -> String {
             ("RUNTIME", "runtime", ""),
             ("READ", "read_bytes_per_second", "bytes/s"),
             ("WRITE", "write_bytes_per_second", "bytes/s"),
+            ("IOPS", "iops", ""),
             ("IO PRESSURE", "psi_io_some", "ratio"),
             ("IN D", "d_threads", ""),
         ],
@@ -482,6 +483,7 @@ pub fn incident(i: &Value) -> String {
             ("QUEUE", "queue", ""),
             ("IOPS", "iops", ""),
             ("THROUGHPUT", "bytes_per_second", "bytes/s"),
+            ("STALLED", "stalled_seconds", "seconds"),
         ],
     );
     table(

@@ -225,7 +225,12 @@ impl Tab {
     pub fn wait(&self, b: &mut Browser, timeout: Duration, what: &str, expr: &str) {
         let deadline = Instant::now() + timeout;
         loop {
-            if self.eval(b, expr) == json!(true) {
+            // Before the navigation commits, the page is about:blank (no body, no elements).
+            if self.eval(
+                b,
+                &format!("(() => {{ try {{ return {expr}; }} catch (e) {{ return false; }} }})()"),
+            ) == json!(true)
+            {
                 return;
             }
             if Instant::now() > deadline {

@@ -46,8 +46,12 @@ fn hung_disk_turns_the_open_page_red_and_records_the_incident() {
     let rig = HungDisk::start(&["cold"]);
     let dir = tempfile::tempdir().unwrap();
     let cfg = dir.path().join("sw.toml");
-    // Walk threads every second, so the page sees the stuck ones at once.
-    write(&cfg, "[threads]\ninterval = \"1s\"\n");
+    // Walk threads every second, so the page sees the stuck ones at once; record an incident
+    // after 2 s of stall instead of 10.
+    write(
+        &cfg,
+        "[threads]\ninterval = \"1s\"\n\n[incident]\nmin_duration = \"2s\"\n",
+    );
     let agent = Agent::start_with(&[&format!("--config.file={}", cfg.display())], |c| {
         rig.enter(c)
     });
@@ -196,13 +200,14 @@ fn hung_disk_turns_the_open_page_red_and_records_the_incident() {
     );
     tab.screenshot(&mut b, &screenshot_dir().join("stalled-phone.png"));
 
-    // The disk answers again; the page says so by itself.
+    // The disk answers again; the page drops the I/O verdict by itself (after the engine's
+    // clear_after). Not necessarily "Not stalled": on a busy 2-CPU machine `cpu` may remain.
     rig.resume();
     tab.wait(
         &mut b,
         Duration::from_secs(60),
-        "the page to say 'Not stalled' after the disk resumed",
-        "document.getElementById('verdict').dataset.stalled === 'false'",
+        "the page to drop the I/O verdict after the disk resumed",
+        "document.getElementById('verdict').dataset.io === 'false'",
     );
     drop(hostile);
 }
