@@ -32,23 +32,17 @@ fn url_flag(agent: &Agent) -> String {
 
 #[test]
 fn why_on_an_idle_node_text_and_json() {
-    let agent = Agent::start(&[]);
+    let dir = tempfile::tempdir().unwrap();
+    let agent = Agent::start(&[&super::idle_config(dir.path())]);
     let url = url_flag(&agent);
-    // Idle: nothing else of the tests' group runs; wait out a stall earlier activity left.
-    let deadline = Instant::now() + Duration::from_secs(60);
+    // The agent's first verdict needs two host ticks.
+    let deadline = Instant::now() + Duration::from_secs(10);
     let text = loop {
         let r = cli(&["why", &url], &[]);
-        if r.code == Some(0) || Instant::now() > deadline {
+        if !r.stdout.contains("No verdict yet") || Instant::now() > deadline {
             break r;
         }
-        assert_eq!(
-            r.code,
-            Some(3),
-            "stalled is 3, anything else is wrong: {}{}",
-            r.stdout,
-            r.stderr
-        );
-        std::thread::sleep(Duration::from_secs(1));
+        std::thread::sleep(Duration::from_millis(200));
     };
     assert_eq!(
         text.code,
@@ -57,7 +51,12 @@ fn why_on_an_idle_node_text_and_json() {
         text.stdout,
         text.stderr
     );
-    assert!(text.stdout.starts_with("NOT STALLED. "), "{}", text.stdout);
+    assert!(
+        text.stdout
+            .starts_with("NOT STALLED. Not stalled: I/O pressure "),
+        "{}",
+        text.stdout
+    );
     assert!(text.stderr.is_empty(), "{}", text.stderr);
 
     let j = cli(&["why", "--json", &url], &[]);
