@@ -291,7 +291,7 @@ mod tests {
             .to_str()
             .unwrap()
             .starts_with("default-src 'none'; script-src 'sha256-"));
-        assert_eq!(String::from_utf8(body).unwrap(), super::super::page::PAGE);
+        assert_eq!(String::from_utf8(body).unwrap(), super::super::page::page());
         let (st, h, body) = get(
             app(state(sample_snapshot()), None),
             "/",

@@ -4,7 +4,7 @@
 //! real scraper.
 //!
 //! - `app.rs`: the routes and handlers (`/metrics`, `/healthz`); `page.rs`: `/`, the node
-//!   page (`page.html`, embedded) for browsers and a plain-text index for `curl`.
+//!   page (`page/`, embedded) for browsers and a plain-text index for `curl`.
 //! - `server.rs`: the accept loop, HTTP/1.1 on each connection, graceful shutdown;
 //!   `shutdown.rs`: SIGTERM/SIGINT and the exit deadline.
 //! - `conns.rs`: the registry of open connections (cap, eviction, timeouts).

@@ -1,6 +1,6 @@
 //! `/`: the node page for browsers, a short plain-text index for everything else (`curl`).
 //!
-//! The page (`page.html`) is one self-contained document — inline CSS, JS and SVG, no external
+//! The page (`page/`: html, css, js) is one self-contained document — inline CSS, JS and SVG, no external
 //! asset, so it works on an air-gapped node — compiled into the binary. Its script reads
 //! `/api/v1/verdict`, `/api/v1/timeline` and `/api/v1/incidents` on the same origin (a browser
 //! that logged in for `/` sends the same basic-auth credentials there) and builds the DOM with
@@ -20,8 +20,24 @@ use sha2::{Digest, Sha256};
 
 use super::AppState;
 
-/// The page, as shipped.
-pub const PAGE: &str = include_str!("page.html");
+/// The page, as shipped: `page/page.html` with `page.css` and `page.js` inlined (three files
+/// to edit, one document to serve), assembled once.
+pub fn page() -> &'static str {
+    static PAGE: OnceLock<String> = OnceLock::new();
+    PAGE.get_or_init(|| {
+        include_str!("page/page.html")
+            .replacen(
+                "<style>\n</style>",
+                &format!("<style>\n{}</style>", include_str!("page/page.css")),
+                1,
+            )
+            .replacen(
+                "<script>\n</script>",
+                &format!("<script>\n{}</script>", include_str!("page/page.js")),
+                1,
+            )
+    })
+}
 
 /// `Accept` asks for HTML: a browser's `text/html,application/xhtml+xml,…`. `curl` sends
 /// `*/*` and scripts often send nothing; they get the plain-text index.
@@ -72,7 +88,7 @@ pub async fn index(State(st): State<std::sync::Arc<AppState>>, headers: HeaderMa
                 ),
                 (header::X_FRAME_OPTIONS, HeaderValue::from_static("DENY")),
             ],
-            PAGE,
+            page(),
         )
             .into_response()
     } else {
@@ -117,7 +133,7 @@ fn csp() -> &'static str {
     static CSP: OnceLock<String> = OnceLock::new();
     CSP.get_or_init(|| {
         let hash = |tag: &str| {
-            let body = inline(PAGE, tag).unwrap_or("");
+            let body = inline(page(), tag).unwrap_or("");
             format!("'sha256-{}'", base64(&Sha256::digest(body.as_bytes())))
         };
         format!(
@@ -203,18 +219,21 @@ mod tests {
     fn the_page_is_self_contained() {
         // Air-gapped nodes: nothing may be loaded from anywhere else. (The SVG namespace is a
         // name, not a fetch.)
-        let page = PAGE.replace("\"http://www.w3.org/2000/svg\"", "");
+        let page = page().replace("\"http://www.w3.org/2000/svg\"", "");
         for needle in ["http://", "https://", "src=", "<link", "@import", "url("] {
             assert!(!page.contains(needle), "page.html contains {needle:?}");
         }
         // One inline script and one inline style, both hashed into the CSP.
-        assert_eq!(PAGE.matches("<script>").count(), 1);
-        assert_eq!(PAGE.matches("<style>").count(), 1);
+        assert_eq!(page.matches("<script>").count(), 1);
+        assert_eq!(page.matches("<style>").count(), 1);
+        // The parts were inlined.
+        assert!(page.contains("const REFRESH_MS = 2000;"), "page.js inlined");
+        assert!(page.contains(".sparks {"), "page.css inlined");
         let csp = csp();
         assert!(csp.contains("script-src 'sha256-"), "{csp}");
         assert!(csp.contains("style-src 'sha256-"), "{csp}");
         // Untrusted text must never become markup: the script builds the DOM from nodes.
-        let script = inline(PAGE, "script").unwrap();
+        let script = inline(&page, "script").unwrap();
         for sink in [
             "innerHTML",
             "outerHTML",

@@ -59,6 +59,19 @@ const SUMMARY: &str = r#"JSON.stringify({
   sparkWidths: [...document.querySelectorAll('#sparks .spark')].map(e => Math.round(e.getBoundingClientRect().width)),
 })"#;
 
+/// Chromium with the agent's page open on a desktop-sized tab, once it shows a verdict.
+fn open_page(agent: &Agent) -> (Browser, Tab) {
+    let mut b = Browser::start();
+    let tab = b.open(&agent.url("/"), 1280, 900, false, json!({}));
+    tab.wait(
+        &mut b,
+        Duration::from_secs(30),
+        "the first verdict",
+        RENDERED,
+    );
+    (b, tab)
+}
+
 fn summary(tab: &Tab, b: &mut Browser) -> Value {
     let s = tab.eval(b, SUMMARY);
     serde_json::from_str(s.as_str().expect("summary is a string")).unwrap()
@@ -110,14 +123,7 @@ fn requests_to(b: &mut Browser, path: &str) -> (usize, usize) {
 fn idle_node_desktop_and_phone() {
     let dir = tempfile::tempdir().unwrap();
     let agent = Agent::start(&[&idle_config(dir.path())]);
-    let mut b = Browser::start();
-    let tab = b.open(&agent.url("/"), 1280, 900, false, json!({}));
-    tab.wait(
-        &mut b,
-        Duration::from_secs(30),
-        "the first verdict",
-        RENDERED,
-    );
+    let (mut b, tab) = open_page(&agent);
     // A few seconds of history, so the sparklines have lines to draw.
     std::thread::sleep(Duration::from_secs(4));
     let s = summary(&tab, &mut b);
@@ -197,14 +203,7 @@ fn idle_node_desktop_and_phone() {
 #[test]
 fn frozen_agent_gets_no_pile_of_requests() {
     let agent = Agent::start(&[]);
-    let mut b = Browser::start();
-    let tab = b.open(&agent.url("/"), 1280, 900, false, json!({}));
-    tab.wait(
-        &mut b,
-        Duration::from_secs(30),
-        "the first verdict",
-        RENDERED,
-    );
+    let (mut b, tab) = open_page(&agent);
     let (before, _) = requests_to(&mut b, "/api/v1/verdict");
     agent.signal(libc::SIGSTOP);
     let cont = ContOnDrop(agent.child.id());

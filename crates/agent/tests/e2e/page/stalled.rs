@@ -7,10 +7,10 @@ use std::path::Path;
 use std::process::{Child, Stdio};
 use std::time::Duration;
 
-use serde_json::{json, Value};
+use serde_json::Value;
 
-use super::browser::{screenshot_dir, Browser};
-use super::{summary, RENDERED};
+use super::browser::screenshot_dir;
+use super::{open_page, summary};
 use crate::harness::{require_root, write, Agent, BIN};
 use crate::hung::{run_bounded, state_of, HungDisk};
 
@@ -56,14 +56,7 @@ fn hung_disk_turns_the_open_page_red_and_records_the_incident() {
         rig.enter(c)
     });
     let url = format!("--agent.url=http://{}", agent.addr);
-    let mut b = Browser::start();
-    let tab = b.open(&agent.url("/"), 1280, 900, false, json!({}));
-    tab.wait(
-        &mut b,
-        Duration::from_secs(30),
-        "the first verdict",
-        RENDERED,
-    );
+    let (mut b, tab) = open_page(&agent);
 
     rig.hang();
     // A process whose name is markup, in D on a cold lookup (dash's builtin `[`: the shell
