@@ -49,7 +49,8 @@ pub struct VerdictConfig {
     /// is empty.
     pub credits_empty: f64,
     /// A condition must hold on this many consecutive ticks to enter (1 would flap on one
-    /// noisy second; 2 still flips within 3 s at 1 s sampling).
+    /// noisy second; 2 still flips within 3 s at 1 s sampling). Not for `disk_stalled` and
+    /// `lock`, whose conditions already last `stall_after` / `lock_after`.
     pub enter_ticks: u32,
     /// A cause is left only when not even its hold level (`hold_ratio` × every entry
     /// threshold) has been seen for this long: a stall that pauses for a few seconds stays one

@@ -85,7 +85,13 @@ impl Engine {
             match (s.since, f) {
                 (None, Some(f)) if f.level == Level::Enter => {
                     s.entering += 1;
-                    if s.entering >= self.config.enter_ticks.max(1) {
+                    // disk_stalled and lock carry their own duration (stall_after,
+                    // lock_after): a second tick on top would only delay them.
+                    let need = match cause {
+                        Cause::DiskStalled | Cause::Lock => 1,
+                        _ => self.config.enter_ticks.max(1),
+                    };
+                    if s.entering >= need {
                         // Since the first tick at the entry level: that is when it began.
                         let back = dt * f64::from(s.entering.saturating_sub(1));
                         s.since = Some(now - back);

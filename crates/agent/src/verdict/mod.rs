@@ -20,6 +20,7 @@ mod config;
 mod engine;
 pub mod tick;
 mod wchan;
+mod who;
 
 #[cfg(test)]
 mod tests;

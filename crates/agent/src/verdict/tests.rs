@@ -10,6 +10,7 @@ use stallwatch_collector::node::NodeView;
 use stallwatch_collector::proc::diskstats::DiskStat;
 use stallwatch_collector::proc::pressure::{Pressure, Record};
 use stallwatch_collector::proc::stat::Stat;
+use stallwatch_collector::sample::disk_stall::DiskStall;
 use stallwatch_collector::sample::dstate::DThread;
 use stallwatch_collector::sample::{HostSnapshot, ThreadSnapshot};
 use stallwatch_collector::sys::block::Disk;
@@ -25,6 +26,9 @@ struct Scene {
     psi_total_us: [[u64; 2]; 3],
     procs_running: u64,
     disk: DiskStat,
+    /// Seconds the disk has had I/O in flight and completed nothing (the host sampler's
+    /// `disk_stalls`).
+    stalled: Option<f64>,
     stuck: Vec<DThread>,
 }
 
@@ -56,6 +60,19 @@ impl Scene {
                 partition: false,
             }]),
             disks_at: Some(at),
+            disk_stalls: self
+                .stalled
+                .map(|seconds| DiskStall {
+                    major: self.disk.major,
+                    minor: self.disk.minor,
+                    name: self.disk.name.clone(),
+                    partition: false,
+                    in_flight: self.disk.in_progress,
+                    since: at - Duration::from_secs_f64(seconds),
+                    seconds,
+                })
+                .into_iter()
+                .collect(),
             page_size: 4096,
             ..HostSnapshot::default()
         };
@@ -215,6 +232,7 @@ fn a_device_that_completes_nothing_is_stalled_after_stall_after() {
     let hung = |s: &mut Scene| {
         s.advance([[0.0, 0.0], [1.0, 1.0], [0.0, 0.0]]);
         s.disk.in_progress = 4;
+        s.stalled = Some(s.stalled.map_or(0.5, |x| x + 1.0));
         s.disk.io_time_ms += 1000;
         s.disk.weighted_io_time_ms += 4000;
     };
@@ -323,4 +341,30 @@ fn the_tick_computes_rates_and_survives_counters_going_back() {
     };
     let t = m.tick(&s.node(t0 + Duration::from_secs(2)), 2.0).unwrap();
     assert!(t.disks.is_empty(), "{:?}", t.disks);
+}
+
+#[test]
+fn io_waits_with_no_device_at_its_limit_are_still_an_io_stall_and_say_so() {
+    // blk-throttle holds bios above the device: the device looks idle while writers wait.
+    let (mut e, mut s, t0) = (engine(), Scene::default(), Instant::now());
+    s.disk.name = "loop3".into();
+    run(&mut e, &mut s, t0, 2, |s| s.advance(IDLE));
+    s.stuck = (0..4)
+        .map(|i| d_thread(30 + i, "fio", "io_schedule", Duration::from_secs(2)))
+        .collect();
+    let v = run(&mut e, &mut s, t0, 3, |s| {
+        s.advance([[0.0, 0.0], [0.9, 0.6], [0.0, 0.0]]);
+        disk_load(&mut s.disk, 300, 0.05, 0.0, 1);
+    });
+    let v = v.last().unwrap();
+    assert!(v.stalled && v.io, "{v:?}");
+    assert_eq!(v.cause, Cause::DiskSaturated);
+    let c = &v.causes[0];
+    assert!(
+        c.summary.contains("no device is at its limit"),
+        "{}",
+        c.summary
+    );
+    assert_eq!(c.who.groups[0].group, "fio");
+    assert_eq!(c.who.groups[0].d_threads, 4);
 }

@@ -9,6 +9,7 @@ mod containers;
 mod containers_shapes;
 mod dashboards;
 mod deploy;
+mod disk_stall;
 mod docker;
 mod doctor;
 mod dstate;
