@@ -193,14 +193,22 @@ fn hung_disk_turns_the_open_page_red_and_records_the_incident() {
     );
     tab.screenshot(&mut b, &screenshot_dir().join("stalled-phone.png"));
 
-    // The disk answers again; the page drops the I/O verdict by itself (after the engine's
-    // clear_after). Not necessarily "Not stalled": on a busy 2-CPU machine `cpu` may remain.
+    // The disk answers again; the page drops this disk's stall and the hostile thread by itself
+    // (after the engine's clear_after). Not necessarily "Not stalled": on this shared machine
+    // other work may keep another cause up.
+    let dev = rig.loop_device();
     rig.resume();
     tab.wait(
         &mut b,
         Duration::from_secs(60),
-        "the page to drop the I/O verdict after the disk resumed",
-        "document.getElementById('verdict').dataset.io === 'false'",
+        "the page to drop the hung disk's stall after it resumed",
+        &format!(
+            "![...document.querySelectorAll('#causes .cause[data-cause=\"disk_stalled\"]')]
+               .some(e => /\\b{dev}\\b/.test(e.textContent))
+             && ![...document.querySelectorAll('#dstate td code')]
+               .some(e => e.textContent === {name})",
+            name = serde_json::to_string(HOSTILE).unwrap()
+        ),
     );
     drop(hostile);
 }
