@@ -22,6 +22,7 @@ mod http;
 mod hung;
 mod hung_reload;
 mod hung_tools;
+mod incident_store;
 mod kernel;
 mod page;
 mod probe_hung;
