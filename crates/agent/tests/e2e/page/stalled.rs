@@ -38,6 +38,14 @@ fn hostile_in(scope: &str) -> String {
     )
 }
 
+/// A `disk_stalled` cause on the page names `dev` (its evidence or its devices).
+fn disk_stalled_names(dev: &str) -> String {
+    format!(
+        "[...document.querySelectorAll('#causes .cause[data-cause=\"disk_stalled\"]')]
+           .some(e => /\\b{dev}\\b/.test(e.textContent))"
+    )
+}
+
 #[test]
 fn hung_disk_turns_the_open_page_red_and_records_the_incident() {
     if !require_root("hung_disk_turns_the_open_page_red_and_records_the_incident") {
@@ -83,14 +91,24 @@ fn hung_disk_turns_the_open_page_red_and_records_the_incident() {
     tab.wait(
         &mut b,
         Duration::from_secs(30),
-        "the open page to say 'Stalled' by itself",
-        "document.getElementById('verdict').dataset.stalled === 'true'",
+        "the open page to say 'Stalled' on I/O by itself",
+        // Not only 'stalled': on a busy machine cpu (or lock, for threads waiting on a buffer
+        // lock) may come up a second before the disk has been silent for stall_after.
+        "document.getElementById('verdict').dataset.stalled === 'true' && \
+         document.getElementById('verdict').dataset.io === 'true'",
     );
     tab.wait(
         &mut b,
         Duration::from_secs(30),
         "the hostile thread in the D table, as text",
         &hostile_in("#dstate"),
+    );
+    let dev = rig.loop_device();
+    tab.wait(
+        &mut b,
+        Duration::from_secs(30),
+        "a disk_stalled cause naming the hung loop device",
+        &disk_stalled_names(&dev),
     );
     let s = summary(&tab, &mut b);
     eprintln!("stalled page: {s}");
@@ -196,17 +214,15 @@ fn hung_disk_turns_the_open_page_red_and_records_the_incident() {
     // The disk answers again; the page drops this disk's stall and the hostile thread by itself
     // (after the engine's clear_after). Not necessarily "Not stalled": on this shared machine
     // other work may keep another cause up.
-    let dev = rig.loop_device();
     rig.resume();
     tab.wait(
         &mut b,
         Duration::from_secs(60),
         "the page to drop the hung disk's stall after it resumed",
         &format!(
-            "![...document.querySelectorAll('#causes .cause[data-cause=\"disk_stalled\"]')]
-               .some(e => /\\b{dev}\\b/.test(e.textContent))
-             && ![...document.querySelectorAll('#dstate td code')]
+            "!{} && ![...document.querySelectorAll('#dstate td code')]
                .some(e => e.textContent === {name})",
+            disk_stalled_names(&dev),
             name = serde_json::to_string(HOSTILE).unwrap()
         ),
     );
