@@ -174,7 +174,16 @@ pub fn encode(e: &mut DescriptorEncoder<'_>, view: &NodeView) -> std::fmt::Resul
             NONE,
             MetricType::Gauge,
             o.iter()
-                .map(|(d, n)| ([("upper_device", d.as_str())], *n as f64)),
+                .map(|d| ([("upper_device", d.device.as_str())], d.mounts as f64)),
+        )?;
+        family(
+            e,
+            "overlay_volatile_mounts",
+            "Overlay mounts now mounted volatile, by the device holding their upper directory (their unmount syncs nothing).",
+            NONE,
+            MetricType::Gauge,
+            o.iter()
+                .map(|d| ([("upper_device", d.device.as_str())], d.volatile as f64)),
         )?;
     }
     Ok(())

@@ -111,6 +111,7 @@ fn d_thread(tid: u32, group: &str, wchan: &str, age: Duration) -> DThread {
         container: None,
         kernel_thread: false,
         since: Instant::now() - age,
+        stack: None,
     }
 }
 

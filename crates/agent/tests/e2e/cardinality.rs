@@ -517,7 +517,7 @@ fn formula(k: &BTreeMap<String, usize>, shape: Shape) -> usize {
         get("CONTAINER") + get("CONTAINER_PSI") + get("CONTAINER_IO") + get("CONTAINER_NET");
     get("HOST")
         + get("DISK") * FIXTURE_DISKS
-        + FIXTURE_OVERLAY_DEVICES
+        + get("OVERLAY") * FIXTURE_OVERLAY_DEVICES
         + get("PROBE") * FIXTURE_PROBES
         + FIXTURE_STATES
         + get("DSTATE_FOLDED")

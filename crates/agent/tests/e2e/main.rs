@@ -15,6 +15,7 @@ mod doctor;
 mod dstate;
 mod dstate_alerting;
 mod dstate_rig;
+mod dstate_stacks;
 mod fleet;
 mod golden;
 mod harness;

@@ -389,6 +389,61 @@ fn garden_concurrent_overlay_unmounts_flush_in_a_burst() {
     assert!(m.get("stallwatch_memory_writeback_peak_bytes").unwrap() > 4.0 * MIB);
 }
 
+/// Issue 14: how many overlays on a device are `volatile` (their unmount syncs nothing, the
+/// mitigation for Garden's slow unmounts), beside how many there are.
+#[test]
+fn volatile_overlays_are_counted_per_upper_device() {
+    if !require_root("volatile_overlays_are_counted_per_upper_device") {
+        return;
+    }
+    let fs = LoopFs::in_memory(64);
+    let tmp = tempfile::tempdir().unwrap();
+    let cfg = tmp.path().join("cfg.toml");
+    write(&cfg, "[cloud]\nenabled = false\n");
+    let agent = Agent::start(&[&format!("--config.file={}", cfg.display())]);
+    struct Unmount(Vec<PathBuf>);
+    impl Drop for Unmount {
+        fn drop(&mut self) {
+            for m in &self.0 {
+                let _ = Command::new("umount").arg(m).output();
+            }
+        }
+    }
+    let mut guard = Unmount(Vec::new());
+    for (i, volatile) in [false, true, false].into_iter().enumerate() {
+        let c = fs.mount_point().join(format!("c{i}"));
+        for d in ["lower", "upper", "work", "merged"] {
+            std::fs::create_dir_all(c.join(d)).unwrap();
+        }
+        let opts = format!(
+            "lowerdir={},upperdir={},workdir={}{}",
+            c.join("lower").display(),
+            c.join("upper").display(),
+            c.join("work").display(),
+            if volatile { ",volatile" } else { "" }
+        );
+        sh(Command::new("mount")
+            .args(["-t", "overlay", "overlay", "-o", &opts])
+            .arg(c.join("merged")));
+        guard.0.push(c.join("merged"));
+    }
+    let mounts = format!(
+        "stallwatch_overlay_mounts{{upper_device=\"{}\"}}",
+        fs.device
+    );
+    let volatile = format!(
+        "stallwatch_overlay_volatile_mounts{{upper_device=\"{}\"}}",
+        fs.device
+    );
+    agent.wait_for(Duration::from_secs(10), "3 overlays, 1 volatile", |m| {
+        m.get(&mounts) == Some(3.0) && m.get(&volatile) == Some(1.0)
+    });
+    drop(guard);
+    agent.wait_for(Duration::from_secs(10), "the overlays gone", |m| {
+        m.get(&mounts).is_none() && m.get(&volatile).is_none()
+    });
+}
+
 #[test]
 fn a_probe_held_by_a_throttled_disk_times_out_while_scrapes_stay_fast() {
     if !require_root("a_probe_held_by_a_throttled_disk_times_out_while_scrapes_stay_fast") {

@@ -159,6 +159,13 @@ mod tests {
         assert_eq!(parse_number(" 0\n").unwrap(), 0);
     }
 
+    proptest::proptest! {
+        #[test]
+        fn parse_number_never_panics(b in proptest::prelude::any::<Vec<u8>>()) {
+            let _ = parse_number(&String::from_utf8_lossy(&b));
+        }
+    }
+
     #[test]
     fn hung_tasks_of_this_kernel() {
         let h = read_hung_tasks(&Roots::default()).unwrap();

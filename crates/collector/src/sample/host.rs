@@ -15,6 +15,7 @@ use crate::error::Error;
 use crate::proc::diskstats::DiskStat;
 use crate::proc::loadavg::LoadAvg;
 use crate::proc::meminfo::Meminfo;
+use crate::proc::overlays::OverlayDevice;
 use crate::proc::pressure::{Pressure, Resource};
 use crate::proc::stat::Stat;
 use crate::proc::sys_kernel::{self, HungTasks};
@@ -210,8 +211,9 @@ pub struct HostSnapshot {
     /// decreases while the device exists.
     pub disk_stalled_seconds: BTreeMap<(u32, u32), f64>,
     pub tunables: Option<VmTunables>,
-    /// Overlay mounts by upper device; `None` when no mount table could be read.
-    pub overlays: Option<Vec<(String, u64)>>,
+    /// Overlay mounts by upper device (with how many are `volatile`); `None` when no mount
+    /// table could be read.
+    pub overlays: Option<Vec<OverlayDevice>>,
     /// Writeback settings of the backing devices (all of them; the encoder joins them with
     /// the exported disks by major:minor).
     pub bdi: Vec<Bdi>,
@@ -237,7 +239,7 @@ pub enum Reading {
     Disks(Vec<Disk>),
     Tunables(VmTunables),
     /// Overlay mounts per device of their upper directory.
-    Overlays(Vec<(String, u64)>),
+    Overlays(Vec<OverlayDevice>),
     Bdi(Vec<Bdi>),
     HungTasks(HungTasks),
 }

@@ -15,6 +15,7 @@ use stallwatch_collector::proc::diskstats::{DiscardStat, DiskStat, FlushStat};
 use stallwatch_collector::proc::loadavg::LoadAvg;
 use stallwatch_collector::proc::meminfo::Meminfo;
 use stallwatch_collector::proc::net_dev::NetDev;
+use stallwatch_collector::proc::overlays::OverlayDevice;
 use stallwatch_collector::proc::pressure::{Pressure, Record};
 use stallwatch_collector::proc::stat::{CpuTicks, Stat};
 use stallwatch_collector::proc::sys_kernel::HungTasks;
@@ -212,7 +213,18 @@ pub fn host_snapshot(now: Instant) -> HostSnapshot {
             dirty_writeback_centisecs: Some(500),
             dirtytime_expire_seconds: Some(43200),
         }),
-        overlays: Some(vec![("vda".into(), 3), ("tmpfs".into(), 1)]),
+        overlays: Some(vec![
+            OverlayDevice {
+                device: "vda".into(),
+                mounts: 3,
+                volatile: 1,
+            },
+            OverlayDevice {
+                device: "tmpfs".into(),
+                mounts: 1,
+                volatile: 0,
+            },
+        ]),
         bdi: vec![
             Bdi {
                 major: 254,
@@ -387,6 +399,7 @@ fn dthread(cgroup: Option<String>, container: Option<Identity>, now: Instant) ->
         container: container.map(Into::into),
         kernel_thread: false,
         since: now,
+        stack: Some("[<0>] __iomap_dio_rw+0x4b0/0x8d0\n".into()),
     }
 }
 
@@ -439,6 +452,7 @@ pub fn threads_snapshot(now: Instant) -> ThreadSnapshot {
         status: status("threads", now),
         current_interval: Duration::from_secs(1),
         suspected: true,
+        stacks_missing: None,
     }
 }
 
