@@ -32,6 +32,9 @@ pub struct Published {
     /// The open incident's id, if any.
     pub incident: Option<String>,
     pub dstate: Vec<DRow>,
+    /// The busiest containers now: by I/O rate over the last container pass, then those with
+    /// threads in D (at most 10).
+    pub containers: Vec<incident::ContainerLine>,
     pub signals: serde_json::Map<String, serde_json::Value>,
     #[serde(skip)]
     pub seconds: [f64; 8],
@@ -53,8 +56,10 @@ pub struct Analysis {
     published: ArcSwap<Published>,
     store: Mutex<Option<Store>>,
     pub writes: Arc<Writes>,
-    /// Why kernel stacks are missing from the records, if they are.
-    stacks_missing: Mutex<Option<String>>,
+    /// Evaluations run, and the CPU they took (evaluate, record, publish; this thread's CPU
+    /// clock), as f64 seconds in bits: `stallwatch_verdict_cpu_seconds_total`.
+    pub evaluations: std::sync::atomic::AtomicU64,
+    pub cpu_seconds: std::sync::atomic::AtomicU64,
 }
 
 impl std::fmt::Debug for Analysis {
@@ -78,7 +83,8 @@ impl Analysis {
             published: ArcSwap::from_pointee(Published::default()),
             store: Mutex::new(None),
             writes: Arc::default(),
-            stacks_missing: Mutex::new(None),
+            evaluations: Default::default(),
+            cpu_seconds: Default::default(),
         })
     }
 
@@ -121,13 +127,20 @@ impl Analysis {
         }
     }
 
-    /// One host tick: evaluate, record, publish.
+    /// One host tick: evaluate, record, publish; its CPU is counted.
     pub fn on_node(&self, node: &Node) {
-        let stacks = self
-            .stacks_missing
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .clone();
+        use std::sync::atomic::Ordering::Relaxed;
+        let t0 = stallwatch_collector::sample::driver::thread_cpu();
+        if self.evaluate(node) {
+            let took = stallwatch_collector::sample::driver::thread_cpu().saturating_sub(t0);
+            self.evaluations.fetch_add(1, Relaxed);
+            let total = f64::from_bits(self.cpu_seconds.load(Relaxed)) + took.as_secs_f64();
+            self.cpu_seconds.store(total.to_bits(), Relaxed);
+        }
+    }
+
+    /// Returns whether there was a new host tick to evaluate.
+    fn evaluate(&self, node: &Node) -> bool {
         let mut g = self.lock();
         let Inner {
             engine,
@@ -135,7 +148,7 @@ impl Analysis {
             incidents,
         } = &mut *g;
         let Some(ev) = engine.evaluate(node) else {
-            return;
+            return false;
         };
         if ev.began.is_some() {
             tracing::warn!(cause = ev.verdict.cause.as_str(), "{}", ev.verdict.summary);
@@ -145,12 +158,14 @@ impl Analysis {
         }
         let point = Point::of(&ev.tick, &ev.verdict);
         ring.push(point);
-        let save = incidents.follow(&ev, node, ring, stacks.as_deref());
+        let save = incidents.follow(&ev, node, ring);
         let open = incidents.list().into_iter().find(|h| h.open).map(|h| h.id);
+        let containers = incident::top_containers(&ev, node);
         let published = Published {
             verdict: ev.verdict,
             incident: open,
             dstate: d_rows(node, 50, false),
+            containers,
             signals: point.named(),
             seconds: engine.totals.seconds,
             incidents: incidents.opened,
@@ -168,6 +183,7 @@ impl Analysis {
                 s.save(rec);
             }
         }
+        true
     }
 
     pub fn published(&self) -> Arc<Published> {

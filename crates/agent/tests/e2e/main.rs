@@ -25,6 +25,7 @@ mod hung_reload;
 mod hung_tools;
 mod incident_store;
 mod kernel;
+mod page;
 mod probe_hung;
 mod promstack;
 mod rules;
