@@ -154,7 +154,7 @@ fn d_threads_have_their_kernel_stacks_or_a_reason_why_not() {
             assert!(mine.iter().all(|d| d.stack.is_none()));
             assert_eq!(
                 snap.stacks_missing.as_deref(),
-                Some("kernel stacks: off (threads.stacks = false)")
+                Some("off (threads.stacks = false)")
             );
         }
     }
