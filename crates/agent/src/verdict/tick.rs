@@ -330,12 +330,28 @@ impl Memory {
 }
 
 /// The container's blkio/io.max limits on one device, with its rate of each kind.
-// PENDING(signals): `ContainerStats.io_limits` lands with the signals branch.
 fn limits_of(
-    _row: &stallwatch_collector::cgroup::pass::ContainerRow,
-    _major: u32,
-    _minor: u32,
-    _c: &ContainerIo,
+    row: &stallwatch_collector::cgroup::pass::ContainerRow,
+    major: u32,
+    minor: u32,
+    c: &ContainerIo,
 ) -> Vec<(&'static str, f64, f64)> {
-    Vec::new()
+    let Some(l) = row
+        .stats
+        .io_limits
+        .iter()
+        .flatten()
+        .find(|l| (l.major, l.minor) == (major, minor))
+    else {
+        return Vec::new();
+    };
+    [
+        ("read_iops", l.read_iops, c.read_iops),
+        ("write_iops", l.write_iops, c.write_iops),
+        ("read_bps", l.read_bps, c.read_bps),
+        ("write_bps", l.write_bps, c.write_bps),
+    ]
+    .into_iter()
+    .filter_map(|(k, lim, r)| lim.map(|lim| (k, lim as f64, r)))
+    .collect()
 }
