@@ -220,6 +220,26 @@ fn ebs_credits(t: &Tick, node: &Node, th: &Th<'_>) -> Option<Finding> {
             summary.push(format!("the instance's {name} is empty ({:.1}%): every volume is held to the instance baseline", p.percent));
         }
     }
+    for (vol, dev, iops, tp) in &t.ebs_exceeded {
+        let name = dev.as_deref().unwrap_or("?");
+        for (signal, what, secs) in [
+            ("ebs_exceeded_iops_seconds", "IOPS", *iops),
+            ("ebs_exceeded_throughput_seconds", "throughput", *tp),
+        ] {
+            if secs > 0.0 {
+                evidence.push(ev(signal, Some(vol), secs, 0.0, "seconds"));
+                summary.push(format!(
+                    "{vol} ({name}) over its provisioned {what} for {secs:.1} s of the last {:.0} s (NVMe log page)",
+                    t.dt
+                ));
+            }
+        }
+        if let Some(d) = t.disks.iter().find(|d| Some(&d.name) == dev.as_ref()) {
+            if !devices.iter().any(|w: &WhoDevice| w.name == d.name) {
+                devices.push(who_device(d));
+            }
+        }
+    }
     if summary.is_empty() {
         return None;
     }
