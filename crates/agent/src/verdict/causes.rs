@@ -118,15 +118,24 @@ fn hung(t: &Tick, e: &mut Vec<Evidence>) {
 /// Tasks wait on I/O: PSI io some or full over its threshold. The gate of the I/O causes
 /// other than `disk_stalled` (which is a stall by itself).
 fn io_pressure(t: &Tick, th: &Th<'_>) -> Option<Vec<Evidence>> {
-    let [some, full] = t.psi[1];
-    let mut e = Vec::new();
-    if let Some(s) = some.filter(|s| *s >= th.x(th.c.io_some)) {
-        e.push(ev("psi_io_some", None, s, th.x(th.c.io_some), "ratio"));
-    }
-    if let Some(f) = full.filter(|f| *f >= th.x(th.c.io_full)) {
-        e.push(ev("psi_io_full", None, f, th.x(th.c.io_full), "ratio"));
-    }
+    let e = shares(
+        t.psi[1],
+        [("psi_io_some", th.c.io_some), ("psi_io_full", th.c.io_full)],
+        th,
+    );
     (!e.is_empty()).then_some(e)
+}
+
+/// Evidence for each PSI share (`[some, full]`) at or above its threshold.
+fn shares(v: [Option<f64>; 2], named: [(&'static str, f64); 2], th: &Th<'_>) -> Vec<Evidence> {
+    v.into_iter()
+        .zip(named)
+        .filter_map(|(v, (signal, limit))| {
+            let limit = th.x(limit);
+            v.filter(|v| *v >= limit)
+                .map(|v| ev(signal, None, v, limit, "ratio"))
+        })
+        .collect()
 }
 
 fn disk_stalled(t: &Tick, node: &Node, th: &Th<'_>) -> Option<Finding> {
@@ -258,25 +267,14 @@ fn ebs_credits(t: &Tick, node: &Node, th: &Th<'_>) -> Option<Finding> {
 
 fn memory(t: &Tick, th: &Th<'_>) -> Option<Finding> {
     let [some, full] = t.psi[2];
-    let mut e = Vec::new();
-    if let Some(s) = some.filter(|s| *s >= th.x(th.c.memory_some)) {
-        e.push(ev(
-            "psi_memory_some",
-            None,
-            s,
-            th.x(th.c.memory_some),
-            "ratio",
-        ));
-    }
-    if let Some(f) = full.filter(|f| *f >= th.x(th.c.memory_full)) {
-        e.push(ev(
-            "psi_memory_full",
-            None,
-            f,
-            th.x(th.c.memory_full),
-            "ratio",
-        ));
-    }
+    let mut e = shares(
+        t.psi[2],
+        [
+            ("psi_memory_some", th.c.memory_some),
+            ("psi_memory_full", th.c.memory_full),
+        ],
+        th,
+    );
     if e.is_empty() {
         return None;
     }
