@@ -64,7 +64,7 @@ fn pct(v: f64) -> String {
 /// the hold thresholds.
 pub fn detect(tick: &Tick, node: &Node, c: &VerdictConfig) -> Vec<Finding> {
     let mut out = Vec::new();
-    for cause in Cause::DETECTED {
+    for &cause in Cause::DETECTED {
         for (level, k) in [(Level::Enter, 1.0), (Level::Hold, c.hold_ratio)] {
             let th = Th { c, k };
             if let Some(mut f) = detect_one(cause, tick, node, &th) {
