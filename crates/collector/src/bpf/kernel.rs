@@ -17,8 +17,9 @@ use aya::maps::{Array, HashMap, MapData, PerCpuArray, RingBuf};
 use aya::programs::BtfTracePoint;
 use aya::{Btf, Ebpf, EbpfLoader, Endianness};
 
-/// The object, built from `crates/collector/bpf/dstate.bpf.c` by `make bpf`.
-pub const OBJECT: &[u8] = include_bytes!("../../bpf/dstate.bpf.o");
+/// The object, built from `crates/collector/bpf/dstate.bpf.c` by `make bpf`; 8-byte aligned,
+/// as the ELF parser needs (`include_bytes!` alone is byte-aligned).
+pub const OBJECT: &[u8] = aya::include_bytes_aligned!("../../bpf/dstate.bpf.o");
 
 pub const MAX_FRAMES: usize = 24;
 pub const NBUCKETS: usize = 32;

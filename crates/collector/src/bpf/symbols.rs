@@ -2,7 +2,7 @@
 //! ```text
 //! ffffffff822467c0 T __sched_text_start
 //! ffffffff82246800 T __schedule
-//! ffffffffc0a01230 t ext4_file_write_iter	[ext4]
+//! ffffffffc0a01230 t ext4_file_write_iter<TAB>[ext4]
 //! ```
 //! The kernel shows the addresses only to a reader with `CAP_SYSLOG` (or with
 //! `kernel.kptr_restrict=0` and `kernel.perf_event_paranoid<=1`); otherwise every address is 0 and

@@ -402,6 +402,7 @@ pub fn threads_snapshot(now: Instant) -> ThreadSnapshot {
         status: status("threads", now),
         current_interval: Duration::from_secs(1),
         suspected: true,
+        ..ThreadSnapshot::default()
     }
 }
 
