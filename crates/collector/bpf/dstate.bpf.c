@@ -71,7 +71,7 @@ struct episode {
 	__u64 wchan;    // kernel address; a small number for an episode the agent seeded
 	__u32 tid;
 	__u32 tgid;
-	__u32 flags; // SEEDED: put here by the agent from the walk, not by the tracepoint
+	__u32 flags; // SEEDED (bit 0): put here by the agent from the walk; bits 8-15: wchan's frame
 	__u32 nframes;
 	char comm[16];
 	__u64 stack[MAX_FRAMES];
@@ -204,15 +204,26 @@ int on_switch(__u64 *ctx)
 	__u64 s0 = cfg_get(CFG_SCHED_START), s1 = cfg_get(CFG_SCHED_END);
 	__u64 l0 = cfg_get(CFG_LOCK_START), l1 = cfg_get(CFG_LOCK_END);
 	e->wchan = 0;
-	// Unknown bounds (the agent cannot read kernel addresses): no wait channel.
+	// The first frames are this program and the tracepoint's; then the scheduler (__schedule,
+	// schedule, io_schedule, ...); the wait channel is the first frame after those outside the
+	// scheduler and lock text. Its index goes in flags bits 8-15: stacks are shown from there,
+	// as /proc/<pid>/stack shows them. Unknown bounds (the agent cannot read kernel addresses):
+	// no wait channel, the whole stack.
 	if (s1 > s0) {
+		int sched = 0;
 #pragma unroll
 		for (int i = 0; i < MAX_FRAMES; i++) {
 			if (i >= e->nframes)
 				break;
 			__u64 ip = e->stack[i];
-			if (!in_range(ip, s0, s1) && !in_range(ip, l0, l1)) {
+			int in_sched = in_range(ip, s0, s1) || in_range(ip, l0, l1);
+			if (!sched) {
+				sched = in_range(ip, s0, s1);
+				continue;
+			}
+			if (!in_sched) {
 				e->wchan = ip;
+				e->flags = (__u32)i << 8;
 				break;
 			}
 		}

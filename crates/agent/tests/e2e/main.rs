@@ -13,6 +13,7 @@ mod docker;
 mod doctor;
 mod dstate;
 mod dstate_alerting;
+mod dstate_bpf;
 mod dstate_rig;
 mod fleet;
 mod golden;

@@ -23,7 +23,8 @@ pub const OBJECT: &[u8] = aya::include_bytes_aligned!("../../bpf/dstate.bpf.o");
 
 pub const MAX_FRAMES: usize = 24;
 pub const NBUCKETS: usize = 32;
-/// `Episode::flags`: put in `inflight` by the agent from a walk, not by the tracepoint.
+/// `Episode::flags` bit 0: put in `inflight` by the agent from a walk, not by the tracepoint
+/// (bits 8-15: the index of the wait channel's frame in `stack`).
 pub const SEEDED: u32 = 1;
 
 const CFG_LONG_NS: u32 = 0;

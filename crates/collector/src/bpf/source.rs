@@ -248,14 +248,14 @@ impl Source {
                     s.wchan(e.wchan);
                 }
                 if d.now_ns.saturating_sub(e.start_ns) >= long_ns {
-                    frames(e.nframes, &e.stack).iter().for_each(|&ip| {
+                    frames(e.nframes, e.flags, &e.stack).iter().for_each(|&ip| {
                         s.frame(ip);
                     });
                 }
             }
             for l in &d.long {
                 s.wchan(l.wchan);
-                frames(l.nframes, &l.stack).iter().for_each(|&ip| {
+                frames(l.nframes, l.flags, &l.stack).iter().for_each(|&ip| {
                     s.frame(ip);
                 });
             }
@@ -312,7 +312,7 @@ impl Source {
         for e in &d.in_flight {
             let age = Duration::from_nanos(d.now_ns.saturating_sub(e.start_ns));
             let stack = if age.as_nanos() as u64 >= long_ns {
-                self.stack(frames(e.nframes, &e.stack))
+                self.stack(frames(e.nframes, e.flags, &e.stack))
             } else {
                 None
             };
@@ -341,7 +341,7 @@ impl Source {
                 wchan: self.wchan(l.wchan),
                 seconds: l.dur_ns as f64 / 1e9,
                 ended_unix: unix_now - d.now_ns.saturating_sub(end_ns) as f64 / 1e9,
-                stack: self.stack(frames(l.nframes, &l.stack)),
+                stack: self.stack(frames(l.nframes, l.flags, &l.stack)),
             });
         }
         b
@@ -400,8 +400,12 @@ impl Source {
     }
 }
 
-fn frames(n: u32, stack: &[u64; MAX_FRAMES]) -> &[u64] {
-    &stack[..(n as usize).min(MAX_FRAMES)]
+/// The frames from the wait channel's on (the program's, the tracepoint's and the scheduler's
+/// own frames are left out, as `/proc/<pid>/stack` leaves them out).
+fn frames(n: u32, flags: u32, stack: &[u64; MAX_FRAMES]) -> &[u64] {
+    let end = (n as usize).min(MAX_FRAMES);
+    let from = ((flags >> 8) & 0xff) as usize;
+    &stack[from.min(end)..end]
 }
 
 fn read_into(path: &std::path::Path, buf: &mut Vec<u8>) -> bool {

@@ -11,7 +11,8 @@
 //! Memory: the table has ~120k symbols (~5 MB as strings). It is never kept: one streaming pass
 //! finds the scheduler and lock text bounds at load, and later passes resolve only the addresses
 //! the episodes need (wait channels and long-episode stacks: tens to hundreds), at most one pass
-//! per [`PASS_EVERY`], the names kept in a bounded cache.
+//! per [`PASS_EVERY`], the names kept in a bounded cache (until then an address has no name:
+//! a wait channel shows as `unknown`, an ended episode waits for its name).
 
 use std::collections::{BTreeSet, HashMap};
 use std::io::BufRead;
@@ -19,8 +20,9 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-/// Minimum time between two passes over kallsyms (one costs ~50 ms of CPU here).
-pub const PASS_EVERY: Duration = Duration::from_secs(10);
+/// Minimum time between two passes over kallsyms (one costs ~50 ms of CPU here, and is only
+/// made when a new address shows up: the set of wait channels of a node settles quickly).
+pub const PASS_EVERY: Duration = Duration::from_secs(2);
 /// Names kept.
 const MAX_NAMES: usize = 8192;
 
