@@ -50,7 +50,8 @@ SOAK_SCALE ?= 1
 soak: test-deps
 	SOAK_SCALE=$(SOAK_SCALE) $(CARGO) test --locked -p stallwatch --test e2e -- --ignored --exact soak::soak --nocapture
 
-BENCH_DEBS := prometheus-node-exporter prometheus-process-exporter
+# rt-tests: hackbench, the switch-heavy load the eBPF source's overhead is measured on.
+BENCH_DEBS := prometheus-node-exporter prometheus-process-exporter rt-tests
 bench-deps:
 	@bash tests/scripts/ensure-debs.sh $(BENCH_DEBS)
 
@@ -60,6 +61,7 @@ bench: bench-deps
 	bash tests/scripts/bench.sh
 	python3 tests/scripts/bench_threads.py
 	python3 tests/scripts/bench_cloud.py
+	python3 tests/scripts/bench_bpf.py
 
 lint:
 	$(CARGO) clippy --workspace --all-targets -- -D warnings

@@ -389,13 +389,16 @@ impl driver::Sampler for Threads {
         let off = (cfg.bpf.enabled != bpf::Enabled::Off)
             .then(|| self.bpf_off.clone())
             .flatten();
-        s.episodes = Arc::new(self.episodes.snapshot(
+        let mut episodes = self.episodes.snapshot(
             cfg.top_groups,
             cfg.top_wchans,
             cfg.bpf.long_episode,
             status.filter(|_| self.bpf_wanted && self.bpf_off.is_none()),
             off,
-        ));
+        );
+        // Turned off by a reload: the programs are detached with their reader.
+        episodes.active = active;
+        s.episodes = Arc::new(episodes);
         s.taken = Some(SystemTime::now());
         s.clone()
     }
