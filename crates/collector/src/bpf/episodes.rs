@@ -115,6 +115,12 @@ impl<K: Clone + Eq + Hash + Ord> Fold<K> {
         }
     }
 
+    /// Straight into `other` (the kernel's overflow entry; a process that calls itself
+    /// `other`): one `group="other"` row, never two.
+    pub fn add_other(&mut self, h: &Hist) {
+        self.other.add(h);
+    }
+
     /// The rows: the top `top` names by seconds with their totals, then `other` (`None` as its
     /// key) once anything was folded.
     pub fn rows(&mut self, top: usize) -> Vec<Row<Option<K>>> {

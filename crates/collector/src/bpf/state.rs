@@ -47,9 +47,16 @@ impl EpisodeState {
         for e in &b.ended {
             // The overflow entry's comm is `other`: it lands in group="other".
             let group: Arc<str> = Arc::from(group_of(&e.comm, e.place.kernel_thread, rules));
-            self.groups.add(&group, &e.hist);
-            self.wchans
-                .add(&e.wchan.clone().unwrap_or_else(unknown), &e.hist);
+            if &*group == OTHER {
+                self.groups.add_other(&e.hist);
+            } else {
+                self.groups.add(&group, &e.hist);
+            }
+            match &e.wchan {
+                Some(w) if &**w == OTHER => self.wchans.add_other(&e.hist),
+                Some(w) => self.wchans.add(w, &e.hist),
+                None => self.wchans.add(&unknown(), &e.hist),
+            }
             if let Some(c) = &e.place.container {
                 self.containers.add(c, &e.hist);
             }
@@ -132,5 +139,111 @@ impl EpisodeState {
             symbols: self.symbols,
             status,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::bpf::source::{Ended, Long, Place};
+    use crate::cgroup::{Identity, Runtime};
+    use std::time::Instant;
+
+    fn place(container: Option<&str>, kernel_thread: bool) -> Place {
+        Place {
+            kernel_thread,
+            cgroup: container.map(|c| Arc::from(format!("/docker/{c}").as_str())),
+            container: container.map(|c| {
+                Arc::new(Identity {
+                    container_id: c.into(),
+                    runtime: Runtime::Docker,
+                    pod_uid: None,
+                    qos: None,
+                })
+            }),
+        }
+    }
+
+    fn ended(comm: &str, container: Option<&str>, kt: bool, n: u64, secs: f64) -> Ended {
+        let mut hist = Hist {
+            count: n,
+            seconds: secs,
+            ..Hist::default()
+        };
+        hist.buckets[12] = n;
+        Ended {
+            comm: comm.into(),
+            place: place(container, kt),
+            wchan: Some(Arc::from("io_schedule")),
+            hist,
+        }
+    }
+
+    #[test]
+    fn drains_add_up_by_group_container_and_wait_channel() {
+        let base = Instant::now();
+        let mut s = EpisodeState::default();
+        let id = "a".repeat(64);
+        let long = |tid: u32, secs: f64| Long {
+            pid: 1,
+            tid,
+            comm: "dd".into(),
+            place: place(Some(&id), false),
+            wchan: None,
+            seconds: secs,
+            ended_unix: 1e9,
+            stack: Some(Arc::from("a\nb")),
+        };
+        let b = Batch {
+            ended: vec![
+                ended("kworker/u8:2", None, true, 3, 0.3),
+                ended("kworker/0:1", None, true, 1, 0.1),
+                ended("dd", Some(&id), false, 10, 2.0),
+                ended("other", None, false, 2, 0.5), // the overflow entry
+            ],
+            running: vec![
+                Running {
+                    pid: 7,
+                    tid: 8,
+                    comm: "dd".into(),
+                    place: place(Some(&id), false),
+                    wchan: Some(Arc::from("io_schedule")),
+                    since: base + Duration::from_secs(2),
+                    seeded: false,
+                    stack: None,
+                },
+                Running {
+                    pid: 7,
+                    tid: 9,
+                    comm: "dd".into(),
+                    place: place(Some(&id), false),
+                    wchan: None,
+                    since: base + Duration::from_secs(1),
+                    seeded: true,
+                    stack: None,
+                },
+            ],
+            long: vec![long(1, 1.5), long(2, 2.5)],
+            ..Batch::default()
+        };
+        let raw = s.apply(b, &[], base);
+        assert_eq!(raw.len(), 2);
+        assert_eq!(raw[0].tid, 9, "longest first");
+        assert_eq!(
+            raw[0].starttime, 1_000_000_000,
+            "the episode's start stands for it"
+        );
+        let snap = s.snapshot(20, 20, Duration::from_secs(1), None, None);
+        assert!(snap.active);
+        let g: Vec<(&str, u64)> = snap.groups.iter().map(|(n, h)| (&**n, h.count)).collect();
+        assert_eq!(g, [("dd", 10), ("kworker", 4), ("other", 2)]);
+        assert_eq!(snap.total.count, 16);
+        assert_eq!(snap.containers.len(), 1);
+        assert_eq!(snap.containers[0].1.count, 10);
+        assert_eq!(snap.wchans[0].0.as_ref(), "io_schedule");
+        assert_eq!(snap.long[0].tid, 2, "newest first");
+        assert_eq!(snap.long[0].container_id.as_deref(), Some(id.as_str()));
+        assert_eq!(snap.in_flight[0].tid, 9);
+        assert!(snap.in_flight[0].seeded);
     }
 }
