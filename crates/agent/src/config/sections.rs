@@ -26,6 +26,8 @@ pub struct FileConfig {
     pub probe: Vec<ProbeSection>,
     pub containers: ContainersSection,
     pub cloud: CloudSection,
+    pub verdict: super::verdict::VerdictSection,
+    pub incident: super::verdict::IncidentSection,
 }
 
 /// `[cloud]`: AWS discovery, EBS volumes, BurstBalance and the local credit model.
@@ -192,6 +194,10 @@ pub struct ThreadsSection {
     pub group_rules: Vec<GroupRuleSpec>,
     /// CPU budget of the walk, share of one core ("5%"): the cadence stretches to keep under it.
     pub max_cpu: PercentSpec,
+    /// Read the kernel stacks of threads in D (needs CAP_SYS_ADMIN).
+    pub stacks: bool,
+    /// At most this many stacks per walk.
+    pub stacks_max: usize,
 }
 
 impl Default for ThreadsSection {
@@ -207,6 +213,8 @@ impl Default for ThreadsSection {
             timeout: d.source_timeout,
             group_rules: Vec::new(),
             max_cpu: PercentSpec(d.max_cpu),
+            stacks: d.stacks,
+            stacks_max: d.stacks_max,
         }
     }
 }
