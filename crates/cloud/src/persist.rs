@@ -252,7 +252,10 @@ mod tests {
         let wait = |f: &dyn Fn() -> bool| {
             let t = Instant::now();
             while !f() {
-                assert!(t.elapsed() < Duration::from_secs(10), "the thread never answered");
+                assert!(
+                    t.elapsed() < Duration::from_secs(10),
+                    "the thread never answered"
+                );
                 thread::sleep(Duration::from_millis(5));
             }
         };
