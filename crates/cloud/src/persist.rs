@@ -259,17 +259,21 @@ mod tests {
                 thread::sleep(Duration::from_millis(5));
             }
         };
+        let loaded = || {
+            let got = std::cell::RefCell::new(None);
+            wait(&|| {
+                let l = saver.loaded();
+                let some = l.is_some();
+                if some {
+                    *got.borrow_mut() = l;
+                }
+                some
+            });
+            got.into_inner()
+        };
         // No file yet: an empty load, not an error.
-        let first = std::cell::RefCell::new(None);
-        wait(&|| {
-            let l = saver.loaded();
-            let got = l.is_some();
-            if got {
-                *first.borrow_mut() = l;
-            }
-            got
-        });
-        assert_eq!(first.into_inner(), Some(Ok(Vec::new())));
+        let first = loaded();
+        assert_eq!(first, Some(Ok(Vec::new())));
         assert_eq!(saver.boot_id.as_deref(), Some("abc-123"));
         saver.offer(SavedState::new("abc-123".into(), 2.0, vec![volume()]));
         wait(&|| path.exists());
@@ -288,16 +292,8 @@ mod tests {
             .collect();
         assert_eq!(leftovers.len(), 1, "no temporary file left: {leftovers:?}");
         saver.reload();
-        let again = std::cell::RefCell::new(None);
-        wait(&|| {
-            let l = saver.loaded();
-            let got = l.is_some();
-            if got {
-                *again.borrow_mut() = l;
-            }
-            got
-        });
-        assert_eq!(again.into_inner(), Some(Ok(vec![volume()])));
+        let again = loaded();
+        assert_eq!(again, Some(Ok(vec![volume()])));
     }
 
     #[test]

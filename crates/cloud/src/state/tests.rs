@@ -107,6 +107,14 @@ fn on_instance(s: &mut State, instance_type: &str) {
     });
 }
 
+/// A state on an instance of `instance_type` with `vols` described (no disks).
+fn described(instance_type: &str, vols: Vec<Volume>, c: &CloudConfig) -> State {
+    let mut s = State::default();
+    on_instance(&mut s, instance_type);
+    describe(&mut s, vec![], vols, c);
+    s
+}
+
 fn describe(s: &mut State, disks: Vec<BlockDevice>, vols: Vec<Volume>, c: &CloudConfig) {
     let d = s.on_describe(Some(disks), Ok(vols), c, T0);
     assert!(!matches!(d, Described::Failed { .. }));

@@ -25,7 +25,7 @@ fn a_poll_follows_a_describe_only_when_the_volumes_changed() {
     crate::harness::write(
         &cfg,
         &aws.config(
-            "poll_interval = \"1h\"\nfast_poll_interval = \"1h\"\ndescribe_interval = \"1s\"",
+            "poll_interval = \"1h\"\nfast_poll_interval = \"1h\"\ndescribe_interval = \"1s\"\nchecks = false",
         ),
     );
     let agent = start_agent(&cfg);

@@ -19,6 +19,21 @@ mod drain;
 mod headroom;
 
 pub(super) const GP2_CREDITS: f64 = 5_400_000.0;
+
+/// The agent's config for a scenario: every `[cloud]` cadence at its default, the harness's
+/// endpoints and state file, and `dev` standing in for volume `vol`.
+pub(super) fn config(aws: &Aws, dev: &str, vol: &str) -> std::path::PathBuf {
+    let dir = aws.state.path().join("config");
+    std::fs::create_dir_all(&dir).unwrap();
+    let cfg = dir.join("stallwatch.toml");
+    crate::harness::write(
+        &cfg,
+        &aws.config(&format!(
+            "\n[[cloud.volume]]\ndevice = \"{dev}\"\nvolume_id = \"{vol}\"\n"
+        )),
+    );
+    cfg
+}
 const GP2_BURST: f64 = 3_000.0;
 
 /// The test's own EBS: a gp2 volume's credit bucket, spent by the I/O the kernel counts on the
@@ -128,7 +143,8 @@ impl PlayedCloudWatch {
 /// and publishes per-minute averages to CloudWatch 30 s after each minute ends. The agent's
 /// estimate must track the played bucket every second (±2 points as the issue asks; we hold it
 /// to ±0.25, since the whole run moves only 4 points) and its seconds-to-empty, read once the
-/// drain window is full, must predict the drop within 10 %.
+/// drain window is full, must predict the drop within 10 % (of the bucket's own forecast at that
+/// moment, and of the actual drop when the writers held their rate).
 #[test]
 fn the_estimate_tracks_a_draining_gp2_bucket_and_predicts_when_it_empties() {
     if !crate::harness::require_root("cloud::early::the_estimate_tracks") {
@@ -291,13 +307,38 @@ fn the_estimate_tracks_a_draining_gp2_bucket_and_predicts_when_it_empties() {
     let (t_pred, tte) = prediction.expect("a prediction was taken");
     let actual = t_empty - t_pred;
     let err = (tte - actual).abs() / actual;
+    // The played bucket's own forecast at the same moment (its level over its net drain of the
+    // same minute): what any prediction can know. The actual emptying equals it only if the
+    // writers kept their rate; on a busy machine they may not (the drain then speeds up or
+    // slows down after the prediction).
+    let level_at = |t: f64| {
+        cw.samples
+            .iter()
+            .min_by(|a, b| (a.0 - t).abs().total_cmp(&(b.0 - t).abs()))
+            .map(|s| s.1)
+            .unwrap()
+    };
+    let (p0, p1) = (level_at(t_pred - 60.0), level_at(t_pred));
+    let rate_before = (p0 - p1) / 60.0;
+    let rate_after = p1 / actual;
+    let forecast = p1 / rate_before;
+    let ferr = (tte - forecast).abs() / forecast;
+    let steady = ((rate_after - rate_before) / rate_before).abs() <= 0.10;
     eprintln!(
-        "early warning: predicted empty in {tte:.1}s at +{:.0}s, emptied {actual:.1}s later (error {:.1} %); worst estimate error {worst:.3} points; {} CloudWatch minutes published",
+        "early warning: predicted empty in {tte:.1}s at +{:.0}s, the bucket's own forecast {forecast:.1}s (error {:.1} %), emptied {actual:.1}s later (error {:.1} %; load {}); worst estimate error {worst:.3} points; {} CloudWatch minutes published",
         t_pred - load_start,
+        ferr * 100.0,
         err * 100.0,
+        if steady { "steady" } else { "not steady: the machine was busy" },
         cw.published.len()
     );
-    assert!(err <= 0.10, "predicted {tte:.1}s, actual {actual:.1}s");
+    assert!(
+        ferr <= 0.10,
+        "predicted {tte:.1}s, the bucket's forecast {forecast:.1}s"
+    );
+    if steady {
+        assert!(err <= 0.10, "predicted {tte:.1}s, actual {actual:.1}s");
+    }
     assert!(worst <= 0.25, "worst tracking error {worst:.3} points");
     // Below fast_poll_below the agent polls every 5 s, not every 60 s.
     let polls = aws.metric_calls().len() - calls_before;

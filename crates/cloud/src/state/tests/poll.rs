@@ -133,12 +133,9 @@ fn nothing_to_ask_polls_at_the_normal_interval() {
 
 #[test]
 fn the_plan_asks_bursting_volumes_and_the_instance_balances_that_apply() {
-    let mut s = State::default();
     let c = cfg();
-    on_instance(&mut s, "m5.large");
-    describe(
-        &mut s,
-        vec![],
+    let mut s = described(
+        "m5.large",
         vec![
             vol("vol-gp2", "gp2", 100),
             vol("vol-gp3", "gp3", 100),
@@ -174,16 +171,13 @@ fn the_plan_asks_bursting_volumes_and_the_instance_balances_that_apply() {
 
 #[test]
 fn the_checks_are_asked_for_every_volume_under_instance_and_volume_and_exported() {
-    let mut s = State::default();
     let c = CloudConfig {
         checks: true,
         instance_balances: false,
         ..cfg()
     };
-    on_instance(&mut s, "m5.large");
-    describe(
-        &mut s,
-        vec![],
+    let mut s = described(
+        "m5.large",
         vec![
             vol("vol-gp2", "gp2", 100),
             vol("vol-gp3", "gp3", 100),
@@ -250,12 +244,9 @@ fn the_checks_are_asked_for_every_volume_under_instance_and_volume_and_exported(
 
 #[test]
 fn poll_results_map_back_by_index_and_older_points_are_ignored() {
-    let mut s = State::default();
     let c = cfg();
-    on_instance(&mut s, "m5.large");
-    describe(
-        &mut s,
-        vec![],
+    let mut s = described(
+        "m5.large",
         vec![vol("vol-a", "gp2", 100), vol("vol-b", "st1", 500)],
         &c,
     );
@@ -339,10 +330,8 @@ fn at_start_the_newest_point_is_carried_to_now_at_the_trend_of_the_history() {
 
 #[test]
 fn instance_ebs_balances_count_as_low_and_cpu_credits_do_not() {
-    let mut s = State::default();
     let c = cfg();
-    on_instance(&mut s, "t3.micro");
-    describe(&mut s, vec![], vec![], &c);
+    let mut s = described("t3.micro", vec![], &c);
     let plan = s.poll_plan(&c);
     assert_eq!(plan.targets[2], Target::Balance(InstanceBalance::CpuCredit));
     s.on_poll(&plan, Ok(pts(BTreeMap::from([(2, point(5.0, T0))]))), T0)

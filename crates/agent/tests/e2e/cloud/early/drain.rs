@@ -16,7 +16,7 @@
 use std::time::{Duration, Instant};
 
 use super::super::{minute, now, start_agent, Aws};
-use super::{PlayedCloudWatch, PlayedGp2, GP2_CREDITS};
+use super::{config, PlayedCloudWatch, PlayedGp2, GP2_CREDITS};
 use crate::harness::Metrics;
 
 const START_PCT: f64 = 50.0;
@@ -24,20 +24,6 @@ const LOAD_IOPS: u32 = 3_000;
 const BASELINE: f64 = 100.0; // 1 GiB gp2
 /// CloudWatch publishes a minute this long after it ends.
 const LAG: f64 = 150.0;
-
-fn config(aws: &Aws, dev: &str, vol: &str) -> std::path::PathBuf {
-    let dir = aws.state.path().join("config");
-    std::fs::create_dir_all(&dir).unwrap();
-    let cfg = dir.join("stallwatch.toml");
-    // Every cadence at its default: only the endpoints, the state file and the stand-in device.
-    crate::harness::write(
-        &cfg,
-        &aws.config(&format!(
-            "\n[[cloud.volume]]\ndevice = \"{dev}\"\nvolume_id = \"{vol}\"\n"
-        )),
-    );
-    cfg
-}
 
 #[test]
 fn a_fast_drain_with_no_history_warns_ten_minutes_before_cloudwatch_and_survives_a_restart() {
@@ -128,6 +114,18 @@ fn a_fast_drain_with_no_history_warns_ten_minutes_before_cloudwatch_and_survives
         }
         if t_anchor.is_none() && basis(&m, "cloudwatch") {
             t_anchor = Some(t);
+            // Said once at INFO: when the model is anchored, and from which point.
+            let log = agent.log();
+            let line = log
+                .lines()
+                .find(|l| l.contains("Anchored the credit model on CloudWatch."))
+                .unwrap_or_else(|| panic!("no INFO line for the anchor:\n{log}"));
+            assert!(
+                line.contains("level=info")
+                    && line.contains(&vol)
+                    && line.contains("point_minute="),
+                "{line}"
+            );
             eprintln!(
                 "drain: +{:.0}s anchored on CloudWatch ({:.0} s after the first point was published)",
                 t - t0,

@@ -13,21 +13,23 @@ use crate::harness::{Agent, Metrics};
 /// Starts the agent with `dev` standing in for the first volume of `setup`, and waits until
 /// that volume has a headroom (two readings of its device).
 fn agent_for(aws: &Aws, vol: &str, dev: &str) -> Agent {
-    let dir = aws.state.path().join("config");
-    std::fs::create_dir_all(&dir).unwrap();
-    let cfg = dir.join("stallwatch.toml");
-    crate::harness::write(
-        &cfg,
-        &aws.config(&format!(
-            "\n[[cloud.volume]]\ndevice = \"{dev}\"\nvolume_id = \"{vol}\"\n"
-        )),
-    );
+    let cfg = super::config(aws, dev, vol);
     let agent = start_agent(&cfg);
     let any = format!("stallwatch_ebs_volume_headroom_ratio{{volume_id=\"{vol}\",limit=\"iops\"}}");
     agent.wait_for(Duration::from_secs(20), "a first headroom", |m| {
         m.get(&any).is_some()
     });
     agent
+}
+
+/// A write bytes-per-second throttle on the rig's device beside its iops one (blkio v1; it goes
+/// with the rig's cgroup).
+fn set_write_bps(rig: &DStateRig, bps: u64) {
+    let dev = rig.loop_device();
+    let devnum = std::fs::read_to_string(format!("/sys/block/{dev}/dev")).unwrap();
+    let file = rig.cgroup_dir().join("blkio.throttle.write_bps_device");
+    std::fs::write(&file, format!("{} {bps}", devnum.trim()))
+        .unwrap_or_else(|e| panic!("write {}: {e}", file.display()));
 }
 
 /// Scrapes every 50 ms from `start` until `series` is below 0.1; the time it took.
@@ -116,8 +118,9 @@ fn an_io2_at_its_throughput_limit_shows_headroom_under_10_percent_within_2_s() {
         serde_json::json!({"volumes": [{"type": "io2", "size": 10, "iops": 100, "created_ago": 86_400}]}),
     );
     let vol = Aws::volumes(&setup).remove(0);
-    // Two writers of 1 MiB O_DIRECT writes, held in D at 2 a second.
-    let rig = DStateRig::start_sized(2, 2, 1 << 20);
+    // Four writers of 1 MiB O_DIRECT writes, held in D at 2 a second (enough of them in
+    // flight that the throttle, not the writers, sets the rate on a busy machine).
+    let rig = DStateRig::start_sized(4, 2, 1 << 20);
     let dev = rig.loop_device();
     let agent = agent_for(&aws, &vol, &dev);
     let limit =
@@ -131,7 +134,7 @@ fn an_io2_at_its_throughput_limit_shows_headroom_under_10_percent_within_2_s() {
     let tp =
         format!("stallwatch_ebs_volume_headroom_ratio{{volume_id=\"{vol}\",limit=\"throughput\"}}");
     // 25 MiB/s: the throughput throttle governs, the IOPS one (25 writes a second) is above it.
-    rig.set_write_bps(25 << 20);
+    set_write_bps(&rig, 25 << 20);
     rig.set_write_iops(1_000);
     let (took, m) = time_to_low_headroom(&agent, &tp, Instant::now());
     eprintln!(
