@@ -209,10 +209,12 @@ fn names(g: &[WhoGroup]) -> String {
 
 fn disk_stalled(t: &Tick, node: &Node, th: &Th<'_>) -> Option<Finding> {
     let after = th.x(th.c.stall_after.as_secs_f64());
+    // stalled_seconds moves in steps of a tick; a quarter tick of slack keeps 2 s at two 1 s
+    // ticks when the sampler runs a millisecond early (1.999 s).
     let stalled: Vec<&DiskTick> = t
         .disks
         .iter()
-        .filter(|d| d.in_flight > 0 && d.stalled_seconds >= after)
+        .filter(|d| d.in_flight > 0 && d.stalled_seconds + t.dt / 4.0 >= after)
         .collect();
     let first = stalled.first()?;
     let evidence = stalled

@@ -230,6 +230,44 @@ fn a_device_that_completes_nothing_is_stalled_after_stall_after() {
     assert!(c.summary.contains("completed nothing"), "{}", c.summary);
 }
 
+/// The real hang (measured on the FUSE hung-disk rig): the device's last completions happen
+/// just after a tick, so the next tick still sees progress, and the sampler's ticks are not
+/// exactly 1 s apart. disk_stalled must still flip within 3 s of the hang: on the first tick
+/// over `stall_after` (no `enter_ticks` on top), with slack for ticks a millisecond early.
+#[test]
+fn a_disk_that_hangs_between_ticks_with_early_ticks_is_stalled_within_3_s() {
+    let (mut e, mut s, t0) = (engine(), Scene::default(), Instant::now());
+    s.disk.name = "vdb".into();
+    run(&mut e, &mut s, t0, 3, |s| {
+        s.advance(IDLE);
+        disk_load(&mut s.disk, 20, 0.02, 0.0, 1);
+    });
+    // The hang begins 0.1 s after the tick at t = 3; ticks come 1 ms early from now on.
+    let hang_at = s.t + 0.1;
+    let first = std::cell::Cell::new(true);
+    let v = run(&mut e, &mut s, t0, 5, |s| {
+        s.advance([[0.0, 0.0], [1.0, 1.0], [0.0, 0.0]]);
+        s.t -= 0.001;
+        if first.replace(false) {
+            // Completions of the 0.1 s before the hang, counted at this tick.
+            s.disk.writes_completed += 2;
+        }
+        s.disk.in_progress = 4;
+        s.disk.io_time_ms += 1000;
+        s.disk.weighted_io_time_ms += 4000;
+    });
+    let flip = v
+        .iter()
+        .find(|v| v.cause == Cause::DiskStalled)
+        .expect("disk_stalled");
+    let after = flip.time_unix - (1.8e9 + hang_at);
+    assert!(after <= 3.0, "disk_stalled {after:.3} s after the hang");
+    // Not on one tick without completions: only once stall_after is reached.
+    assert!(after >= 2.0 - 0.25, "too early: {after:.3} s");
+    assert_eq!(e.enter_ticks(Cause::DiskStalled), 1);
+    assert_eq!(e.enter_ticks(Cause::DiskSaturated), 2);
+}
+
 #[test]
 fn a_cpu_storm_is_not_io_and_says_what_it_is() {
     let (mut e, mut s, t0) = (engine(), Scene::default(), Instant::now());
