@@ -84,7 +84,7 @@ fn detect_one(cause: Cause, t: &Tick, node: &Node, th: &Th<'_>) -> Option<Findin
     match cause {
         Cause::DiskStalled => disk_stalled(t, node, th),
         Cause::EbsCredits => ebs_credits(t, node, th),
-        Cause::Memory => memory(t, th),
+        Cause::Memory => memory(t, node, th),
         Cause::Writeback => writeback(t, node, th),
         Cause::Lock => lock(node, th),
         Cause::DiskSaturated => disk_saturated(t, node, th),
@@ -315,7 +315,7 @@ fn ebs_credits(t: &Tick, node: &Node, th: &Th<'_>) -> Option<Finding> {
     ))
 }
 
-fn memory(t: &Tick, th: &Th<'_>) -> Option<Finding> {
+fn memory(t: &Tick, node: &Node, th: &Th<'_>) -> Option<Finding> {
     let [some, full] = t.psi[2];
     let mut e = Vec::new();
     if let Some(s) = some.filter(|s| *s >= th.x(th.c.memory_some)) {
@@ -347,14 +347,28 @@ fn memory(t: &Tick, th: &Th<'_>) -> Option<Finding> {
     } else {
         Severity::Warning
     };
-    let summary = format!(
+    let mut summary = format!(
         "Not I/O at the root: tasks stall on memory {} of the time (reclaim, refaults){}",
         pct(some.unwrap_or(0.0)),
         t.major_faults_per_second
             .map(|m| format!(", {m:.0} major faults/s"))
             .unwrap_or_default()
     );
-    Some(finding(Cause::Memory, severity, summary, e, Who::default()))
+    let full = super::memwho::at_limit(node, th.c.limit_share);
+    if !full.is_empty() {
+        let names: Vec<&str> = full
+            .iter()
+            .filter_map(|(_, e)| e.subject.as_deref())
+            .collect();
+        summary.push_str(&format!("; at their memory limit: {}", names.join(", ")));
+    }
+    let (containers, evidence): (Vec<_>, Vec<_>) = full.into_iter().unzip();
+    e.extend(evidence);
+    let who = Who {
+        containers,
+        ..Who::default()
+    };
+    Some(finding(Cause::Memory, severity, summary, e, who))
 }
 
 fn writeback(t: &Tick, node: &Node, th: &Th<'_>) -> Option<Finding> {
