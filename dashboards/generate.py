@@ -26,6 +26,28 @@ def overview():
     io_some = f'stallwatch_pressure_avg10_ratio{{{S}, resource="io", kind="some"}}'
     rows = [
         (
+            "The verdict: stalled now, and why (the agent's answer; details at / on the agent, or `stallwatch why`)",
+            [
+                stat("Stalled", [t(f"max(stallwatch_stalled{{{S}}})")], "short",
+                     thresholds=thresholds((1, "red")), w=4,
+                     desc="1 while the agent's verdict says the node is stalled (any cause)."),
+                stat("Cause now", [t(f"stallwatch_verdict{{{S}}} == 1", "{{cause}}", instant=True)],
+                     "short", w=6,
+                     desc="The active causes: disk_stalled, ebs_credits, writeback and disk_saturated "
+                     "are I/O; memory, lock and cpu are not; none = not stalled. The node page (/ on "
+                     "the agent) and `stallwatch why` give the evidence and who."),
+                ts("Active causes over time",
+                   [t(f'stallwatch_verdict{{{S}, cause!="none"}}', "{{cause}}")],
+                   "short", min=0, max=1, w=8, stack=True, draw="bars", fill=60,
+                   desc="1 while each cause is active (several can be at once)."),
+                ts("Stall seconds per cause (per hour)",
+                   [t(f'increase(stallwatch_verdict_seconds_total{{{S}, cause!="none"}}[1h])', "{{cause}}")],
+                   "s", min=0, w=6,
+                   desc="Seconds spent in each cause over the last hour; incidents: "
+                   "stallwatch_incidents_total and /api/v1/incidents on the agent."),
+            ],
+        ),
+        (
             "Is this node stalled on I/O right now?",
             [
                 stat("I/O pressure (some, avg10)", [t(io_some)], "percentunit",

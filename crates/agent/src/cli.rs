@@ -35,6 +35,12 @@ pub enum Command {
     /// cgroups, EBS devices, IMDS, probe directories) and what it will miss; exit 1 when
     /// something is broken.
     Doctor,
+    /// Ask the running agent: is this node stalled, since when, why, and who is stuck. Exit 0
+    /// when not stalled, 3 when stalled, 1 when the agent cannot be asked.
+    Why(crate::client::WhyArgs),
+    /// The running agent's recent incidents, or one incident's record (D threads with kernel
+    /// stacks, containers, disks, EBS).
+    Incidents(crate::client::IncidentsArgs),
     /// Internal: check one probe directory in a child process that may hang on a stalled
     /// filesystem without hanging its parent (see config/check.rs).
     #[command(name = "__check-probe-dir", hide = true)]
@@ -62,6 +68,8 @@ pub enum Exit {
     Failure = 1,
     /// The operator's input is wrong: the config file, the web config file or a flag.
     BadConfig = 2,
+    /// `why`: the agent answered and the node is stalled (on I/O or not).
+    Stalled = 3,
 }
 
 impl From<Exit> for std::process::ExitCode {

@@ -1,6 +1,7 @@
 //! `stallwatch`: the node agent. Wiring only: CLI → config → samplers → HTTP server.
 
 mod cli;
+mod client;
 mod config;
 mod doctor;
 mod dstate;
@@ -41,6 +42,8 @@ fn main() -> ExitCode {
         Command::CheckConfig => config::check::main(&cli.common),
         Command::Dstate(args) => dstate::main(&cli.common, &args),
         Command::Doctor => doctor::main(&cli.common),
+        Command::Why(args) => client::why_main(&args),
+        Command::Incidents(args) => client::incidents_main(&args),
         Command::CheckProbeDir { path } => Ok(config::check::child_main(&path)),
         Command::IncidentWrite {
             dir,

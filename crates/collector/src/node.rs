@@ -154,6 +154,7 @@ mod tests {
             }),
             kernel_thread: false,
             since: Instant::now(),
+            stack: None,
         }
     }
 

@@ -95,6 +95,7 @@ pub const BOUNDS: &[Bound] = &[
     share("threads.stall_psi_threshold", 0.0, 1.0, false),
     count("threads.top_groups", 1, 1000),
     count("threads.top_wchans", 1, 1000),
+    count("threads.stacks_max", 1, 1000),
     share("threads.max_cpu", 0.001, 1.0, true),
     count("threads.group_rules", 0, 100),
     count("probe", 0, 16),

@@ -185,6 +185,10 @@ pub struct ThreadsSection {
     pub group_rules: Vec<GroupRuleSpec>,
     /// CPU budget of the walk, share of one core ("5%"): the cadence stretches to keep under it.
     pub max_cpu: PercentSpec,
+    /// Read the kernel stacks of threads in D (needs CAP_SYS_ADMIN).
+    pub stacks: bool,
+    /// At most this many stacks per walk.
+    pub stacks_max: usize,
 }
 
 impl Default for ThreadsSection {
@@ -200,6 +204,8 @@ impl Default for ThreadsSection {
             timeout: d.source_timeout,
             group_rules: Vec::new(),
             max_cpu: PercentSpec(d.max_cpu),
+            stacks: d.stacks,
+            stacks_max: d.stacks_max,
         }
     }
 }

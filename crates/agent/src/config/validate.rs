@@ -137,6 +137,7 @@ pub fn threads(t: &ThreadsSection, loc: &Locator<'_>) -> Result<ThreadsConfig, C
         ("timeout", Value::Duration(t.timeout)),
         ("top_groups", Value::Count(t.top_groups as u64)),
         ("top_wchans", Value::Count(t.top_wchans as u64)),
+        ("stacks_max", Value::Count(t.stacks_max as u64)),
         ("stall_psi_threshold", Value::Share(t.stall_psi_threshold.0)),
         ("max_cpu", Value::Share(t.max_cpu.0)),
     ] {
@@ -175,6 +176,8 @@ pub fn threads(t: &ThreadsSection, loc: &Locator<'_>) -> Result<ThreadsConfig, C
             .collect(),
         source_timeout: t.timeout,
         max_cpu: t.max_cpu.0,
+        stacks: t.stacks,
+        stacks_max: t.stacks_max,
     })
 }
 

@@ -99,9 +99,8 @@ pub fn d_rows(node: &Node, max: usize, stacks: bool) -> Vec<DRow> {
         .collect()
 }
 
-// PENDING(signals): `DThread.stack` lands with the signals branch.
-fn stack_of(_d: &DThread) -> Option<String> {
-    None
+fn stack_of(d: &DThread) -> Option<String> {
+    d.stack.as_deref().map(str::to_string)
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, serde::Deserialize)]
@@ -216,13 +215,7 @@ impl Incidents {
 
     /// Follows one evaluation. Returns a record to persist (opened, every 30 s while open,
     /// and closed).
-    pub fn follow(
-        &mut self,
-        ev: &Evaluation,
-        node: &Node,
-        ring: &Ring,
-        stacks_missing: Option<&str>,
-    ) -> Option<Arc<Record>> {
+    pub fn follow(&mut self, ev: &Evaluation, node: &Node, ring: &Ring) -> Option<Arc<Record>> {
         let v = &ev.verdict;
         let now = v.time_unix;
         if ev.hot {
@@ -254,9 +247,6 @@ impl Incidents {
             }
             self.opened[v.cause.index()] += 1;
             let mut missing = Vec::new();
-            if let Some(m) = stacks_missing {
-                missing.push(m.to_string());
-            }
             if !node.view.threads.enabled {
                 missing
                     .push("D threads: the thread walk is off ([threads] enabled = false)".into());
@@ -321,6 +311,12 @@ impl Incidents {
         if node.view.threads.stuck.len() >= rec.dstate.len() && !node.view.threads.stuck.is_empty()
         {
             rec.dstate = d_rows(node, MAX_DSTATE, true);
+            if let Some(why) = &node.view.threads.stacks_missing {
+                let line = format!("kernel stacks: {why}");
+                if !rec.missing.contains(&line) {
+                    rec.missing.push(line);
+                }
+            }
         }
         merge_containers(&mut rec.containers, ev, node);
         for d in &ev.tick.disks {
@@ -393,6 +389,14 @@ impl Incidents {
             }
         }
     }
+}
+
+/// The busiest containers now (by I/O rate over the last container pass, and those with
+/// threads in D), at most 10: the verdict's `containers`.
+pub fn top_containers(ev: &Evaluation, node: &Node) -> Vec<ContainerLine> {
+    let mut lines = Vec::new();
+    merge_containers(&mut lines, ev, node);
+    lines
 }
 
 /// The busiest containers of the incident: by I/O rate (peak), with their D threads.

@@ -32,6 +32,9 @@ pub struct Published {
     /// The open incident's id, if any.
     pub incident: Option<String>,
     pub dstate: Vec<DRow>,
+    /// The busiest containers now: by I/O rate over the last container pass, then those with
+    /// threads in D (at most 10).
+    pub containers: Vec<incident::ContainerLine>,
     pub signals: serde_json::Map<String, serde_json::Value>,
     #[serde(skip)]
     pub seconds: [f64; 8],
@@ -53,8 +56,6 @@ pub struct Analysis {
     published: ArcSwap<Published>,
     store: Mutex<Option<Store>>,
     pub writes: Arc<Writes>,
-    /// Why kernel stacks are missing from the records, if they are.
-    stacks_missing: Mutex<Option<String>>,
 }
 
 impl std::fmt::Debug for Analysis {
@@ -78,7 +79,6 @@ impl Analysis {
             published: ArcSwap::from_pointee(Published::default()),
             store: Mutex::new(None),
             writes: Arc::default(),
-            stacks_missing: Mutex::new(None),
         })
     }
 
@@ -123,11 +123,6 @@ impl Analysis {
 
     /// One host tick: evaluate, record, publish.
     pub fn on_node(&self, node: &Node) {
-        let stacks = self
-            .stacks_missing
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .clone();
         let mut g = self.lock();
         let Inner {
             engine,
@@ -145,12 +140,14 @@ impl Analysis {
         }
         let point = Point::of(&ev.tick, &ev.verdict);
         ring.push(point);
-        let save = incidents.follow(&ev, node, ring, stacks.as_deref());
+        let save = incidents.follow(&ev, node, ring);
         let open = incidents.list().into_iter().find(|h| h.open).map(|h| h.id);
+        let containers = incident::top_containers(&ev, node);
         let published = Published {
             verdict: ev.verdict,
             incident: open,
             dstate: d_rows(node, 50, false),
+            containers,
             signals: point.named(),
             seconds: engine.totals.seconds,
             incidents: incidents.opened,

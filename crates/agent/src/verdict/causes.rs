@@ -3,15 +3,12 @@
 //! only at the hold thresholds (`hold_ratio` × each, [`Level::Hold`]), or not at all; with
 //! the evidence (signal, value, threshold) and who.
 
-use std::collections::BTreeMap;
-
 use stallwatch_collector::sample::dstate::DThread;
 
 use super::tick::{DiskTick, Tick};
 use super::wchan::WaitKind;
-use super::{
-    Cause, Evidence, Severity, VerdictConfig, WchanCount, Who, WhoContainer, WhoDevice, WhoGroup,
-};
+use super::who::{container, names, who_device, who_waits};
+use super::{Cause, Evidence, Severity, VerdictConfig, Who, WhoDevice};
 use crate::node::Node;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
@@ -86,7 +83,7 @@ fn detect_one(cause: Cause, t: &Tick, node: &Node, th: &Th<'_>) -> Option<Findin
         Cause::EbsCredits => ebs_credits(t, node, th),
         Cause::Memory => memory(t, node, th),
         Cause::Writeback => writeback(t, node, th),
-        Cause::Lock => lock(node, th),
+        Cause::Lock => lock(t, node, th),
         Cause::DiskSaturated => disk_saturated(t, node, th),
         Cause::Cpu => cpu(t, node, th),
         Cause::None => None,
@@ -110,6 +107,14 @@ fn finding(
     }
 }
 
+/// The kernel's hung-task detector fired in the tick: a task in D for longer than
+/// `hung_task_timeout_secs` (evidence for the causes that put tasks in D).
+fn hung(t: &Tick, e: &mut Vec<Evidence>) {
+    if let Some(n) = t.hung_task_detections.filter(|n| *n > 0) {
+        e.push(ev("hung_task_detections", None, n as f64, 0.0, "tasks"));
+    }
+}
+
 /// Tasks wait on I/O: PSI io some or full over its threshold. The gate of the I/O causes
 /// other than `disk_stalled` (which is a stall by itself).
 fn io_pressure(t: &Tick, th: &Th<'_>) -> Option<Vec<Evidence>> {
@@ -124,89 +129,6 @@ fn io_pressure(t: &Tick, th: &Th<'_>) -> Option<Vec<Evidence>> {
     (!e.is_empty()).then_some(e)
 }
 
-fn who_device(d: &DiskTick) -> WhoDevice {
-    WhoDevice {
-        name: d.name.clone(),
-        major: d.major,
-        minor: d.minor,
-        volume_id: d.volume_id.clone(),
-    }
-}
-
-/// Who is in D at the last walk, by group (most threads first) and container, keeping the
-/// threads `keep` selects.
-pub fn who_waits(node: &Node, keep: impl Fn(&DThread) -> bool) -> Who {
-    let mut groups: BTreeMap<&str, (u64, BTreeMap<&str, u64>)> = BTreeMap::new();
-    let mut containers: BTreeMap<&str, u64> = BTreeMap::new();
-    for d in node.view.threads.stuck.iter().filter(|d| keep(d)) {
-        let g = groups.entry(&d.group).or_default();
-        g.0 += 1;
-        *g.1.entry(d.wchan.as_deref().unwrap_or("?")).or_default() += 1;
-        if let Some(c) = &d.container {
-            *containers.entry(&c.container_id).or_default() += 1;
-        }
-    }
-    let mut groups: Vec<WhoGroup> = groups
-        .into_iter()
-        .map(|(g, (n, w))| {
-            let mut wchans: Vec<WchanCount> = w
-                .into_iter()
-                .map(|(w, n)| WchanCount {
-                    wchan: w.to_string(),
-                    threads: n,
-                })
-                .collect();
-            wchans.sort_by_key(|w| std::cmp::Reverse(w.threads));
-            wchans.truncate(5);
-            WhoGroup {
-                group: g.to_string(),
-                d_threads: n,
-                wchans,
-            }
-        })
-        .collect();
-    groups.sort_by_key(|g| std::cmp::Reverse(g.d_threads));
-    groups.truncate(5);
-    let mut containers: Vec<WhoContainer> = containers
-        .into_iter()
-        .map(|(id, n)| container(node, id, n))
-        .collect();
-    containers.sort_by_key(|c| std::cmp::Reverse(c.d_threads));
-    containers.truncate(5);
-    Who {
-        devices: Vec::new(),
-        containers,
-        groups,
-    }
-}
-
-fn container(node: &Node, id: &str, d_threads: u64) -> WhoContainer {
-    let row = node
-        .view
-        .containers
-        .containers
-        .iter()
-        .find(|r| r.identity.container_id == id);
-    WhoContainer {
-        id: id.to_string(),
-        name: row.and_then(|r| r.name.clone()),
-        runtime: row.map_or("unknown", |r| r.identity.runtime.as_str()),
-        d_threads,
-    }
-}
-
-fn names(g: &[WhoGroup]) -> String {
-    let v: Vec<String> = g
-        .iter()
-        .take(3)
-        .map(|g| match g.wchans.first() {
-            Some(w) => format!("{} ×{} in {}", g.group, g.d_threads, w.wchan),
-            None => format!("{} ×{}", g.group, g.d_threads),
-        })
-        .collect();
-    v.join(", ")
-}
-
 fn disk_stalled(t: &Tick, node: &Node, th: &Th<'_>) -> Option<Finding> {
     let after = th.x(th.c.stall_after.as_secs_f64());
     // stalled_seconds moves in steps of a tick; a quarter tick of slack keeps 2 s at two 1 s
@@ -217,7 +139,7 @@ fn disk_stalled(t: &Tick, node: &Node, th: &Th<'_>) -> Option<Finding> {
         .filter(|d| d.in_flight > 0 && d.stalled_seconds + t.dt / 4.0 >= after)
         .collect();
     let first = stalled.first()?;
-    let evidence = stalled
+    let mut evidence: Vec<Evidence> = stalled
         .iter()
         .map(|d| {
             ev(
@@ -229,6 +151,7 @@ fn disk_stalled(t: &Tick, node: &Node, th: &Th<'_>) -> Option<Finding> {
             )
         })
         .collect();
+    hung(t, &mut evidence);
     let mut who = who_waits(node, |d| {
         WaitKind::of(d.wchan.as_deref()) != WaitKind::Other
     });
@@ -339,30 +262,55 @@ fn memory(t: &Tick, node: &Node, th: &Th<'_>) -> Option<Finding> {
     if e.is_empty() {
         return None;
     }
-    if let Some(m) = t.major_faults_per_second {
-        e.push(ev("major_faults_per_second", None, m, 0.0, "1/s"));
+    for (signal, v, unit) in [
+        ("major_faults_per_second", t.major_faults_per_second, "1/s"),
+        (
+            "direct_reclaim_stalls_per_second",
+            t.allocstalls_per_second,
+            "1/s",
+        ),
+        (
+            "compaction_stalls_per_second",
+            t.compact_stalls_per_second,
+            "1/s",
+        ),
+        (
+            "direct_scan_bytes_per_second",
+            t.direct_scan_bytes_per_second,
+            "bytes/s",
+        ),
+        ("refaults_per_second", t.refaults_per_second, "1/s"),
+    ] {
+        if let Some(v) = v.filter(|v| *v > 0.0) {
+            e.push(ev(signal, None, v, 0.0, unit));
+        }
     }
     let severity = if full.unwrap_or(0.0) >= th.c.memory_full * 4.0 {
         Severity::Critical
     } else {
         Severity::Warning
     };
-    let mut summary = format!(
-        "Not I/O at the root: tasks stall on memory {} of the time (reclaim, refaults){}",
-        pct(some.unwrap_or(0.0)),
-        t.major_faults_per_second
-            .map(|m| format!(", {m:.0} major faults/s"))
+    let rate = |v: Option<f64>, what: &str| {
+        v.filter(|v| *v > 0.0)
+            .map(|v| format!(", {v:.0} {what}/s"))
             .unwrap_or_default()
+    };
+    let mut summary = format!(
+        "Not I/O at the root: tasks stall on memory {} of the time{}{}{}",
+        pct(some.unwrap_or(0.0)),
+        rate(t.refaults_per_second, "refaults"),
+        rate(t.allocstalls_per_second, "direct reclaim stalls"),
+        rate(t.major_faults_per_second, "major faults")
     );
-    let full = super::memwho::at_limit(node, th.c.limit_share);
-    if !full.is_empty() {
-        let names: Vec<&str> = full
+    let at_limit = super::memwho::at_limit(node, th.c.limit_share);
+    if !at_limit.is_empty() {
+        let names: Vec<&str> = at_limit
             .iter()
             .filter_map(|(_, e)| e.subject.as_deref())
             .collect();
         summary.push_str(&format!("; at their memory limit: {}", names.join(", ")));
     }
-    let (containers, evidence): (Vec<_>, Vec<_>) = full.into_iter().unzip();
+    let (containers, evidence): (Vec<_>, Vec<_>) = at_limit.into_iter().unzip();
     e.extend(evidence);
     let who = Who {
         containers,
@@ -427,7 +375,7 @@ fn writeback(t: &Tick, node: &Node, th: &Th<'_>) -> Option<Finding> {
     ))
 }
 
-fn lock(node: &Node, th: &Th<'_>) -> Option<Finding> {
+fn lock(t: &Tick, node: &Node, th: &Th<'_>) -> Option<Finding> {
     let after = std::time::Duration::from_secs_f64(th.x(th.c.lock_after.as_secs_f64()));
     let now = std::time::Instant::now();
     let on_lock = |d: &DThread| {
@@ -446,13 +394,14 @@ fn lock(node: &Node, th: &Th<'_>) -> Option<Finding> {
         return None;
     }
     let who = who_waits(node, on_lock);
-    let e = vec![ev(
+    let mut e = vec![ev(
         "d_threads_on_lock",
         None,
         n as f64,
         need as f64,
         "threads",
     )];
+    hung(t, &mut e);
     let summary = format!(
         "{n} threads in D on a lock, not on a device: {}",
         names(&who.groups)
@@ -481,10 +430,40 @@ fn disk_saturated(t: &Tick, node: &Node, th: &Th<'_>) -> Option<Finding> {
             }
         }
     }
-    if devices.is_empty() && at_limit.is_empty() {
-        return None;
-    }
     let mut parts = Vec::new();
+    let mut who = who_waits(node, |d| {
+        WaitKind::of(d.wchan.as_deref()) == WaitKind::Device
+    });
+    if devices.is_empty() && at_limit.is_empty() {
+        // Tasks wait on I/O, yet no device is at its limit and no container at a known limit:
+        // the I/O is held back above the devices (a blkio/io.max throttle whose limit was not
+        // read, a network filesystem) or spread thin. Still a stall on I/O; say so plainly,
+        // with who waits, rather than "not stalled".
+        if who.groups.is_empty() && t.psi[1][1].unwrap_or(0.0) < th.x(c.io_full) {
+            return None;
+        }
+        let busiest = t
+            .disks
+            .iter()
+            .max_by(|a, b| a.utilisation.total_cmp(&b.utilisation));
+        parts.push(format!(
+            "tasks wait on I/O {} of the time but no device is at its limit{}: held back above the disks (a cgroup I/O throttle, a network filesystem)",
+            pct(t.psi[1][0].unwrap_or(0.0)),
+            busiest
+                .map(|d| format!(" (busiest {} at {})", d.name, pct(d.utilisation)))
+                .unwrap_or_default()
+        ));
+        if !who.groups.is_empty() {
+            parts.push(format!("waiting: {}", names(&who.groups)));
+        }
+        return Some(finding(
+            Cause::DiskSaturated,
+            Severity::Warning,
+            parts.join("; "),
+            e,
+            who,
+        ));
+    }
     for d in devices.iter().take(3) {
         e.push(ev(
             "disk_utilisation",
@@ -518,9 +497,6 @@ fn disk_saturated(t: &Tick, node: &Node, th: &Th<'_>) -> Option<Finding> {
             d.iops
         ));
     }
-    let mut who = who_waits(node, |d| {
-        WaitKind::of(d.wchan.as_deref()) == WaitKind::Device
-    });
     who.devices = devices.iter().map(|d| who_device(d)).collect();
     for (ci, kind, limit, r) in at_limit.iter().take(3) {
         let name = ci

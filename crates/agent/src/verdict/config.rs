@@ -26,8 +26,7 @@ pub struct VerdictConfig {
     pub memory_full: f64,
     /// A device with I/O in flight and no completion for this long is stalled. EBS and NVMe
     /// complete I/O in milliseconds; 2 s with nothing completing is a hang, and at 1 s
-    /// sampling it flips within 3 s (it enters on the first tick over it: `enter_ticks` does
-    /// not apply, the duration is its confirmation).
+    /// sampling it flips within 3 s.
     pub stall_after: Duration,
     /// Device utilisation (share of time with I/O in flight) at which a device may be at its
     /// limit — with `await` or `queue` also high (utilisation alone means little on NVMe).
@@ -51,8 +50,8 @@ pub struct VerdictConfig {
     /// is empty.
     pub credits_empty: f64,
     /// A condition must hold on this many consecutive ticks to enter (1 would flap on one
-    /// noisy second; 2 still flips within 3 s at 1 s sampling). Not for `disk_stalled`, whose
-    /// condition is a duration already (`stall_after`).
+    /// noisy second; 2 still flips within 3 s at 1 s sampling). Not for `disk_stalled` and
+    /// `lock`, whose conditions already last `stall_after` / `lock_after`.
     pub enter_ticks: u32,
     /// A cause is left only when not even its hold level (`hold_ratio` × every entry
     /// threshold) has been seen for this long: a stall that pauses for a few seconds stays one

@@ -1,6 +1,5 @@
 //! Hysteresis and the verdict. Per cause: entered after its condition holds at the entry
-//! thresholds on `enter_ticks` consecutive ticks (`disk_stalled` on the first: its condition
-//! is already a duration, see [`Engine::enter_ticks`]); kept while it holds at least at the hold
+//! thresholds on `enter_ticks` consecutive ticks; kept while it holds at least at the hold
 //! thresholds (`hold_ratio` × each); left after `clear_after` without even that. The node is
 //! stalled while any cause is active; one stall is one incident however its causes change.
 
@@ -68,19 +67,6 @@ impl Engine {
         self.config = config;
     }
 
-    /// Consecutive ticks at the entry level a cause needs to enter. `enter_ticks` keeps one
-    /// noisy second of a rate (PSI, utilisation) from flipping the verdict. `disk_stalled` is
-    /// exempt: its condition, "nothing completed for `stall_after`", is itself a duration
-    /// counted over ticks, and confirming it once more adds a whole tick to every hang — a
-    /// disk that hangs between two ticks was then reported 3–4 s after (measured on the real
-    /// hung-disk rig: 3.9–4.0 s), not within the 3 s the issue asks for.
-    pub fn enter_ticks(&self, cause: Cause) -> u32 {
-        match cause {
-            Cause::DiskStalled => 1,
-            _ => self.config.enter_ticks.max(1),
-        }
-    }
-
     /// Evaluates the node if the host published a new snapshot since the last call.
     pub fn evaluate(&mut self, node: &Node) -> Option<Evaluation> {
         let tick = self.memory.tick(node, self.cpus)?;
@@ -95,11 +81,16 @@ impl Engine {
         let clear = self.config.clear_after.as_secs_f64();
         for (i, cause) in Cause::DETECTED.into_iter().enumerate() {
             let f = findings.iter().find(|f| f.cause == cause);
-            let need = self.enter_ticks(cause);
             let s = &mut self.states[i];
             match (s.since, f) {
                 (None, Some(f)) if f.level == Level::Enter => {
                     s.entering += 1;
+                    // disk_stalled and lock carry their own duration (stall_after,
+                    // lock_after): a second tick on top would only delay them.
+                    let need = match cause {
+                        Cause::DiskStalled | Cause::Lock => 1,
+                        _ => self.config.enter_ticks.max(1),
+                    };
                     if s.entering >= need {
                         // Since the first tick at the entry level: that is when it began.
                         let back = dt * f64::from(s.entering.saturating_sub(1));

@@ -21,6 +21,7 @@ mod engine;
 mod memwho;
 pub mod tick;
 mod wchan;
+mod who;
 
 #[cfg(test)]
 mod tests;

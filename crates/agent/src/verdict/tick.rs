@@ -68,6 +68,15 @@ pub struct Tick {
     /// shorter than one tick that the `Writeback` level never shows.
     pub written_bytes_per_second: Option<f64>,
     pub major_faults_per_second: Option<f64>,
+    /// Direct reclaim stalls (`allocstall_*`), compaction stalls, pages scanned by direct
+    /// reclaim (as bytes) and working-set refaults, per second.
+    pub allocstalls_per_second: Option<f64>,
+    pub compact_stalls_per_second: Option<f64>,
+    pub direct_scan_bytes_per_second: Option<f64>,
+    pub refaults_per_second: Option<f64>,
+    /// Hung-task detections in the tick (`hung_task_detect_count`, kernel ≥ 6.13): a task in
+    /// D for longer than `hung_task_timeout_secs`.
+    pub hung_task_detections: Option<u64>,
     pub disks: Vec<DiskTick>,
     pub containers: Vec<ContainerIo>,
     /// Threads in D at the last walk.
@@ -82,9 +91,6 @@ pub struct Tick {
 #[derive(Debug, Default)]
 pub struct Memory {
     host: Option<std::sync::Arc<HostSnapshot>>,
-    /// Per device: completions at the last tick, and when it last completed something (or
-    /// had nothing in flight).
-    devices: HashMap<(u32, u32), (u64, Instant)>,
     containers_taken: Option<SystemTime>,
     container_prev: HashMap<String, (SystemTime, Vec<stallwatch_collector::cgroup::DeviceIo>)>,
     container_rates: Vec<ContainerIo>,
@@ -119,7 +125,6 @@ impl Memory {
             Some(p) => std::sync::Arc::clone(p),
             None => {
                 self.host = Some(std::sync::Arc::clone(host));
-                self.track_devices(host, Instant::now());
                 return None;
             }
         };
@@ -166,13 +171,23 @@ impl Memory {
             t.dirty_bytes = m.dirty.map(|v| v as f64);
             t.writeback_bytes = m.writeback.map(|v| v as f64);
         }
+        t.written_bytes_per_second = host.written_bytes_per_second;
         if let (Some(v), Some(p)) = (&host.vmstat, &prev.vmstat) {
-            if let (Some(a), Some(b)) = (v.nr_written, p.nr_written) {
-                t.written_bytes_per_second = rate(a, b, dt).map(|r| r * page);
-            }
-            if let (Some(a), Some(b)) = (v.pgmajfault, p.pgmajfault) {
-                t.major_faults_per_second = rate(a, b, dt);
-            }
+            let r = |a: Option<u64>, b: Option<u64>| rate(a?, b?, dt);
+            t.major_faults_per_second = r(v.pgmajfault, p.pgmajfault);
+            t.allocstalls_per_second = r(v.allocstall, p.allocstall);
+            t.compact_stalls_per_second = r(v.compact_stall, p.compact_stall);
+            t.direct_scan_bytes_per_second = r(v.pgscan_direct, p.pgscan_direct).map(|x| x * page);
+            let refaults = |v: &stallwatch_collector::proc::vmstat::Vmstat| {
+                Some(v.workingset_refault_anon.unwrap_or(0) + v.workingset_refault_file?)
+            };
+            t.refaults_per_second = r(refaults(v), refaults(p));
+        }
+        if let (Some(a), Some(b)) = (
+            host.hung_tasks.and_then(|h| h.detect_count),
+            prev.hung_tasks.and_then(|h| h.detect_count),
+        ) {
+            t.hung_task_detections = a.checked_sub(b);
         }
         t.disks = self.disks(node, &prev, dt);
         t.containers = self.containers(node);
@@ -202,33 +217,24 @@ impl Memory {
         Some(t)
     }
 
-    fn track_devices(&mut self, host: &HostSnapshot, now: Instant) {
-        for d in host.all_disks.iter().filter(|d| !d.partition) {
-            let key = (d.stat.major, d.stat.minor);
-            let done = completions(d);
-            let e = self.devices.entry(key).or_insert((done, now));
-            if done != e.0 || d.stat.in_progress == 0 {
-                *e = (done, now);
-            }
-        }
-    }
-
     fn disks(&mut self, node: &Node, prev: &HostSnapshot, dt: f64) -> Vec<DiskTick> {
         let host = &node.view.host;
-        let now = host.disks_at.unwrap_or_else(Instant::now);
+        let stalls: HashMap<(u32, u32), f64> = host
+            .disk_stalls
+            .iter()
+            .map(|d| ((d.major, d.minor), d.seconds))
+            .collect();
         let before: HashMap<(u32, u32), &Disk> = prev
             .all_disks
             .iter()
             .map(|d| ((d.stat.major, d.stat.minor), d))
             .collect();
-        self.track_devices(host, now);
         let mut out = Vec::new();
         for d in host.all_disks.iter().filter(|d| !d.partition) {
             let key = (d.stat.major, d.stat.minor);
             let Some(p) = before.get(&key) else { continue };
             let (s, q) = (&d.stat, &p.stat);
-            let done = completions(d);
-            let Some(ios) = rate(done, completions(p), 1.0) else {
+            let Some(ios) = rate(completions(d), completions(p), 1.0) else {
                 continue;
             };
             let busy_ms = rate(s.io_time_ms, q.io_time_ms, 1.0).unwrap_or(0.0);
@@ -246,12 +252,9 @@ impl Memory {
                 1.0,
             )
             .unwrap_or(0.0);
-            let stalled_seconds = match self.devices.get(&key) {
-                Some((_, since)) if s.in_progress > 0 => {
-                    now.saturating_duration_since(*since).as_secs_f64()
-                }
-                _ => 0.0,
-            };
+            // The host sampler follows every disk's in-flight-without-completion runs
+            // (collector/src/sample/disk_stall.rs).
+            let stalled_seconds = stalls.get(&key).copied().unwrap_or(0.0);
             // Idle devices are left out: nothing to say about them, and a node with hundreds
             // of loop devices keeps the tick small.
             if ios == 0.0 && s.in_progress == 0 && busy_ms == 0.0 {

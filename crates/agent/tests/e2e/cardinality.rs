@@ -46,6 +46,14 @@ pub struct Shape {
 /// A generated fixture root (removed on drop).
 pub struct FixtureNode {
     pub dir: tempfile::TempDir,
+    /// Set to stop the thread of [`FixtureNode::keep_io_stalled`].
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl Drop for FixtureNode {
+    fn drop(&mut self) {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    }
 }
 
 /// A 64-hex id, distinct per (salt, i).
@@ -134,6 +142,33 @@ fn pressure(some10: f64, full10: f64) -> String {
 }
 
 impl FixtureNode {
+    /// Keeps the fixture's `/proc/pressure/io` totals growing as a node stalled on I/O would
+    /// (`some` and `full` stall microseconds per second), so the agent's verdict, which reads
+    /// the totals' rate, sees a stall; until the node is dropped.
+    pub fn keep_io_stalled(&self, some: f64, full: f64) {
+        let path = self.dir.path().join("proc/pressure/io");
+        let tmp = self.dir.path().join("proc/pressure/.io.tmp");
+        let stop = self.stop.clone();
+        std::thread::spawn(move || {
+            let start = std::time::Instant::now();
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                let us = start.elapsed().as_micros() as f64;
+                let text = format!(
+                    "some avg10={:.2} avg60=1.00 avg300=0.50 total={}\nfull avg10={:.2} avg60=0.80 avg300=0.40 total={}\n",
+                    some * 100.0,
+                    123_456 + (us * some) as u64,
+                    full * 100.0,
+                    65_432 + (us * full) as u64
+                );
+                // Whole files only: a reader never sees half a write.
+                if std::fs::write(&tmp, text).is_ok() {
+                    let _ = std::fs::rename(&tmp, &path);
+                }
+                std::thread::sleep(std::time::Duration::from_millis(250));
+            }
+        });
+    }
+
     /// Builds the root for `shape`. `io_full_avg10` (percent) goes into `/proc/pressure/io`, so
     /// the fleet test can make a node look stalled.
     pub fn build(shape: Shape, io_full_avg10: f64, salt: u64) -> FixtureNode {
@@ -295,7 +330,10 @@ impl FixtureNode {
             left -= n;
             pid += THREADS_PER_PROCESS as u32;
         }
-        FixtureNode { dir }
+        FixtureNode {
+            dir,
+            stop: Default::default(),
+        }
     }
 
     pub fn root(&self) -> &Path {
@@ -479,7 +517,7 @@ fn formula(k: &BTreeMap<String, usize>, shape: Shape) -> usize {
         get("CONTAINER") + get("CONTAINER_PSI") + get("CONTAINER_IO") + get("CONTAINER_NET");
     get("HOST")
         + get("DISK") * FIXTURE_DISKS
-        + FIXTURE_OVERLAY_DEVICES
+        + get("OVERLAY") * FIXTURE_OVERLAY_DEVICES
         + get("PROBE") * FIXTURE_PROBES
         + FIXTURE_STATES
         + get("DSTATE_FOLDED")

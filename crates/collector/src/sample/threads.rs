@@ -6,13 +6,19 @@
 //! every `threads.fast_interval` (1 s) only while a stall is suspected (procs_blocked > 0, io
 //! PSI `some` avg10 above a threshold, or D threads on the last walk), stretched so that its
 //! CPU stays under `threads.max_cpu` of one core.
+//!
+//! Kernel stacks of threads in D (`threads.stacks`, on by default) are read by the walk for at
+//! most `threads.stacks_max` (64) threads a walk, the first it meets in pid order, 4 KiB each;
+//! [`ThreadSnapshot::stacks_missing`] says when and why some or all are missing.
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
 use arc_swap::ArcSwap;
 
+use crate::error::ErrorKind;
 use crate::proc::tasks::{Walk, Walker};
 use crate::roots::Roots;
 use crate::sample::driver::{self, Driver, Hook, Schedule, SourceSpec};
@@ -37,6 +43,11 @@ pub struct ThreadsConfig {
     /// walk CPU / cadence stays under it (10k threads cost ~0.2 s a walk here: at 5 % they are
     /// walked every 4 s during a stall instead of every second).
     pub max_cpu: f64,
+    /// Read the kernel stacks of threads in D (`/proc/<pid>/task/<tid>/stack`, needs
+    /// CAP_SYS_ADMIN).
+    pub stacks: bool,
+    /// At most this many stacks a walk.
+    pub stacks_max: usize,
 }
 
 impl Default for ThreadsConfig {
@@ -51,6 +62,8 @@ impl Default for ThreadsConfig {
             rules: Vec::new(),
             source_timeout: Duration::from_secs(5),
             max_cpu: 0.05,
+            stacks: true,
+            stacks_max: 64,
         }
     }
 }
@@ -73,6 +86,10 @@ pub struct ThreadSnapshot {
     pub current_interval: Duration,
     /// Whether a stall is suspected (fast cadence).
     pub suspected: bool,
+    /// Why kernel stacks are missing from `stuck`, when some or all are (off by config,
+    /// unreadable without CAP_SYS_ADMIN, over `threads.stacks_max`); `None` when every thread
+    /// in D at the last walk has its stack (or none is in D).
+    pub stacks_missing: Option<String>,
 }
 
 /// The thread sampler on the periodic driver: one source, `threads`.
@@ -87,6 +104,8 @@ struct Threads {
     /// No host snapshot yet: tick often until it comes (at most 5 s), so the first walk is
     /// not a whole interval late.
     waiting_for_host: bool,
+    /// Stacks the reader may read per walk (0: off), from the config in force.
+    stacks: Arc<AtomicUsize>,
     snap: ThreadSnapshot,
 }
 
@@ -112,13 +131,18 @@ impl driver::Sampler for Threads {
 
     fn sources(&mut self, _: &ThreadsConfig) -> Vec<SourceSpec<(), Walk>> {
         let roots = Arc::clone(&self.roots);
+        let stacks = Arc::clone(&self.stacks);
         vec![SourceSpec {
             key: (),
             name: "threads".into(),
             make: driver::reader(move || {
                 let roots = Arc::clone(&roots);
+                let stacks = Arc::clone(&stacks);
                 let mut walker = Walker::new();
-                move || walker.walk(&roots).map(Some)
+                move || {
+                    walker.set_stacks(stacks.load(Ordering::Relaxed));
+                    walker.walk(&roots).map(Some)
+                }
             }),
         }]
     }
@@ -143,6 +167,8 @@ impl driver::Sampler for Threads {
         // before the first walk.
         self.waiting_for_host =
             h.taken.is_none() && self.started.elapsed() < Duration::from_secs(5);
+        let stacks = if cfg.stacks { cfg.stacks_max } else { 0 };
+        self.stacks.store(stacks, Ordering::Relaxed);
         if !cfg.enabled || self.waiting_for_host {
             return None;
         }
@@ -169,6 +195,7 @@ impl driver::Sampler for Threads {
     ) {
         let Some(walk) = walk else { return };
         status.errors.merge(&walk.errors);
+        self.snap.stacks_missing = stacks_missing(&walk, cfg);
         let gap = cfg.interval * 2 + cfg.source_timeout;
         let (mut stuck, counts) = self.tracker.apply(&walk, at, &cfg.rules, gap);
         let s = &mut self.snap;
@@ -205,6 +232,32 @@ impl driver::Sampler for Threads {
     }
 }
 
+/// Why some stacks of the walk's D threads are missing, in a sentence for a record.
+fn stacks_missing(walk: &Walk, cfg: &ThreadsConfig) -> Option<String> {
+    const FILE: &str = "/proc/<pid>/task/<tid>/stack";
+    if walk.d.is_empty() {
+        return None;
+    }
+    if !cfg.stacks {
+        return Some("kernel stacks: off (threads.stacks = false)".into());
+    }
+    match walk.stack_error {
+        Some(ErrorKind::Permission) => Some(format!(
+            "kernel stacks: {FILE} not readable (needs CAP_SYS_ADMIN)"
+        )),
+        Some(k) => Some(format!(
+            "kernel stacks: {FILE} could not be read ({} error)",
+            k.as_str()
+        )),
+        None if walk.d.len() > walk.stacks_tried => Some(format!(
+            "kernel stacks: read for {} of {} threads in D (threads.stacks_max)",
+            walk.stacks_tried,
+            walk.d.len()
+        )),
+        None => None,
+    }
+}
+
 /// Threads in D kept by name in the snapshot (for the API and `stallwatch dstate`).
 const MAX_STUCK: usize = 1000;
 
@@ -230,6 +283,7 @@ impl ThreadSampler {
                 had_d: false,
                 suspected: false,
                 waiting_for_host: true,
+                stacks: Arc::new(AtomicUsize::new(0)),
                 snap: ThreadSnapshot {
                     status: SourceStatus::new("threads"),
                     ..ThreadSnapshot::default()

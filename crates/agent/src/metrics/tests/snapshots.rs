@@ -15,13 +15,15 @@ use stallwatch_collector::proc::diskstats::{DiscardStat, DiskStat, FlushStat};
 use stallwatch_collector::proc::loadavg::LoadAvg;
 use stallwatch_collector::proc::meminfo::Meminfo;
 use stallwatch_collector::proc::net_dev::NetDev;
+use stallwatch_collector::proc::overlays::OverlayDevice;
 use stallwatch_collector::proc::pressure::{Pressure, Record};
 use stallwatch_collector::proc::stat::{CpuTicks, Stat};
+use stallwatch_collector::proc::sys_kernel::HungTasks;
 use stallwatch_collector::proc::sys_vm::VmTunables;
 use stallwatch_collector::proc::vmstat::Vmstat;
 use stallwatch_collector::sample::containers::{ContainerRow, ContainerSnapshot};
 use stallwatch_collector::sample::dstate::{DThread, GroupRow};
-use stallwatch_collector::sample::host::{Integrals, Peaks};
+use stallwatch_collector::sample::host::{DiskStall, Integrals, Peaks};
 use stallwatch_collector::sample::probe::{ProbeSnapshot, BUCKETS, REASONS};
 use stallwatch_collector::sample::{HostSnapshot, SourceStatus, ThreadSnapshot};
 use stallwatch_collector::sys::bdi::Bdi;
@@ -153,6 +155,14 @@ pub fn host_snapshot(now: Instant) -> HostSnapshot {
             pswpin: Some(10),
             pswpout: Some(11),
             oom_kill: Some(12),
+            allocstall: Some(13),
+            compact_stall: Some(14),
+            pgscan_direct: Some(15),
+            pgsteal_direct: Some(16),
+            workingset_refault_anon: Some(17),
+            workingset_refault_file: Some(18),
+            pgpgin: Some(19),
+            pgpgout: Some(20),
         }),
         disks: vec![disk(254, 0, "vda", 0, true), disk(8, 0, "sda", 100, false)],
         // Unfiltered: also a partition the [disks] filter hides.
@@ -170,6 +180,30 @@ pub fn host_snapshot(now: Instant) -> HostSnapshot {
                 partition: false,
             },
         ]),
+        // sda (exported) and vda1 (a partition, not exported) stalled now; vda never was.
+        disk_stalls: vec![
+            DiskStall {
+                major: 8,
+                minor: 0,
+                name: "sda".into(),
+                partition: false,
+                in_flight: 100,
+                since: now,
+                seconds: 3.0,
+            },
+            DiskStall {
+                major: 254,
+                minor: 1,
+                name: "vda1".into(),
+                partition: true,
+                in_flight: 1,
+                since: now,
+                seconds: 1.0,
+            },
+        ],
+        disk_stalled_seconds: [((254, 0), 0.0), ((254, 1), 1.0), ((8, 0), 7.5)]
+            .into_iter()
+            .collect(),
         tunables: Some(VmTunables {
             dirty_background_bytes: Some(0),
             dirty_background_ratio: Some(10),
@@ -179,7 +213,18 @@ pub fn host_snapshot(now: Instant) -> HostSnapshot {
             dirty_writeback_centisecs: Some(500),
             dirtytime_expire_seconds: Some(43200),
         }),
-        overlays: Some(vec![("vda".into(), 3), ("tmpfs".into(), 1)]),
+        overlays: Some(vec![
+            OverlayDevice {
+                device: "vda".into(),
+                mounts: 3,
+                volatile: 1,
+            },
+            OverlayDevice {
+                device: "tmpfs".into(),
+                mounts: 1,
+                volatile: 0,
+            },
+        ]),
         bdi: vec![
             Bdi {
                 major: 254,
@@ -204,6 +249,10 @@ pub fn host_snapshot(now: Instant) -> HostSnapshot {
                 ..Bdi::default()
             },
         ],
+        hung_tasks: Some(HungTasks {
+            detect_count: Some(4),
+            timeout_seconds: Some(120),
+        }),
         peaks: Peaks {
             dirty_bytes: Some(9e6),
             writeback_bytes: Some(1e6),
@@ -350,6 +399,7 @@ fn dthread(cgroup: Option<String>, container: Option<Identity>, now: Instant) ->
         container: container.map(Into::into),
         kernel_thread: false,
         since: now,
+        stack: Some("[<0>] __iomap_dio_rw+0x4b0/0x8d0\n".into()),
     }
 }
 
@@ -402,6 +452,7 @@ pub fn threads_snapshot(now: Instant) -> ThreadSnapshot {
         status: status("threads", now),
         current_interval: Duration::from_secs(1),
         suspected: true,
+        stacks_missing: None,
     }
 }
 
