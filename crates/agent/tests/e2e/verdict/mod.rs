@@ -207,28 +207,39 @@ pub fn wait_verdict(
     what: &str,
     pred: impl Fn(&Value) -> bool,
 ) -> Found {
+    poll_verdict(a, from, timeout, pred).unwrap_or_else(|trail| {
+        let log = a.log();
+        let tail: Vec<&str> = log.lines().rev().take(20).collect();
+        panic!(
+            "timed out after {timeout:?} waiting for {what}; last verdicts:\n{trail}\nlast log \
+             lines:\n{}",
+            tail.into_iter().rev().collect::<Vec<_>>().join("\n")
+        )
+    })
+}
+
+/// Like [`wait_verdict`], but a timeout is an `Err` with the last verdicts seen.
+pub fn poll_verdict(
+    a: &Agent,
+    from: Instant,
+    timeout: Duration,
+    pred: impl Fn(&Value) -> bool,
+) -> Result<Found, String> {
     let deadline = Instant::now() + timeout;
     let mut trail = Trail(VecDeque::new());
     loop {
         let (v, _) = get_json(a, "/api/v1/verdict");
         let at = Instant::now();
         if pred(&v) {
-            return Found {
+            return Ok(Found {
                 verdict: v,
                 at,
                 after: at.saturating_duration_since(from),
-            };
+            });
         }
         trail.push(&v);
         if at > deadline {
-            let log = a.log();
-            let tail: Vec<&str> = log.lines().rev().take(20).collect();
-            panic!(
-                "timed out after {timeout:?} waiting for {what}; last verdicts:\n{}\nlast log \
-                 lines:\n{}",
-                Vec::from(trail.0).join("\n"),
-                tail.into_iter().rev().collect::<Vec<_>>().join("\n")
-            );
+            return Err(Vec::from(trail.0).join("\n"));
         }
         std::thread::sleep(Duration::from_millis(100));
     }

@@ -10,8 +10,8 @@ use std::time::{Duration, Instant};
 
 use super::rig::{docker_name, unique_id, Container};
 use super::{
-    agent, d_rows, evidence, incident, now_unix, report, wait_cause, who_containers, who_devices,
-    who_groups,
+    active, agent, d_rows, evidence, incident, now_unix, poll_verdict, report, wait_cause,
+    who_containers, who_devices, who_groups,
 };
 use crate::harness::require_root;
 use crate::writeback::LoopFs;
@@ -60,10 +60,34 @@ fn container_at_its_write_iops_limit_is_disk_saturated() {
     let mut writer = c.spawn(&mut cmd);
     writer.stdin.as_mut().unwrap().write_all(b"go\n").unwrap();
 
-    let found = wait_cause(&a, t0, Duration::from_secs(20), "disk_saturated", |s| {
-        who_containers(s).contains(&id)
-            && who_devices(s).contains(&dev)
-            && who_groups(s).iter().any(|(g, _)| g == GROUP)
+    // First the stall itself: tasks of the container wait on I/O (the writers, in D).
+    let waiting = wait_cause(&a, t0, Duration::from_secs(20), "disk_saturated", |s| {
+        who_containers(s).contains(&id) && who_groups(s).iter().any(|(g, _)| g == GROUP)
+    });
+    // Then the container at its limit, on the device: blk-throttle holds the bios above the
+    // device, so only the container's own limit and rate can say so.
+    let at_limit = |s: &serde_json::Value| {
+        who_devices(s).contains(&dev)
+            && s["evidence"].as_array().is_some_and(|e| {
+                e.iter().any(|x| {
+                    x["signal"] == "container_io"
+                        && x["subject"]
+                            .as_str()
+                            .is_some_and(|x| x.contains(&format!("web write_iops {dev}")))
+                })
+            })
+    };
+    let found = poll_verdict(&a, t0, Duration::from_secs(10), |v| {
+        active(v, "disk_saturated").is_some_and(at_limit)
+    })
+    .unwrap_or_else(|trail| {
+        panic!(
+            "disk_saturated names the container only among the waiters ({}), not at its \
+             write_iops limit on {dev}: the container-at-its-limit branch needs \
+             ContainerStats.io_limits in verdict/tick.rs limits_of (PENDING(signals)); last \
+             verdicts:\n{trail}",
+            active(&waiting.verdict, "disk_saturated").unwrap()["summary"]
+        )
     });
     let s = found.cause("disk_saturated");
     // The container at its write_iops limit on our loop device, by name, with its rate.
