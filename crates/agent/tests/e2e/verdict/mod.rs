@@ -294,6 +294,21 @@ pub fn incident(a: &Agent, cause: &str, after_unix: f64, timeout: Duration) -> V
                     .is_some_and(|t| !t.is_empty()),
                 "incident {id} has no timeline"
             );
+            // The D-thread table carries kernel stacks, or the record says why not.
+            let rows = rec["dstate"].as_array().cloned().unwrap_or_default();
+            let said = rec["missing"].as_array().is_some_and(|m| {
+                m.iter()
+                    .any(|x| x.as_str().is_some_and(|x| x.contains("stack")))
+            });
+            assert!(
+                rows.is_empty()
+                    || said
+                    || rows
+                        .iter()
+                        .any(|r| r["stack"].as_str().is_some_and(|s| !s.is_empty())),
+                "incident {id}: D threads without kernel stacks and no word why: {}",
+                rec["dstate"]
+            );
             return rec;
         }
         assert!(

@@ -8,7 +8,10 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use super::rig::{unique_id, Container};
-use super::{agent, evidence, get_json, incident, now_unix, report, wait_cause, wait_verdict};
+use super::{
+    active, agent, evidence, get_json, incident, now_unix, poll_verdict, report, wait_cause,
+    who_containers,
+};
 use crate::harness::{require_root, Agent, Metrics};
 
 const CONTAINERS: usize = 45;
@@ -33,9 +36,8 @@ fn forty_five_cpu_bound_container_starts_are_cpu_not_io() {
     let before = starts(&a);
     let cpus = std::thread::available_parallelism().unwrap().get();
 
-    let containers: Vec<Container> = (0..CONTAINERS)
-        .map(|_| Container::new(&unique_id()))
-        .collect();
+    let ids: Vec<String> = (0..CONTAINERS).map(|_| unique_id()).collect();
+    let containers: Vec<Container> = ids.iter().map(|id| Container::new(id)).collect();
     let t0 = Instant::now();
     let start_unix = now_unix();
     for c in &containers {
@@ -74,32 +76,55 @@ fn forty_five_cpu_bound_container_starts_are_cpu_not_io() {
         "{summary}"
     );
 
-    // The top-level answer: the node is stalled on CPU, not on I/O. (An I/O stall of a
-    // neighbour would rank above cpu; the storm runs long enough to see its own verdict.)
-    let top = wait_verdict(
-        &a,
-        t0,
-        Duration::from_secs(15),
-        "cpu as the top cause",
-        |v| v["cause"] == "cpu",
-    );
-    assert_eq!(top.verdict["stalled"], true);
-    assert_eq!(top.verdict["io"], false);
-    assert!(
-        top.verdict["summary"]
-            .as_str()
-            .unwrap()
-            .starts_with("Stalled (not I/O, cpu)"),
-        "{}",
-        top.verdict["summary"]
-    );
+    // The top-level answer: the node is stalled on CPU, not on I/O. A real I/O stall
+    // elsewhere on this machine (another test's throttled writers) ranks above cpu, and is
+    // right to: then every cause above cpu must be provably not ours (it names none of our
+    // containers; our busy loops never wait in D), and only the cpu cause's own "io" is
+    // asserted. Alone on a machine (CI runs this test alone in its group) cpu is the top.
+    let top = match poll_verdict(&a, t0, Duration::from_secs(10), |v| v["cause"] == "cpu") {
+        Ok(top) => {
+            assert_eq!(top.verdict["stalled"], true);
+            assert_eq!(top.verdict["io"], false);
+            assert!(
+                top.verdict["summary"]
+                    .as_str()
+                    .unwrap()
+                    .starts_with("Stalled (not I/O, cpu)"),
+                "{}",
+                top.verdict["summary"]
+            );
+            top.verdict
+        }
+        Err(trail) => {
+            let (v, _) = get_json(&a, "/api/v1/verdict");
+            for c in v["causes"].as_array().unwrap() {
+                if c["cause"] == "cpu" {
+                    break;
+                }
+                let named = who_containers(c);
+                assert!(
+                    !named.iter().any(|n| ids.contains(n)),
+                    "{} above cpu names our containers: {c}\n{trail}",
+                    c["cause"]
+                );
+                eprintln!(
+                    "NOTE: {} from elsewhere on this machine ranks above cpu: {}",
+                    c["cause"], c["summary"]
+                );
+            }
+            assert_eq!(active(&v, "cpu").expect("cpu still active")["io"], false);
+            v
+        }
+    };
     let rec = incident(&a, "cpu", start_unix, Duration::from_secs(15));
-    let (metrics_starts, _) = (starts(&a), get_json(&a, "/api/v1/verdict"));
-    assert!(metrics_starts >= before + CONTAINERS as f64);
+    assert!(
+        starts(&a) >= before + CONTAINERS as f64,
+        "stallwatch_container_starts_total counts the starts too"
+    );
     report(
         "cpu (45 container starts, CPU-bound)",
         Some(found.after),
-        &top.verdict,
+        &top,
         "cpu",
         Some(&rec),
     );
