@@ -108,7 +108,7 @@ fn run(common: Common) -> anyhow::Result<Exit> {
         .build()
         .context("cannot start the runtime")?;
     // Every sampler publishes its snapshot and then joins the node view (node.rs).
-    let parts = node::Parts::new(live.probes.clone(), live.analysis.clone());
+    let parts = node::Parts::new(live.probes.clone());
     live.analysis.start_store();
     let cloud = CloudSampler::spawn(stallwatch_cloud::Wiring {
         config: live.cloud.clone(),
@@ -124,7 +124,13 @@ fn run(common: Common) -> anyhow::Result<Exit> {
         roots.clone(),
         live.host.clone(),
         parts.host.clone(),
-        Some(parts.host_hook(cloud.follower())),
+        Some(parts.host_hook(
+            {
+                let analysis = live.analysis.clone();
+                move |node: &node::Node| analysis.on_node(node)
+            },
+            cloud.follower(),
+        )),
     )
     .context("cannot start the sampler")?;
     let container_sampler = ContainerSampler::spawn(

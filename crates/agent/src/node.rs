@@ -94,15 +94,13 @@ pub struct Parts {
     pub cloud: Arc<ArcSwap<CloudSnapshot>>,
     pub probes: Arc<Mutex<Probes>>,
     pub node: Arc<ArcSwap<Node>>,
-    /// The verdict and the flight recorder, evaluated after each host publish's join.
-    pub analysis: Arc<crate::recorder::Analysis>,
     /// Serialises joins: two samplers publishing at once must not store an older join over a
     /// newer one. Held for the join only (no I/O, well under a millisecond).
     joining: Mutex<()>,
 }
 
 impl Parts {
-    pub fn new(probes: Arc<Mutex<Probes>>, analysis: Arc<crate::recorder::Analysis>) -> Arc<Parts> {
+    pub fn new(probes: Arc<Mutex<Probes>>) -> Arc<Parts> {
         Arc::new(Parts {
             host: Arc::new(ArcSwap::from_pointee(HostSnapshot::default())),
             threads: Arc::new(ArcSwap::from_pointee(ThreadSnapshot::default())),
@@ -110,7 +108,6 @@ impl Parts {
             cloud: Arc::new(ArcSwap::from_pointee(CloudSnapshot::default())),
             probes,
             node: Arc::new(ArcSwap::from_pointee(Node::default())),
-            analysis,
             joining: Mutex::new(()),
         })
     }
@@ -140,14 +137,18 @@ impl Parts {
         Arc::new(move || me.join())
     }
 
-    /// The host sampler's hook: the join, the verdict and the flight recorder over the
-    /// joined node (pure, once per host tick), then `follow` (the cloud sampler's wake-up: its
-    /// credit model advances from the reading just published, and joins again).
-    pub fn host_hook(self: &Arc<Parts>, follow: Hook) -> Hook {
+    /// The host sampler's hook: the join, then `judge` over the joined node (the verdict and
+    /// the flight recorder: pure, once per host tick), then `follow` (the cloud sampler's
+    /// wake-up: its credit model advances from the reading just published, and joins again).
+    pub fn host_hook(
+        self: &Arc<Parts>,
+        judge: impl Fn(&Node) + Send + Sync + 'static,
+        follow: Hook,
+    ) -> Hook {
         let me = Arc::clone(self);
         Arc::new(move || {
             me.join();
-            me.analysis.on_node(&me.node.load());
+            judge(&me.node.load());
             follow();
         })
     }

@@ -15,70 +15,12 @@ mod http;
 mod render;
 
 use std::io::Write;
-use std::path::PathBuf;
-use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
-use clap::Args;
 use serde_json::Value;
 
-use crate::cli::{BadInput, Exit};
+use crate::cli::{AgentArgs, BadInput, Exit, IncidentsArgs, WhyArgs};
 use http::{Client, HttpError, Url};
-
-/// How to reach the running agent.
-#[derive(Debug, Clone, Args)]
-pub struct AgentArgs {
-    /// The agent's address (a path prefix is kept, for an agent behind a proxy).
-    #[arg(long = "agent.url", env = "STALLWATCH_AGENT_URL",
-          default_value_t = format!("http://127.0.0.1:{}", crate::cli::DEFAULT_PORT))]
-    pub url: String,
-    /// Basic-auth user; the password comes from $STALLWATCH_AGENT_PASSWORD or
-    /// --agent.password-file (never a flag: flags show in `ps`).
-    #[arg(long = "agent.user", env = "STALLWATCH_AGENT_USER")]
-    pub user: Option<String>,
-    /// File holding the basic-auth password (one line).
-    #[arg(long = "agent.password-file")]
-    pub password_file: Option<PathBuf>,
-    /// For https://: PEM file of the CA that signed the agent's certificate (default: the
-    /// system bundle, /etc/ssl/certs/ca-certificates.crt).
-    #[arg(long = "agent.ca-file")]
-    pub ca_file: Option<PathBuf>,
-    /// For https://: the name the agent's certificate must carry, when it is not the URL's
-    /// host (e.g. the node name while connecting to 127.0.0.1).
-    #[arg(long = "agent.server-name")]
-    pub server_name: Option<String>,
-    /// Give up on the agent after this long (connect, send and answer together; 100ms to 1m).
-    #[arg(long = "agent.timeout", default_value = "2s", value_parser = timeout_flag)]
-    pub timeout: Duration,
-}
-
-#[derive(Debug, Clone, Args)]
-pub struct WhyArgs {
-    /// Print the agent's JSON (`/api/v1/verdict`) as it is.
-    #[arg(long)]
-    pub json: bool,
-    #[command(flatten)]
-    pub agent: AgentArgs,
-}
-
-#[derive(Debug, Clone, Args)]
-pub struct IncidentsArgs {
-    /// One incident's full record (with D threads, stacks, containers, disks); without it, the list.
-    pub id: Option<String>,
-    /// Print the agent's JSON as it is.
-    #[arg(long)]
-    pub json: bool,
-    #[command(flatten)]
-    pub agent: AgentArgs,
-}
-
-fn timeout_flag(s: &str) -> Result<Duration, String> {
-    let d = humantime::parse_duration(s).map_err(|e| format!("{e} (e.g. \"2s\", \"500ms\")"))?;
-    if !(Duration::from_millis(100)..=Duration::from_secs(60)).contains(&d) {
-        return Err(format!("{s:?} is out of range: must be 100ms to 1m"));
-    }
-    Ok(d)
-}
 
 impl AgentArgs {
     fn client(&self) -> Result<Client> {

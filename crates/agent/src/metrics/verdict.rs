@@ -3,6 +3,7 @@
 //! `stallwatch_incidents_total{cause}`, and the recorder's own `stallwatch_incident_records`
 //! and `stallwatch_incident_writes_total{outcome}`. Bounded: 8 causes, 4 outcomes.
 
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
 use prometheus_client::collector::Collector;
@@ -69,6 +70,23 @@ impl Collector for VerdictCollector {
             NONE,
             MetricType::Gauge,
             p.records as f64,
+        )?;
+        let a = &self.analysis;
+        single(
+            e,
+            "verdict_evaluations",
+            "Verdict evaluations run (one per host tick).",
+            NONE,
+            MetricType::Counter,
+            a.evaluations.load(Ordering::Relaxed) as f64,
+        )?;
+        single(
+            e,
+            "verdict_cpu",
+            "CPU time of the verdict and the flight recorder (evaluate, record, publish), on the host sampler's thread.",
+            SECONDS,
+            MetricType::Counter,
+            f64::from_bits(a.cpu_seconds.load(Ordering::Relaxed)),
         )?;
         let w = &self.analysis.writes;
         family(

@@ -68,14 +68,7 @@ pub struct ContainerRef {
 /// The D threads of the last walk, longest first, at most `max`.
 pub fn d_rows(node: &Node, max: usize, stacks: bool) -> Vec<DRow> {
     let now = std::time::Instant::now();
-    let name_of = |id: &str| {
-        node.view
-            .containers
-            .containers
-            .iter()
-            .find(|r| r.identity.container_id == id)
-            .and_then(|r| r.name.clone())
-    };
+    let name_of = |id: &str| node.view.container(id).and_then(|r| r.name.clone());
     node.view
         .threads
         .stuck
@@ -409,12 +402,7 @@ fn merge_containers(lines: &mut Vec<ContainerLine>, ev: &Evaluation, node: &Node
         e.2 += c.read_iops + c.write_iops;
     }
     for (id, (r, w, iops)) in by_id {
-        let row = node
-            .view
-            .containers
-            .containers
-            .iter()
-            .find(|x| x.identity.container_id == id);
+        let row = node.view.container(id);
         let psi = row
             .and_then(|x| x.stats.pressure[1])
             .and_then(|p| p.some)
@@ -448,12 +436,7 @@ fn merge_containers(lines: &mut Vec<ContainerLine>, ev: &Evaluation, node: &Node
     // Containers with D threads now but no I/O in the window are "who" too.
     for (id, d) in &node.view.dstate_by_container {
         if !lines.iter().any(|l| &l.id == id) {
-            let row = node
-                .view
-                .containers
-                .containers
-                .iter()
-                .find(|x| &x.identity.container_id == id);
+            let row = node.view.container(id);
             lines.push(ContainerLine {
                 id: id.clone(),
                 name: row.and_then(|x| x.name.clone()),

@@ -56,6 +56,10 @@ pub struct Analysis {
     published: ArcSwap<Published>,
     store: Mutex<Option<Store>>,
     pub writes: Arc<Writes>,
+    /// Evaluations run, and the CPU they took (evaluate, record, publish; this thread's CPU
+    /// clock), as f64 seconds in bits: `stallwatch_verdict_cpu_seconds_total`.
+    pub evaluations: std::sync::atomic::AtomicU64,
+    pub cpu_seconds: std::sync::atomic::AtomicU64,
 }
 
 impl std::fmt::Debug for Analysis {
@@ -79,6 +83,8 @@ impl Analysis {
             published: ArcSwap::from_pointee(Published::default()),
             store: Mutex::new(None),
             writes: Arc::default(),
+            evaluations: Default::default(),
+            cpu_seconds: Default::default(),
         })
     }
 
@@ -121,8 +127,20 @@ impl Analysis {
         }
     }
 
-    /// One host tick: evaluate, record, publish.
+    /// One host tick: evaluate, record, publish; its CPU is counted.
     pub fn on_node(&self, node: &Node) {
+        use std::sync::atomic::Ordering::Relaxed;
+        let t0 = stallwatch_collector::sample::driver::thread_cpu();
+        if self.evaluate(node) {
+            let took = stallwatch_collector::sample::driver::thread_cpu().saturating_sub(t0);
+            self.evaluations.fetch_add(1, Relaxed);
+            let total = f64::from_bits(self.cpu_seconds.load(Relaxed)) + took.as_secs_f64();
+            self.cpu_seconds.store(total.to_bits(), Relaxed);
+        }
+    }
+
+    /// Returns whether there was a new host tick to evaluate.
+    fn evaluate(&self, node: &Node) -> bool {
         let mut g = self.lock();
         let Inner {
             engine,
@@ -130,7 +148,7 @@ impl Analysis {
             incidents,
         } = &mut *g;
         let Some(ev) = engine.evaluate(node) else {
-            return;
+            return false;
         };
         if ev.began.is_some() {
             tracing::warn!(cause = ev.verdict.cause.as_str(), "{}", ev.verdict.summary);
@@ -165,6 +183,7 @@ impl Analysis {
                 s.save(rec);
             }
         }
+        true
     }
 
     pub fn published(&self) -> Arc<Published> {

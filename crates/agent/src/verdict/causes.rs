@@ -64,7 +64,7 @@ fn pct(v: f64) -> String {
 /// the hold thresholds.
 pub fn detect(tick: &Tick, node: &Node, c: &VerdictConfig) -> Vec<Finding> {
     let mut out = Vec::new();
-    for cause in Cause::DETECTED {
+    for &cause in Cause::DETECTED {
         for (level, k) in [(Level::Enter, 1.0), (Level::Hold, c.hold_ratio)] {
             let th = Th { c, k };
             if let Some(mut f) = detect_one(cause, tick, node, &th) {
@@ -118,15 +118,24 @@ fn hung(t: &Tick, e: &mut Vec<Evidence>) {
 /// Tasks wait on I/O: PSI io some or full over its threshold. The gate of the I/O causes
 /// other than `disk_stalled` (which is a stall by itself).
 fn io_pressure(t: &Tick, th: &Th<'_>) -> Option<Vec<Evidence>> {
-    let [some, full] = t.psi[1];
-    let mut e = Vec::new();
-    if let Some(s) = some.filter(|s| *s >= th.x(th.c.io_some)) {
-        e.push(ev("psi_io_some", None, s, th.x(th.c.io_some), "ratio"));
-    }
-    if let Some(f) = full.filter(|f| *f >= th.x(th.c.io_full)) {
-        e.push(ev("psi_io_full", None, f, th.x(th.c.io_full), "ratio"));
-    }
+    let e = shares(
+        t.psi[1],
+        [("psi_io_some", th.c.io_some), ("psi_io_full", th.c.io_full)],
+        th,
+    );
     (!e.is_empty()).then_some(e)
+}
+
+/// Evidence for each PSI share (`[some, full]`) at or above its threshold.
+fn shares(v: [Option<f64>; 2], named: [(&'static str, f64); 2], th: &Th<'_>) -> Vec<Evidence> {
+    v.into_iter()
+        .zip(named)
+        .filter_map(|(v, (signal, limit))| {
+            let limit = th.x(limit);
+            v.filter(|v| *v >= limit)
+                .map(|v| ev(signal, None, v, limit, "ratio"))
+        })
+        .collect()
 }
 
 fn disk_stalled(t: &Tick, node: &Node, th: &Th<'_>) -> Option<Finding> {
@@ -222,6 +231,26 @@ fn ebs_credits(t: &Tick, node: &Node, th: &Th<'_>) -> Option<Finding> {
             summary.push(format!("the instance's {name} is empty ({:.1}%): every volume is held to the instance baseline", p.percent));
         }
     }
+    for (vol, dev, iops, tp) in &t.ebs_exceeded {
+        let name = dev.as_deref().unwrap_or("?");
+        for (signal, what, secs) in [
+            ("ebs_exceeded_iops_seconds", "IOPS", *iops),
+            ("ebs_exceeded_throughput_seconds", "throughput", *tp),
+        ] {
+            if secs > 0.0 {
+                evidence.push(ev(signal, Some(vol), secs, 0.0, "seconds"));
+                summary.push(format!(
+                    "{vol} ({name}) over its provisioned {what} for {secs:.1} s of the last {:.0} s (NVMe log page)",
+                    t.dt
+                ));
+            }
+        }
+        if let Some(d) = t.disks.iter().find(|d| Some(&d.name) == dev.as_ref()) {
+            if !devices.iter().any(|w: &WhoDevice| w.name == d.name) {
+                devices.push(who_device(d));
+            }
+        }
+    }
     if summary.is_empty() {
         return None;
     }
@@ -240,25 +269,14 @@ fn ebs_credits(t: &Tick, node: &Node, th: &Th<'_>) -> Option<Finding> {
 
 fn memory(t: &Tick, node: &Node, th: &Th<'_>) -> Option<Finding> {
     let [some, full] = t.psi[2];
-    let mut e = Vec::new();
-    if let Some(s) = some.filter(|s| *s >= th.x(th.c.memory_some)) {
-        e.push(ev(
-            "psi_memory_some",
-            None,
-            s,
-            th.x(th.c.memory_some),
-            "ratio",
-        ));
-    }
-    if let Some(f) = full.filter(|f| *f >= th.x(th.c.memory_full)) {
-        e.push(ev(
-            "psi_memory_full",
-            None,
-            f,
-            th.x(th.c.memory_full),
-            "ratio",
-        ));
-    }
+    let mut e = shares(
+        t.psi[2],
+        [
+            ("psi_memory_some", th.c.memory_some),
+            ("psi_memory_full", th.c.memory_full),
+        ],
+        th,
+    );
     if e.is_empty() {
         return None;
     }

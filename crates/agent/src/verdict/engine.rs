@@ -79,7 +79,7 @@ impl Engine {
         let now = tick.t_unix;
         let dt = tick.dt;
         let clear = self.config.clear_after.as_secs_f64();
-        for (i, cause) in Cause::DETECTED.into_iter().enumerate() {
+        for (i, &cause) in Cause::DETECTED.iter().enumerate() {
             let f = findings.iter().find(|f| f.cause == cause);
             let s = &mut self.states[i];
             match (s.since, f) {
@@ -117,7 +117,7 @@ impl Engine {
             .iter()
             .any(|s| s.since.is_some() && s.quiet == 0.0);
         let mut causes: Vec<Active> = Vec::new();
-        for (i, cause) in Cause::DETECTED.into_iter().enumerate() {
+        for (i, &cause) in Cause::DETECTED.iter().enumerate() {
             let s = &self.states[i];
             let (Some(since), Some(f)) = (s.since, &s.last) else {
                 continue;

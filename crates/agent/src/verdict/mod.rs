@@ -70,16 +70,8 @@ impl Cause {
         Cause::None,
     ];
 
-    /// The causes a detector can find (all but `none`).
-    pub const DETECTED: [Cause; 7] = [
-        Cause::DiskStalled,
-        Cause::EbsCredits,
-        Cause::Memory,
-        Cause::Writeback,
-        Cause::Lock,
-        Cause::DiskSaturated,
-        Cause::Cpu,
-    ];
+    /// The causes a detector can find (all but `none`, which is last).
+    pub const DETECTED: &'static [Cause] = Cause::ALL.split_at(7).0;
 
     pub fn as_str(self) -> &'static str {
         match self {

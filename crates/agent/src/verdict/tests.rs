@@ -35,6 +35,7 @@ struct Scene {
     stalled: Option<f64>,
     stuck: Vec<DThread>,
     containers: ContainerSnapshot,
+    cloud: CloudSnapshot,
 }
 
 impl Scene {
@@ -92,7 +93,7 @@ impl Scene {
             Arc::new(self.containers.clone()),
             Arc::default(),
         );
-        Node::of(view, CloudSnapshot::default())
+        Node::of(view, self.cloud.clone())
     }
 
     /// One second passes with these shares of stall `[cpu, io, memory][some, full]`.
@@ -497,4 +498,71 @@ fn io_waits_with_no_device_at_its_limit_are_still_an_io_stall_and_say_so() {
     );
     assert_eq!(c.who.groups[0].group, "fio");
     assert_eq!(c.who.groups[0].d_threads, 4);
+}
+
+#[test]
+fn an_empty_burst_bucket_or_time_over_the_provisioned_iops_is_ebs_credits() {
+    use stallwatch_cloud::snapshot::{NvmeCounters, VolumeState};
+    let (mut e, mut s, t0) = (engine(), Scene::default(), Instant::now());
+    s.disk.name = "nvme1n1".into();
+    let vol = |estimate: Option<f64>, exceeded: f64| VolumeState {
+        volume_id: "vol-0abc".into(),
+        device: Some("nvme1n1".into()),
+        volume_type: "gp2".into(),
+        baseline_iops: Some(100.0),
+        estimate_percent: estimate,
+        nvme: Some(NvmeCounters {
+            exceeded_iops_seconds: exceeded,
+            ..NvmeCounters::default()
+        }),
+        ..VolumeState::default()
+    };
+    s.cloud.volumes = vec![vol(Some(40.0), 0.0)];
+    run(&mut e, &mut s, t0, 2, |s| s.advance(IDLE));
+    let busy = |s: &mut Scene| {
+        s.advance([[0.0, 0.0], [0.7, 0.3], [0.0, 0.0]]);
+        disk_load(&mut s.disk, 100, 0.6, 2.0, 20);
+    };
+    // Pressure with a full bucket: not ebs_credits.
+    let v = run(&mut e, &mut s, t0, 3, busy);
+    assert!(
+        v.iter()
+            .all(|v| !v.causes.iter().any(|c| c.cause == Cause::EbsCredits)),
+        "{v:?}"
+    );
+    // The bucket is empty.
+    s.cloud.volumes = vec![vol(Some(0.4), 0.0)];
+    let v = run(&mut e, &mut s, t0, 2, busy);
+    let v = v.last().unwrap();
+    assert_eq!(v.cause, Cause::EbsCredits, "{v:?}");
+    assert!(v.io);
+    let c = &v.causes[0];
+    assert_eq!(c.who.devices[0].name, "nvme1n1");
+    assert!(
+        c.summary
+            .contains("vol-0abc (gp2, nvme1n1) burst bucket empty"),
+        "{}",
+        c.summary
+    );
+
+    // A gp3/io2 volume has no bucket: time over its provisioned IOPS says the same.
+    let (mut e, mut s2, t0) = (engine(), Scene::default(), Instant::now());
+    s2.disk.name = "nvme1n1".into();
+    s2.cloud.volumes = vec![vol(None, 10.0)];
+    run(&mut e, &mut s2, t0, 2, |s| s.advance(IDLE));
+    let exceeded = std::cell::Cell::new(10.0);
+    let v = run(&mut e, &mut s2, t0, 3, |s| {
+        exceeded.set(exceeded.get() + 0.8);
+        s.cloud.volumes = vec![vol(None, exceeded.get())];
+        busy(s);
+    });
+    let v = v.last().unwrap();
+    assert_eq!(v.cause, Cause::EbsCredits, "{v:?}");
+    assert!(
+        v.causes[0]
+            .summary
+            .contains("over its provisioned IOPS for 0.8 s"),
+        "{}",
+        v.causes[0].summary
+    );
 }

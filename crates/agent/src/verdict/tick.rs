@@ -83,6 +83,10 @@ pub struct Tick {
     pub d_threads: u64,
     /// The lowest EBS burst balance known (volume estimates, else CloudWatch points), 0..1.
     pub burst_balance_min: Option<f64>,
+    /// EBS volumes over their provisioned IOPS or throughput during the tick (the NVMe log
+    /// page's exceeded-time counters moved): `(volume id, device, IOPS seconds, throughput
+    /// seconds)` over the limit.
+    pub ebs_exceeded: Vec<(String, Option<String>, f64, f64)>,
     /// The slowest probe write now: the running one's age, else the last one's duration.
     pub probe_latency_seconds_max: Option<f64>,
 }
@@ -94,6 +98,8 @@ pub struct Memory {
     containers_taken: Option<SystemTime>,
     container_prev: HashMap<String, (SystemTime, Vec<stallwatch_collector::cgroup::DeviceIo>)>,
     container_rates: Vec<ContainerIo>,
+    /// Per volume, the NVMe exceeded-time counters at the last tick.
+    nvme: HashMap<String, (f64, f64)>,
 }
 
 fn unix(t: SystemTime) -> f64 {
@@ -202,6 +208,20 @@ impl Memory {
                     .map(|p| p / 100.0)
             })
             .reduce(f64::min);
+        let mut nvme = HashMap::new();
+        for v in &node.cloud.volumes {
+            let Some(n) = &v.nvme else { continue };
+            let now = (n.exceeded_iops_seconds, n.exceeded_throughput_seconds);
+            if let Some(before) = self.nvme.get(&v.volume_id) {
+                let d = ((now.0 - before.0).max(0.0), (now.1 - before.1).max(0.0));
+                if d.0 > 0.0 || d.1 > 0.0 {
+                    t.ebs_exceeded
+                        .push((v.volume_id.clone(), v.device.clone(), d.0, d.1));
+                }
+            }
+            nvme.insert(v.volume_id.clone(), now);
+        }
+        self.nvme = nvme;
         let now = Instant::now();
         t.probe_latency_seconds_max = node
             .view
@@ -330,12 +350,28 @@ impl Memory {
 }
 
 /// The container's blkio/io.max limits on one device, with its rate of each kind.
-// PENDING(signals): `ContainerStats.io_limits` lands with the signals branch.
 fn limits_of(
-    _row: &stallwatch_collector::cgroup::pass::ContainerRow,
-    _major: u32,
-    _minor: u32,
-    _c: &ContainerIo,
+    row: &stallwatch_collector::cgroup::pass::ContainerRow,
+    major: u32,
+    minor: u32,
+    c: &ContainerIo,
 ) -> Vec<(&'static str, f64, f64)> {
-    Vec::new()
+    let Some(l) = row
+        .stats
+        .io_limits
+        .iter()
+        .flatten()
+        .find(|l| (l.major, l.minor) == (major, minor))
+    else {
+        return Vec::new();
+    };
+    [
+        ("read_iops", l.read_iops, c.read_iops),
+        ("write_iops", l.write_iops, c.write_iops),
+        ("read_bps", l.read_bps, c.read_bps),
+        ("write_bps", l.write_bps, c.write_bps),
+    ]
+    .into_iter()
+    .filter_map(|(k, lim, r)| lim.map(|lim| (k, lim as f64, r)))
+    .collect()
 }

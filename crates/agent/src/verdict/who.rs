@@ -66,12 +66,7 @@ pub fn who_waits(node: &Node, keep: impl Fn(&DThread) -> bool) -> Who {
 }
 
 pub fn container(node: &Node, id: &str, d_threads: u64) -> WhoContainer {
-    let row = node
-        .view
-        .containers
-        .containers
-        .iter()
-        .find(|r| r.identity.container_id == id);
+    let row = node.view.container(id);
     WhoContainer {
         id: id.to_string(),
         name: row.and_then(|r| r.name.clone()),

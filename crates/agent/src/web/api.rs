@@ -12,7 +12,7 @@ use axum::routing::get;
 use axum::Router;
 use serde::Serialize;
 
-use super::app::AppState;
+use super::state::AppState;
 use crate::recorder::RING_POINTS;
 
 pub fn routes() -> Router<Arc<AppState>> {

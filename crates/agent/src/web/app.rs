@@ -4,32 +4,20 @@
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
-use arc_swap::ArcSwap;
 use axum::extract::State;
 use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::Router;
-use prometheus_client::registry::Registry;
-use stallwatch_collector::sample::HostConfig;
 use tower_http::compression::CompressionLayer;
 
 use super::auth;
 use super::config::WebConfig;
+pub use super::state::AppState;
 use crate::metrics::exposition::{
     fix_infinities, openmetrics_to_text, wants_openmetrics, OPENMETRICS_CONTENT_TYPE,
     TEXT_CONTENT_TYPE,
 };
-use crate::node::Node;
-
-pub struct AppState {
-    pub registry: Registry,
-    pub telemetry_path: String,
-    pub node: Arc<ArcSwap<Node>>,
-    pub host_config: Arc<ArcSwap<HostConfig>>,
-    /// The verdict and the flight recorder (`/api/v1/*`).
-    pub analysis: Arc<crate::recorder::Analysis>,
-}
 
 pub fn app(state: Arc<AppState>, web: Option<Arc<WebConfig>>) -> Router {
     let path = if state.telemetry_path.starts_with('/') {
@@ -123,6 +111,11 @@ async fn healthz(State(st): State<Arc<AppState>>) -> Response {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use arc_swap::ArcSwap;
+    use prometheus_client::registry::Registry;
+    use stallwatch_collector::sample::HostConfig;
+
+    use crate::node::Node;
     use axum::body::Body;
     use axum::http::Request;
     use tower::ServiceExt;

@@ -23,6 +23,7 @@ mod limits;
 mod page;
 mod server;
 mod shutdown;
+mod state;
 mod stats;
 mod tls;
 

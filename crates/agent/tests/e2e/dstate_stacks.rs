@@ -74,9 +74,10 @@ fn d_threads_have_their_kernel_stacks_or_a_reason_why_not() {
     let rig = DStateRig::start(3, 3);
     let pid = rig.pid();
 
-    // The walker, with CAP_SYS_ADMIN: every writer in D has a stack naming its frame.
+    // The walker, with CAP_SYS_ADMIN: every writer in D has a stack naming its frame (a
+    // budget above the D threads other tests may hold).
     let mut walker = Walker::new();
-    walker.set_stacks(64);
+    walker.set_stacks(1000);
     let w = walk_until(&mut walker, "2 writers in D with stacks", |w| {
         writers_in_d(w, pid) >= 2
     });
@@ -89,7 +90,8 @@ fn d_threads_have_their_kernel_stacks_or_a_reason_why_not() {
     // A budget of one: one stack a walk.
     walker.set_stacks(1);
     let w = walk_until(&mut walker, "2 writers in D", |w| writers_in_d(w, pid) >= 2);
-    assert_eq!(w.d.iter().filter(|d| d.stack.is_some()).count(), 1);
+    assert_eq!(w.stacks_tried, 1);
+    assert!(w.d.iter().filter(|d| d.stack.is_some()).count() <= 1);
 
     // Without CAP_SYS_ADMIN: no stacks, one permission error however many threads are in D.
     let w = std::thread::spawn(move || {
@@ -115,8 +117,11 @@ fn d_threads_have_their_kernel_stacks_or_a_reason_why_not() {
             taken: Some(std::time::SystemTime::now()),
             ..HostSnapshot::default()
         }));
+        // A budget above any number of D threads other tests on the machine may hold, so
+        // that ours are never past it (the budget itself is tested on the walker above).
         let cfg = ThreadsConfig {
             stacks,
+            stacks_max: 1000,
             ..ThreadsConfig::default()
         };
         assert!(ThreadsConfig::default().stacks && ThreadsConfig::default().stacks_max == 64);
@@ -144,13 +149,12 @@ fn d_threads_have_their_kernel_stacks_or_a_reason_why_not() {
             assert!(mine
                 .iter()
                 .all(|d| d.stack.as_deref().is_some_and(|s| s.contains(FRAME))));
-            // Other tests' D threads may exceed nothing here: 64 is far above them.
             assert_eq!(snap.stacks_missing, None);
         } else {
             assert!(mine.iter().all(|d| d.stack.is_none()));
             assert_eq!(
                 snap.stacks_missing.as_deref(),
-                Some("kernel stacks: off (threads.stacks = false)")
+                Some("off (threads.stacks = false)")
             );
         }
     }

@@ -232,25 +232,20 @@ impl driver::Sampler for Threads {
     }
 }
 
-/// Why some stacks of the walk's D threads are missing, in a sentence for a record.
+/// Why some stacks of the walk's D threads are missing, for a record's "kernel stacks: …" line.
 fn stacks_missing(walk: &Walk, cfg: &ThreadsConfig) -> Option<String> {
     const FILE: &str = "/proc/<pid>/task/<tid>/stack";
     if walk.d.is_empty() {
         return None;
     }
     if !cfg.stacks {
-        return Some("kernel stacks: off (threads.stacks = false)".into());
+        return Some("off (threads.stacks = false)".into());
     }
     match walk.stack_error {
-        Some(ErrorKind::Permission) => Some(format!(
-            "kernel stacks: {FILE} not readable (needs CAP_SYS_ADMIN)"
-        )),
-        Some(k) => Some(format!(
-            "kernel stacks: {FILE} could not be read ({} error)",
-            k.as_str()
-        )),
+        Some(ErrorKind::Permission) => Some(format!("{FILE} not readable (needs CAP_SYS_ADMIN)")),
+        Some(k) => Some(format!("{FILE} could not be read ({} error)", k.as_str())),
         None if walk.d.len() > walk.stacks_tried => Some(format!(
-            "kernel stacks: read for {} of {} threads in D (threads.stacks_max)",
+            "read for {} of {} threads in D (threads.stacks_max)",
             walk.stacks_tried,
             walk.d.len()
         )),
@@ -298,5 +293,54 @@ impl ThreadSampler {
 
     pub fn stop(self) {
         self.0.stop();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::proc::tasks::RawD;
+
+    #[test]
+    fn why_stacks_are_missing() {
+        let d = RawD {
+            pid: 1,
+            tid: 1,
+            starttime: 0,
+            comm: "dd".into(),
+            kernel_thread: false,
+            wchan: None,
+            cgroup: None,
+            container: None,
+            stack: None,
+        };
+        let on = ThreadsConfig::default();
+        let mut w = Walk::default();
+        assert_eq!(
+            stacks_missing(&w, &on),
+            None,
+            "no thread in D: nothing missing"
+        );
+        w.d = vec![d.clone(), d];
+        w.stacks_tried = 2;
+        assert_eq!(stacks_missing(&w, &on), None);
+        let off = ThreadsConfig {
+            stacks: false,
+            ..ThreadsConfig::default()
+        };
+        assert_eq!(
+            stacks_missing(&w, &off).as_deref(),
+            Some("off (threads.stacks = false)")
+        );
+        w.stacks_tried = 1;
+        assert_eq!(
+            stacks_missing(&w, &on).as_deref(),
+            Some("read for 1 of 2 threads in D (threads.stacks_max)")
+        );
+        w.stack_error = Some(ErrorKind::Permission);
+        assert_eq!(
+            stacks_missing(&w, &on).as_deref(),
+            Some("/proc/<pid>/task/<tid>/stack not readable (needs CAP_SYS_ADMIN)")
+        );
     }
 }

@@ -9,7 +9,7 @@ use stallwatch_cloud::snapshot::{
 };
 use stallwatch_cloud::CloudSnapshot;
 use stallwatch_collector::cgroup::{
-    ContainerStats, CpuStats, DeviceIo, Identity, MemoryStats, Qos, Runtime,
+    ContainerStats, CpuStats, DeviceIo, Identity, IoLimit, MemoryStats, Qos, Runtime,
 };
 use stallwatch_collector::proc::diskstats::{DiscardStat, DiskStat, FlushStat};
 use stallwatch_collector::proc::loadavg::LoadAvg;
@@ -335,6 +335,22 @@ pub fn containers_snapshot(now: Instant) -> ContainerSnapshot {
                     write_bytes: 1024,
                     read_ops: 3,
                     write_ops: 4,
+                },
+            ]),
+            io_limits: Some(vec![
+                IoLimit {
+                    major: 254,
+                    minor: 0,
+                    write_bps: Some(10 << 20),
+                    write_iops: Some(300),
+                    ..IoLimit::default()
+                },
+                // Not in diskstats: named major:minor.
+                IoLimit {
+                    major: 259,
+                    minor: 3,
+                    read_iops: Some(1000),
+                    ..IoLimit::default()
                 },
             ]),
             pids: Some(5),
