@@ -140,8 +140,7 @@ fn shares(v: [Option<f64>; 2], named: [(&'static str, f64); 2], th: &Th<'_>) -> 
 
 fn disk_stalled(t: &Tick, node: &Node, th: &Th<'_>) -> Option<Finding> {
     let after = th.x(th.c.stall_after.as_secs_f64());
-    // stalled_seconds moves in steps of a tick; a quarter tick of slack keeps 2 s at two 1 s
-    // ticks when the sampler runs a millisecond early (1.999 s).
+    // Slack: stalled_seconds moves in ticks, and two early 1 s ticks make 1.999 s.
     let stalled: Vec<&DiskTick> = t
         .disks
         .iter()
@@ -320,20 +319,7 @@ fn memory(t: &Tick, node: &Node, th: &Th<'_>) -> Option<Finding> {
         rate(t.allocstalls_per_second, "direct reclaim stalls"),
         rate(t.major_faults_per_second, "major faults")
     );
-    let at_limit = super::memwho::at_limit(node, th.c.limit_share);
-    if !at_limit.is_empty() {
-        let names: Vec<&str> = at_limit
-            .iter()
-            .filter_map(|(_, e)| e.subject.as_deref())
-            .collect();
-        summary.push_str(&format!("; at their memory limit: {}", names.join(", ")));
-    }
-    let (containers, evidence): (Vec<_>, Vec<_>) = at_limit.into_iter().unzip();
-    e.extend(evidence);
-    let who = Who {
-        containers,
-        ..Who::default()
-    };
+    let who = super::memwho::who(node, th.c.limit_share, &mut summary, &mut e);
     Some(finding(Cause::Memory, severity, summary, e, who))
 }
 

@@ -8,7 +8,7 @@
 //! hybrid host) and shows no memory stall in its last 10 s is left out. On pure v1 there is no
 //! per-container PSI, and every container at its limit is named while the node stalls.
 
-use super::{Evidence, WhoContainer};
+use super::{Evidence, Who, WhoContainer};
 use crate::node::Node;
 
 /// Below this `memory.pressure` some avg10 a container is not stalling on memory (the
@@ -57,4 +57,23 @@ pub fn at_limit(node: &Node, share: f64) -> Vec<(WhoContainer, Evidence)> {
     out.sort_by(|a, b| b.0.total_cmp(&a.0));
     out.truncate(5);
     out.into_iter().map(|(_, w, e)| (w, e)).collect()
+}
+
+/// The `memory` cause's who: the containers [at their limit](at_limit), each with its
+/// evidence item, also named at the end of the summary.
+pub fn who(node: &Node, share: f64, summary: &mut String, evidence: &mut Vec<Evidence>) -> Who {
+    let full = at_limit(node, share);
+    if !full.is_empty() {
+        let names: Vec<&str> = full
+            .iter()
+            .filter_map(|(_, e)| e.subject.as_deref())
+            .collect();
+        summary.push_str(&format!("; at their memory limit: {}", names.join(", ")));
+    }
+    let (containers, items): (Vec<_>, Vec<_>) = full.into_iter().unzip();
+    evidence.extend(items);
+    Who {
+        containers,
+        ..Who::default()
+    }
 }
