@@ -9,8 +9,10 @@
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use super::rig::{direct_file, docker_name, unique_id, Container};
-use super::{agent, evidence, incident, now_unix, report, wait_cause, who_containers};
+use super::rig::direct_file;
+use super::{
+    agent_and_container, evidence, incident, now_unix, report, wait_cause, who_containers,
+};
 use crate::harness::require_root;
 use crate::writeback::LoopFs;
 
@@ -27,16 +29,7 @@ fn rereading_a_file_larger_than_a_memory_limit_is_memory() {
     let file = fs.mount_point().join("data");
     direct_file(&file, FILE_MIB);
     let tmp = tempfile::tempdir().unwrap();
-    let id = unique_id();
-    docker_name(tmp.path(), &id, "cache");
-    let a = agent(
-        tmp.path(),
-        &format!(
-            "[containers]\ninterval = \"1s\"\ndocker_root = \"{}\"\n",
-            tmp.path().display()
-        ),
-    );
-    let c = Container::new(&id);
+    let (a, c, id) = agent_and_container(tmp.path(), "cache");
     c.memory_limit(LIMIT);
     let t0 = Instant::now();
     let start_unix = now_unix();

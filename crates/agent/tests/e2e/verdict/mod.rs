@@ -63,6 +63,22 @@ pub fn agent_with(
     a
 }
 
+/// The agent with a container pass every second that reads docker's state under `dir`, and
+/// a docker-shaped container named `name` there: its id.
+pub fn agent_and_container(dir: &Path, name: &str) -> (Agent, rig::Container, String) {
+    let id = rig::unique_id();
+    rig::docker_name(dir, &id, name);
+    let a = agent(
+        dir,
+        &format!(
+            "[containers]\ninterval = \"1s\"\ndocker_root = \"{}\"\n",
+            dir.display()
+        ),
+    );
+    let c = rig::Container::new(&id);
+    (a, c, id)
+}
+
 /// GET a JSON path; the body and how long the answer took.
 pub fn get_json(a: &Agent, path: &str) -> (Value, Duration) {
     let t = Instant::now();

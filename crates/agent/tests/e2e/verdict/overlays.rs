@@ -6,8 +6,7 @@
 //! `s_sync_lock` behind whichever one is waiting for the pages. The verdict must say
 //! `writeback` and/or `lock`, with those threads and their wait channels.
 
-use std::path::PathBuf;
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use super::rig::DeviceLimit;
@@ -20,17 +19,6 @@ const DIRTY_MIB: usize = 16;
 const BPS: u64 = 8 << 20;
 /// The processes whose threads wait: what the D-state walk groups them as.
 const WAITERS: [&str; 2] = ["umount", "sync"];
-
-/// Unmounts what is still mounted (the LoopFs drop would fail under live overlays).
-struct Overlays(Vec<PathBuf>);
-
-impl Drop for Overlays {
-    fn drop(&mut self) {
-        for m in &self.0 {
-            let _ = Command::new("umount").arg(m).stderr(Stdio::null()).status();
-        }
-    }
-}
 
 /// The cause's waiting groups that are ours (the writeback and lock detectors keep only
 /// threads whose wait channel is of their kind: verdict/wchan.rs), with wait channels.
@@ -50,27 +38,8 @@ fn concurrent_overlay_unmounts_on_a_throttled_fs_are_writeback_or_lock() {
     let tmp = tempfile::tempdir().unwrap();
     let a = super::agent(tmp.path(), "");
     let base = fs.mount_point();
-    let mut merged = Vec::new();
-    for i in 0..OVERLAYS {
-        let c = base.join(format!("c{i}"));
-        for d in ["lower", "upper", "work", "merged"] {
-            std::fs::create_dir_all(c.join(d)).unwrap();
-        }
-        let opts = format!(
-            "lowerdir={},upperdir={},workdir={}",
-            c.join("lower").display(),
-            c.join("upper").display(),
-            c.join("work").display()
-        );
-        let st = Command::new("mount")
-            .args(["-t", "overlay", "overlay", "-o", &opts])
-            .arg(c.join("merged"))
-            .status()
-            .unwrap();
-        assert!(st.success(), "mount overlay {i}");
-        merged.push(c.join("merged"));
-    }
-    let _overlays = Overlays(merged.clone());
+    let overlays = fs.overlays(&[false; OVERLAYS]);
+    let merged = overlays.0.clone();
     // Limited before the data is dirtied: the flusher's background writeback is held too.
     let mut limit = DeviceLimit::set("write_bps_device", fs.major_minor, BPS);
     for (i, m) in merged.iter().enumerate() {

@@ -14,6 +14,8 @@ use std::time::{Duration, Instant, SystemTime};
 use cgroups_rs::fs::hierarchies::V1;
 use cgroups_rs::fs::Cgroup;
 
+pub use crate::hung::wait_exit;
+
 const CGROUPFS: &str = "/sys/fs/cgroup";
 const UNIFIED: &str = "/sys/fs/cgroup/unified";
 
@@ -295,20 +297,6 @@ impl Drop for DeviceLimit {
                 eprintln!("cleanup: {} did not exit within 30 s", c.id());
             }
         }
-    }
-}
-
-/// Waits up to `limit` for `child` to exit.
-pub fn wait_exit(child: &mut Child, limit: Duration) -> Option<std::process::ExitStatus> {
-    let deadline = Instant::now() + limit;
-    loop {
-        if let Ok(Some(s)) = child.try_wait() {
-            return Some(s);
-        }
-        if Instant::now() >= deadline {
-            return None;
-        }
-        std::thread::sleep(Duration::from_millis(20));
     }
 }
 

@@ -8,10 +8,9 @@ use std::io::Write;
 use std::process::Stdio;
 use std::time::{Duration, Instant};
 
-use super::rig::{docker_name, unique_id, Container};
 use super::{
-    active, agent, d_rows, evidence, incident, now_unix, poll_verdict, report, wait_cause,
-    who_containers, who_devices, who_groups,
+    active, agent_and_container, d_rows, evidence, incident, now_unix, poll_verdict, report,
+    wait_cause, who_containers, who_devices, who_groups,
 };
 use crate::harness::require_root;
 use crate::writeback::LoopFs;
@@ -29,16 +28,7 @@ fn container_at_its_write_iops_limit_is_disk_saturated() {
     let fs = LoopFs::new(256);
     let dev = fs.device.clone();
     let tmp = tempfile::tempdir().unwrap();
-    let id = unique_id();
-    docker_name(tmp.path(), &id, "web");
-    let a = agent(
-        tmp.path(),
-        &format!(
-            "[containers]\ninterval = \"1s\"\ndocker_root = \"{}\"\n",
-            tmp.path().display()
-        ),
-    );
-    let c = Container::new(&id);
+    let (a, c, id) = agent_and_container(tmp.path(), "web");
     c.throttle("write_iops_device", fs.major_minor, IOPS);
 
     let t0 = Instant::now();
