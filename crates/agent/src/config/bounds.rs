@@ -112,6 +112,7 @@ pub const BOUNDS: &[Bound] = &[
     dur("cloud.poll_interval", s(1), s(DAY)),
     dur("cloud.fast_poll_interval", s(1), s(DAY)),
     share("cloud.fast_poll_below", 0.0, 1.0, false),
+    dur("cloud.fast_poll_empty_within", s(MIN), s(DAY)),
     dur("cloud.lookback", s(MIN), s(3 * HOUR)),
     dur("cloud.staleness", s(MIN), s(DAY)),
     dur("cloud.retry_min", ms(100), s(HOUR)),

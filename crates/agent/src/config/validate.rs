@@ -299,6 +299,7 @@ impl CloudSection {
             ("cloud.describe_interval", self.describe_interval),
             ("cloud.poll_interval", self.poll_interval),
             ("cloud.fast_poll_interval", self.fast_poll_interval),
+            ("cloud.fast_poll_empty_within", self.fast_poll_empty_within),
             ("cloud.lookback", self.lookback),
             ("cloud.staleness", self.staleness),
             ("cloud.retry_min", self.retry_min),
@@ -366,13 +367,16 @@ impl CloudSection {
             poll_interval: self.poll_interval,
             fast_poll_interval: self.fast_poll_interval,
             fast_poll_below_percent: self.fast_poll_below.0 * 100.0,
+            fast_poll_empty_within: self.fast_poll_empty_within,
             lookback: self.lookback,
             staleness: self.staleness,
             retry_min: self.retry_min,
             model_interval: self.model_interval,
             instance_balances: self.instance_balances,
+            checks: self.checks,
             nvme_stats: self.nvme_stats,
             dev_dir: self.dev_dir,
+            state_file: (!self.state_file.as_os_str().is_empty()).then_some(self.state_file),
             volumes: self
                 .volume
                 .into_iter()

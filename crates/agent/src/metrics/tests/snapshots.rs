@@ -5,7 +5,9 @@ use std::time::{Duration, Instant, SystemTime};
 
 use stallwatch_cloud::devices::BlockDevice;
 use stallwatch_cloud::snapshot::{
-    Api, BalancePoint, Instance, InstanceBalance, NvmeCounters, Outcome, VolumeState,
+    Api, BalancePoint, CheckPoint, EstimateBasis, Headroom, Initialization, Instance,
+    InstanceBalance, InstanceCheck, InstanceEbs, Modification, NvmeCounters, Outcome, VolumeCheck,
+    VolumeState, VolumeStatus,
 };
 use stallwatch_cloud::CloudSnapshot;
 use stallwatch_collector::cgroup::{
@@ -526,6 +528,54 @@ pub fn cloud_snapshot() -> CloudSnapshot {
                     read_latency: vec![(0.001, 6), (0.0005, 3), (0.001, 1)],
                     write_latency: vec![(0.004, 7)],
                 }),
+                created: Some(1_690_000_000.0),
+                estimate_basis: Some(EstimateBasis::CloudWatch),
+                estimate_low_percent: Some(40.0),
+                estimate_high_percent: Some(41.0),
+                headroom: Some(Headroom {
+                    iops: 2_850.0,
+                    iops_limit: 3_000.0,
+                    bytes_per_second: 11_673_600.0,
+                    bytes_limit: 134_217_728.0,
+                    iops_peak: 2_900.0,
+                    bytes_per_second_peak: 11_878_400.0,
+                    iops_limit_in_seconds: Some(f64::INFINITY),
+                    bytes_limit_in_seconds: None,
+                }),
+                status: Some(VolumeStatus {
+                    status: "ok".into(),
+                    io_enabled: Some("passed".into()),
+                    io_performance: None,
+                    initialization: Some(Initialization {
+                        kind: "default".into(),
+                        progress_percent: Some(75.0),
+                        eta_seconds: Some(850.0),
+                    }),
+                }),
+                modification: Some(Modification {
+                    state: "optimizing".into(),
+                    progress_percent: Some(40.0),
+                    original_volume_type: Some("gp2".into()),
+                    target_volume_type: Some("gp3".into()),
+                    start_time: Some(1_699_999_000.0),
+                    ..Modification::default()
+                }),
+                checks: vec![
+                    (
+                        VolumeCheck::StalledIo,
+                        CheckPoint {
+                            value: 0.0,
+                            timestamp: 1_700_000_000.0,
+                        },
+                    ),
+                    (
+                        VolumeCheck::IopsExceeded,
+                        CheckPoint {
+                            value: 1.0,
+                            timestamp: 1_700_000_060.0,
+                        },
+                    ),
+                ],
             },
             // Mapped by config onto a device the host knows (`vda`): volume ids on disk and
             // container I/O rows come from here.
@@ -557,6 +607,29 @@ pub fn cloud_snapshot() -> CloudSnapshot {
                 },
             ),
         ],
+        instance_ebs: Some(InstanceEbs {
+            baseline_iops: 3_600.0,
+            maximum_iops: 18_750.0,
+            baseline_bytes_per_second: 81_250_000.0,
+            maximum_bytes_per_second: 593_750_000.0,
+            headroom: Some(Headroom {
+                iops: 2_850.0,
+                iops_limit: 18_750.0,
+                bytes_per_second: 11_673_600.0,
+                bytes_limit: 593_750_000.0,
+                iops_peak: 2_900.0,
+                bytes_per_second_peak: 11_878_400.0,
+                iops_limit_in_seconds: Some(f64::INFINITY),
+                bytes_limit_in_seconds: Some(f64::INFINITY),
+            }),
+        }),
+        instance_checks: vec![(
+            InstanceCheck::IopsExceeded,
+            CheckPoint {
+                value: 0.0,
+                timestamp: 1_700_000_060.0,
+            },
+        )],
         instance_exceeded_iops_seconds: Some(2.0),
         instance_exceeded_throughput_seconds: Some(0.5),
         requests: vec![

@@ -88,7 +88,18 @@ impl DStateRig {
     /// 15 s with diagnostics). `iops` is the write iops limit on the loop device; keep it small
     /// (2–5) so each thread waits about `threads / iops` seconds per write.
     pub fn start(threads: usize, iops: u32) -> DStateRig {
+        DStateRig::start_sized(threads, iops, 4096)
+    }
+
+    /// [`DStateRig::start`] with writes of `io_size` bytes (a multiple of 4096; the cloud
+    /// scenarios drive a volume's throughput limit with 1 MiB writes).
+    #[allow(dead_code)] // the cloud scenarios only
+    pub fn start_sized(threads: usize, iops: u32, io_size: usize) -> DStateRig {
         assert!(threads > 0 && iops > 0, "threads and iops must be > 0");
+        assert!(
+            io_size >= 4096 && io_size % 4096 == 0,
+            "io_size: a multiple of 4096"
+        );
         let t0 = Instant::now();
         let dir = tempfile::Builder::new()
             .prefix("stallwatch-dstate-")
@@ -200,6 +211,7 @@ impl DStateRig {
             .arg(&rig.mnt)
             .arg(threads.to_string())
             .arg(hex(HOSTILE_COMM))
+            .arg(io_size.to_string())
             .stdin(Stdio::piped())
             .stdout(Stdio::null())
             .stderr(stderr)
@@ -345,11 +357,24 @@ impl DStateRig {
             .unwrap_or_else(|e| panic!("dstate_rig: write_iops {maj}:{min} {iops}: {e}"));
     }
 
+    /// Adds a write bytes-per-second throttle (0 removes it) beside the iops one.
+    #[allow(dead_code)] // used by the cloud scenarios only
+    pub fn set_write_bps(&self, bps: u64) {
+        let (Some(_), Some((maj, min))) = (&self.cgroup, self.devnum) else {
+            panic!("dstate_rig: set_write_bps before the rig was built");
+        };
+        self.blkio()
+            .throttle_write_bps_for_device(maj, min, bps)
+            .unwrap_or_else(|e| panic!("dstate_rig: write_bps {maj}:{min} {bps}: {e}"));
+    }
+
     fn try_lift(&self) -> Result<(), String> {
         let (Some(_), Some((maj, min))) = (&self.cgroup, self.devnum) else {
             return Ok(());
         };
-        // "MAJ:MIN 0" deletes the rule in v1.
+        // "MAJ:MIN 0" deletes the rule in v1 (a bps rule only the cloud scenarios set; deleting
+        // none is no error worth a panic).
+        let _ = self.blkio().throttle_write_bps_for_device(maj, min, 0);
         self.blkio()
             .throttle_write_iops_for_device(maj, min, 0)
             .map_err(|e| {
