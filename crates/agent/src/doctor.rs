@@ -9,6 +9,7 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use stallwatch_cloud::config::Enabled;
+use stallwatch_collector::bpf;
 use stallwatch_collector::cgroup::discover::{self, Layout};
 use stallwatch_collector::proc::pressure::{self, Resource};
 use stallwatch_collector::proc::tasks::Walker;
@@ -53,6 +54,69 @@ fn cap_eff() -> Option<u64> {
 const CAP_DAC_READ_SEARCH: u32 = 2;
 const CAP_SYS_PTRACE: u32 = 19;
 const CAP_SYS_ADMIN: u32 = 21;
+
+/// The eBPF episode source: whether it can run here, tried for real (the programs are loaded,
+/// attached and detached again), and whether wait channels and stacks get names.
+fn bpf_lines(r: &mut Report, roots: &stallwatch_collector::Roots, b: &bpf::BpfConfig) {
+    if b.enabled == bpf::Enabled::Off {
+        r.add(
+            Status::Ok,
+            "eBPF episodes",
+            "off ([bpf] enabled = false): D states come from the thread walk",
+        );
+        return;
+    }
+    let missing = if b.enabled == bpf::Enabled::On {
+        Status::Fail
+    } else {
+        Status::Warn
+    };
+    if let Err(why) = bpf::availability(roots, bpf::cap_eff()) {
+        r.add(
+            missing,
+            "eBPF episodes",
+            format!("off: {why}; D states come from the thread walk (short episodes between walks are not seen)"),
+        );
+        return;
+    }
+    let syms = bpf::symbols::Symbols::open(roots.proc("kallsyms"));
+    let t = Instant::now();
+    let sizes = bpf::kernel::Sizes {
+        in_flight: b.max_in_flight,
+        keys: b.max_keys,
+        ring_bytes: b.ring_bytes,
+    };
+    match bpf::kernel::Kernel::load(
+        &roots.sys("kernel/btf/vmlinux"),
+        sizes,
+        b.long_episode,
+        syms.bounds.sched,
+        syms.bounds.lock,
+    ) {
+        Ok(k) => {
+            drop(k);
+            let ms = t.elapsed().as_secs_f64() * 1e3;
+            if syms.bounds.known() {
+                r.add(
+                    Status::Ok,
+                    "eBPF episodes",
+                    format!("attached in {ms:.0} ms: every D episode is counted, with wait channels and stacks"),
+                );
+            } else {
+                r.add(
+                    Status::Warn,
+                    "eBPF episodes",
+                    format!("attached in {ms:.0} ms, but kernel addresses are hidden (no CAP_SYSLOG): wait channels are \"unknown\" and stacks have no names"),
+                );
+            }
+        }
+        Err(why) => r.add(
+            missing,
+            "eBPF episodes",
+            format!("cannot load: {why}; D states come from the thread walk"),
+        ),
+    }
+}
 
 pub fn main(common: &Common) -> anyhow::Result<Exit> {
     let roots = common.roots();
@@ -162,6 +226,14 @@ pub fn main(common: &Common) -> anyhow::Result<Exit> {
         ),
         Err(e) => r.add(Status::Fail, "threads", format!("cannot walk: {e}")),
     }
+
+    bpf_lines(
+        &mut r,
+        &roots,
+        &cfg.as_ref()
+            .map(|c| c.threads.bpf.clone())
+            .unwrap_or_default(),
+    );
 
     let caps = cap_eff().unwrap_or(0);
     let has = |c: u32| caps & (1u64 << c) != 0;

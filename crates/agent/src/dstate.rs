@@ -2,12 +2,21 @@
 //! uninterruptible sleep now with their process, group, cgroup, kernel wait channel and how
 //! long they have been stuck (tracked across walks by thread id + start time), optionally with
 //! the kernel stacks of the longest-stuck ones. Same walker and grouping as the agent.
+//!
+//! `--stack` uses the eBPF episode source where it can run (`stallwatch_collector::bpf`): the
+//! stack each thread went to sleep in, captured by `sched_switch` (no `/proc/<pid>/stack`, which
+//! needs `CAP_SYS_ADMIN`), and the long episodes (≥ 100 ms) that *ended* while it watched, with
+//! their stacks: what sleepingBeauties.stp did by hand. Elsewhere it reads
+//! `/proc/<pid>/task/<tid>/stack`.
 
 use std::collections::HashMap;
 use std::io::Write;
 use std::time::{Duration, Instant, SystemTime};
 
 use serde::Serialize;
+use stallwatch_collector::bpf::kernel::Sizes;
+use stallwatch_collector::bpf::source::{Batch, Long, Reading, Settings, Source};
+use stallwatch_collector::bpf::{self, BpfConfig};
 use stallwatch_collector::proc::tasks::{Walk, Walker};
 use stallwatch_collector::proc::{pressure, stat};
 use stallwatch_collector::sample::dstate::{DThread, DTracker};
@@ -28,6 +37,82 @@ struct Report<'a> {
     io_pressure_some_avg10: Option<f64>,
     groups: Vec<GroupOut>,
     dstate: Vec<ThreadOut<'a>>,
+    /// With --stack and the eBPF source: episodes of at least 100 ms that ended while watching,
+    /// newest first.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    long_episodes: Option<Vec<LongOut>>,
+}
+
+#[derive(Serialize)]
+struct LongOut {
+    pid: u32,
+    tid: u32,
+    comm: String,
+    wchan: Option<String>,
+    container_id: Option<String>,
+    seconds: f64,
+    stack: Option<Vec<String>>,
+}
+
+/// The eBPF source for `--stack`: loaded once, drained at each refresh.
+struct Tracer {
+    src: Source,
+    /// Stacks of the episodes in flight, by tid.
+    stacks: HashMap<u32, Vec<String>>,
+    long: Vec<Long>,
+}
+
+/// Episodes at least this long are listed with their stacks when they end.
+const TRACE_LONG: Duration = Duration::from_millis(100);
+
+impl Tracer {
+    fn start(roots: &Roots) -> Option<Tracer> {
+        bpf::availability(roots, bpf::cap_eff()).ok()?;
+        let d = BpfConfig::default();
+        let settings = Settings {
+            sizes: Sizes {
+                in_flight: d.max_in_flight,
+                keys: d.max_keys,
+                ring_bytes: d.ring_bytes,
+            },
+            long: TRACE_LONG,
+        };
+        let mut src = Source::new(
+            std::sync::Arc::new(roots.clone()),
+            settings,
+            Default::default(),
+        );
+        match src.read() {
+            Ok(Some(Reading::Drain(_))) => Some(Tracer {
+                src,
+                stacks: HashMap::new(),
+                long: Vec::new(),
+            }),
+            Ok(Some(Reading::Off(why))) => {
+                eprintln!("stallwatch: eBPF source off ({why}); stacks from /proc");
+                None
+            }
+            _ => None,
+        }
+    }
+
+    /// Drains: the stacks of what is in D now, and the long episodes that ended.
+    fn refresh(&mut self) {
+        if let Ok(Some(Reading::Drain(b))) = self.src.read() {
+            let Batch { running, long, .. } = b;
+            self.stacks = running
+                .into_iter()
+                .filter_map(|r| Some((r.tid, lines(r.stack.as_deref()?))))
+                .collect();
+            self.long.extend(long);
+            let n = self.long.len().saturating_sub(256);
+            self.long.drain(..n);
+        }
+    }
+}
+
+fn lines(s: &str) -> Vec<String> {
+    s.lines().map(str::to_string).collect()
 }
 
 #[derive(Serialize)]
@@ -74,19 +159,50 @@ pub fn main(common: &Common, args: &DstateArgs) -> anyhow::Result<Exit> {
         Ok((walk, stuck, counts))
     };
     let stdout = std::io::stdout();
+    let mut tracer = if args.stack {
+        Tracer::start(&roots)
+    } else {
+        None
+    };
     if args.once {
         walk_once(&mut tracker).map_err(anyhow::Error::msg)?;
         std::thread::sleep(args.observe);
         let (walk, stuck, counts) = walk_once(&mut tracker).map_err(anyhow::Error::msg)?;
+        if let Some(t) = &mut tracer {
+            t.refresh();
+        }
         let mut out = stdout.lock();
-        let _ = print(&mut out, &roots, args, &walk, stuck, &counts, false);
+        let _ = print(
+            &mut out,
+            &roots,
+            args,
+            &walk,
+            stuck,
+            &counts,
+            false,
+            tracer.as_ref(),
+        );
         return Ok(Exit::Ok);
     }
     loop {
         match walk_once(&mut tracker) {
             Ok((walk, stuck, counts)) => {
+                if let Some(t) = &mut tracer {
+                    t.refresh();
+                }
                 let mut out = stdout.lock();
-                if print(&mut out, &roots, args, &walk, stuck, &counts, !args.json).is_err() {
+                if print(
+                    &mut out,
+                    &roots,
+                    args,
+                    &walk,
+                    stuck,
+                    &counts,
+                    !args.json,
+                    tracer.as_ref(),
+                )
+                .is_err()
+                {
                     return Ok(Exit::Ok); // stdout closed (piped into head)
                 }
             }
@@ -107,6 +223,7 @@ fn stack_of(roots: &Roots, d: &DThread) -> Option<Vec<String>> {
     )
 }
 
+#[allow(clippy::too_many_arguments)]
 fn print(
     out: &mut impl Write,
     roots: &Roots,
@@ -115,6 +232,7 @@ fn print(
     mut stuck: Vec<DThread>,
     counts: &HashMap<std::sync::Arc<str>, u64>,
     clear: bool,
+    tracer: Option<&Tracer>,
 ) -> std::io::Result<()> {
     let now = Instant::now();
     stuck.sort_by_key(|d| d.since);
@@ -146,11 +264,31 @@ fn print(
         .enumerate()
         .map(|(i, d)| {
             (args.stack && i < usize::from(args.stacks))
-                .then(|| stack_of(roots, d))
+                .then(|| {
+                    tracer
+                        .and_then(|t| t.stacks.get(&d.tid).cloned())
+                        .or_else(|| stack_of(roots, d))
+                })
                 .flatten()
         })
         .collect();
     let time = humantime::format_rfc3339_seconds(SystemTime::now()).to_string();
+    let long: Option<Vec<LongOut>> = tracer.map(|t| {
+        t.long
+            .iter()
+            .rev()
+            .take(usize::from(args.stacks))
+            .map(|l| LongOut {
+                pid: l.pid,
+                tid: l.tid,
+                comm: l.comm.clone(),
+                wchan: l.wchan.as_deref().map(str::to_string),
+                container_id: l.place.container.as_ref().map(|c| c.container_id.clone()),
+                seconds: l.seconds,
+                stack: l.stack.as_deref().map(lines),
+            })
+            .collect()
+    });
     if args.json {
         let report = Report {
             time,
@@ -179,6 +317,7 @@ fn print(
                     stack,
                 })
                 .collect(),
+            long_episodes: long,
         };
         serde_json::to_writer(&mut *out, &report).map_err(std::io::Error::other)?;
         writeln!(out)?;
@@ -242,6 +381,24 @@ fn print(
     }
     if total_d == 0 {
         writeln!(out, "(no thread is in D state)")?;
+    }
+    if let Some(long) = long.filter(|l| !l.is_empty()) {
+        writeln!(out)?;
+        writeln!(out, "Episodes of D state of at least {TRACE_LONG:?} that ended while watching (eBPF), newest first:")?;
+        for l in long {
+            writeln!(
+                out,
+                "{:>7.3}s {:>8} {:>8}  {:<16} {:<24}",
+                l.seconds,
+                l.pid,
+                l.tid,
+                clip(&l.comm, 16),
+                clip(l.wchan.as_deref().unwrap_or("-"), 24)
+            )?;
+            for f in l.stack.into_iter().flatten() {
+                writeln!(out, "{:>30}{f}", "")?;
+            }
+        }
     }
     out.flush()
 }

@@ -157,6 +157,9 @@ fn run(common: Common) -> anyhow::Result<Exit> {
     let node = parts.node.clone();
     registry.register_collector(Box::new(HostCollector { node: node.clone() }));
     registry.register_collector(Box::new(ThreadsCollector { node: node.clone() }));
+    registry.register_collector(Box::new(metrics::episodes::EpisodesCollector {
+        node: node.clone(),
+    }));
     registry.register_collector(Box::new(ContainersCollector { node: node.clone() }));
     registry.register_collector(Box::new(CloudCollector { node: node.clone() }));
     registry.register_collector(Box::new(metrics::node_info::NodeInfoCollector::new(

@@ -15,6 +15,7 @@
 //! keeps error semantics ours (garbage → error naming the line, unknown keys ignored) and a
 //! pass of all fast sources well under a millisecond.
 
+pub mod bpf;
 pub mod cgroup;
 pub mod error;
 pub mod node;

@@ -17,6 +17,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::SystemTime;
 
+use crate::bpf::EpisodeSnapshot;
 use crate::sample::containers::ContainerSnapshot;
 use crate::sample::probe::ProbeSnapshot;
 use crate::sample::{HostSnapshot, SourceStatus, ThreadSnapshot};
@@ -45,6 +46,8 @@ pub struct NodeView {
     pub devices: HashMap<(u32, u32), Device>,
     /// Threads in D at the last walk, per container id (containers with none are absent).
     pub dstate_by_container: HashMap<String, u64>,
+    /// The eBPF episode source (`crate::bpf`): long episodes with stacks, episodes in flight.
+    pub episodes: Arc<EpisodeSnapshot>,
 }
 
 impl NodeView {
@@ -78,6 +81,7 @@ impl NodeView {
         }
         NodeView {
             joined: Some(SystemTime::now()),
+            episodes: Arc::clone(&threads.episodes),
             host,
             threads,
             containers,
@@ -114,6 +118,9 @@ impl NodeView {
         let mut all: Vec<&SourceStatus> = self.host.sources.iter().collect();
         if self.threads.enabled {
             all.push(&self.threads.status);
+        }
+        if let Some(s) = &self.episodes.status {
+            all.push(s);
         }
         if self.containers.enabled {
             all.push(&self.containers.status);

@@ -83,7 +83,7 @@ const fn size(key: &'static str, min: u64, max: u64) -> Bound {
 /// The table. Cross-field rules (checked after these, in `validate.rs`):
 /// `sampler.interval ≤ sampler.peak_window ≤ 100000 × sampler.interval` (the peak windows keep
 /// at most one entry per sample), `threads.fast_interval ≤ threads.interval`,
-/// `cloud.fast_poll_interval ≤ cloud.poll_interval`.
+/// `cloud.fast_poll_interval ≤ cloud.poll_interval`, `bpf.ring_buffer` a power of two.
 pub const BOUNDS: &[Bound] = &[
     dur("sampler.interval", ms(10), s(HOUR)),
     dur("sampler.peak_window", ms(10), s(DAY)),
@@ -140,6 +140,13 @@ pub const BOUNDS: &[Bound] = &[
     count("incident.keep", 1, 1000),
     count("incident.max_files", 1, 100_000),
     size("incident.max_bytes", 1 << 20, 1 << 40),
+    dur("bpf.interval", ms(100), s(MIN)),
+    dur("bpf.timeout", ms(10), s(HOUR)),
+    dur("bpf.long_episode", ms(1), s(HOUR)),
+    count("bpf.max_in_flight", 64, 1_000_000),
+    count("bpf.max_keys", 64, 1_000_000),
+    size("bpf.ring_buffer", 4096, 64 << 20),
+    dur("bpf.walk_interval", s(1), s(DAY)),
 ];
 
 /// The range of `key` (array entries without their index).

@@ -6,7 +6,8 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use serde::Deserialize;
-use stallwatch_cloud::config::CloudConfig;
+use stallwatch_cloud::config::{CloudConfig, Enabled};
+use stallwatch_collector::bpf::BpfConfig;
 use stallwatch_collector::sample::containers::ContainersConfig;
 use stallwatch_collector::sample::host::Threshold;
 use stallwatch_collector::sample::probe::ProbeConfig;
@@ -28,6 +29,43 @@ pub struct FileConfig {
     pub cloud: CloudSection,
     pub verdict: super::verdict::VerdictSection,
     pub incident: super::verdict::IncidentSection,
+    pub bpf: BpfSection,
+}
+
+/// `[bpf]`: the eBPF D-episode source (`stallwatch_collector::bpf`).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct BpfSection {
+    /// `"auto"` (on where BTF, CAP_BPF and CAP_PERFMON are), `true` or `false`.
+    pub enabled: EnabledSpec,
+    #[serde(deserialize_with = "duration")]
+    pub interval: Duration,
+    #[serde(deserialize_with = "duration")]
+    pub timeout: Duration,
+    /// Episodes at least this long are kept with their kernel stack.
+    #[serde(deserialize_with = "duration")]
+    pub long_episode: Duration,
+    pub max_in_flight: u64,
+    pub max_keys: u64,
+    pub ring_buffer: SizeSpec,
+    #[serde(deserialize_with = "duration")]
+    pub walk_interval: Duration,
+}
+
+impl Default for BpfSection {
+    fn default() -> Self {
+        let d = BpfConfig::default();
+        BpfSection {
+            enabled: EnabledSpec(Enabled::Auto),
+            interval: d.interval,
+            timeout: d.timeout,
+            long_episode: d.long_episode,
+            max_in_flight: u64::from(d.max_in_flight),
+            max_keys: u64::from(d.max_keys),
+            ring_buffer: SizeSpec(u64::from(d.ring_bytes)),
+            walk_interval: d.walk_interval,
+        }
+    }
 }
 
 /// `[cloud]`: AWS discovery, EBS volumes, BurstBalance and the local credit model.

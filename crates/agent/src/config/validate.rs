@@ -13,7 +13,8 @@
 use std::path::{Component, Path};
 use std::time::Duration;
 
-use stallwatch_cloud::config::{CloudConfig, VolumeOverride};
+use stallwatch_cloud::config::{CloudConfig, Enabled, VolumeOverride};
+use stallwatch_collector::bpf::{self, BpfConfig};
 use stallwatch_collector::proc::mountinfo::{self, Mount};
 use stallwatch_collector::sample::containers::ContainersConfig;
 use stallwatch_collector::sample::dstate::GroupRule;
@@ -24,7 +25,7 @@ use stallwatch_collector::sys::block::DiskFilter;
 
 use super::bounds::{check, check_len, Value};
 use super::error::{ConfigError, Locator};
-use super::sections::{CloudSection, FileConfig, ThreadsSection};
+use super::sections::{BpfSection, CloudSection, FileConfig, ThreadsSection};
 use super::Config;
 
 /// What validation may know about the machine: the mount table of this process, when
@@ -178,6 +179,49 @@ pub fn threads(t: &ThreadsSection, loc: &Locator<'_>) -> Result<ThreadsConfig, C
         max_cpu: t.max_cpu.0,
         stacks: t.stacks,
         stacks_max: t.stacks_max,
+        // `[bpf]` is its own section (filled in by the whole file's validation).
+        bpf: BpfConfig::default(),
+    })
+}
+
+/// `[bpf]` → the episode source's config (it runs in the thread sampler).
+fn bpf(b: &BpfSection, loc: &Locator<'_>) -> Result<BpfConfig, ConfigError> {
+    for (k, v) in [
+        ("interval", Value::Duration(b.interval)),
+        ("timeout", Value::Duration(b.timeout)),
+        ("long_episode", Value::Duration(b.long_episode)),
+        ("max_in_flight", Value::Count(b.max_in_flight)),
+        ("max_keys", Value::Count(b.max_keys)),
+        ("ring_buffer", Value::Size(b.ring_buffer.0)),
+        ("walk_interval", Value::Duration(b.walk_interval)),
+    ] {
+        let key = format!("bpf.{k}");
+        check(loc, &key, &key, v)?;
+    }
+    if !b.ring_buffer.0.is_power_of_two() {
+        return Err(loc.err(
+            "bpf.ring_buffer",
+            format!(
+                "{} bytes is not a power of two (the kernel's ring buffers are)",
+                b.ring_buffer.0
+            ),
+        ));
+    }
+    // In range, so they fit.
+    let small = |n: u64| u32::try_from(n).unwrap_or(u32::MAX);
+    Ok(BpfConfig {
+        enabled: match b.enabled.0 {
+            Enabled::Auto => bpf::Enabled::Auto,
+            Enabled::On => bpf::Enabled::On,
+            Enabled::Off => bpf::Enabled::Off,
+        },
+        interval: b.interval,
+        timeout: b.timeout,
+        long_episode: b.long_episode,
+        max_in_flight: small(b.max_in_flight),
+        max_keys: small(b.max_keys),
+        ring_bytes: small(b.ring_buffer.0),
+        walk_interval: b.walk_interval,
     })
 }
 
@@ -210,7 +254,8 @@ impl FileConfig {
                 ),
             ));
         }
-        let threads = threads(&self.threads, loc)?;
+        let mut threads = threads(&self.threads, loc)?;
+        threads.bpf = bpf(&self.bpf, loc)?;
 
         check_len(loc, "probe", self.probe.len())?;
         let mut probes: Vec<ProbeConfig> = Vec::new();

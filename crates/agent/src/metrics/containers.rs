@@ -236,7 +236,7 @@ pub const NETWORK: &[Row<NetDev>] = &[
 ];
 
 /// The labels of every row of a container.
-fn base(r: &ContainerRow) -> Labels<'_> {
+pub(super) fn base(r: &ContainerRow) -> Labels<'_> {
     let id = &r.identity;
     let mut l: Labels<'_> = vec![
         ("container_id", Cow::Borrowed(id.container_id.as_str())),

@@ -11,6 +11,7 @@
 pub mod cloud;
 pub mod containers;
 pub mod disks;
+pub mod episodes;
 pub mod exposition;
 pub mod host;
 pub mod memory;

@@ -14,6 +14,7 @@ mod docker;
 mod doctor;
 mod dstate;
 mod dstate_alerting;
+mod dstate_bpf;
 mod dstate_rig;
 mod dstate_stacks;
 mod fleet;

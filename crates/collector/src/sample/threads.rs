@@ -11,13 +11,26 @@
 //! most `threads.stacks_max` (64) threads a walk, the first it meets in pid order, 4 KiB each;
 //! [`ThreadSnapshot::stacks_missing`] says when and why some or all are missing.
 
+//!
+//! With the eBPF episode source on ([`crate::bpf`], `[bpf]`), this sampler has a second source,
+//! `bpf`, drained every `bpf.interval`: "who is in D now" then comes from the episodes in
+//! flight (exact start times, no walk), the walk runs only every `bpf.walk_interval` for the
+//! thread states and to seed episodes that began before the programs attached, and a stall
+//! costs no walking at all. When the programs cannot load, the source says why once and the
+//! walk does everything, as without it.
+
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
 
 use arc_swap::ArcSwap;
+use tracing::{error, info};
 
+use crate::bpf::kernel::Sizes;
+use crate::bpf::source::{Mailbox, Reading, Seed, Settings, Source};
+use crate::bpf::state::EpisodeState;
+use crate::bpf::{self, BpfConfig, EpisodeSnapshot};
 use crate::error::ErrorKind;
 use crate::proc::tasks::{Walk, Walker};
 use crate::roots::Roots;
@@ -48,6 +61,8 @@ pub struct ThreadsConfig {
     pub stacks: bool,
     /// At most this many stacks a walk.
     pub stacks_max: usize,
+    /// `[bpf]`: the episode source beside the walk.
+    pub bpf: BpfConfig,
 }
 
 impl Default for ThreadsConfig {
@@ -64,6 +79,7 @@ impl Default for ThreadsConfig {
             max_cpu: 0.05,
             stacks: true,
             stacks_max: 64,
+            bpf: BpfConfig::default(),
         }
     }
 }
@@ -90,9 +106,29 @@ pub struct ThreadSnapshot {
     /// unreadable without CAP_SYS_ADMIN, over `threads.stacks_max`); `None` when every thread
     /// in D at the last walk has its stack (or none is in D).
     pub stacks_missing: Option<String>,
+    /// Where `stuck`, the groups' D counts and the wait channels come from: the `bpf` episodes
+    /// in flight while that source runs, else the walk.
+    pub from_bpf: bool,
+    /// The eBPF episode source.
+    pub episodes: Arc<EpisodeSnapshot>,
 }
 
-/// The thread sampler on the periodic driver: one source, `threads`.
+/// The thread sampler's sources.
+#[derive(Debug, Clone, PartialEq)]
+enum Src {
+    Walk,
+    /// Keyed by what the programs are loaded with: a change reloads them.
+    Bpf(Settings),
+}
+
+/// A reading of either.
+enum Got {
+    Walk(Walk),
+    Bpf(Reading),
+}
+
+/// The thread sampler on the periodic driver: `threads` (the walk) and, where it can run,
+/// `bpf` (the episode source).
 struct Threads {
     roots: Arc<Roots>,
     host: Arc<ArcSwap<HostSnapshot>>,
@@ -107,6 +143,14 @@ struct Threads {
     /// Stacks the reader may read per walk (0: off), from the config in force.
     stacks: Arc<AtomicUsize>,
     snap: ThreadSnapshot,
+    episodes: EpisodeState,
+    mailbox: Mailbox,
+    /// Why the episode source is off (not configured off), once known.
+    bpf_off: Option<String>,
+    /// The `bpf` source was asked for in the current config.
+    bpf_wanted: bool,
+    /// Walk as soon as possible (to seed the episodes of a newly attached source).
+    walk_now: bool,
 }
 
 impl Threads {
@@ -123,17 +167,83 @@ impl Threads {
     }
 }
 
+impl Threads {
+    /// Whether the episode source is running (drained at least once, not off).
+    fn bpf_active(&self) -> bool {
+        self.episodes.active && self.bpf_off.is_none() && self.bpf_wanted
+    }
+
+    /// Feeds the D-state tracker a list of threads in D (from a walk or from the episodes in
+    /// flight) and fills the snapshot's D rows.
+    fn track(&mut self, walk: &Walk, at: Instant, cfg: &ThreadsConfig) -> Vec<DThread> {
+        let gap = cfg.interval * 2 + cfg.source_timeout;
+        let (mut stuck, counts) = self.tracker.apply(walk, at, &cfg.rules, gap);
+        if self.bpf_active() {
+            // Exact starts from the kernel (the tracker knows only when it first saw each).
+            let since: HashMap<u32, Instant> = walk
+                .d
+                .iter()
+                .map(|d| (d.tid, self.started + Duration::from_nanos(d.starttime)))
+                .collect();
+            for d in &mut stuck {
+                if let Some(t) = since.get(&d.tid) {
+                    d.since = *t;
+                }
+            }
+        }
+        let s = &mut self.snap;
+        s.groups = self
+            .tracker
+            .rows(&counts, &stuck, cfg.top_groups, &mut self.prev_totals);
+        s.wchans = wchan_rows(&stuck, cfg.top_wchans);
+        stuck.sort_by_key(|d| d.since);
+        stuck.truncate(MAX_STUCK);
+        self.had_d = !stuck.is_empty();
+        s.stuck = stuck.clone();
+        stuck
+    }
+
+    fn apply_bpf(&mut self, at: Instant, reading: Reading, cfg: &ThreadsConfig) {
+        match reading {
+            Reading::Off(why) => {
+                if cfg.bpf.enabled == bpf::Enabled::On {
+                    error!(reason = %why, "The eBPF episode source cannot run ([bpf] enabled = true); D states come from the thread walk alone.");
+                } else {
+                    info!(reason = %why, "The eBPF episode source is off; D states come from the thread walk alone.");
+                }
+                self.bpf_off = Some(why);
+            }
+            Reading::Drain(batch) => {
+                if !self.episodes.active {
+                    info!(
+                        long_episode = ?cfg.bpf.long_episode,
+                        symbols = batch.symbols,
+                        "The eBPF episode source is attached: every D episode is counted; the thread walk runs every walk_interval."
+                    );
+                    self.walk_now = true;
+                }
+                let raw = self.episodes.apply(batch, &cfg.rules, self.started);
+                let walk = Walk {
+                    d: raw,
+                    ..Walk::default()
+                };
+                self.track(&walk, at, cfg);
+            }
+        }
+    }
+}
+
 impl driver::Sampler for Threads {
-    type Key = ();
-    type Reading = Walk;
+    type Key = Src;
+    type Reading = Got;
     type Config = ThreadsConfig;
     type Snapshot = ThreadSnapshot;
 
-    fn sources(&mut self, _: &ThreadsConfig) -> Vec<SourceSpec<(), Walk>> {
+    fn sources(&mut self, cfg: &ThreadsConfig) -> Vec<SourceSpec<Src, Got>> {
         let roots = Arc::clone(&self.roots);
         let stacks = Arc::clone(&self.stacks);
-        vec![SourceSpec {
-            key: (),
+        let mut v = vec![SourceSpec {
+            key: Src::Walk,
             name: "threads".into(),
             make: driver::reader(move || {
                 let roots = Arc::clone(&roots);
@@ -141,19 +251,62 @@ impl driver::Sampler for Threads {
                 let mut walker = Walker::new();
                 move || {
                     walker.set_stacks(stacks.load(Ordering::Relaxed));
-                    walker.walk(&roots).map(Some)
+                    walker.walk(&roots).map(|w| Some(Got::Walk(w)))
                 }
             }),
-        }]
+        }];
+        let b = &cfg.bpf;
+        self.bpf_wanted = false;
+        if b.enabled == bpf::Enabled::Off {
+            self.bpf_off = None;
+            return v;
+        }
+        if let Err(why) = bpf::availability(&self.roots, bpf::cap_eff()) {
+            if self.bpf_off.as_deref() != Some(why.as_str()) {
+                if b.enabled == bpf::Enabled::On {
+                    error!(reason = %why, "The eBPF episode source cannot run ([bpf] enabled = true); D states come from the thread walk alone.");
+                } else {
+                    info!(reason = %why, "The eBPF episode source is off; D states come from the thread walk alone.");
+                }
+            }
+            self.bpf_off = Some(why);
+            return v;
+        }
+        self.bpf_off = None;
+        self.bpf_wanted = true;
+        let settings = Settings {
+            sizes: Sizes {
+                in_flight: b.max_in_flight,
+                keys: b.max_keys,
+                ring_bytes: b.ring_bytes,
+            },
+            long: b.long_episode,
+        };
+        let roots = Arc::clone(&self.roots);
+        let mailbox = Arc::clone(&self.mailbox);
+        v.push(SourceSpec {
+            key: Src::Bpf(settings),
+            name: "bpf".into(),
+            make: driver::reader(move || {
+                let mut src = Source::new(Arc::clone(&roots), settings, Arc::clone(&mailbox));
+                move || src.read().map(|r| r.map(Got::Bpf))
+            }),
+        });
+        v
     }
 
     /// Suspicion is re-checked every fast interval, so a stall that starts during a 10 s pause
-    /// is walked within about a second.
+    /// is walked within about a second; the episode source is drained at its own interval.
     fn tick(&self, cfg: &ThreadsConfig) -> Duration {
-        if self.waiting_for_host {
-            Duration::from_millis(20).min(cfg.fast_interval)
+        let t = if self.bpf_wanted && self.bpf_off.is_none() {
+            cfg.fast_interval.min(cfg.bpf.interval)
         } else {
             cfg.fast_interval
+        };
+        if self.waiting_for_host {
+            Duration::from_millis(20).min(t)
+        } else {
+            t
         }
     }
 
@@ -161,7 +314,15 @@ impl driver::Sampler for Threads {
         cfg.source_timeout.min(cfg.fast_interval)
     }
 
-    fn schedule(&mut self, _: &(), cfg: &ThreadsConfig, _: Instant) -> Option<Schedule> {
+    fn schedule(&mut self, key: &Src, cfg: &ThreadsConfig, _: Instant) -> Option<Schedule> {
+        if let Src::Bpf(_) = key {
+            return self.bpf_off.is_none().then_some(Schedule {
+                every: cfg.bpf.interval,
+                // A drain costs what the episodes cost, not what the threads do.
+                max_cpu: 0.0,
+                timeout: cfg.bpf.timeout,
+            });
+        }
         let h = self.host.load();
         // Judge suspicion on real data: wait (briefly) for the host sampler's first snapshot
         // before the first walk.
@@ -173,12 +334,20 @@ impl driver::Sampler for Threads {
             return None;
         }
         self.suspected = self.suspect(&h, cfg);
-        Some(Schedule {
-            every: if self.suspected {
-                cfg.fast_interval
+        let every = if self.bpf_active() {
+            // The episodes in flight say who is in D; the walk only refreshes the states.
+            if std::mem::take(&mut self.walk_now) {
+                Duration::ZERO
             } else {
-                cfg.interval
-            },
+                cfg.bpf.walk_interval
+            }
+        } else if self.suspected {
+            cfg.fast_interval
+        } else {
+            cfg.interval
+        };
+        Some(Schedule {
+            every,
             // Never make the stall worse than the budget allows.
             max_cpu: cfg.max_cpu,
             timeout: cfg.source_timeout,
@@ -187,26 +356,41 @@ impl driver::Sampler for Threads {
 
     fn apply(
         &mut self,
-        _: &(),
+        _: &Src,
         at: Instant,
-        walk: Option<Walk>,
+        got: Option<Got>,
         status: &mut SourceStatus,
         cfg: &ThreadsConfig,
     ) {
-        let Some(walk) = walk else { return };
+        let walk = match got {
+            Some(Got::Walk(w)) => w,
+            Some(Got::Bpf(r)) => return self.apply_bpf(at, r, cfg),
+            None => return,
+        };
         status.errors.merge(&walk.errors);
         self.snap.stacks_missing = stacks_missing(&walk, cfg);
-        let gap = cfg.interval * 2 + cfg.source_timeout;
-        let (mut stuck, counts) = self.tracker.apply(&walk, at, &cfg.rules, gap);
+        if self.bpf_wanted && self.bpf_off.is_none() {
+            // Threads in D now whose episodes the programs may not have seen begin.
+            let seeds: Vec<Seed> = walk
+                .d
+                .iter()
+                .map(|d| Seed {
+                    pid: d.pid,
+                    tid: d.tid,
+                    comm: d.comm.clone(),
+                    wchan: d.wchan.clone(),
+                    since: at,
+                })
+                .collect();
+            if let Ok(mut m) = self.mailbox.lock() {
+                m.extend(seeds);
+                m.truncate(MAX_STUCK);
+            }
+        }
+        if !self.bpf_active() {
+            self.track(&walk, at, cfg);
+        }
         let s = &mut self.snap;
-        s.groups = self
-            .tracker
-            .rows(&counts, &stuck, cfg.top_groups, &mut self.prev_totals);
-        s.wchans = wchan_rows(&stuck, cfg.top_wchans);
-        stuck.sort_by_key(|d| d.since);
-        stuck.truncate(MAX_STUCK);
-        self.had_d = !stuck.is_empty();
-        s.stuck = stuck;
         let mut states: Vec<(char, u64)> =
             walk.states.iter().map(|(s, n)| (*s as char, *n)).collect();
         states.sort();
@@ -220,13 +404,29 @@ impl driver::Sampler for Threads {
         _: Instant,
         cfg: &ThreadsConfig,
     ) -> ThreadSnapshot {
+        let active = self.bpf_active();
         let s = &mut self.snap;
         s.enabled = cfg.enabled;
-        if let Some(st) = sources.first() {
+        if let Some(st) = sources.iter().find(|st| st.name == "threads") {
             s.status = st.clone();
             s.current_interval = st.interval.unwrap_or(cfg.interval);
         }
         s.suspected = self.suspected;
+        s.from_bpf = active;
+        let status = sources.iter().find(|st| st.name == "bpf").cloned();
+        let off = (cfg.bpf.enabled != bpf::Enabled::Off)
+            .then(|| self.bpf_off.clone())
+            .flatten();
+        let mut episodes = self.episodes.snapshot(
+            cfg.top_groups,
+            cfg.top_wchans,
+            cfg.bpf.long_episode,
+            status.filter(|_| self.bpf_wanted && self.bpf_off.is_none()),
+            off,
+        );
+        // Turned off by a reload: the programs are detached with their reader.
+        episodes.active = active;
+        s.episodes = Arc::new(episodes);
         s.taken = Some(SystemTime::now());
         s.clone()
     }
@@ -283,6 +483,11 @@ impl ThreadSampler {
                     status: SourceStatus::new("threads"),
                     ..ThreadSnapshot::default()
                 },
+                episodes: EpisodeState::default(),
+                mailbox: Arc::new(Mutex::new(Vec::new())),
+                bpf_off: None,
+                bpf_wanted: false,
+                walk_now: false,
             },
             config,
             out,

@@ -471,6 +471,7 @@ pub fn threads_snapshot(now: Instant) -> ThreadSnapshot {
         current_interval: Duration::from_secs(1),
         suspected: true,
         stacks_missing: None,
+        ..ThreadSnapshot::default()
     }
 }
 

@@ -208,6 +208,21 @@ fn deploy_kubernetes_manifests_validate_strict() {
     assert_eq!(sc["allowPrivilegeEscalation"].as_bool(), Some(false));
     assert_eq!(sc["readOnlyRootFilesystem"].as_bool(), Some(true));
     assert_eq!(s(&sc["capabilities"]["drop"][0]), "ALL");
+    // Exactly the unit's capability set, whose need and sufficiency systemd.rs shows on the
+    // real kernel.
+    let mut added: Vec<String> = sc["capabilities"]["add"]
+        .as_sequence()
+        .expect("capabilities.add")
+        .iter()
+        .map(|c| format!("CAP_{}", s(c)))
+        .collect();
+    added.sort();
+    let mut unit = super::systemd::unit_caps();
+    unit.sort();
+    assert_eq!(
+        added, unit,
+        "the DaemonSet and the systemd unit grant the same"
+    );
     assert!(c["resources"]["requests"]["cpu"].is_string());
     assert!(c["resources"]["limits"]["memory"].is_string());
 

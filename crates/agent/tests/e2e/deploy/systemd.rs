@@ -33,7 +33,7 @@ fn unit_copy(dir: &Path, with_nvme: bool) -> PathBuf {
     p
 }
 
-fn unit_caps() -> Vec<String> {
+pub(super) fn unit_caps() -> Vec<String> {
     let unit = std::fs::read_to_string(deploy().join("systemd/stallwatch.service")).unwrap();
     let line = unit
         .lines()
@@ -76,12 +76,23 @@ fn deploy_systemd_unit_verifies_cleanly() {
     );
 
     let caps = unit_caps();
+    let unit = std::fs::read_to_string(deploy().join("systemd/stallwatch.service")).unwrap();
     assert_eq!(
         caps.iter().map(String::as_str).collect::<BTreeSet<_>>(),
-        ["CAP_DAC_READ_SEARCH", "CAP_SYS_PTRACE"].into(),
-        "the README and deploy/README.md explain exactly these two"
+        [
+            "CAP_DAC_READ_SEARCH",
+            "CAP_SYS_PTRACE",
+            "CAP_BPF",
+            "CAP_PERFMON",
+            "CAP_SYSLOG"
+        ]
+        .into(),
+        "the README and deploy/README.md explain exactly these"
     );
-    let unit = std::fs::read_to_string(deploy().join("systemd/stallwatch.service")).unwrap();
+    assert!(
+        unit.lines().any(|l| l == "SystemCallFilter=bpf"),
+        "the eBPF source's bpf(2) is in @privileged, not @system-service"
+    );
     for must in [
         "ProtectSystem=strict",
         "NoNewPrivileges=yes",
@@ -206,7 +217,8 @@ fn dstate_systemd_unit_capabilities_name_wait_channels() {
     let cfg = dir.path().join("cfg.toml");
     write(
         &cfg,
-        "[threads]\ninterval = \"1s\"\nfast_interval = \"1s\"\n[containers]\ninterval = \"1s\"\n",
+        "[threads]\ninterval = \"1s\"\nfast_interval = \"1s\"\n[containers]\ninterval = \"1s\"\n\
+         [bpf]\nenabled = false\n",
     );
     let caps = unit_caps();
     let agent = CappedAgent::start(&caps, &cfg);
@@ -237,6 +249,83 @@ fn dstate_systemd_unit_capabilities_name_wait_channels() {
         w.iter().all(|(k, _)| k == "unknown"),
         "without CAP_SYS_PTRACE the rig's wait channels should be hidden (else the unit \
          asks for a capability it does not need): {w:?}"
+    );
+    assert!(
+        rig.d_threads_now() >= 1,
+        "the rig stayed stalled throughout"
+    );
+    drop(agent);
+    drop(rig);
+}
+
+/// The eBPF episode source's capabilities in the unit are enough and each is needed: with the
+/// unit's set it attaches and names the rig's wait channel; without CAP_BPF or CAP_PERFMON it
+/// does not attach (the walk alone); without CAP_SYSLOG it attaches but its wait channels are
+/// "unknown". (The walk's own capabilities: the test above, with the source off.)
+#[test]
+fn dstate_systemd_unit_capabilities_run_the_ebpf_source() {
+    if !require_root("dstate_systemd_unit_capabilities_run_the_ebpf_source") {
+        return;
+    }
+    let rig = DStateRig::start(3, 3);
+    let tid = rig.tids()[0];
+    let rig_wchan = std::fs::read_to_string(format!("/proc/{}/task/{tid}/wchan", rig.pid()))
+        .unwrap()
+        .trim()
+        .to_string();
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = dir.path().join("cfg.toml");
+    write(&cfg, "[bpf]\nenabled = \"auto\"\n");
+    let caps = unit_caps();
+    let without = |c: &str| -> Vec<String> { caps.iter().filter(|x| *x != c).cloned().collect() };
+    let active = |a: &CappedAgent| {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let m = a.scrape();
+            if let Some(v) = m.get("stallwatch_bpf_active") {
+                if v == 1.0 || Instant::now() > deadline {
+                    return (v, m);
+                }
+            }
+            assert!(
+                Instant::now() < deadline,
+                "no stallwatch_bpf_active:\n{}",
+                m.text
+            );
+            std::thread::sleep(Duration::from_millis(300));
+        }
+    };
+    let agent = CappedAgent::start(&caps, &cfg);
+    assert_eq!(active(&agent).0, 1.0, "with the unit's {caps:?}");
+    // Seeded from the walk at first, then from the tracepoint: named either way.
+    std::thread::sleep(Duration::from_secs(4));
+    let w = agent.wchans(2.0);
+    assert!(
+        w.iter().any(|(k, v)| *k == rig_wchan && *v >= 2.0),
+        "with {caps:?} the rig's episodes are under its wait channel {rig_wchan}: {w:?}"
+    );
+    drop(agent);
+    for cap in ["CAP_BPF", "CAP_PERFMON"] {
+        let agent = CappedAgent::start(&without(cap), &cfg);
+        let (v, m) = active(&agent);
+        assert_eq!(
+            v, 0.0,
+            "without {cap} the source cannot attach:\n{}",
+            m.text
+        );
+        drop(agent);
+    }
+    let agent = CappedAgent::start(&without("CAP_SYSLOG"), &cfg);
+    assert_eq!(active(&agent).0, 1.0, "CAP_SYSLOG is not needed to attach");
+    // Episodes seeded from the walk at attach carry the walk's names (CAP_SYS_PTRACE; other
+    // threads stuck on this machine keep theirs); the rig's episodes last about a second, so a
+    // few seconds later the rig's episodes in flight were all started by the tracepoint.
+    std::thread::sleep(Duration::from_secs(4));
+    let w = agent.wchans(2.0);
+    assert!(
+        !w.iter().any(|(k, _)| *k == rig_wchan)
+            && w.iter().any(|(k, v)| k == "unknown" && *v >= 2.0),
+        "without CAP_SYSLOG kernel addresses are hidden: the rig's {rig_wchan} reads unknown: {w:?}"
     );
     assert!(
         rig.d_threads_now() >= 1,

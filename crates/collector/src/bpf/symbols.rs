@@ -1,0 +1,285 @@
+//! Kernel addresses → function names, from `/proc/kallsyms`. Sample (Debian 12, kernel 6.18):
+//! ```text
+//! ffffffff822467c0 T __sched_text_start
+//! ffffffff82246800 T __schedule
+//! ffffffffc0a01230 t ext4_file_write_iter<TAB>[ext4]
+//! ```
+//! The kernel shows the addresses only to a reader with `CAP_SYSLOG` (or with
+//! `kernel.kptr_restrict=0` and `kernel.perf_event_paranoid<=1`); otherwise every address is 0 and
+//! the episodes have no wait channel ("unknown") and stacks without names.
+//!
+//! Memory: the table has ~120k symbols (~5 MB as strings). It is never kept: one streaming pass
+//! finds the scheduler and lock text bounds at load, and later passes resolve only the addresses
+//! the episodes need (wait channels and long-episode stacks: tens to hundreds), at most one pass
+//! per [`PASS_EVERY`], the names kept in a bounded cache (until then an address has no name:
+//! a wait channel shows as `unknown`, an ended episode waits for its name).
+
+use std::collections::{BTreeSet, HashMap};
+use std::io::BufRead;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+/// Minimum time between two passes over kallsyms (one costs ~50 ms of CPU here, and is only
+/// made when a new address shows up: the set of wait channels of a node settles quickly).
+pub const PASS_EVERY: Duration = Duration::from_secs(2);
+/// Names kept.
+const MAX_NAMES: usize = 8192;
+
+/// Where the scheduler's and the lock functions' text are: a wait channel is the first frame
+/// outside both (the rule of the kernel's `get_wchan()`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Bounds {
+    pub sched: (u64, u64),
+    pub lock: (u64, u64),
+}
+
+impl Bounds {
+    pub fn known(&self) -> bool {
+        self.sched.1 > self.sched.0
+    }
+}
+
+/// One line: (address, type letter, name without the module).
+fn parse_line(line: &str) -> Option<(u64, u8, &str)> {
+    let mut it = line.split_ascii_whitespace();
+    let addr = u64::from_str_radix(it.next()?, 16).ok()?;
+    let ty = *it.next()?.as_bytes().first()?;
+    let name = it.next()?;
+    Some((addr, ty, name))
+}
+
+/// The bounds, from kallsyms text.
+pub fn bounds(text: impl BufRead) -> Bounds {
+    let mut b = Bounds::default();
+    for line in text.lines().map_while(Result::ok) {
+        let Some((addr, _, name)) = parse_line(&line) else {
+            continue;
+        };
+        match name {
+            "__sched_text_start" => b.sched.0 = addr,
+            "__sched_text_end" => b.sched.1 = addr,
+            "__lock_text_start" => b.lock.0 = addr,
+            "__lock_text_end" => b.lock.1 = addr,
+            _ => continue,
+        }
+        if b.sched.0 != 0 && b.sched.1 != 0 && b.lock.0 != 0 && b.lock.1 != 0 {
+            break;
+        }
+    }
+    b
+}
+
+/// For each address (sorted, distinct), the text symbol at or below it, with the offset:
+/// `(name, offset)`. One pass; memory is per wanted address, not per symbol.
+pub fn resolve(text: impl BufRead, wanted: &[u64]) -> Vec<Option<(String, u64)>> {
+    // Slot j holds the best symbol in (wanted[j-1], wanted[j]]; the answer for wanted[k] is
+    // the highest of slots 0..=k.
+    let mut slots: Vec<Option<(u64, String)>> = vec![None; wanted.len()];
+    for line in text.lines().map_while(Result::ok) {
+        let Some((addr, ty, name)) = parse_line(&line) else {
+            continue;
+        };
+        if !matches!(ty, b't' | b'T' | b'w' | b'W') || addr == 0 {
+            continue;
+        }
+        let j = wanted.partition_point(|&w| w < addr);
+        if let Some(slot) = slots.get_mut(j) {
+            if slot.as_ref().is_none_or(|(a, _)| *a < addr) {
+                *slot = Some((addr, name.to_string()));
+            }
+        }
+    }
+    let mut best: Option<(u64, String)> = None;
+    wanted
+        .iter()
+        .zip(slots)
+        .map(|(&w, slot)| {
+            if let Some(s) = slot {
+                if best.as_ref().is_none_or(|(a, _)| *a < s.0) {
+                    best = Some(s);
+                }
+            }
+            best.as_ref().map(|(a, n)| (n.clone(), w - a))
+        })
+        .collect()
+}
+
+/// Names of addresses, resolved lazily in batches.
+pub struct Symbols {
+    path: PathBuf,
+    pub bounds: Bounds,
+    /// By (address, as a frame with offset rather than a bare wait channel name).
+    names: HashMap<(u64, bool), Arc<str>>,
+    pending: BTreeSet<(u64, bool)>,
+    last_pass: Option<Instant>,
+}
+
+/// What an address is called: `name+0xoff`, or the bare name for a wait channel.
+fn shown(name: &str, off: u64, with_offset: bool) -> String {
+    if with_offset {
+        format!("{name}+{off:#x}")
+    } else {
+        name.to_string()
+    }
+}
+
+impl Symbols {
+    /// Reads the bounds from `path` (`<procfs>/kallsyms`).
+    pub fn open(path: PathBuf) -> Symbols {
+        let b = std::fs::File::open(&path)
+            .map(|f| bounds(std::io::BufReader::new(f)))
+            .unwrap_or_default();
+        Symbols {
+            path,
+            bounds: b,
+            names: HashMap::new(),
+            pending: BTreeSet::new(),
+            last_pass: None,
+        }
+    }
+
+    /// The name of a wait channel address (function only), if known yet; queued otherwise.
+    pub fn wchan(&mut self, ip: u64) -> Option<Arc<str>> {
+        self.lookup(ip)
+    }
+
+    /// A frame: `function+0xoff`, or the hex address until it is resolved.
+    pub fn frame(&mut self, ip: u64) -> Arc<str> {
+        let key = (ip, true);
+        if let Some(n) = self.names.get(&key) {
+            return n.clone();
+        }
+        if self.bounds.known() {
+            self.pending.insert(key);
+        }
+        Arc::from(format!("{ip:#x}"))
+    }
+
+    fn lookup(&mut self, ip: u64) -> Option<Arc<str>> {
+        if let Some(n) = self.names.get(&(ip, false)) {
+            return Some(n.clone());
+        }
+        if self.bounds.known() {
+            self.pending.insert((ip, false));
+        }
+        None
+    }
+
+    /// Whether a pass is due (there is something to resolve and the last pass is old enough).
+    pub fn due(&self, now: Instant) -> bool {
+        !self.pending.is_empty()
+            && self
+                .last_pass
+                .is_none_or(|t| now.saturating_duration_since(t) >= PASS_EVERY)
+    }
+
+    /// One pass over kallsyms for everything pending.
+    pub fn pass(&mut self, now: Instant) {
+        self.last_pass = Some(now);
+        let pending = std::mem::take(&mut self.pending);
+        let mut wanted: Vec<u64> = pending.iter().map(|k| k.0).collect();
+        wanted.sort_unstable();
+        wanted.dedup();
+        let Ok(f) = std::fs::File::open(&self.path) else {
+            return;
+        };
+        let found = resolve(std::io::BufReader::new(f), &wanted);
+        if self.names.len() + pending.len() > MAX_NAMES {
+            self.names.clear();
+        }
+        for key in pending {
+            let Ok(i) = wanted.binary_search(&key.0) else {
+                continue;
+            };
+            let name = match &found[i] {
+                Some((n, off)) => shown(n, *off, key.1),
+                None => format!("{:#x}", key.0),
+            };
+            self.names.insert(key, Arc::from(name));
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const KALLSYMS: &str = "\
+ffffffff81000000 T _stext
+ffffffff822467c0 T __sched_text_start
+ffffffff82246800 T __schedule
+ffffffff82247000 T schedule
+ffffffff8224f4e2 T __sched_text_end
+ffffffff8224f4f0 T __lock_text_start
+ffffffff82250f71 T __lock_text_end
+ffffffff81400000 t __iomap_dio_rw
+ffffffff81400900 t iomap_dio_rw
+ffffffff82300000 d some_data
+ffffffffc0a01230 t ext4_file_write_iter\t[ext4]
+";
+
+    #[test]
+    fn bounds_of_this_machines_kallsyms_shape() {
+        let b = bounds(KALLSYMS.as_bytes());
+        assert_eq!(b.sched, (0xffffffff822467c0, 0xffffffff8224f4e2));
+        assert_eq!(b.lock, (0xffffffff8224f4f0, 0xffffffff82250f71));
+        assert!(b.known());
+        let hidden: String = KALLSYMS
+            .lines()
+            .map(|l| format!("0000000000000000{}\n", &l[16..]))
+            .collect();
+        assert!(
+            !bounds(hidden.as_bytes()).known(),
+            "addresses hidden: zeros"
+        );
+    }
+
+    #[test]
+    fn resolves_each_address_to_the_text_symbol_below_it_in_one_pass() {
+        let wanted = [
+            0xffffffff81400042, // in __iomap_dio_rw
+            0xffffffff81400901, // iomap_dio_rw+1
+            0xffffffff82246810, // __schedule
+            0xffffffff82300010, // past some_data (data is skipped): the text symbol below
+            0xffffffffc0a01240, // a module function
+            0x10,               // below everything
+        ];
+        let mut sorted = wanted.to_vec();
+        sorted.sort_unstable();
+        let got = resolve(KALLSYMS.as_bytes(), &sorted);
+        let of = |ip: u64| got[sorted.iter().position(|&w| w == ip).unwrap()].clone();
+        assert_eq!(
+            of(0xffffffff81400042),
+            Some(("__iomap_dio_rw".into(), 0x42))
+        );
+        assert_eq!(of(0xffffffff81400901), Some(("iomap_dio_rw".into(), 1)));
+        assert_eq!(of(0xffffffff82246810), Some(("__schedule".into(), 0x10)));
+        assert_eq!(of(0xffffffffc0a01240).unwrap().0, "ext4_file_write_iter");
+        assert_eq!(of(0x10), None);
+        assert_eq!(of(0xffffffff82300010).unwrap().0, "__lock_text_end");
+    }
+
+    #[test]
+    fn lazy_names_come_after_a_pass() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("kallsyms");
+        std::fs::write(&p, KALLSYMS).unwrap();
+        let mut s = Symbols::open(p);
+        let t = Instant::now();
+        assert_eq!(s.wchan(0xffffffff81400042), None, "queued");
+        assert_eq!(&*s.frame(0xffffffff81400042), "0xffffffff81400042");
+        assert!(s.due(t));
+        s.pass(t);
+        assert!(!s.due(t));
+        assert_eq!(
+            s.wchan(0xffffffff81400042).as_deref(),
+            Some("__iomap_dio_rw")
+        );
+        assert_eq!(&*s.frame(0xffffffff81400042), "__iomap_dio_rw+0x42");
+        // Something new waits for the next pass, PASS_EVERY later.
+        assert_eq!(s.wchan(0xffffffff82246810), None);
+        assert!(!s.due(t + Duration::from_secs(1)));
+        assert!(s.due(t + PASS_EVERY));
+    }
+}
