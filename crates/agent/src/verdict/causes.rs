@@ -81,7 +81,7 @@ fn detect_one(cause: Cause, t: &Tick, node: &Node, th: &Th<'_>) -> Option<Findin
     match cause {
         Cause::DiskStalled => disk_stalled(t, node, th),
         Cause::EbsCredits => ebs_credits(t, node, th),
-        Cause::Memory => memory(t, th),
+        Cause::Memory => memory(t, node, th),
         Cause::Writeback => writeback(t, node, th),
         Cause::Lock => lock(t, node, th),
         Cause::DiskSaturated => disk_saturated(t, node, th),
@@ -140,10 +140,11 @@ fn shares(v: [Option<f64>; 2], named: [(&'static str, f64); 2], th: &Th<'_>) -> 
 
 fn disk_stalled(t: &Tick, node: &Node, th: &Th<'_>) -> Option<Finding> {
     let after = th.x(th.c.stall_after.as_secs_f64());
+    // Slack: stalled_seconds moves in ticks, and two early 1 s ticks make 1.999 s.
     let stalled: Vec<&DiskTick> = t
         .disks
         .iter()
-        .filter(|d| d.in_flight > 0 && d.stalled_seconds >= after)
+        .filter(|d| d.in_flight > 0 && d.stalled_seconds + t.dt / 4.0 >= after)
         .collect();
     let first = stalled.first()?;
     let mut evidence: Vec<Evidence> = stalled
@@ -265,7 +266,7 @@ fn ebs_credits(t: &Tick, node: &Node, th: &Th<'_>) -> Option<Finding> {
     ))
 }
 
-fn memory(t: &Tick, th: &Th<'_>) -> Option<Finding> {
+fn memory(t: &Tick, node: &Node, th: &Th<'_>) -> Option<Finding> {
     let [some, full] = t.psi[2];
     let mut e = shares(
         t.psi[2],
@@ -311,14 +312,15 @@ fn memory(t: &Tick, th: &Th<'_>) -> Option<Finding> {
             .map(|v| format!(", {v:.0} {what}/s"))
             .unwrap_or_default()
     };
-    let summary = format!(
+    let mut summary = format!(
         "Not I/O at the root: tasks stall on memory {} of the time{}{}{}",
         pct(some.unwrap_or(0.0)),
         rate(t.refaults_per_second, "refaults"),
         rate(t.allocstalls_per_second, "direct reclaim stalls"),
         rate(t.major_faults_per_second, "major faults")
     );
-    Some(finding(Cause::Memory, severity, summary, e, Who::default()))
+    let who = super::memwho::who(node, th.c.limit_share, &mut summary, &mut e);
+    Some(finding(Cause::Memory, severity, summary, e, who))
 }
 
 fn writeback(t: &Tick, node: &Node, th: &Th<'_>) -> Option<Finding> {

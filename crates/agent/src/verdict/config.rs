@@ -36,7 +36,8 @@ pub struct VerdictConfig {
     pub await_threshold: Duration,
     /// Average queue depth (`aqu-sz`) at which a busy device is saturated.
     pub queue: f64,
-    /// A container doing at least this share of its blkio/io.max limit is at its limit.
+    /// A container doing at least this share of its blkio/io.max limit is at its limit; one
+    /// using this share of its memory limit is named by the `memory` cause.
     pub limit_share: f64,
     /// Bytes under writeback (or written in one tick) that make a flush storm, with tasks
     /// waiting on I/O. 32 MiB is more than one second of a gp2 baseline and far above the

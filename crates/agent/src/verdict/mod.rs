@@ -18,6 +18,7 @@
 mod causes;
 mod config;
 mod engine;
+mod memwho;
 pub mod tick;
 mod wchan;
 mod who;

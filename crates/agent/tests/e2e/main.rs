@@ -32,6 +32,7 @@ mod promstack;
 mod rules;
 mod soak;
 mod stuck;
+mod verdict;
 mod web_auth;
 mod web_limits;
 mod writeback;

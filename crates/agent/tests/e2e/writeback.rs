@@ -83,12 +83,49 @@ impl LoopFs {
         self.dir.path().join("mnt")
     }
 
+    /// Mounts one overlay per entry of `volatile` (mounted `volatile` where true) whose upper
+    /// and work directories live on this filesystem (`c<i>/{lower,upper,work,merged}` under
+    /// the mount point); what is still mounted is unmounted when the returned guard drops
+    /// (this one's drop fails under live overlays).
+    pub fn overlays(&self, volatile: &[bool]) -> Overlays {
+        let mut guard = Overlays(Vec::new());
+        for (i, v) in volatile.iter().enumerate() {
+            let c = self.mount_point().join(format!("c{i}"));
+            for d in ["lower", "upper", "work", "merged"] {
+                std::fs::create_dir_all(c.join(d)).unwrap();
+            }
+            let opts = format!(
+                "lowerdir={},upperdir={},workdir={}{}",
+                c.join("lower").display(),
+                c.join("upper").display(),
+                c.join("work").display(),
+                if *v { ",volatile" } else { "" }
+            );
+            sh(Command::new("mount")
+                .args(["-t", "overlay", "overlay", "-o", &opts])
+                .arg(c.join("merged")));
+            guard.0.push(c.join("merged"));
+        }
+        guard
+    }
+
     /// Writes `mib` MiB of buffered data to `path` (no fsync: it stays dirty).
     pub fn dirty(path: &Path, mib: usize) {
         let mut f = std::fs::File::create(path).unwrap();
         let chunk = vec![0x5au8; 1 << 20];
         for _ in 0..mib {
             f.write_all(&chunk).unwrap();
+        }
+    }
+}
+
+/// Overlay mount points, unmounted on drop (see [`LoopFs::overlays`]).
+pub struct Overlays(pub Vec<PathBuf>);
+
+impl Drop for Overlays {
+    fn drop(&mut self) {
+        for m in &self.0 {
+            let _ = Command::new("umount").arg(m).output();
         }
     }
 }
@@ -324,34 +361,8 @@ fn garden_concurrent_overlay_unmounts_flush_in_a_burst() {
         "stallwatch_overlay_mounts{{upper_device=\"{}\"}}",
         fs.device
     );
-    let base = fs.mount_point();
-    let mut merged = Vec::new();
-    for i in 0..4 {
-        let c = base.join(format!("c{i}"));
-        for d in ["lower", "upper", "work", "merged"] {
-            std::fs::create_dir_all(c.join(d)).unwrap();
-        }
-        let opts = format!(
-            "lowerdir={},upperdir={},workdir={}",
-            c.join("lower").display(),
-            c.join("upper").display(),
-            c.join("work").display()
-        );
-        sh(Command::new("mount")
-            .args(["-t", "overlay", "overlay", "-o", &opts])
-            .arg(c.join("merged")));
-        merged.push(c.join("merged"));
-    }
-    // Unmount on every exit path (the LoopFs drop would fail while overlays sit on it).
-    struct Overlays(Vec<PathBuf>);
-    impl Drop for Overlays {
-        fn drop(&mut self) {
-            for m in &self.0 {
-                let _ = Command::new("umount").arg(m).output();
-            }
-        }
-    }
-    let guard = Overlays(merged.clone());
+    let guard = fs.overlays(&[false; 4]);
+    let merged = guard.0.clone();
     let m0 = agent.wait_for(
         Duration::from_secs(5),
         "4 overlays on the loop device",
@@ -401,32 +412,7 @@ fn volatile_overlays_are_counted_per_upper_device() {
     let cfg = tmp.path().join("cfg.toml");
     write(&cfg, "[cloud]\nenabled = false\n");
     let agent = Agent::start(&[&format!("--config.file={}", cfg.display())]);
-    struct Unmount(Vec<PathBuf>);
-    impl Drop for Unmount {
-        fn drop(&mut self) {
-            for m in &self.0 {
-                let _ = Command::new("umount").arg(m).output();
-            }
-        }
-    }
-    let mut guard = Unmount(Vec::new());
-    for (i, volatile) in [false, true, false].into_iter().enumerate() {
-        let c = fs.mount_point().join(format!("c{i}"));
-        for d in ["lower", "upper", "work", "merged"] {
-            std::fs::create_dir_all(c.join(d)).unwrap();
-        }
-        let opts = format!(
-            "lowerdir={},upperdir={},workdir={}{}",
-            c.join("lower").display(),
-            c.join("upper").display(),
-            c.join("work").display(),
-            if volatile { ",volatile" } else { "" }
-        );
-        sh(Command::new("mount")
-            .args(["-t", "overlay", "overlay", "-o", &opts])
-            .arg(c.join("merged")));
-        guard.0.push(c.join("merged"));
-    }
+    let guard = fs.overlays(&[false, true, false]);
     let mounts = format!(
         "stallwatch_overlay_mounts{{upper_device=\"{}\"}}",
         fs.device
