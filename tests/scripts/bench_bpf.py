@@ -18,6 +18,7 @@ Agents run one at a time on 127.0.0.1; every process started here is stopped and
 down on exit, errors and Ctrl-C; every loop has a deadline. Needs root (eBPF, the rig). Numbers
 are printed as a table; nothing is asserted (no timed assertions).
 
+Each agent is measured after BENCH_BPF_WARMUP seconds (20: its start-up is not steady state).
 Environment: BENCH_BPF_SCENARIOS (1000,10000,50000), BENCH_BPF_WINDOW (60), BENCH_BPF_HACK_RUNS (7),
 BENCH_BPF_HACK_ARGS ("-g 20 -l 2000"), BENCH_STALLWATCH (binary), BENCH_PROCS (200).
 """
@@ -34,6 +35,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import bench_threads as bt  # noqa: E402  (the workload, the D-state rig, process helpers)
 
 PORT = 19142
+WARMUP_S = float(os.environ.get("BENCH_BPF_WARMUP", "20"))
 
 
 def agent(binary, tmpdir, name, toml):
@@ -80,7 +82,9 @@ def run_setup(binary, tmpdir, name, toml, bpf_on, window):
     try:
         if not wait_active(sc, 1.0 if bpf_on else 0.0):
             raise RuntimeError(f"{name}: stallwatch_bpf_active never became {int(bpf_on)}")
-        time.sleep(5)  # past the first walk and the seeding walk
+        # Past the start: the first walk, the seeding walk, the programs' load (BTF, verifier,
+        # one kallsyms scan) and the first passes naming this node's wait channels.
+        time.sleep(WARMUP_S)
         return measure(p, sc, window)
     finally:
         sc.close()
