@@ -74,7 +74,38 @@ fn dstate_bpf_sees_the_rigs_threads_and_wait_channel_and_agrees_with_the_walk() 
         "the tracker's wait channel to be the kernel's own",
         |m| by_wchan(m, proc_wchan.trim()) >= 3.0,
     );
-    std::thread::sleep(Duration::from_secs(6));
+    // `stallwatch dstate --stack`: the stacks the threads went to sleep in (from
+    // sched_switch), and the long episodes that ended while it watched, with theirs.
+    let out = Command::new(BIN)
+        .args(["dstate", "--once", "--json", "--stack", "--observe", "3s"])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let long = report["long_episodes"]
+        .as_array()
+        .expect("long_episodes with --stack");
+    let ours: Vec<&serde_json::Value> = long
+        .iter()
+        .filter(|l| l["pid"].as_u64() == Some(u64::from(rig.pid())))
+        .collect();
+    assert!(
+        !ours.is_empty(),
+        "the rig's ~1.3 s writes ended while watching: {report:#}"
+    );
+    for l in &ours {
+        assert!(l["seconds"].as_f64().unwrap() >= 0.1, "{l}");
+        let stack = l["stack"].as_array().expect("a stack");
+        assert!(
+            stack[0].as_str().unwrap().starts_with(proc_wchan.trim()),
+            "the stack starts at the wait channel, as /proc/<pid>/stack does: {l}"
+        );
+    }
+    std::thread::sleep(Duration::from_secs(3));
     rig.lift();
     // Every episode ended: compare the exact seconds with the walk's integral.
     std::thread::sleep(Duration::from_secs(3));
