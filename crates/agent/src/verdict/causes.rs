@@ -216,6 +216,81 @@ fn ebs_credits(t: &Tick, node: &Node, th: &Th<'_>) -> Option<Finding> {
                 devices.push(who_device(d));
             }
         }
+        // At its limit in force (provisioned for gp3/io1/io2, burst or baseline for the
+        // others), from the disk counters in EBS's I/O units (the cloud side's headroom).
+        if let Some(h) = &v.headroom {
+            let share = th.x(th.c.limit_share);
+            for (signal, what, used, limit, rate) in [
+                (
+                    "ebs_iops_used",
+                    "IOPS",
+                    1.0 - h.iops_ratio(),
+                    h.iops_limit,
+                    h.iops,
+                ),
+                (
+                    "ebs_throughput_used",
+                    "throughput",
+                    1.0 - h.bytes_ratio(),
+                    h.bytes_limit,
+                    h.bytes_per_second,
+                ),
+            ] {
+                if limit > 0.0 && used >= share {
+                    evidence.push(ev(signal, Some(&v.volume_id), used, share, "ratio"));
+                    let (r, l) = if what == "IOPS" {
+                        (format!("{rate:.0}"), format!("{limit:.0}"))
+                    } else {
+                        (
+                            format!("{:.1} MiB/s", rate / 1048576.0),
+                            format!("{:.1} MiB/s", limit / 1048576.0),
+                        )
+                    };
+                    summary.push(format!(
+                        "{} ({}, {dev}) at its {what} limit: {r} of {l}",
+                        v.volume_id, v.volume_type
+                    ));
+                    if !devices.iter().any(|w: &WhoDevice| w.name == d.name) {
+                        devices.push(who_device(d));
+                    }
+                }
+            }
+        }
+        // DescribeVolumeStatus: AWS itself says the volume is impaired or slow, or a volume
+        // restored from a snapshot is still loading its blocks (first reads stall, whatever
+        // the credits say).
+        if let Some(st) = &v.status {
+            if st.troubled() || st.initializing() {
+                let what = if st.initializing() {
+                    let p = st
+                        .initialization
+                        .as_ref()
+                        .and_then(|i| i.progress_percent)
+                        .map(|p| format!(" ({p:.0}% done)"))
+                        .unwrap_or_default();
+                    format!(
+                        "still initializing from its snapshot{p}: first reads of each block stall"
+                    )
+                } else {
+                    format!(
+                        "reported {} by AWS (io-performance {})",
+                        st.status,
+                        st.io_performance.as_deref().unwrap_or("?")
+                    )
+                };
+                evidence.push(ev(
+                    "ebs_volume_status",
+                    Some(&v.volume_id),
+                    1.0,
+                    1.0,
+                    "flag",
+                ));
+                summary.push(format!("{} ({dev}) {what}", v.volume_id));
+                if !devices.iter().any(|w: &WhoDevice| w.name == d.name) {
+                    devices.push(who_device(d));
+                }
+            }
+        }
     }
     for (kind, p) in &node.cloud.instance_balances {
         let name = kind.cloudwatch_metric();

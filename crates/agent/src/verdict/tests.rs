@@ -566,3 +566,65 @@ fn an_empty_burst_bucket_or_time_over_the_provisioned_iops_is_ebs_credits() {
         v.causes[0].summary
     );
 }
+
+#[test]
+fn a_gp3_volume_at_its_provisioned_iops_and_an_initializing_volume_are_ebs() {
+    use stallwatch_cloud::snapshot::{Headroom, Initialization, VolumeState, VolumeStatus};
+    let (mut e, mut s, t0) = (engine(), Scene::default(), Instant::now());
+    s.disk.name = "nvme2n1".into();
+    s.cloud.volumes = vec![VolumeState {
+        volume_id: "vol-0gp3".into(),
+        device: Some("nvme2n1".into()),
+        volume_type: "gp3".into(),
+        headroom: Some(Headroom {
+            iops: 2910.0,
+            iops_limit: 3000.0,
+            bytes_per_second: 12e6,
+            bytes_limit: 125.0 * 1048576.0,
+            ..Headroom::default()
+        }),
+        ..VolumeState::default()
+    }];
+    run(&mut e, &mut s, t0, 2, |s| s.advance(IDLE));
+    let busy = |s: &mut Scene| {
+        s.advance([[0.0, 0.0], [0.6, 0.2], [0.0, 0.0]]);
+        disk_load(&mut s.disk, 2910, 0.7, 3.0, 2);
+    };
+    let v = run(&mut e, &mut s, t0, 2, busy);
+    let c = &v.last().unwrap().causes[0];
+    assert_eq!(c.cause, Cause::EbsCredits, "{v:?}");
+    assert!(
+        c.summary
+            .contains("vol-0gp3 (gp3, nvme2n1) at its IOPS limit: 2910 of 3000"),
+        "{}",
+        c.summary
+    );
+
+    let (mut e, mut s, t0) = (engine(), Scene::default(), Instant::now());
+    s.disk.name = "nvme2n1".into();
+    s.cloud.volumes = vec![VolumeState {
+        volume_id: "vol-0snap".into(),
+        device: Some("nvme2n1".into()),
+        volume_type: "gp3".into(),
+        status: Some(VolumeStatus {
+            status: "ok".into(),
+            initialization: Some(Initialization {
+                kind: "default".into(),
+                progress_percent: Some(12.0),
+                eta_seconds: None,
+            }),
+            ..VolumeStatus::default()
+        }),
+        ..VolumeState::default()
+    }];
+    run(&mut e, &mut s, t0, 2, |s| s.advance(IDLE));
+    let v = run(&mut e, &mut s, t0, 2, busy);
+    let c = &v.last().unwrap().causes[0];
+    assert_eq!(c.cause, Cause::EbsCredits, "{v:?}");
+    assert!(
+        c.summary
+            .contains("still initializing from its snapshot (12% done)"),
+        "{}",
+        c.summary
+    );
+}
