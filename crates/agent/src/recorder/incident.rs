@@ -87,13 +87,42 @@ pub fn d_rows(node: &Node, max: usize, stacks: bool) -> Vec<DRow> {
                 runtime: c.runtime.as_str().to_string(),
             }),
             kernel_thread: d.kernel_thread,
-            stack: if stacks { stack_of(d) } else { None },
+            stack: if stacks { stack_of(node, d) } else { None },
         })
         .collect()
 }
 
-fn stack_of(d: &DThread) -> Option<String> {
-    d.stack.as_deref().map(str::to_string)
+/// The thread's kernel stack: the walk's, else the eBPF source's for this thread's newest
+/// long episode (kept for episodes of at least `bpf.long_episode`).
+fn stack_of(node: &Node, d: &DThread) -> Option<String> {
+    d.stack
+        .as_deref()
+        .or_else(|| {
+            node.view
+                .episodes
+                .long
+                .iter()
+                .find(|e| e.tid == d.tid && e.pid == d.pid)
+                .and_then(|e| e.stack.as_deref())
+        })
+        .map(str::to_string)
+}
+
+/// Why some D threads of a record have no kernel stack, if they do not all have one.
+fn stacks_missing(node: &Node, rows: &[DRow]) -> Option<String> {
+    if rows.iter().all(|r| r.stack.is_some()) {
+        return None;
+    }
+    if let Some(why) = &node.view.threads.stacks_missing {
+        return Some(format!("kernel stacks: {why}"));
+    }
+    if node.view.threads.from_bpf {
+        return Some(format!(
+            "kernel stacks: with the eBPF episode source on, threads in D come from its episodes in flight, which carry a stack only once they end past bpf.long_episode ({:?}); the walk's stacks (threads.stacks) are read only when it runs (bpf.walk_interval)",
+            node.view.episodes.long_threshold
+        ));
+    }
+    Some("kernel stacks: not read for some threads (threads.stacks_max reached, or the thread left D before its stack was read)".into())
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, serde::Deserialize)]
@@ -304,12 +333,8 @@ impl Incidents {
         if node.view.threads.stuck.len() >= rec.dstate.len() && !node.view.threads.stuck.is_empty()
         {
             rec.dstate = d_rows(node, MAX_DSTATE, true);
-            if let Some(why) = &node.view.threads.stacks_missing {
-                let line = format!("kernel stacks: {why}");
-                if !rec.missing.contains(&line) {
-                    rec.missing.push(line);
-                }
-            }
+            rec.missing.retain(|m| !m.starts_with("kernel stacks:"));
+            rec.missing.extend(stacks_missing(node, &rec.dstate));
         }
         merge_containers(&mut rec.containers, ev, node);
         for d in &ev.tick.disks {
