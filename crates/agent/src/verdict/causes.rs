@@ -518,7 +518,14 @@ fn disk_saturated(t: &Tick, node: &Node, th: &Th<'_>) -> Option<Finding> {
         // the I/O is held back above the devices (a blkio/io.max throttle whose limit was not
         // read, a network filesystem) or spread thin. Still a stall on I/O; say so plainly,
         // with who waits, rather than "not stalled".
-        if who.groups.is_empty() && t.psi[1][1].unwrap_or(0.0) < th.x(c.io_full) {
+        // Stricter than a device at its limit, because nothing names the bottleneck: twice
+        // the io `some` threshold, and every task stalled at once (io `full`) or at least two
+        // threads waiting on a device. One compiler waiting on a quiet disk 20 % of a second
+        // is not a stall.
+        let some = t.psi[1][0].unwrap_or(0.0);
+        let full = t.psi[1][1].unwrap_or(0.0);
+        let waiting: u64 = who.groups.iter().map(|g| g.d_threads).sum();
+        if some < 2.0 * th.x(c.io_some) || (full < th.x(c.io_full) && waiting < 2) {
             return None;
         }
         let busiest = t

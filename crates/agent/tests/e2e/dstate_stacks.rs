@@ -120,9 +120,15 @@ fn d_threads_have_their_kernel_stacks_or_a_reason_why_not() {
         }));
         // A budget above any number of D threads other tests on the machine may hold, so
         // that ours are never past it (the budget itself is tested on the walker above).
+        // The walk's stacks: with the eBPF source on, threads in D come from its episodes in
+        // flight, which get a stack only when they end past bpf.long_episode (a known gap).
         let cfg = ThreadsConfig {
             stacks,
             stacks_max: 1000,
+            bpf: stallwatch_collector::bpf::BpfConfig {
+                enabled: stallwatch_collector::bpf::Enabled::Off,
+                ..Default::default()
+            },
             ..ThreadsConfig::default()
         };
         assert!(ThreadsConfig::default().stacks && ThreadsConfig::default().stacks_max == 64);

@@ -39,10 +39,12 @@ fn hostile_in(scope: &str) -> String {
 }
 
 /// A `disk_stalled` cause on the page names `dev` (its evidence or its devices).
+/// (Cells' text runs together in `textContent` — "29 sloop2 has…" — so no word boundary
+/// before the name; "not followed by a digit" keeps loop2 from matching loop21.)
 fn disk_stalled_names(dev: &str) -> String {
     format!(
         "[...document.querySelectorAll('#causes .cause[data-cause=\"disk_stalled\"]')]
-           .some(e => /\\b{dev}\\b/.test(e.textContent))"
+           .some(e => /{dev}(?![0-9])/.test(e.textContent))"
     )
 }
 
