@@ -20,9 +20,15 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-/// Minimum time between two passes over kallsyms (one costs ~50 ms of CPU here, and is only
-/// made when a new address shows up: the set of wait channels of a node settles quickly).
+/// Minimum time between two passes over kallsyms. A pass is only made when an address outside
+/// every function met so far shows up, and costs ~50-60 ms of CPU here (mostly the kernel
+/// formatting kallsyms), so passes are also spaced to keep them under [`PASS_BUDGET`] of a core.
 pub const PASS_EVERY: Duration = Duration::from_secs(2);
+/// Share of one core that passes may use: the next pass waits at least `cost / PASS_BUDGET`.
+/// Not in the first [`LEARNING`]: a node's usual wait channels are named then, every
+/// [`PASS_EVERY`].
+pub const PASS_BUDGET: f64 = 0.01;
+pub const LEARNING: Duration = Duration::from_secs(60);
 /// Functions (and addresses outside any) kept.
 const MAX_NAMES: usize = 8192;
 
@@ -147,7 +153,9 @@ pub struct Symbols {
     /// Addresses no text symbol covers: not asked again.
     nowhere: HashSet<u64>,
     pending: BTreeSet<u64>,
-    last_pass: Option<Instant>,
+    /// When the next pass may run.
+    next_pass: Option<Instant>,
+    opened: Instant,
 }
 
 impl Symbols {
@@ -162,7 +170,8 @@ impl Symbols {
             funcs: BTreeMap::new(),
             nowhere: HashSet::new(),
             pending: BTreeSet::new(),
-            last_pass: None,
+            next_pass: None,
+            opened: Instant::now(),
         }
     }
 
@@ -201,17 +210,26 @@ impl Symbols {
         Arc::from(format!("{ip:#x}"))
     }
 
-    /// Whether a pass is due (there is something to resolve and the last pass is old enough).
+    /// Whether a pass is due (there is something to resolve and the last pass is far enough
+    /// behind: [`PASS_EVERY`], stretched to keep passes under [`PASS_BUDGET`]).
     pub fn due(&self, now: Instant) -> bool {
-        !self.pending.is_empty()
-            && self
-                .last_pass
-                .is_none_or(|t| now.saturating_duration_since(t) >= PASS_EVERY)
+        !self.pending.is_empty() && self.next_pass.is_none_or(|t| now >= t)
     }
 
     /// One pass over kallsyms for everything pending.
     pub fn pass(&mut self, now: Instant) {
-        self.last_pass = Some(now);
+        let cpu0 = crate::sample::driver::thread_cpu();
+        self.resolve_pending();
+        let cost = crate::sample::driver::thread_cpu().saturating_sub(cpu0);
+        let wait = if now.saturating_duration_since(self.opened) < LEARNING {
+            PASS_EVERY
+        } else {
+            PASS_EVERY.max(cost.mul_f64(1.0 / PASS_BUDGET))
+        };
+        self.next_pass = now.checked_add(wait);
+    }
+
+    fn resolve_pending(&mut self) {
         let wanted: Vec<u64> = std::mem::take(&mut self.pending).into_iter().collect();
         let Ok(f) = std::fs::File::open(&self.path) else {
             return;
