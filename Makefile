@@ -20,10 +20,11 @@ run: build
 # for the real-container test (a private dockerd the test starts and stops); fuse3,
 # libfuse3-dev, pkg-config and gcc for the hung-disk rig (a one-file FUSE filesystem the tests
 # compile and stop with SIGSTOP: crates/agent/tests/e2e/hung.rs); victoria-metrics (the store,
-# vmalert and vmagent) for the fleet test's remote_write path. Installed only when missing.
-# clang, llvm and libbpf-dev rebuild the committed eBPF object to prove it comes from its source
-# (crates/collector/src/bpf/build_test.rs; `make bpf` regenerates it).
-TEST_DEBS := prometheus prometheus-alertmanager node-typescript curl e2fsprogs util-linux docker.io busybox-static iptables systemd binutils fuse3 libfuse3-dev pkg-config gcc victoria-metrics clang llvm libbpf-dev
+# vmalert and vmagent) for the fleet test's remote_write path; chromium renders the node page
+# headless (crates/agent/tests/e2e/page/); clang, llvm and libbpf-dev rebuild the committed eBPF
+# object to prove it comes from its source (crates/collector/src/bpf/build_test.rs; `make bpf`
+# regenerates it). Installed only when missing.
+TEST_DEBS := prometheus prometheus-alertmanager node-typescript curl e2fsprogs util-linux docker.io busybox-static iptables systemd binutils fuse3 libfuse3-dev pkg-config gcc victoria-metrics chromium clang llvm libbpf-dev
 # PyPI packages the tests use: moto's server plays EC2 and CloudWatch on loopback; cbor2 for
 # the harness's CBOR<->query proxy (aws-sdk-cloudwatch speaks RPCv2 CBOR, moto does not).
 TEST_PIP := 'moto[server]>=5.1,<6' 'cbor2>=5' 'PyYAML>=6' 'kubernetes-validate>=1.28'

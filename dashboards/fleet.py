@@ -5,8 +5,8 @@ deploy/prometheus (group stallwatch.fleet) or raw series joined to `stallwatch_n
 it needs those rules evaluated where the series are (vmalert, Mimir ruler, Thanos rule, or one
 Prometheus that scrapes every node).
 
-Why a node is stalled comes from `instance:stallwatch_stall_cause:active{cause}` only: when the
-agent exports `stallwatch_verdict{cause}`, that rule's expression changes and nothing here does.
+Why a node is stalled comes from `instance:stallwatch_stall_cause:active{cause}` only: the
+agent's verdict (`stallwatch_verdict{cause!="none"}`), recorded by the fleet rules.
 
 `cluster` is the scraper's external label, zone and instance type are the labels of
 `stallwatch_node_info`; each may be absent (one cluster; off EC2), and "All" matches absent.

@@ -26,6 +26,28 @@ def overview():
     io_some = f'stallwatch_pressure_avg10_ratio{{{S}, resource="io", kind="some"}}'
     rows = [
         (
+            "The verdict: stalled now, and why (the agent's answer; details at / on the agent, or `stallwatch why`)",
+            [
+                stat("Stalled", [t(f"max(stallwatch_stalled{{{S}}})")], "short",
+                     thresholds=thresholds((1, "red")), w=4,
+                     desc="1 while the agent's verdict says the node is stalled (any cause)."),
+                stat("Cause now", [t(f"stallwatch_verdict{{{S}}} == 1", "{{cause}}", instant=True)],
+                     "short", w=6,
+                     desc="The active causes: disk_stalled, ebs_credits, writeback and disk_saturated "
+                     "are I/O; memory, lock and cpu are not; none = not stalled. The node page (/ on "
+                     "the agent) and `stallwatch why` give the evidence and who."),
+                ts("Active causes over time",
+                   [t(f'stallwatch_verdict{{{S}, cause!="none"}}', "{{cause}}")],
+                   "short", min=0, max=1, w=8, stack=True, draw="bars", fill=60,
+                   desc="1 while each cause is active (several can be at once)."),
+                ts("Stall seconds per cause (per hour)",
+                   [t(f'increase(stallwatch_verdict_seconds_total{{{S}, cause!="none"}}[1h])', "{{cause}}")],
+                   "s", min=0, w=6,
+                   desc="Seconds spent in each cause over the last hour; incidents: "
+                   "stallwatch_incidents_total and /api/v1/incidents on the agent."),
+            ],
+        ),
+        (
             "Is this node stalled on I/O right now?",
             [
                 stat("I/O pressure (some, avg10)", [t(io_some)], "percentunit",
@@ -381,12 +403,23 @@ def ebs():
             [
                 ts("Burst balance: CloudWatch vs local estimate",
                    [t(f"stallwatch_ebs_burst_balance_percent{{{V}}}", "{{volume_id}} CloudWatch"),
-                    t(f"stallwatch_ebs_burst_balance_estimate_percent{{{V}}}", "{{volume_id}} estimate")],
+                    t(f"stallwatch_ebs_burst_balance_estimate_percent{{{V}}}", "{{volume_id}} estimate"),
+                    t(f"stallwatch_ebs_burst_balance_estimate_low_percent{{{V}}}", "{{volume_id}} lowest possible"),
+                    t(f"stallwatch_ebs_burst_balance_estimate_high_percent{{{V}}}", "{{volume_id}} highest possible")],
                    "percent", min=0, max=100, w=12,
                    thresholds={"mode": "absolute", "steps": [
                        {"color": "red", "value": None}, {"color": "green", "value": 20}]},
                    desc="CloudWatch's BurstBalance is per minute and minutes late; the local "
-                   "estimate models the bucket from the disk's own I/O every second."),
+                   "estimate models the bucket from the disk's own I/O every second. Lowest and "
+                   "highest: where the bucket can be given the I/O seen, from the first second "
+                   "(0 and 100 until something is known; one line once CloudWatch anchored it)."),
+                stat("What the estimate rests on",
+                     [t(f"stallwatch_ebs_burst_balance_estimate_basis{{{V}}}", "{{volume_id}} {{basis}}",
+                        instant=True)],
+                     "short", w=12, h=4,
+                     desc="cloudwatch: an anchored point; new_volume: created within the hour, full "
+                     "less the I/O counted since; restored: the agent's own estimate from before "
+                     "a restart in this boot."),
                 ts("Time until the credits run out",
                    [t(f"stallwatch_ebs_burst_seconds_to_empty{{{V}}} < +Inf", "{{volume_id}}")],
                    "s", min=0, w=6, thresholds=thresholds((1800, "green")),
@@ -438,6 +471,83 @@ def ebs():
             ],
         ),
         (
+            "Headroom (every volume type)",
+            [
+                ts("IOPS against the limit in force",
+                   [t(f"stallwatch_ebs_volume_iops{{{V}}}", "{{volume_id}} IOPS"),
+                    t(f"stallwatch_ebs_volume_iops_peak{{{V}}}", "{{volume_id}} peak of the minute"),
+                    t(f"stallwatch_ebs_volume_iops_limit{{{V}}}", "{{volume_id}} limit"),
+                    t(f"stallwatch_ebs_volume_iops_limit{{{V}}} and on (instance, volume_id) "
+                      f'stallwatch_ebs_volume_modification_info{{{V}, state=~"modifying|optimizing"}}',
+                      "{{volume_id}} limit, while a modification runs")],
+                   "iops", min=0, w=12,
+                   desc="Every second from the disk counters, in EBS's units (up to 256 KiB on "
+                   "SSD, 1 MiB on HDD). The limit is the one in force now: provisioned (gp3, "
+                   "io1, io2), burst or baseline (gp2, st1, sc1); its second line marks the time "
+                   "a modification (type, size, IOPS) was under way."),
+                ts("Throughput against the limit in force",
+                   [t(f"stallwatch_ebs_volume_throughput_bytes_per_second{{{V}}}", "{{volume_id}}"),
+                    t(f"stallwatch_ebs_volume_throughput_peak_bytes_per_second{{{V}}}", "{{volume_id}} peak of the minute"),
+                    t(f"stallwatch_ebs_volume_throughput_limit_bytes_per_second{{{V}}}", "{{volume_id}} limit")],
+                   "Bps", min=0, w=12),
+                ts("Headroom: share of the limit left",
+                   [t(f"stallwatch_ebs_volume_headroom_ratio{{{V}}}", "{{volume_id}} {{limit}}")],
+                   "percentunit", min=0, max=1, w=8,
+                   thresholds={"mode": "absolute", "steps": [
+                       {"color": "red", "value": None}, {"color": "green", "value": 0.1}]}),
+                ts("Time until the limit at the current trend",
+                   [t(f"stallwatch_ebs_volume_seconds_to_limit{{{V}}} < +Inf", "{{volume_id}} {{limit}}")],
+                   "s", min=0, w=8,
+                   desc="Only volumes whose rate is rising (a least-squares slope over the last "
+                   "minute, at least twice its standard error) are shown."),
+                ts("The instance: its EBS limits and all its volumes summed",
+                   [t(f"stallwatch_ec2_ebs_headroom_ratio{{{N}}}", "headroom {{limit}}")],
+                   "percentunit", min=0, max=1, w=8,
+                   desc="From DescribeInstanceTypes: the maximum, or the baseline once "
+                   "EBSIOBalance% / EBSByteBalance% is spent."),
+                ts("The instance's EBS IOPS",
+                   [t(f"stallwatch_ec2_ebs_iops{{{N}}}", "all volumes"),
+                    t(f"stallwatch_ec2_ebs_iops_limit{{{N}}}", "limit in force"),
+                    t(f"stallwatch_ec2_ebs_baseline_iops{{{N}}}", "baseline"),
+                    t(f"stallwatch_ec2_ebs_maximum_iops{{{N}}}", "maximum")],
+                   "iops", min=0, w=12),
+                ts("The instance's EBS throughput",
+                   [t(f"stallwatch_ec2_ebs_throughput_bytes_per_second{{{N}}}", "all volumes"),
+                    t(f"stallwatch_ec2_ebs_throughput_limit_bytes_per_second{{{N}}}", "limit in force"),
+                    t(f"stallwatch_ec2_ebs_baseline_throughput_bytes_per_second{{{N}}}", "baseline"),
+                    t(f"stallwatch_ec2_ebs_maximum_throughput_bytes_per_second{{{N}}}", "maximum")],
+                   "Bps", min=0, w=12),
+            ],
+        ),
+        (
+            "Status and changes",
+            [
+                Panel("table", "Volume status (DescribeVolumeStatus)",
+                      [t(f"stallwatch_ebs_volume_status_info{{{V}}}", instant=True, table=True),
+                       t(f"stallwatch_ebs_volume_impaired{{{V}}}", instant=True, table=True)],
+                      "short", w=12, h=6,
+                      desc="impaired, io_enabled failed, io_performance degraded or stalled: "
+                      "StallwatchEBSVolumeImpaired."),
+                ts("CloudWatch 1-minute checks",
+                   [t(f"stallwatch_ebs_volume_check{{{V}}}", "{{volume_id}} {{check}}"),
+                    t(f"stallwatch_ec2_ebs_check{{{N}}}", "instance {{check}}")],
+                   "short", min=0, max=1, w=12,
+                   desc="VolumeStalledIOCheck, VolumeIOPSExceededCheck, "
+                   "VolumeThroughputExceededCheck (under InstanceId and VolumeId) and the "
+                   "instance's EBS checks: 1 = failed in that minute."),
+                ts("Initialization of snapshot-restored volumes",
+                   [t(f"stallwatch_ebs_volume_initialization_progress_ratio{{{V}}}", "{{volume_id}}")],
+                   "percentunit", min=0, max=1, w=12,
+                   desc="Until it is done, first reads stall with full credits."),
+                ts("Modifications (type, size, IOPS, throughput) in progress",
+                   [t(f"stallwatch_ebs_volume_modification_progress_ratio{{{V}}}", "{{volume_id}}"),
+                    t(f"stallwatch_ebs_volume_modification_info{{{V}}}", "{{volume_id}} {{state}} → {{target_volume_type}}")],
+                   "percentunit", min=0, max=1, w=12,
+                   desc="The model switches bucket and limits at the next describe (the IOPS "
+                   "panel marks the time the modification ran)."),
+            ],
+        ),
+        (
             "Cloud requests",
             [
                 ts("Requests by outcome",
@@ -457,10 +567,11 @@ def ebs():
     ]
     return dashboard(
         "stallwatch-ebs",
-        "stallwatch / EBS burst credits",
-        "Per EBS volume: CloudWatch BurstBalance against the agent's local credit model, time "
-        "until the credits run out, time over the volume's and the instance's limits, and what "
-        "the cloud polling costs.",
+        "stallwatch / EBS burst credits and headroom",
+        "Per EBS volume: CloudWatch BurstBalance against the agent's local credit model and its "
+        "bounds, time until the credits run out, IOPS and throughput against the limits in "
+        "force (volume and instance), AWS's status and checks, modifications, and what the "
+        "cloud polling costs.",
         ["ebs", "aws"],
         variables,
         rows,

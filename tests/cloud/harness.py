@@ -12,8 +12,24 @@ Why our own IMDS: moto's omits the x-aws-ec2-metadata-token-ttl-seconds reply he
 aws-config requires; this one requires the token like IMDSv2 does (401 without it).
 
 Control API on the proxy (JSON): POST /_harness/setup, /_harness/attach, /_harness/put,
-/_harness/fail, /_harness/paginate, /_harness/reset-calls; GET /_harness/calls. Prints one JSON
-line with the addresses, then serves until stdin closes or SIGTERM.
+/_harness/fail, /_harness/paginate, /_harness/status, /_harness/modify, /_harness/reset-calls;
+GET /_harness/calls. Prints one JSON line with the addresses, then serves until stdin closes or
+SIGTERM.
+
+What is real moto and what is a fake of ours (moto 5.2 lacks or simplifies these):
+- DescribeVolumeStatus is ours entirely (moto raises NotImplementedError): every volume asked
+  is `ok` with `io-enabled` passed and `io-performance` not-applicable, unless
+  /_harness/status {"volume_id", "status", "io_enabled", "io_performance", "init_progress",
+  "init_eta", "init_type"} says otherwise (the 2025 fields `attachmentStatuses` and
+  `initializationStatusDetails` included).
+- DescribeVolumesModifications is moto's, but moto completes every modification at once: a
+  /_harness/modify {"volume_id", "type"?, "size"?, "iops"?, "throughput"?, "state", "progress"}
+  makes the modification in moto and then reports it in `state` at `progress` until the next
+  /_harness/modify of that volume.
+- DescribeVolumes is moto's; `createTime` is rewritten for volumes set up with
+  "created_ago": seconds (moto stamps the moment of its create_volume call).
+- DescribeInstanceTypes, CreateVolume, AttachVolume, ModifyVolume, PutMetricData and
+  GetMetricData are moto's.
 
 /_harness/paginate {"api": "ec2"|"cloudwatch", "count": n, "delay": seconds}: the next n answers
 of DescribeVolumes or GetMetricData come after `delay` and carry a next token, so a client goes
@@ -22,6 +38,8 @@ on asking for pages (each answer quick enough for a per-request timeout, the who
 import datetime
 import json
 import re
+import urllib.parse
+import xml.etree.ElementTree as ET
 import secrets
 import signal
 import socket
@@ -66,11 +84,14 @@ class World:
                          "accountId": "123456789012", "imageId": "ami-0", "architecture": "x86_64"}
         self.tokens = set()
         self.imds_requests = 0
+        self.created = {}        # volume id -> createTime to report (Unix seconds)
+        self.status = {}         # volume id -> DescribeVolumeStatus overrides
+        self.modstate = {}       # volume id -> {"state", "progress"} reported for its newest modification
 
-    def take_failure(self, api):
+    def take_failure(self, api, op=None):
         with self.lock:
             f = self.fail.get(api)
-            if f and f["count"] > 0:
+            if f and f["count"] > 0 and f.get("op") in (None, op):
                 f["count"] -= 1
                 return f
         return None
@@ -105,9 +126,14 @@ class World:
         kw = dict(AvailabilityZone=az, Size=v["size"], VolumeType=v["type"])
         if "iops" in v:
             kw["Iops"] = v["iops"]
+        if "throughput" in v:
+            kw["Throughput"] = v["throughput"]
         vol = self.ec2.create_volume(**kw)
         dev = v.get("device") or "/dev/sd%s" % chr(ord("f") + i)
         self.ec2.attach_volume(VolumeId=vol["VolumeId"], InstanceId=iid, Device=dev)
+        if "created_ago" in v:
+            with self.lock:
+                self.created[vol["VolumeId"]] = time.time() - float(v["created_ago"])
         return vol["VolumeId"]
 
     def attach(self, spec):
@@ -120,7 +146,11 @@ class World:
     def put(self, spec):
         # A volume's AWS/EBS metric (BurstBalance by default), or with "instance_id" an
         # AWS/EC2 metric of the instance (EBSIOBalance%, EBSByteBalance%, CPUCreditBalance).
-        if "instance_id" in spec:
+        # "dimensions": [[name, value], ...] for the checks published under {InstanceId, VolumeId}.
+        if "dimensions" in spec:
+            namespace = spec.get("namespace", "AWS/EBS")
+            dims = [{"Name": k, "Value": v} for k, v in spec["dimensions"]]
+        elif "instance_id" in spec:
             namespace, dims = "AWS/EC2", [{"Name": "InstanceId", "Value": spec["instance_id"]}]
         else:
             namespace, dims = "AWS/EBS", [{"Name": "VolumeId", "Value": spec["volume_id"]}]
@@ -128,11 +158,96 @@ class World:
             "MetricName": spec.get("metric", "BurstBalance"),
             "Dimensions": dims,
             "Timestamp": datetime.datetime.fromtimestamp(ts, datetime.timezone.utc),
-            "Value": float(val), "Unit": "Percent",
+            "Value": float(val), "Unit": spec.get("unit", "Percent"),
         } for ts, val in spec["points"]]
         for i in range(0, len(data), 20):
             self.cw.put_metric_data(Namespace=namespace, MetricData=data[i:i + 20])
         return {"ok": True}
+
+    def set_status(self, spec):
+        with self.lock:
+            self.status[spec["volume_id"]] = spec
+        return {"ok": True}
+
+    def modify(self, spec):
+        kw = {"VolumeId": spec["volume_id"]}
+        for k, name in (("type", "VolumeType"), ("size", "Size"), ("iops", "Iops"),
+                        ("throughput", "Throughput")):
+            if k in spec:
+                kw[name] = spec[k]
+        if len(kw) > 1:
+            self.ec2.modify_volume(**kw)
+        with self.lock:
+            self.modstate[spec["volume_id"]] = {"state": spec.get("state", "completed"),
+                                                "progress": int(spec.get("progress", 100))}
+        return {"ok": True}
+
+    def volume_status_xml(self, form):
+        """Our DescribeVolumeStatus: the volumes asked (VolumeId.N), with the test's overrides."""
+        ids = [v for k, v in form if re.fullmatch(r"VolumeId\.\d+", k)]
+        items = []
+        for vid in ids:
+            with self.lock:
+                o = dict(self.status.get(vid, {}))
+                iid = self.instance[0] if self.instance else ""
+            details = ("<item><name>io-enabled</name><status>%s</status></item>"
+                       "<item><name>io-performance</name><status>%s</status></item>") % (
+                o.get("io_enabled", "passed"), o.get("io_performance", "not-applicable"))
+            att = ""
+            if "io_performance" in o:
+                att = ("<attachmentStatuses><item><instanceId>%s</instanceId>"
+                       "<ioPerformance>%s</ioPerformance></item></attachmentStatuses>") % (
+                    iid, o["io_performance"])
+            init = ""
+            if "init_progress" in o:
+                init = ("<initializationStatusDetails><initializationType>%s</initializationType>"
+                        "<progress>%d</progress>%s</initializationStatusDetails>") % (
+                    o.get("init_type", "default"), int(o["init_progress"]),
+                    "<estimatedTimeToCompleteInSeconds>%d</estimatedTimeToCompleteInSeconds>"
+                    % int(o["init_eta"]) if "init_eta" in o else "")
+            items.append(
+                "<item><volumeId>%s</volumeId><availabilityZone>%s</availabilityZone>"
+                "<volumeStatus><status>%s</status><details>%s</details></volumeStatus>"
+                "<eventsSet/><actionsSet/>%s%s</item>" % (
+                    vid, REGION + "a", o.get("status", "ok"), details, att, init))
+        return ('<?xml version="1.0" encoding="UTF-8"?>\n'
+                '<DescribeVolumeStatusResponse xmlns="http://ec2.amazonaws.com/doc/2016-11-15/">'
+                "<requestId>harness</requestId><volumeStatusSet>%s</volumeStatusSet>"
+                "</DescribeVolumeStatusResponse>" % "".join(items))
+
+    def rewrite(self, action, payload):
+        """moto's answer with the test's fakes applied (createTime, modification state)."""
+        with self.lock:
+            created, modstate = dict(self.created), dict(self.modstate)
+        if action == "DescribeVolumes" and created:
+            field = {vid: {"createTime": datetime.datetime.fromtimestamp(
+                t, datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.000Z")}
+                for vid, t in created.items()}
+        elif action == "DescribeVolumesModifications" and modstate:
+            field = {vid: {"modificationState": m["state"], "progress": str(m["progress"])}
+                     for vid, m in modstate.items()}
+        else:
+            return payload
+        ns = re.match(rb"(?:<\?xml[^>]*\?>\s*)?<\w+ xmlns=\"([^\"]+)\"", payload)
+        if ns:
+            ET.register_namespace("", ns.group(1).decode())
+        root = ET.fromstring(payload)
+        local = lambda e: e.tag.rsplit("}", 1)[-1]
+        for item in root.iter():
+            if local(item) != "item":
+                continue
+            vid = next((c.text for c in item if local(c) == "volumeId"), None)
+            if vid not in field:
+                continue
+            for c in item:
+                if local(c) in field[vid]:
+                    c.text = field[vid][local(c)]
+            # A modification still under way has no end time.
+            if action == "DescribeVolumesModifications" and field[vid]["modificationState"] != "completed":
+                for c in list(item):
+                    if local(c) == "endTime":
+                        item.remove(c)
+        return ET.tostring(root, encoding="utf-8", xml_declaration=True)
 
 
 def snake(op):
@@ -193,12 +308,17 @@ def make_proxy(world):
                         return self.reply_json(world.put(req))
                     if what == "fail":
                         with world.lock:
+                            # "op": only that action fails (e.g. DescribeVolumeStatus).
                             world.fail[req.get("api", "cloudwatch")] = {
                                 "count": int(req["count"]), "status": int(req.get("status", 400)),
-                                "code": req.get("code", "Throttling")}
+                                "code": req.get("code", "Throttling"), "op": req.get("op")}
                         return self.reply_json({"ok": True})
                     if what == "attach":
                         return self.reply_json(world.attach(req))
+                    if what == "status":
+                        return self.reply_json(world.set_status(req))
+                    if what == "modify":
+                        return self.reply_json(world.modify(req))
                     if what == "paginate":
                         with world.lock:
                             world.paginate[req["api"]] = {
@@ -219,7 +339,7 @@ def make_proxy(world):
             params = cbor2.loads(raw) if raw else {}
             n = len(params.get("MetricDataQueries", []) or [])
             hdr = {"smithy-protocol": "rpc-v2-cbor"}
-            f = world.take_failure("cloudwatch")
+            f = world.take_failure("cloudwatch", op)
             if f:
                 world.record(api="cloudwatch", op=op, queries=n, status=f["status"])
                 body = cbor2.dumps({"__type": "com.amazonaws.cloudwatch#" + f["code"],
@@ -248,12 +368,17 @@ def make_proxy(world):
         def forward_ec2(self, raw):
             form = raw.decode(errors="replace")
             action = next((kv.split("=", 1)[1] for kv in form.split("&") if kv.startswith("Action=")), "?")
-            f = world.take_failure("ec2")
+            f = world.take_failure("ec2", action)
             if f:
                 world.record(api="ec2", op=action, queries=0, status=f["status"])
                 xml = ("<Response><Errors><Error><Code>%s</Code><Message>injected by the test harness"
                        "</Message></Error></Errors><RequestID>x</RequestID></Response>" % f["code"])
                 return self.reply(f["status"], xml.encode(), "text/xml")
+            if action == "DescribeVolumeStatus":
+                xml = world.volume_status_xml(urllib.parse.parse_qsl(form))
+                world.record(api="ec2", op=action, queries=0, status=200,
+                             authorization=self.headers.get("authorization", ""))
+                return self.reply(200, xml.encode(), "text/xml")
             delay = world.take_page("ec2") if action == "DescribeVolumes" else None
             # moto does not check signatures: the marker token can go.
             raw = raw.replace(b"&NextToken=" + MORE.encode(), b"")
@@ -267,6 +392,8 @@ def make_proxy(world):
                 status, payload = e.code, e.read()
             world.record(api="ec2", op=action, queries=0, status=status,
                          authorization=self.headers.get("authorization", ""))
+            if status == 200:
+                payload = world.rewrite(action, payload)
             if delay is not None and status == 200:
                 time.sleep(delay)
                 text = re.sub(r"<nextToken>[^<]*</nextToken>|<nextToken/>", "", payload.decode())

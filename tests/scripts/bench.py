@@ -6,7 +6,11 @@ For each agent (started here on 127.0.0.1, stopped by PID at the end):
     (run time of all threads from /proc/<pid>/task/*/schedstat); stallwatch samples every 1 s;
   * RSS: VmRSS from /proc/<pid>/status, sampled once per window;
   * /metrics latency: N sequential scrapes over one keep-alive connection, p50/p99;
-  * CPU per scrape: CPU time consumed during the scrape loop / number of scrapes.
+  * CPU per scrape: CPU time consumed during the scrape loop / number of scrapes;
+  * stallwatch only: the verdict's CPU per host tick (its own counters,
+    stallwatch_verdict_cpu_seconds_total / stallwatch_verdict_evaluations_total) and the share
+    of a core that is at its tick rate; /api/v1/verdict, /api/v1/timeline and the node page
+    (/ with Accept: text/html) latency p50/p99 over the same keep-alive connection.
 Medians over windows and runs; this machine is noisy, compare the ratios, not the numbers.
 
 BENCH_BASELINE=/path/to/an/older/stallwatch adds that binary as a third agent in the same run
@@ -111,6 +115,29 @@ def measure(name, argv, port):
                 host = sum(v for k, v in cpu.items() if k not in ("threads", "containers"))
                 per_source["__host_ms_per_s"] = 1000.0 * host / up
         series = sum(1 for l in body.decode(errors="replace").splitlines() if l and not l.startswith("#"))
+        api = {}
+        if name.startswith("stallwatch"):
+            text = body.decode(errors="replace").splitlines()
+            val = lambda m: next((float(l.rsplit(" ", 1)[1]) for l in text if l.startswith(m + " ")), None)
+            evals, vcpu = val("stallwatch_verdict_evaluations_total"), val("stallwatch_verdict_cpu_seconds_total")
+            if evals and vcpu is not None:
+                api["verdict_us_per_tick"] = 1e6 * vcpu / evals
+                start = val("stallwatch_start_time_seconds")
+                if start:
+                    api["verdict_core_pct"] = 100.0 * vcpu / (time.time() - start)
+            for path, accept in (("/api/v1/verdict", "application/json"),
+                                 ("/api/v1/timeline?seconds=900", "application/json"),
+                                 ("/", "text/html")):
+                lat_api, ok = [], True
+                for _ in range(max(SCRAPES // 5, 20)):
+                    t = time.perf_counter()
+                    conn.request("GET", path, headers={"Accept": accept})
+                    r = conn.getresponse()
+                    r.read()
+                    ok = ok and r.status == 200
+                    lat_api.append((time.perf_counter() - t) * 1000.0)
+                if ok:
+                    api[path] = (pct(lat_api, 50), pct(lat_api, 99))
         return {
             "name": name,
             "idle_cpu_pct": statistics.median(idle),
@@ -121,6 +148,7 @@ def measure(name, argv, port):
             "bytes": size,
             "series": series,
             "per_source_ms": per_source,
+            "api": api,
         }
     finally:
         proc.send_signal(signal.SIGTERM)
@@ -160,6 +188,16 @@ def main():
             if "__host_ms_per_s" in r["per_source_ms"]:
                 print(f"  host sampler CPU per second of uptime: {r['per_source_ms']['__host_ms_per_s']:.4f} ms "
                       "(all fast sources every 1 s, bdi every 30 s)")
+    for r in results:
+        a = r.get("api") or {}
+        if a:
+            print(f"\n{r['name']}: the verdict and its API")
+            if "verdict_us_per_tick" in a:
+                print(f"  verdict + recorder CPU per host tick: {a['verdict_us_per_tick']:.1f} us "
+                      f"({a.get('verdict_core_pct', 0.0):.4f} % of a core since start); ring memory 64,800 bytes")
+            for path in ("/api/v1/verdict", "/api/v1/timeline?seconds=900", "/"):
+                if path in a:
+                    print(f"  {path:<30} p50 {a[path][0]:.2f} ms, p99 {a[path][1]:.2f} ms")
     peer = next((r for r in results if r["name"] == "node_exporter"), None)
     for a in results:
         for b in [peer, next((r for r in results if r["name"] == "stallwatch-base"), None)]:

@@ -2,6 +2,7 @@
 //! paths overridable so the agent can run in a container with the host's trees at `/host/*`.
 
 use std::path::PathBuf;
+use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
@@ -35,10 +36,27 @@ pub enum Command {
     /// cgroups, EBS devices, IMDS, probe directories) and what it will miss; exit 1 when
     /// something is broken.
     Doctor,
+    /// Ask the running agent: is this node stalled, since when, why, and who is stuck. Exit 0
+    /// when not stalled, 3 when stalled, 1 when the agent cannot be asked.
+    Why(WhyArgs),
+    /// The running agent's recent incidents, or one incident's record (D threads with kernel
+    /// stacks, containers, disks, EBS).
+    Incidents(IncidentsArgs),
     /// Internal: check one probe directory in a child process that may hang on a stalled
     /// filesystem without hanging its parent (see config/check.rs).
     #[command(name = "__check-probe-dir", hide = true)]
     CheckProbeDir { path: PathBuf },
+    /// Internal: write one incident record (JSON on stdin) into DIR, in a child process that
+    /// may hang on a stalled disk without hanging the agent (see recorder/store.rs).
+    #[command(name = "__incident-write", hide = true)]
+    IncidentWrite {
+        dir: PathBuf,
+        max_files: usize,
+        max_bytes: u64,
+    },
+    /// Internal: print the incident records of DIR as one JSON array (recorder/store.rs).
+    #[command(name = "__incident-read", hide = true)]
+    IncidentRead { dir: PathBuf },
 }
 
 /// The process exit status, one mapping for every subcommand.
@@ -51,6 +69,8 @@ pub enum Exit {
     Failure = 1,
     /// The operator's input is wrong: the config file, the web config file or a flag.
     BadConfig = 2,
+    /// `why`: the agent answered and the node is stalled (on I/O or not).
+    Stalled = 3,
 }
 
 impl From<Exit> for std::process::ExitCode {
@@ -273,4 +293,60 @@ mod tests {
             std::process::ExitCode::from(2)
         );
     }
+}
+
+/// `stallwatch why` / `stallwatch incidents`: how to reach the running agent (client/).
+/// How to reach the running agent.
+#[derive(Debug, Clone, Args)]
+pub struct AgentArgs {
+    /// The agent's address (a path prefix is kept, for an agent behind a proxy).
+    #[arg(long = "agent.url", env = "STALLWATCH_AGENT_URL",
+          default_value_t = format!("http://127.0.0.1:{}", DEFAULT_PORT))]
+    pub url: String,
+    /// Basic-auth user; the password comes from $STALLWATCH_AGENT_PASSWORD or
+    /// --agent.password-file (never a flag: flags show in `ps`).
+    #[arg(long = "agent.user", env = "STALLWATCH_AGENT_USER")]
+    pub user: Option<String>,
+    /// File holding the basic-auth password (one line).
+    #[arg(long = "agent.password-file")]
+    pub password_file: Option<PathBuf>,
+    /// For https://: PEM file of the CA that signed the agent's certificate (default: the
+    /// system bundle, /etc/ssl/certs/ca-certificates.crt).
+    #[arg(long = "agent.ca-file")]
+    pub ca_file: Option<PathBuf>,
+    /// For https://: the name the agent's certificate must carry, when it is not the URL's
+    /// host (e.g. the node name while connecting to 127.0.0.1).
+    #[arg(long = "agent.server-name")]
+    pub server_name: Option<String>,
+    /// Give up on the agent after this long (connect, send and answer together; 100ms to 1m).
+    #[arg(long = "agent.timeout", default_value = "2s", value_parser = timeout_flag)]
+    pub timeout: Duration,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct WhyArgs {
+    /// Print the agent's JSON (`/api/v1/verdict`) as it is.
+    #[arg(long)]
+    pub json: bool,
+    #[command(flatten)]
+    pub agent: AgentArgs,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct IncidentsArgs {
+    /// One incident's full record (with D threads, stacks, containers, disks); without it, the list.
+    pub id: Option<String>,
+    /// Print the agent's JSON as it is.
+    #[arg(long)]
+    pub json: bool,
+    #[command(flatten)]
+    pub agent: AgentArgs,
+}
+
+fn timeout_flag(s: &str) -> Result<Duration, String> {
+    let d = humantime::parse_duration(s).map_err(|e| format!("{e} (e.g. \"2s\", \"500ms\")"))?;
+    if !(Duration::from_millis(100)..=Duration::from_secs(60)).contains(&d) {
+        return Err(format!("{s:?} is out of range: must be 100ms to 1m"));
+    }
+    Ok(d)
 }

@@ -137,12 +137,18 @@ impl Parts {
         Arc::new(move || me.join())
     }
 
-    /// The host sampler's hook: the join, then `follow` (the cloud sampler's wake-up: its
-    /// credit model advances from the reading just published, and joins again).
-    pub fn host_hook(self: &Arc<Parts>, follow: Hook) -> Hook {
+    /// The host sampler's hook: the join, then `judge` over the joined node (the verdict and
+    /// the flight recorder: pure, once per host tick), then `follow` (the cloud sampler's
+    /// wake-up: its credit model advances from the reading just published, and joins again).
+    pub fn host_hook(
+        self: &Arc<Parts>,
+        judge: impl Fn(&Node) + Send + Sync + 'static,
+        follow: Hook,
+    ) -> Hook {
         let me = Arc::clone(self);
         Arc::new(move || {
             me.join();
+            judge(&me.node.load());
             follow();
         })
     }

@@ -35,6 +35,8 @@ pub struct Live {
     pub cloud: Arc<ArcSwap<CloudConfig>>,
     /// Running probes; a reload reconciles them (unchanged probes keep their counters).
     pub probes: Arc<Mutex<Probes>>,
+    /// The verdict engine and the flight recorder; a reload sets their thresholds.
+    pub analysis: Arc<crate::recorder::Analysis>,
 }
 
 impl Live {
@@ -45,6 +47,7 @@ impl Live {
             containers: Arc::new(ArcSwap::from_pointee(c.containers.clone())),
             cloud: Arc::new(ArcSwap::from_pointee(c.cloud.clone())),
             probes: Arc::new(Mutex::new(Probes::spawn(c.probes.clone())?)),
+            analysis: crate::recorder::Analysis::new(c.verdict.clone(), c.incident.clone()),
         })
     }
 
@@ -55,6 +58,7 @@ impl Live {
             Ok(mut p) => p.reconcile(c.probes)?,
             Err(poisoned) => poisoned.into_inner().reconcile(c.probes)?,
         }
+        self.analysis.set_config(c.verdict, c.incident);
         self.host.store(Arc::new(c.host));
         self.threads.store(Arc::new(c.threads));
         self.containers.store(Arc::new(c.containers));

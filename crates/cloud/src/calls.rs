@@ -8,7 +8,6 @@
 //!
 //! Nothing here touches the state: each function returns an outcome the sampler hands to it.
 
-use std::collections::BTreeMap;
 use std::future::Future;
 use std::io;
 use std::path::{Path, PathBuf};
@@ -24,10 +23,12 @@ use stallwatch_collector::ErrorKind;
 use tokio::runtime::Handle;
 use tokio::sync::watch;
 
+use crate::cloudwatch::Points;
 use crate::config::CloudConfig;
 use crate::devices::{self, BlockDevice, DevicesError};
-use crate::ec2::{Ec2Client, Ec2Error, Volume};
-use crate::snapshot::{BalancePoint, Instance};
+use crate::ec2::{Ec2Client, Ec2Error, StatusOf, Volume};
+use crate::limits::InstanceLimits;
+use crate::snapshot::{Instance, Modification, VolumeStatus};
 use crate::state::{Failure, PollPlan};
 use crate::{cloudwatch, http, imds, nvme};
 
@@ -158,7 +159,11 @@ pub async fn discover(start: CloudConfig) -> Discovery {
         },
     };
     let region = Region::new(instance.region.clone());
+    // The chain's own region is set too: without it the builder runs the default region chain
+    // (environment, profile, then IMDS through a default client at the default address), which
+    // ignores both the region in `provider` and the configured `imds_endpoint`.
     let chain = aws_config::default_provider::credentials::DefaultCredentialsChain::builder()
+        .region(region.clone())
         .imds_client(imds_client)
         .configure(provider.with_region(Some(region.clone())))
         .build()
@@ -212,28 +217,92 @@ pub fn scan_disks(sysfs: &Path) -> Result<Vec<BlockDevice>, (ErrorKind, String)>
     })
 }
 
-/// DescribeVolumes for the volumes attached to the instance, every page.
-pub async fn describe(c: Arc<Clients>) -> Result<Vec<Volume>, Failure> {
-    let creds = c.creds.provide_credentials().await.map_err(|e| Failure {
-        throttled: false,
-        // No instance role (or no way to reach it): the operator's to give.
-        kind: ErrorKind::Permission,
-        message: format!("no AWS credentials: {}", http::error_chain(&e)),
-    })?;
-    c.ec2
-        .describe_attached_volumes(&creds, &c.instance.instance_id)
+/// One describe pass's EC2 answers: the attached volumes, and for them (when there are any)
+/// their status and modifications; the instance type's EBS limits when asked for.
+pub struct Describe {
+    pub volumes: Result<Vec<Volume>, Failure>,
+    pub status: Option<Result<Vec<StatusOf<VolumeStatus>>, Failure>>,
+    pub modifications: Option<Result<Vec<StatusOf<Modification>>, Failure>>,
+    pub instance_type: Option<Result<Option<InstanceLimits>, Failure>>,
+}
+
+fn ec2_failure(e: Ec2Error) -> Failure {
+    Failure {
+        throttled: e.is_throttling(),
+        kind: match &e {
+            Ec2Error::Service {
+                status: 401 | 403, ..
+            } => ErrorKind::Permission,
+            Ec2Error::Parse(_) => ErrorKind::Parse,
+            _ => ErrorKind::Io,
+        },
+        message: e.to_string(),
+    }
+}
+
+/// DescribeVolumes for the volumes attached to the instance (every page), then
+/// DescribeVolumeStatus and DescribeVolumesModifications for them, and DescribeInstanceTypes
+/// for `instance_type` when given. A failure of the later calls is theirs alone.
+pub async fn describe(c: Arc<Clients>, instance_type: Option<String>) -> Describe {
+    let creds = match c.creds.provide_credentials().await {
+        Ok(c) => c,
+        Err(e) => {
+            return Describe {
+                volumes: Err(Failure {
+                    throttled: false,
+                    // No instance role (or no way to reach it): the operator's to give.
+                    kind: ErrorKind::Permission,
+                    message: format!("no AWS credentials: {}", http::error_chain(&e)),
+                }),
+                status: None,
+                modifications: None,
+                instance_type: None,
+            };
+        }
+    };
+    let iid = &c.instance.instance_id;
+    let volumes = c
+        .ec2
+        .describe_attached_volumes(&creds, iid)
         .await
-        .map_err(|e| Failure {
-            throttled: e.is_throttling(),
-            kind: match &e {
-                Ec2Error::Service {
-                    status: 401 | 403, ..
-                } => ErrorKind::Permission,
-                Ec2Error::Parse(_) => ErrorKind::Parse,
-                _ => ErrorKind::Io,
-            },
-            message: e.to_string(),
-        })
+        .map_err(ec2_failure);
+    let ids: Vec<String> = match &volumes {
+        Ok(v) => v.iter().map(|v| v.volume_id.clone()).collect(),
+        Err(_) => Vec::new(),
+    };
+    let (status, modifications) = if ids.is_empty() {
+        (None, None)
+    } else {
+        (
+            Some(
+                c.ec2
+                    .describe_volume_status(&creds, &ids, iid)
+                    .await
+                    .map_err(ec2_failure),
+            ),
+            Some(
+                c.ec2
+                    .describe_volumes_modifications(&creds, &ids)
+                    .await
+                    .map_err(ec2_failure),
+            ),
+        )
+    };
+    let instance_type = match instance_type {
+        Some(t) => Some(
+            c.ec2
+                .describe_instance_type(&creds, &t)
+                .await
+                .map_err(ec2_failure),
+        ),
+        None => None,
+    };
+    Describe {
+        volumes,
+        status,
+        modifications,
+        instance_type,
+    }
 }
 
 /// One GetMetricData poll of `plan`, every batch and page. `requested` counts the metrics of
@@ -244,7 +313,7 @@ pub async fn poll(
     plan: Arc<PollPlan>,
     lookback: Duration,
     requested: Arc<AtomicUsize>,
-) -> Result<BTreeMap<usize, BalancePoint>, Failure> {
+) -> Result<Points, Failure> {
     cloudwatch::fetch_newest(
         &c.cloudwatch,
         &plan.series(),

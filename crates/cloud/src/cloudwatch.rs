@@ -1,7 +1,8 @@
-//! `BurstBalance` from CloudWatch `GetMetricData` (aws-sdk-cloudwatch): only for attached
-//! volumes that have one (gp2 below 1 TiB, st1, sc1), ≤ 500 metrics per call, newest point per
-//! volume with its own timestamp. CloudWatch bills per metric requested, so the caller counts
-//! what each call asked for.
+//! CloudWatch `GetMetricData` (aws-sdk-cloudwatch) for what the poll plan asks: `BurstBalance`
+//! of the attached volumes that have one (gp2 below 1 TiB, st1, sc1), the 1-minute EBS checks
+//! of every attached volume under `{InstanceId, VolumeId}`, and the instance's own balances and
+//! checks; ≤ 500 metrics per call, the newest points of each series with their own timestamps.
+//! CloudWatch bills per metric requested, so the caller counts what each call asked for.
 
 use std::collections::BTreeMap;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -10,12 +11,14 @@ use aws_sdk_cloudwatch::error::ProvideErrorMetadata;
 use aws_sdk_cloudwatch::primitives::DateTime;
 use aws_sdk_cloudwatch::types::{Dimension, Metric, MetricDataQuery, MetricStat, ScanBy};
 
-use crate::snapshot::BalancePoint;
+use crate::snapshot::{BalancePoint, InstanceCheck, VolumeCheck};
 
 /// GetMetricData's limit on queries per call.
 pub const MAX_QUERIES_PER_CALL: usize = 500;
 /// EBS publishes per-minute data.
 const PERIOD_SECS: i64 = 60;
+/// Points kept per series, newest first: the newest anchors, the ones before give the trend.
+pub const POINTS_KEPT: usize = 10;
 
 #[derive(Debug, thiserror::Error)]
 #[error("{message}")]
@@ -38,13 +41,14 @@ pub fn window(now: SystemTime, lookback: Duration) -> (i64, i64) {
     (start, end)
 }
 
-/// One CloudWatch series: namespace, metric name and its single dimension.
+/// One CloudWatch series: namespace, metric name, dimensions and the statistic asked.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Series {
     pub namespace: &'static str,
     pub metric: &'static str,
-    pub dimension: &'static str,
-    pub value: String,
+    pub dimensions: Vec<(&'static str, String)>,
+    /// `Average` for balances; `Maximum` for the 0/1 checks (any failing second of the minute).
+    pub stat: &'static str,
 }
 
 impl Series {
@@ -53,24 +57,51 @@ impl Series {
         Series {
             namespace: "AWS/EBS",
             metric: "BurstBalance",
-            dimension: "VolumeId",
-            value: volume_id.to_string(),
+            dimensions: vec![("VolumeId", volume_id.to_string())],
+            stat: "Average",
         }
     }
 
-    /// An `AWS/EC2` metric of the instance (`EBSIOBalance%`, `EBSByteBalance%`,
+    /// An `AWS/EC2` balance of the instance (`EBSIOBalance%`, `EBSByteBalance%`,
     /// `CPUCreditBalance`).
     pub fn instance(metric: &'static str, instance_id: &str) -> Series {
         Series {
             namespace: "AWS/EC2",
             metric,
-            dimension: "InstanceId",
-            value: instance_id.to_string(),
+            dimensions: vec![("InstanceId", instance_id.to_string())],
+            stat: "Average",
+        }
+    }
+
+    /// A volume's 1-minute check: `AWS/EBS`, published under `{InstanceId, VolumeId}` (asked
+    /// under `VolumeId` alone it finds nothing).
+    pub fn volume_check(check: VolumeCheck, instance_id: &str, volume_id: &str) -> Series {
+        Series {
+            namespace: "AWS/EBS",
+            metric: check.cloudwatch_metric(),
+            dimensions: vec![
+                ("InstanceId", instance_id.to_string()),
+                ("VolumeId", volume_id.to_string()),
+            ],
+            stat: "Maximum",
+        }
+    }
+
+    /// An instance-level EBS check in `AWS/EC2`.
+    pub fn instance_check(check: InstanceCheck, instance_id: &str) -> Series {
+        Series {
+            namespace: "AWS/EC2",
+            metric: check.cloudwatch_metric(),
+            dimensions: vec![("InstanceId", instance_id.to_string())],
+            stat: "Maximum",
         }
     }
 }
 
-/// Fetches the newest per-minute average of each series, keyed by its index in `series`.
+/// The newest points of each series answered, newest first (at most [`POINTS_KEPT`]).
+pub type Points = BTreeMap<usize, Vec<BalancePoint>>;
+
+/// Fetches the newest per-minute points of each series, keyed by its index in `series`.
 /// Calls are made in batches of at most [`MAX_QUERIES_PER_CALL`]; `on_call(n)` is told the
 /// number of metrics each call requested (billing) before it is sent. The first failing call
 /// ends the fetch with its error.
@@ -80,9 +111,9 @@ pub async fn fetch_newest(
     now: SystemTime,
     lookback: Duration,
     mut on_call: impl FnMut(usize),
-) -> Result<BTreeMap<usize, BalancePoint>, CwError> {
+) -> Result<Points, CwError> {
     let (start, end) = window(now, lookback);
-    let mut out = BTreeMap::new();
+    let mut out: Points = BTreeMap::new();
     for (n, batch) in series.chunks(MAX_QUERIES_PER_CALL).enumerate() {
         let base = n * MAX_QUERIES_PER_CALL;
         let queries: Vec<MetricDataQuery> =
@@ -130,21 +161,20 @@ pub async fn fetch_newest(
                 if idx >= batch.len() {
                     continue;
                 }
-                let newest = r
-                    .timestamps()
-                    .iter()
-                    .zip(r.values())
-                    .map(|(t, v)| BalancePoint {
-                        percent: *v,
-                        timestamp: t.as_secs_f64(),
-                    })
-                    .max_by(|a, b| a.timestamp.total_cmp(&b.timestamp));
-                if let Some(p) = newest {
-                    let e = out.entry(base + idx).or_insert(p);
-                    if p.timestamp > e.timestamp {
-                        *e = p;
-                    }
-                }
+                let points = out.entry(base + idx).or_default();
+                points.extend(
+                    r.timestamps()
+                        .iter()
+                        .zip(r.values())
+                        .map(|(t, v)| BalancePoint {
+                            percent: *v,
+                            timestamp: t.as_secs_f64(),
+                        }),
+                );
+                // Pages may come in any order: newest first, each minute once.
+                points.sort_by(|a, b| b.timestamp.total_cmp(&a.timestamp));
+                points.dedup_by(|a, b| a.timestamp == b.timestamp);
+                points.truncate(POINTS_KEPT);
             }
             token = resp.next_token().map(str::to_string);
             if token.is_none() {
@@ -164,16 +194,16 @@ fn query(i: usize, s: &Series) -> MetricDataQuery {
                     Metric::builder()
                         .namespace(s.namespace)
                         .metric_name(s.metric)
-                        .dimensions(
-                            Dimension::builder()
-                                .name(s.dimension)
-                                .value(&s.value)
-                                .build(),
-                        )
+                        .set_dimensions(Some(
+                            s.dimensions
+                                .iter()
+                                .map(|(k, v)| Dimension::builder().name(*k).value(v).build())
+                                .collect(),
+                        ))
                         .build(),
                 )
                 .period(PERIOD_SECS as i32)
-                .stat("Average")
+                .stat(s.stat)
                 .build(),
         )
         .return_data(true)
@@ -205,5 +235,25 @@ mod tests {
         assert_eq!(ms.period(), Some(60));
         assert_eq!(ms.stat(), Some("Average"));
         assert_eq!(ms.metric().unwrap().dimensions()[0].value(), Some("vol-1"));
+        let q = query(
+            0,
+            &Series::volume_check(VolumeCheck::StalledIo, "i-1", "vol-1"),
+        );
+        let ms = q.metric_stat().unwrap();
+        assert_eq!(ms.stat(), Some("Maximum"));
+        let dims: Vec<_> = ms
+            .metric()
+            .unwrap()
+            .dimensions()
+            .iter()
+            .map(|d| (d.name(), d.value()))
+            .collect();
+        assert_eq!(
+            dims,
+            [
+                (Some("InstanceId"), Some("i-1")),
+                (Some("VolumeId"), Some("vol-1"))
+            ]
+        );
     }
 }

@@ -41,10 +41,14 @@ pub struct CloudConfig {
     pub describe_interval: Duration,
     /// GetMetricData cadence for BurstBalance.
     pub poll_interval: Duration,
-    /// Cadence while any volume's balance (local estimate, or CloudWatch when there is no
-    /// estimate) is below `fast_poll_below_percent`.
+    /// Cadence while the estimate needs CloudWatch soon: a followed bucket not anchored yet
+    /// (for its first 15 minutes), one that empties within `fast_poll_empty_within`, or any
+    /// volume's balance (local estimate, else CloudWatch) below `fast_poll_below_percent`. Also
+    /// the describe cadence while a modification is under way or a volume initializes or is
+    /// impaired.
     pub fast_poll_interval: Duration,
     pub fast_poll_below_percent: f64,
+    pub fast_poll_empty_within: Duration,
     /// How far back each GetMetricData call looks (EBS points arrive minutes late).
     pub lookback: Duration,
     /// A CloudWatch point older than this is no longer exported.
@@ -58,8 +62,16 @@ pub struct CloudConfig {
     /// Also poll the instance's `EBSIOBalance%`, `EBSByteBalance%` (and `CPUCreditBalance` on T
     /// instances) with the volumes' BurstBalance.
     pub instance_balances: bool,
+    /// Also poll CloudWatch's 1-minute EBS checks of every attached volume
+    /// (`VolumeStalledIOCheck`, `VolumeIOPSExceededCheck`, `VolumeThroughputExceededCheck`) and
+    /// of the instance: 3 metrics per volume and 2 per instance in every poll.
+    pub checks: bool,
     /// Read the EBS NVMe statistics log page of each EBS NVMe device (needs CAP_SYS_ADMIN).
     pub nvme_stats: bool,
+    /// Where the credit model's state is kept for a restart within this boot (`None`: not
+    /// kept); see `persist`. A tmpfs (`/run`) lives exactly as long as the disk counters it
+    /// refers to, and never waits on a disk.
+    pub state_file: Option<PathBuf>,
     /// Where device nodes are (`/dev`; in a container, the host's /dev mounted somewhere).
     pub dev_dir: PathBuf,
     pub volumes: Vec<VolumeOverride>,
@@ -81,12 +93,15 @@ impl Default for CloudConfig {
             poll_interval: Duration::from_secs(300),
             fast_poll_interval: Duration::from_secs(60),
             fast_poll_below_percent: 30.0,
+            fast_poll_empty_within: Duration::from_secs(3600),
             lookback: Duration::from_secs(20 * 60),
             staleness: Duration::from_secs(20 * 60),
             retry_min: Duration::from_secs(10),
             model_interval: Duration::from_secs(1),
             instance_balances: true,
+            checks: true,
             nvme_stats: true,
+            state_file: Some(PathBuf::from(crate::persist::DEFAULT_STATE_FILE)),
             dev_dir: PathBuf::from("/dev"),
             volumes: Vec::new(),
         }

@@ -1,10 +1,13 @@
-//! EC2 `DescribeVolumes` for the volumes attached to this instance: one Query-protocol POST,
-//! signed with SigV4 by `aws-sigv4`, its XML read with `roxmltree`.
+//! The EC2 calls the agent makes, each a Query-protocol POST signed with SigV4 by `aws-sigv4`,
+//! its XML read with `roxmltree`: `DescribeVolumes` for the volumes attached to this instance
+//! (`volumes`), `DescribeVolumeStatus` and `DescribeVolumesModifications` for those volumes
+//! (`status`), and `DescribeInstanceTypes` for this instance's type (`types`).
 //!
-//! Why not `aws-sdk-ec2`: this is the only EC2 call the agent makes, and that crate is 1.24 M
-//! lines of generated code; measured here, a clean debug build of the workspace with it took
-//! 9 min and 8 GB of RSS against 2.5 min without (release 16 min against 6). One request, its
-//! signature and a small XML reader are a few hundred lines we can test end to end against moto.
+//! Why not `aws-sdk-ec2`: these four read-only calls are all the agent asks of EC2, and that
+//! crate is 1.24 M lines of generated code; measured here, a clean debug build of the workspace
+//! with it took 9 min and 8 GB of RSS against 2.5 min without (release 16 min against 6). The
+//! requests, their signature and small XML readers are a few hundred lines we test end to end
+//! against moto (and, where moto lacks the call, the harness's fake of it).
 
 use std::time::{Duration, SystemTime};
 
@@ -12,21 +15,16 @@ use aws_credential_types::Credentials;
 use aws_sigv4::http_request::{sign, SignableBody, SignableRequest, SigningSettings};
 use aws_sigv4::sign::v4;
 
+mod status;
+mod types;
+mod volumes;
+
+pub use status::{parse_modifications, parse_volume_status, StatusOf};
+pub use types::parse_instance_types;
+pub use volumes::{parse_describe_volumes, Volume};
+
 /// The EC2 Query API version DescribeVolumes is called with.
 const API_VERSION: &str = "2016-11-15";
-
-/// One volume as DescribeVolumes reports it.
-#[derive(Debug, Clone, PartialEq, Default)]
-pub struct Volume {
-    pub volume_id: String,
-    pub volume_type: String,
-    pub size_gib: u64,
-    pub availability_zone: String,
-    pub iops: Option<u64>,
-    pub throughput_mibps: Option<u64>,
-    /// Device names of this instance's attachment (`/dev/sdf`, `/dev/xvda`).
-    pub attachment_devices: Vec<String>,
-}
 
 #[derive(Debug, thiserror::Error)]
 pub enum Ec2Error {
@@ -73,20 +71,23 @@ impl Ec2Client {
         })
     }
 
-    /// All volumes attached to `instance_id` (follows `nextToken`).
-    pub async fn describe_attached_volumes(
+    /// One Query action, every page: `parse` reads a page into items and its next token.
+    /// `max_pages` bounds a service that pages on and on.
+    pub async fn paged<T>(
         &self,
         creds: &Credentials,
-        instance_id: &str,
-    ) -> Result<Vec<Volume>, Ec2Error> {
+        action: &str,
+        params: &[(String, String)],
+        parse: impl Fn(&str) -> Result<(Vec<T>, Option<String>), Ec2Error>,
+    ) -> Result<Vec<T>, Ec2Error> {
         let mut out = Vec::new();
         let mut token: Option<String> = None;
         // A bound on pages: an instance has at most a few dozen attachments.
         for _ in 0..100 {
-            let body = form_body(instance_id, token.as_deref());
+            let body = form_body(action, params, token.as_deref());
             let text = self.post(creds, body).await?;
-            let (vols, next) = parse_describe_volumes(&text, instance_id)?;
-            out.extend(vols);
+            let (page, next) = parse(&text)?;
+            out.extend(page);
             match next {
                 Some(t) if !t.is_empty() => token = Some(t),
                 _ => break,
@@ -140,12 +141,15 @@ pub fn default_endpoint(region: &str) -> String {
     }
 }
 
-/// The form body: DescribeVolumes filtered to this instance's attachments.
-pub fn form_body(instance_id: &str, next_token: Option<&str>) -> String {
-    let mut s = format!(
-        "Action=DescribeVolumes&Version={API_VERSION}&Filter.1.Name=attachment.instance-id&Filter.1.Value.1={}",
-        urlencode(instance_id)
-    );
+/// A Query form body: `Action`, `Version`, then `params` (encoded here) and the paging token.
+pub fn form_body(action: &str, params: &[(String, String)], next_token: Option<&str>) -> String {
+    let mut s = format!("Action={action}&Version={API_VERSION}");
+    for (k, v) in params {
+        s.push('&');
+        s.push_str(&urlencode(k));
+        s.push('=');
+        s.push_str(&urlencode(v));
+    }
     if let Some(t) = next_token {
         s.push_str("&NextToken=");
         s.push_str(&urlencode(t));
@@ -204,71 +208,66 @@ pub fn sign_request(
     Ok(())
 }
 
-fn child<'a>(n: roxmltree::Node<'a, 'a>, name: &str) -> Option<roxmltree::Node<'a, 'a>> {
+pub(crate) fn child<'a>(n: roxmltree::Node<'a, 'a>, name: &str) -> Option<roxmltree::Node<'a, 'a>> {
     n.children()
         .find(|c| c.is_element() && c.tag_name().name() == name)
 }
 
-fn text_of(n: roxmltree::Node<'_, '_>, name: &str) -> Option<String> {
+pub(crate) fn text_of(n: roxmltree::Node<'_, '_>, name: &str) -> Option<String> {
     child(n, name)
         .and_then(|c| c.text())
         .map(|t| t.trim().to_string())
         .filter(|t| !t.is_empty())
 }
 
-/// Parses a `DescribeVolumesResponse`: the volumes and the `nextToken`. Only attachments to
-/// `instance_id` are kept as device names. Unknown elements are ignored.
-pub fn parse_describe_volumes(
-    xml: &str,
-    instance_id: &str,
-) -> Result<(Vec<Volume>, Option<String>), Ec2Error> {
-    let doc = roxmltree::Document::parse(xml).map_err(|e| Ec2Error::Parse(e.to_string()))?;
+/// The root element of a response, checked to be `<{name}>`.
+pub(crate) fn response<'a>(
+    doc: &'a roxmltree::Document<'a>,
+    name: &str,
+) -> Result<roxmltree::Node<'a, 'a>, Ec2Error> {
     let root = doc.root_element();
-    if root.tag_name().name() != "DescribeVolumesResponse" {
+    if root.tag_name().name() != name {
         return Err(Ec2Error::Parse(format!(
-            "expected DescribeVolumesResponse, got <{}>",
+            "expected {name}, got <{}>",
             root.tag_name().name()
         )));
     }
-    let mut out = Vec::new();
-    if let Some(set) = child(root, "volumeSet") {
-        for item in set
-            .children()
+    Ok(root)
+}
+
+/// The `<item>` children of `n`'s child `set`.
+pub(crate) fn items<'a>(
+    n: roxmltree::Node<'a, 'a>,
+    set: &str,
+) -> impl Iterator<Item = roxmltree::Node<'a, 'a>> {
+    child(n, set).into_iter().flat_map(|s| {
+        s.children()
             .filter(|c| c.is_element() && c.tag_name().name() == "item")
-        {
-            let Some(volume_id) = text_of(item, "volumeId") else {
-                return Err(Ec2Error::Parse("a volume without volumeId".into()));
-            };
-            let num = |k: &str| -> Result<Option<u64>, Ec2Error> {
-                match text_of(item, k) {
-                    None => Ok(None),
-                    Some(t) => t.parse().map(Some).map_err(|_| {
-                        Ec2Error::Parse(format!("{volume_id}: {k} is not a number: {t:?}"))
-                    }),
-                }
-            };
-            let mut attachment_devices = Vec::new();
-            if let Some(atts) = child(item, "attachmentSet") {
-                for a in atts.children().filter(|c| c.is_element()) {
-                    if text_of(a, "instanceId").as_deref() == Some(instance_id) {
-                        if let Some(d) = text_of(a, "device") {
-                            attachment_devices.push(d);
-                        }
-                    }
-                }
-            }
-            out.push(Volume {
-                size_gib: num("size")?.unwrap_or(0),
-                iops: num("iops")?,
-                throughput_mibps: num("throughput")?,
-                volume_type: text_of(item, "volumeType").unwrap_or_default(),
-                availability_zone: text_of(item, "availabilityZone").unwrap_or_default(),
-                attachment_devices,
-                volume_id,
-            });
-        }
+    })
+}
+
+/// A numeric field, `None` when absent; a value that is no number is an error naming `what`.
+pub(crate) fn number<T: std::str::FromStr>(
+    n: roxmltree::Node<'_, '_>,
+    key: &str,
+    what: &str,
+) -> Result<Option<T>, Ec2Error> {
+    match text_of(n, key) {
+        None => Ok(None),
+        Some(t) => t
+            .parse()
+            .map(Some)
+            .map_err(|_| Ec2Error::Parse(format!("{what}: {key} is not a number: {t:?}"))),
     }
-    Ok((out, text_of(root, "nextToken")))
+}
+
+/// An ISO 8601 time field (`2026-12-03T14:00:12.000Z`) as Unix seconds; `None` when absent or
+/// unreadable (times are informative, never worth failing a call over).
+pub(crate) fn time_of(n: roxmltree::Node<'_, '_>, key: &str) -> Option<f64> {
+    let t = text_of(n, key)?;
+    aws_smithy_types::DateTime::from_str(&t, aws_smithy_types::date_time::Format::DateTime)
+        .ok()
+        .map(|d| d.as_secs_f64())
 }
 
 /// `<Response><Errors><Error><Code>…</Code><Message>…</Message>` → (code, message).
@@ -305,65 +304,6 @@ pub fn kernel_name_of_attachment(device: &str) -> Option<String> {
 mod tests {
     use super::*;
 
-    const RESPONSE: &str = r#"<?xml version="1.0" encoding="UTF-8"?>
-<DescribeVolumesResponse xmlns="http://ec2.amazonaws.com/doc/2016-11-15/">
-  <requestId>f6a1c1c0-0000-4c9d-9d0d-000000000000</requestId>
-  <volumeSet>
-    <item>
-      <volumeId>vol-0aaa</volumeId><size>100</size><snapshotId/>
-      <availabilityZone>eu-west-1a</availabilityZone><status>in-use</status>
-      <attachmentSet>
-        <item><volumeId>vol-0aaa</volumeId><instanceId>i-1</instanceId><device>/dev/xvda</device><status>attached</status></item>
-      </attachmentSet>
-      <volumeType>gp2</volumeType><iops>300</iops><encrypted>false</encrypted>
-    </item>
-    <item>
-      <volumeId>vol-0bbb</volumeId><size>500</size>
-      <availabilityZone>eu-west-1a</availabilityZone>
-      <attachmentSet>
-        <item><instanceId>i-other</instanceId><device>/dev/sdg</device></item>
-        <item><instanceId>i-1</instanceId><device>/dev/sdf</device></item>
-      </attachmentSet>
-      <volumeType>gp3</volumeType><iops>3000</iops><throughput>125</throughput>
-    </item>
-  </volumeSet>
-  <nextToken>tok 2</nextToken>
-</DescribeVolumesResponse>"#;
-
-    #[test]
-    fn describe_volumes_response_parses() {
-        let (v, next) = parse_describe_volumes(RESPONSE, "i-1").unwrap();
-        assert_eq!(next.as_deref(), Some("tok 2"));
-        assert_eq!(v.len(), 2);
-        assert_eq!(v[0].volume_id, "vol-0aaa");
-        assert_eq!(v[0].size_gib, 100);
-        assert_eq!(v[0].iops, Some(300));
-        assert_eq!(v[0].throughput_mibps, None);
-        assert_eq!(v[0].attachment_devices, vec!["/dev/xvda"]);
-        assert_eq!(v[1].volume_type, "gp3");
-        assert_eq!(v[1].throughput_mibps, Some(125));
-        assert_eq!(
-            v[1].attachment_devices,
-            vec!["/dev/sdf"],
-            "other instances' attachments are not ours"
-        );
-    }
-
-    #[test]
-    fn bad_documents_are_errors_not_panics() {
-        assert!(parse_describe_volumes("<nope", "i").is_err());
-        assert!(parse_describe_volumes("<Other/>", "i").is_err());
-        let bad = RESPONSE.replace("<size>100</size>", "<size>lots</size>");
-        let e = parse_describe_volumes(&bad, "i-1").unwrap_err().to_string();
-        assert!(e.contains("vol-0aaa") && e.contains("size"), "{e}");
-        let (v, next) = parse_describe_volumes(
-            "<DescribeVolumesResponse><volumeSet/></DescribeVolumesResponse>",
-            "i",
-        )
-        .unwrap();
-        assert!(v.is_empty() && next.is_none());
-    }
-
     #[test]
     fn service_errors_are_read_and_throttling_is_recognised() {
         let xml = "<Response><Errors><Error><Code>RequestLimitExceeded</Code><Message>Request limit exceeded.</Message></Error></Errors><RequestID>x</RequestID></Response>";
@@ -385,8 +325,12 @@ mod tests {
     }
 
     #[test]
-    fn form_body_filters_on_the_instance_and_encodes_the_token() {
-        let b = form_body("i-0abc", Some("a/b+c="));
+    fn the_form_body_filters_on_the_instance_and_encodes_the_token() {
+        let b = form_body(
+            "DescribeVolumes",
+            &volumes::params("i-0abc"),
+            Some("a/b+c="),
+        );
         assert!(b.starts_with("Action=DescribeVolumes&Version=2016-11-15&"));
         assert!(b.contains("Filter.1.Name=attachment.instance-id&Filter.1.Value.1=i-0abc"));
         assert!(b.ends_with("NextToken=a%2Fb%2Bc%3D"), "{b}");
@@ -402,7 +346,7 @@ mod tests {
                 "content-type",
                 "application/x-www-form-urlencoded; charset=utf-8",
             )
-            .body(form_body("i-1", None))
+            .body(form_body("DescribeVolumes", &volumes::params("i-1"), None))
             .unwrap();
         let t = SystemTime::UNIX_EPOCH + Duration::from_secs(1_700_000_000);
         sign_request(&mut req, &creds, "eu-west-1", t).unwrap();

@@ -5,7 +5,8 @@
 //! limits).
 //!
 //! Floors, bottom up (no module imports one above it, nothing imports `sampler`):
-//! - pure values and readers: `config`, `model`, `nvme`, `devices`, `snapshot`;
+//! - pure values and readers: `config`, `model`, `limits`, `rates`, `nvme`, `devices`,
+//!   `snapshot`, and `persist` (the model's state file, on a thread of its own);
 //! - `http`: the HTTPS clients and the error chain every AWS call is reported with;
 //! - the AWS calls, each on its own: `imds`, `ec2`, `cloudwatch`;
 //! - `state`: what is known and every decision made from it, pure and unit-tested;
@@ -16,8 +17,11 @@
 
 pub mod config;
 pub mod devices;
+pub mod limits;
 pub mod model;
 pub mod nvme;
+pub mod persist;
+pub mod rates;
 pub mod snapshot;
 
 pub mod http;

@@ -36,12 +36,14 @@
 //!   metric and a missing series is harmless.
 //! - Usage measured above the burst rate is clamped to it: the volume cannot deliver more, so a
 //!   higher measurement means EBS merged I/O we counted separately.
-//! - A new bucket starts full (the documented initial balance) and unanchored; the first
-//!   CloudWatch point corrects it ([`Bucket::last_anchor`] says whether that happened).
+//! - A new bucket's level is unknown: it has bounds (empty and full) but no estimate until a
+//!   CloudWatch point anchors it, the volume turns out to be minutes old (it started full,
+//!   [`Bucket::start_new`]), or the agent's own estimate from before a restart is carried over
+//!   ([`Bucket::restore`]).
 
 use std::collections::VecDeque;
-use std::fmt;
-use std::str::FromStr;
+
+use crate::snapshot::EstimateBasis;
 
 const KIB: u64 = 1024;
 const MIB: u64 = 1024 * KIB;
@@ -66,188 +68,8 @@ pub const HISTORY_MAX_STEPS: usize = 8_192;
 /// Window of the drain rate behind [`Bucket::seconds_to_empty`].
 pub const DRAIN_WINDOW_SECONDS: f64 = 60.0;
 
-/// An EBS volume type as the EC2 API spells it.
-#[derive(Debug, Clone, PartialEq, Eq, Hash)]
-pub enum VolumeType {
-    Gp2,
-    Gp3,
-    Io1,
-    Io2,
-    St1,
-    Sc1,
-    /// Magnetic (previous generation): no bucket model.
-    Standard,
-    /// Anything else, kept verbatim (for labels).
-    Other(String),
-}
-
-impl VolumeType {
-    /// Parses the EC2 `VolumeType` string ("gp2", "st1", …); case and surrounding white space
-    /// are ignored; anything unknown is [`VolumeType::Other`].
-    pub fn parse(s: &str) -> Self {
-        let t = s.trim();
-        match t.to_ascii_lowercase().as_str() {
-            "gp2" => Self::Gp2,
-            "gp3" => Self::Gp3,
-            "io1" => Self::Io1,
-            "io2" => Self::Io2,
-            "st1" => Self::St1,
-            "sc1" => Self::Sc1,
-            "standard" => Self::Standard,
-            _ => Self::Other(t.to_string()),
-        }
-    }
-
-    pub fn as_str(&self) -> &str {
-        match self {
-            Self::Gp2 => "gp2",
-            Self::Gp3 => "gp3",
-            Self::Io1 => "io1",
-            Self::Io2 => "io2",
-            Self::St1 => "st1",
-            Self::Sc1 => "sc1",
-            Self::Standard => "standard",
-            Self::Other(s) => s,
-        }
-    }
-
-    /// Whether CloudWatch `BurstBalance` is worth fetching for a volume of this type and size,
-    /// and whether [`Bucket::new`] models it: gp2 below 1 TiB (1024 GiB), st1 and sc1 of any
-    /// non-zero size.
-    pub fn has_burst_balance(&self, size_gib: u64) -> bool {
-        match self {
-            Self::Gp2 => size_gib > 0 && size_gib < 1024,
-            Self::St1 | Self::Sc1 => size_gib > 0,
-            _ => false,
-        }
-    }
-
-    /// The unit credits are counted in, for the bursting types.
-    pub fn credit_unit(&self) -> Option<CreditUnit> {
-        match self {
-            Self::Gp2 => Some(CreditUnit::Io256KiB),
-            Self::St1 | Self::Sc1 => Some(CreditUnit::MiB),
-            _ => None,
-        }
-    }
-
-    /// Baseline, burst and bucket size of a gp2/st1/sc1 volume of `size_gib`, at any size (gp2
-    /// from 1000 GiB has `burst == baseline`); `None` for the other types and for size 0.
-    pub fn performance(&self, size_gib: u64) -> Option<Performance> {
-        if size_gib == 0 {
-            return None;
-        }
-        let gib = size_gib as f64;
-        let tib = gib / 1024.0;
-        match self {
-            Self::Gp2 => {
-                let baseline = gp2_baseline_iops(size_gib);
-                Some(Performance {
-                    unit: CreditUnit::Io256KiB,
-                    baseline_per_sec: baseline,
-                    burst_per_sec: GP2_BURST_IOPS.max(baseline),
-                    capacity: GP2_BUCKET_CREDITS,
-                })
-            }
-            Self::St1 => Some(Performance::hdd(tib, 40.0, 500.0, 250.0, 500.0)),
-            Self::Sc1 => Some(Performance::hdd(tib, 12.0, 192.0, 80.0, 250.0)),
-            _ => None,
-        }
-    }
-
-    /// The IOPS a volume holds without burst credits, as `ebs_volume_baseline_iops` exports it:
-    /// gp2's 3 per GiB (100..=16,000); gp3/io1/io2 what is provisioned (they do not burst, so
-    /// that is the rate they hold); `None` for the throughput-based HDD types and the rest.
-    pub fn baseline_iops(&self, size_gib: u64, provisioned: Option<u64>) -> Option<f64> {
-        match self {
-            Self::Gp2 => Some(gp2_baseline_iops(size_gib)),
-            Self::Gp3 | Self::Io1 | Self::Io2 => provisioned.map(|p| p as f64),
-            _ => None,
-        }
-    }
-}
-
-/// gp2: 3 IOPS per GiB, at least 100 and at most 16,000.
-fn gp2_baseline_iops(size_gib: u64) -> f64 {
-    (3.0 * size_gib as f64).clamp(GP2_MIN_BASELINE_IOPS, GP2_MAX_BASELINE_IOPS)
-}
-
-impl FromStr for VolumeType {
-    type Err = std::convert::Infallible;
-    fn from_str(s: &str) -> Result<Self, Self::Err> {
-        Ok(Self::parse(s))
-    }
-}
-
-impl fmt::Display for VolumeType {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
-
-/// Baseline, burst and bucket size of a bursting volume, in [`CreditUnit`]s (per second).
-#[derive(Debug, Clone, Copy, PartialEq)]
-pub struct Performance {
-    pub unit: CreditUnit,
-    pub baseline_per_sec: f64,
-    pub burst_per_sec: f64,
-    pub capacity: f64,
-}
-
-impl Performance {
-    fn hdd(tib: f64, base_per_tib: f64, base_cap: f64, burst_per_tib: f64, burst_cap: f64) -> Self {
-        Performance {
-            unit: CreditUnit::MiB,
-            baseline_per_sec: (base_per_tib * tib).min(base_cap),
-            burst_per_sec: (burst_per_tib * tib).min(burst_cap),
-            // 1 TiB of credits per TiB of size, counted in MiB.
-            capacity: tib * 1024.0 * 1024.0,
-        }
-    }
-}
-
-/// What one credit is.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum CreditUnit {
-    /// SSD: one I/O of up to 256 KiB.
-    Io256KiB,
-    /// HDD: one MiB of throughput (an I/O below 1 MiB counts as 1 MiB).
-    MiB,
-}
-
-impl CreditUnit {
-    /// A short name for labels and logs: `"io"` or `"MiB"`.
-    pub fn name(self) -> &'static str {
-        match self {
-            Self::Io256KiB => "io",
-            Self::MiB => "MiB",
-        }
-    }
-
-    /// Credits consumed by `ops` completed I/Os totalling `bytes` (read + write deltas from
-    /// `/proc/diskstats`; sectors × 512).
-    ///
-    /// EBS charges each I/O separately: `ceil(size / 256 KiB)` units on SSD, `max(size, 1 MiB)`
-    /// on HDD. Summed over I/Os, both are bounded below by `max(ops, bytes / unit)` —
-    /// `max(ops, ceil(bytes / 256 KiB))` on SSD, `max(ops × 1 MiB, bytes)` on HDD — and equal it
-    /// when every I/O is at most one unit (the common case: small random I/O) or every I/O is a
-    /// whole number of units (large streaming I/O). Mixed sizes make it undercount slightly.
-    /// It overcounts when EBS merges sequential I/O the kernel already submitted separately
-    /// (diskstats counts requests after the block layer's own merging); usage above the burst
-    /// rate is clamped in [`Bucket`], which bounds that error where it matters most. Erring
-    /// towards more usage makes the warning early rather than late.
-    pub fn units(self, ops: u64, bytes: u64) -> f64 {
-        match self {
-            Self::Io256KiB => ops.max(bytes.div_ceil(SSD_IO_UNIT_BYTES)) as f64,
-            Self::MiB => {
-                // In f64: ops × 1 MiB can exceed u64 only for absurd inputs, but stay total.
-                let by_ops = ops as f64;
-                let by_bytes = bytes as f64 / HDD_IO_UNIT_BYTES as f64;
-                by_ops.max(by_bytes)
-            }
-        }
-    }
-}
+mod kinds;
+pub use kinds::{CreditUnit, Performance, VolumeType};
 
 /// One recorded interval of usage: `units` credits used over `(t_end − dt, t_end]`.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -262,7 +84,9 @@ struct Step {
 pub enum Anchor {
     /// The balance was set at the point's time and `steps` recorded steps were replayed to now.
     /// `gap_seconds > 0` when the point precedes the recorded history (at start-up, or older
-    /// than [`HISTORY_SECONDS`]): the balance was assumed unchanged over that gap.
+    /// than [`HISTORY_SECONDS`]): the balance was carried over that gap at the rate given to
+    /// [`Bucket::anchor_with`] (0 by default), and the bounds widened by what the volume could
+    /// have spent or earned in it.
     Applied { steps: usize, gap_seconds: f64 },
     /// The point is later than the last [`Bucket::advance`] (clock skew, or no advance yet): it
     /// was taken as the balance now.
@@ -275,23 +99,40 @@ pub enum Anchor {
 
 /// The credit bucket of one gp2/st1/sc1 volume, integrated from local I/O and re-anchored to
 /// CloudWatch `BurstBalance`.
+///
+/// Besides the estimate, the bucket carries **bounds**: the lowest and highest level the bucket
+/// can be at given the usage seen. They start at empty and full; every step moves both by the
+/// same rule as the estimate, and since a step never reverses the order of two levels (the net
+/// change is the same, the clamp at 0 and at the capacity is monotone) the true level stays
+/// between them. A drain pulls the upper bound down long before any CloudWatch point, so "empty
+/// within N minutes" can be said from the bound alone; an anchor on a minute the model saw whole
+/// closes them onto the estimate.
 #[derive(Debug, Clone)]
 pub struct Bucket {
     volume_type: VolumeType,
     size_gib: u64,
     perf: Performance,
     balance: f64,
+    low: f64,
+    high: f64,
+    basis: Option<EstimateBasis>,
     /// Time of the last [`Bucket::advance`]; `None` until the first one starts the clock.
     now: Option<f64>,
     /// Units seen in calls with no elapsed time, charged to the next interval.
     pending_units: f64,
     history: VecDeque<Step>,
     last_anchor: Option<f64>,
+    /// The reported level reached 0: [`Bucket::seconds_to_empty`] says 0 until the bucket holds
+    /// a minute of baseline earnings again. Held at its baseline, an empty volume's usage and
+    /// earnings cancel out to within the jitter of a second's counters, and without the latch
+    /// the answer flickered between 0 and a few seconds (once 18–33 s) for about 80 s.
+    empty: bool,
 }
 
 impl Bucket {
-    /// A full, unanchored bucket; `None` when the volume cannot burst
-    /// (see [`VolumeType::has_burst_balance`]).
+    /// A bucket whose level is unknown: bounds 0 and full, no estimate until
+    /// [`Bucket::anchor`], [`Bucket::start_new`] or a restore gives it a basis. `None` when the
+    /// volume cannot burst (see [`VolumeType::has_burst_balance`]).
     pub fn new(volume_type: &VolumeType, size_gib: u64) -> Option<Bucket> {
         if !volume_type.has_burst_balance(size_gib) {
             return None;
@@ -302,11 +143,29 @@ impl Bucket {
             size_gib,
             perf,
             balance: perf.capacity,
+            low: 0.0,
+            high: perf.capacity,
+            basis: None,
             now: None,
             pending_units: 0.0,
             history: VecDeque::new(),
             last_anchor: None,
+            empty: false,
         })
+    }
+
+    /// The same bucket after an in-place resize, when the bucket itself stays: gp2 holds 5.4 M
+    /// credits at any size below 1 TiB, only the baseline changes. `None` otherwise (another
+    /// type, an HDD bucket whose size follows the volume's, a size that no longer bursts).
+    /// History recorded before the resize replays at the new baseline.
+    pub fn resized(&self, vt: &VolumeType, size_gib: u64) -> Option<Bucket> {
+        if *vt != self.volume_type || *vt != VolumeType::Gp2 || !vt.has_burst_balance(size_gib) {
+            return None;
+        }
+        let mut b = self.clone();
+        b.perf = vt.performance(size_gib)?;
+        b.size_gib = size_gib;
+        Some(b)
     }
 
     pub fn volume_type(&self) -> &VolumeType {
@@ -330,7 +189,8 @@ impl Bucket {
     pub fn burst_per_sec(&self) -> f64 {
         self.perf.burst_per_sec
     }
-    /// Credits in the bucket now.
+    /// Credits in the bucket now (the estimate; the initial full guess while there is no
+    /// basis).
     pub fn balance(&self) -> f64 {
         self.balance
     }
@@ -338,12 +198,24 @@ impl Bucket {
     pub fn percent(&self) -> f64 {
         self.balance / self.perf.capacity * 100.0
     }
+    /// What the estimate rests on; `None`: there is no estimate, only bounds.
+    pub fn basis(&self) -> Option<EstimateBasis> {
+        self.basis
+    }
+    /// The estimate in percent, when it has a basis.
+    pub fn estimate(&self) -> Option<f64> {
+        self.basis.map(|_| self.percent())
+    }
+    /// The lowest and highest level the bucket can be at, percent.
+    pub fn bounds_percent(&self) -> (f64, f64) {
+        let c = self.perf.capacity;
+        (self.low / c * 100.0, self.high / c * 100.0)
+    }
     /// Time of the last [`Bucket::advance`].
     pub fn now(&self) -> Option<f64> {
         self.now
     }
-    /// Time of the last applied CloudWatch point; `None` while the balance is only the initial
-    /// full-bucket guess.
+    /// Time of the last applied CloudWatch point.
     pub fn last_anchor(&self) -> Option<f64> {
         self.last_anchor
     }
@@ -392,13 +264,20 @@ impl Bucket {
         }
         let units = units + std::mem::take(&mut self.pending_units);
         self.balance = self.step(self.balance, units, dt);
+        self.low = self.step(self.low, units, dt);
+        self.high = self.step(self.high, units, dt);
         self.now = Some(t_unix);
-        self.history.push_back(Step {
+        self.record(Step {
             t_end: t_unix,
             dt,
             units,
         });
-        let oldest = t_unix - HISTORY_SECONDS;
+        self.latch();
+    }
+
+    fn record(&mut self, s: Step) {
+        self.history.push_back(s);
+        let oldest = s.t_end - HISTORY_SECONDS;
         while self.history.len() > HISTORY_MAX_STEPS
             || self.history.front().is_some_and(|s| s.t_end < oldest)
         {
@@ -414,50 +293,108 @@ impl Bucket {
         (balance + (self.perf.baseline_per_sec * dt - used)).clamp(0.0, self.perf.capacity)
     }
 
+    /// The most the bucket can lose (positive) or gain per second.
+    fn max_drain(&self) -> f64 {
+        (self.perf.burst_per_sec - self.perf.baseline_per_sec).max(0.0)
+    }
+
+    /// The level [`Bucket::seconds_to_empty`] speaks of: the estimate, else the upper bound (the
+    /// latest the bucket can empty).
+    fn level(&self) -> f64 {
+        if self.basis.is_some() {
+            self.balance
+        } else {
+            self.high
+        }
+    }
+
+    fn latch(&mut self) {
+        let level = self.level();
+        if level <= 0.0 {
+            self.empty = true;
+        } else if level > self.perf.baseline_per_sec * DRAIN_WINDOW_SECONDS {
+            self.empty = false;
+        }
+    }
+
     /// A CloudWatch `BurstBalance` point says the bucket held `percent` at `at_unix`: set the
-    /// balance then and replay the usage recorded since to now.
-    ///
-    /// Points older than the last applied one are ignored; a point before the recorded history
-    /// is applied at its start (see [`Anchor::Applied`]); a point after the last advance is
-    /// taken as now. For a per-minute average use [`Bucket::anchor_period_average`].
+    /// balance then and replay the usage recorded since to now. [`Bucket::anchor_with`] with no
+    /// net change assumed over a gap before the history.
     pub fn anchor(&mut self, percent: f64, at_unix: f64) -> Anchor {
+        self.anchor_with(percent, at_unix, 0.0)
+    }
+
+    /// [`Bucket::anchor`], carrying the balance over a gap between the point and the recorded
+    /// history at `gap_net` credits per second (positive: refilling; the CloudWatch trend before
+    /// the point, say), clipped to what the volume can do. The bounds at the end of the gap are
+    /// what the volume could reach from the point at its most draining and its most idle.
+    ///
+    /// Points older than the last applied one are ignored; a point after the last advance is
+    /// taken as now. For a per-minute average use [`Bucket::anchor_period_average`].
+    pub fn anchor_with(&mut self, percent: f64, at_unix: f64, gap_net: f64) -> Anchor {
         if !percent.is_finite() || !at_unix.is_finite() {
             return Anchor::Invalid;
         }
         if self.last_anchor.is_some_and(|last| at_unix < last) {
             return Anchor::Superseded;
         }
-        let value = (percent / 100.0 * self.perf.capacity).clamp(0.0, self.perf.capacity);
+        let cap = self.perf.capacity;
+        let value = (percent / 100.0 * cap).clamp(0.0, cap);
+        self.basis = Some(EstimateBasis::CloudWatch);
         let Some(now) = self.now.filter(|&now| at_unix <= now) else {
-            self.balance = value;
+            (self.balance, self.low, self.high) = (value, value, value);
             let ahead = self.now.map_or(0.0, |now| at_unix - now);
             // Keep later points comparable: never record an anchor ahead of our clock.
             self.last_anchor = Some(self.now.unwrap_or(at_unix));
+            self.latch();
             return Anchor::Future {
                 ahead_seconds: ahead,
             };
         };
         let history_start = self.history.front().map_or(now, |s| s.t_end - s.dt);
         let from = at_unix.max(history_start);
-        let mut balance = value;
+        let gap = (history_start - at_unix).max(0.0);
+        let net = if gap_net.is_finite() {
+            gap_net.clamp(-self.max_drain(), self.perf.baseline_per_sec)
+        } else {
+            0.0
+        };
+        let mut balance = (value + net * gap).clamp(0.0, cap);
+        let mut low = (value - self.max_drain() * gap).clamp(0.0, cap);
+        let mut high = (value + self.perf.baseline_per_sec * gap).clamp(0.0, cap);
         let mut steps = 0;
         for s in self.history.iter().filter(|s| s.t_end > from) {
             let start = s.t_end - s.dt;
-            balance = if start >= from {
-                self.step(balance, s.units, s.dt)
+            // The point may fall inside this step: replay its later part, usage pro rata.
+            let f = if start >= from {
+                1.0
             } else {
-                // The point falls inside this step: replay its later part, usage pro rata.
-                let f = (s.t_end - from) / s.dt;
-                self.step(balance, s.units * f, s.dt * f)
+                (s.t_end - from) / s.dt
             };
+            let (u, dt) = (s.units * f, s.dt * f);
+            balance = self.step(balance, u, dt);
+            low = self.step(low, u, dt);
+            high = self.step(high, u, dt);
             steps += 1;
         }
-        self.balance = balance;
+        (self.balance, self.low, self.high) = (balance, low, high);
         self.last_anchor = Some(at_unix);
+        self.latch();
         Anchor::Applied {
             steps,
-            gap_seconds: (history_start - at_unix).max(0.0),
+            gap_seconds: gap,
         }
+    }
+
+    /// [`Bucket::anchor_period_average_with`] with no net change assumed where the history
+    /// does not reach.
+    pub fn anchor_period_average(
+        &mut self,
+        percent: f64,
+        period_start: f64,
+        period_seconds: f64,
+    ) -> Anchor {
+        self.anchor_period_average_with(percent, period_start, period_seconds, 0.0)
     }
 
     /// Anchors a CloudWatch datapoint that is the *average* of the balance over
@@ -468,39 +405,55 @@ impl Bucket {
     /// is solved for: with the usage we recorded, the balance at time t in the period is
     /// `B + C(t)` (C the net credits earned since the start), so its average is
     /// `B + mean(C)` and `B = average − mean(C)`. Any part of the period before the recorded
-    /// history (the agent started inside that minute) counts as no net change, the same
-    /// assumption [`Bucket::anchor`] makes for a point before the history. This matters when a load starts or stops
-    /// inside the minute: the trajectory is then not a straight line, and taking the average as
-    /// the midpoint's value (the fallback when the history does not cover the period) is off by
-    /// up to what the bucket moves in half a minute — measured in the early-warning test as a
-    /// lasting 0.17-point error. Hitting 0 or full inside the period is ignored (the clamp makes
-    /// the true average a little higher or lower than `B + mean(C)`).
-    pub fn anchor_period_average(
+    /// history (the agent started inside that minute) is taken at `gap_net` credits per second,
+    /// the same assumption [`Bucket::anchor_with`] makes for a point before the history. This
+    /// matters when a load starts or stops inside the minute: the trajectory is then not a
+    /// straight line, and taking the average as the midpoint's value (the fallback when the
+    /// history does not cover the period) is off by up to what the bucket moves in half a
+    /// minute — measured in the early-warning test as a lasting 0.17-point error. Hitting 0 or
+    /// full inside the period is ignored (the clamp makes the true average a little higher or
+    /// lower than `B + mean(C)`).
+    pub fn anchor_period_average_with(
         &mut self,
         percent: f64,
         period_start: f64,
         period_seconds: f64,
+        gap_net: f64,
     ) -> Anchor {
         if !percent.is_finite() || !period_start.is_finite() {
             return Anchor::Invalid;
         }
         if !(period_seconds.is_finite() && period_seconds > 0.0) {
-            return self.anchor(percent, period_start);
+            return self.anchor_with(percent, period_start, gap_net);
         }
         let end = period_start + period_seconds;
         let covered = !self.history.is_empty() && self.now.is_some_and(|now| now >= end);
         if !covered {
-            return self.anchor(percent, period_start + period_seconds / 2.0);
+            return self.anchor_with(percent, period_start + period_seconds / 2.0, gap_net);
         }
-        // ∫ C(t) dt over the period, C piecewise linear (constant net rate per recorded step).
+        let gap_rate = if gap_net.is_finite() {
+            gap_net.clamp(-self.max_drain(), self.perf.baseline_per_sec)
+        } else {
+            0.0
+        };
+        // ∫ C(t) dt over the period, C piecewise linear (constant net rate per segment): first
+        // the part before the history at the gap's rate, then each recorded step.
+        let history_start = self.history.front().map_or(end, |s| s.t_end - s.dt);
+        let before = (history_start.min(end) - period_start).max(0.0);
+        let segments = std::iter::once((period_start, period_start + before, gap_rate)).chain(
+            self.history.iter().map(|st| {
+                let rate =
+                    self.perf.baseline_per_sec - (st.units / st.dt).min(self.perf.burst_per_sec);
+                (st.t_end - st.dt, st.t_end, rate)
+            }),
+        );
         let mut c = 0.0;
         let mut integral = 0.0;
-        for st in &self.history {
-            let (a, b) = ((st.t_end - st.dt).max(period_start), st.t_end.min(end));
+        for (a, b, rate) in segments {
+            let (a, b) = (a.max(period_start), b.min(end));
             if b <= a {
                 continue;
             }
-            let rate = self.perf.baseline_per_sec - (st.units / st.dt).min(self.perf.burst_per_sec);
             let w = b - a;
             integral += c * w + rate * w * w / 2.0;
             c += rate * w;
@@ -508,7 +461,7 @@ impl Bucket {
         let mean_c = integral / period_seconds;
         let avg = percent / 100.0 * self.perf.capacity;
         let start_percent = (avg - mean_c) / self.perf.capacity * 100.0;
-        self.anchor(start_percent.clamp(0.0, 100.0), period_start)
+        self.anchor_with(start_percent.clamp(0.0, 100.0), period_start, gap_net)
     }
 
     /// Net credits drained per second over the last [`DRAIN_WINDOW_SECONDS`] (positive while
@@ -544,21 +497,26 @@ impl Bucket {
     }
 
     /// Seconds until the bucket is empty at the recent drain rate ([`Bucket::drain_rate`]):
-    /// `f64::INFINITY` when not draining, `0` when already empty (the volume is then held to its
-    /// baseline, so its usage no longer drains the bucket, yet "empty" is the answer that
-    /// matters).
+    /// `f64::INFINITY` when not draining, `0` once empty and until it holds a minute of baseline
+    /// earnings again (the volume is then held to its baseline, so its usage no longer drains
+    /// the bucket, yet "empty" is the answer that matters). Without a basis it is the latest
+    /// the bucket can empty: from the upper bound.
     pub fn seconds_to_empty(&self) -> f64 {
-        if self.balance <= 0.0 {
+        let level = self.level();
+        if level <= 0.0 || self.empty {
             return 0.0;
         }
         let rate = self.drain_rate();
         if rate > 0.0 {
-            self.balance / rate
+            level / rate
         } else {
             f64::INFINITY
         }
     }
 }
+
+mod start;
+pub use start::{Gap, SavedBucket};
 
 #[cfg(test)]
 mod proptests;

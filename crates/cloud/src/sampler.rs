@@ -6,15 +6,21 @@
 //! - `cloud_imds`: discovery (IMDS, or the configured instance) and the AWS clients. With
 //!   `enabled = "auto"` one try: no answer means not on EC2, said in one INFO line. With
 //!   `enabled = true` it retries with backoff. Off once settled.
-//! - `cloud_describe`: the sysfs block-device scan, and DescribeVolumes once on EC2 (every
-//!   `describe_interval`, backing off after failures). Off EC2 or with `enabled = false`, the
-//!   scan alone (disk models, serials, EBS volume ids of NVMe devices).
-//! - `cloud_poll`: GetMetricData (every `poll_interval`, `fast_poll_interval` while a balance is
-//!   low, at once after DescribeVolumes *changed* the volumes).
+//! - `cloud_describe`: the sysfs block-device scan, and once on EC2 DescribeVolumes, then
+//!   DescribeVolumeStatus and DescribeVolumesModifications of the attached volumes, and once
+//!   DescribeInstanceTypes (every `describe_interval`, `fast_poll_interval` while a
+//!   modification is under way or a volume initializes or is impaired, backing off after
+//!   failures). Off EC2 or with `enabled = false`, the scan alone (disk models, serials, EBS
+//!   volume ids of NVMe devices).
+//! - `cloud_poll`: GetMetricData (every `poll_interval`; `fast_poll_interval` while a followed
+//!   bucket is not anchored yet, empties within `fast_poll_empty_within` or is low; at once when
+//!   there is a new series to ask).
 //! - `cloud_nvme`: the EBS NVMe log pages, every `model_interval` (`nvme_stats`).
 //!
-//! The credit model is no source: it reads no file. It is advanced in [`Cloud::publish`] from the
-//! host sampler's newest disk counters, at the reading's own time. So that it does not lag the
+//! The credit model and the headroom are no source: they read no file. They are advanced in
+//! [`Cloud::publish`] from the host sampler's newest disk counters, at the reading's own time;
+//! the model's state is offered to the state file's own thread every [`SAVE_EVERY`]
+//! ([`crate::persist`]) and taken up from it after a restart. So that it does not lag the
 //! host sampler by up to a tick, the host sampler's publish hook wakes this driver
 //! ([`CloudSampler::follower`]): the model advances right after each host publish, and the node
 //! is joined again with it.
@@ -30,17 +36,15 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use arc_swap::ArcSwap;
 use stallwatch_collector::sample::driver::{self, Driver, Hook, Limiter, Schedule, SourceSpec};
 use stallwatch_collector::sample::{HostSnapshot, SourceStatus};
-use stallwatch_collector::{ErrorKind, Roots};
+use stallwatch_collector::Roots;
 use tokio::runtime::Handle;
 use tokio::sync::watch;
-use tracing::{debug, info, warn};
+use tracing::{info, warn};
 
-use crate::calls::{self, Discovery, Pages};
 use crate::config::{backoff, CloudConfig, Enabled};
-use crate::devices::BlockDevice;
-use crate::ec2::Volume;
-use crate::snapshot::{Api, BalancePoint, CloudSnapshot, Outcome};
-use crate::state::{self, Described, Failure, PollPlan, State};
+use crate::persist::Saver;
+use crate::snapshot::CloudSnapshot;
+use crate::state::{self, PollPlan, State};
 
 mod sources;
 
@@ -85,13 +89,20 @@ struct Cloud {
     last_ok: [Option<Instant>; 4],
     /// One limiter per source for the failures the calls report.
     logs: [Limiter; 4],
+    /// One limiter per EC2 api beyond DescribeVolumes (their failures are theirs alone).
+    api_logs: [Limiter; 3],
     nvme_unavailable_said: bool,
+    last_save: Option<Instant>,
 }
 
 impl Cloud {
     fn new(shared: Arc<Shared>, host: Arc<ArcSwap<HostSnapshot>>, mut state: State) -> Cloud {
         if let Mode::Found(c) = &**shared.mode.load() {
             state.set_instance(c.instance.clone());
+        }
+        // A sampler rebuilt after a panic starts from nothing: the state file has the model.
+        if let Some(s) = &shared.saver {
+            s.reload();
         }
         Cloud {
             shared,
@@ -100,187 +111,14 @@ impl Cloud {
             imds_failures: 0,
             last_ok: [None; 4],
             logs: std::array::from_fn(|_| Limiter::per_minute()),
+            api_logs: std::array::from_fn(|_| Limiter::new(Duration::from_secs(600))),
             nvme_unavailable_said: false,
+            last_save: None,
         }
-    }
-
-    /// Counts a failed call on its source (throttling is no error) and logs it, rate-limited.
-    fn failed(
-        &mut self,
-        src: CloudSource,
-        at: Instant,
-        failure: &Failure,
-        status: &mut SourceStatus,
-        retry_in: Duration,
-        what: &str,
-    ) {
-        if !failure.throttled {
-            status.count_error(failure.kind);
-        }
-        if let Some(held) = self.logs[src as usize].allow(at) {
-            warn!(source = src.name(), error = %failure.message, ?retry_in, held, "{what}");
-        }
-    }
-
-    /// True when the discovery settled (found, or not looked for any more).
-    fn on_discovery(&mut self, d: Discovery, status: &mut SourceStatus, at: Instant) -> bool {
-        let now = unix_now();
-        match d {
-            Discovery::Found {
-                clients,
-                asked_imds,
-            } => {
-                if asked_imds {
-                    self.state.count(Api::Imds, Outcome::Success, now);
-                }
-                let i = &clients.instance;
-                info!(
-                    instance_id = %i.instance_id,
-                    region = %i.region,
-                    availability_zone = %i.availability_zone,
-                    instance_type = %i.instance_type,
-                    "Cloud features on."
-                );
-                self.state.set_instance(i.clone());
-                self.shared.mode.store(Arc::new(Mode::Found(clients)));
-                true
-            }
-            Discovery::NoAnswer { error, waited } => {
-                self.state.count(Api::Imds, Outcome::Error, now);
-                if self.shared.start.enabled == Enabled::Auto {
-                    info!(
-                        %error,
-                        waited_ms = waited.as_millis() as u64,
-                        "Not on EC2 (no IMDS answer): cloud features off. Set [cloud] enabled = true to keep trying."
-                    );
-                    self.shared.mode.store(Arc::new(Mode::DisksOnly));
-                    return true;
-                }
-                self.imds_failures += 1;
-                status.count_error(ErrorKind::Io);
-                let cfg = self.shared.config.load();
-                let retry_in = backoff(cfg.retry_min, cfg.describe_interval, self.imds_failures);
-                if let Some(held) = self.logs[CloudSource::Imds as usize].allow(at) {
-                    warn!(source = "cloud_imds", %error, ?retry_in, held,
-                        "IMDS discovery failed; [cloud] enabled = true, retrying.");
-                }
-                false
-            }
-            Discovery::Broken(error) => {
-                warn!(%error, "Cloud features off; describing the disks only.");
-                self.shared.mode.store(Arc::new(Mode::DisksOnly));
-                true
-            }
-        }
-    }
-
-    fn on_described(
-        &mut self,
-        disks: Result<Vec<BlockDevice>, (ErrorKind, String)>,
-        volumes: Option<Result<Vec<Volume>, Failure>>,
-        status: &mut SourceStatus,
-        at: Instant,
-        cfg: &CloudConfig,
-    ) -> bool {
-        let disks = match disks {
-            Ok(d) => Some(d),
-            Err((kind, error)) => {
-                status.count_error(kind);
-                if let Some(held) = self.logs[CloudSource::Describe as usize].allow(at) {
-                    warn!(source = "cloud_describe", %error, held,
-                        "Cannot scan the block devices; keeping those known.");
-                }
-                None
-            }
-        };
-        let scanned = disks.is_some();
-        let Some(volumes) = volumes else {
-            self.state.on_scan(disks, cfg);
-            return scanned;
-        };
-        match self.state.on_describe(disks, volumes, cfg, unix_now()) {
-            Described::Same => scanned,
-            Described::Changed { volumes } => {
-                info!(volumes, "Attached EBS volumes described.");
-                scanned
-            }
-            Described::Failed { failure, retry_in } => {
-                self.failed(
-                    CloudSource::Describe,
-                    at,
-                    &failure,
-                    status,
-                    retry_in,
-                    "DescribeVolumes failed.",
-                );
-                false
-            }
-        }
-    }
-
-    fn on_polled(
-        &mut self,
-        plan: &PollPlan,
-        points: Result<std::collections::BTreeMap<usize, BalancePoint>, Failure>,
-        requested: usize,
-        status: &mut SourceStatus,
-        at: Instant,
-        cfg: &CloudConfig,
-    ) -> bool {
-        self.state.add_metrics_requested(requested);
-        match self.state.on_poll(plan, points, unix_now()) {
-            Ok(anchored) => {
-                for (volume_id, p, result) in anchored {
-                    debug!(%volume_id, percent = p.percent, timestamp = p.timestamp, ?result,
-                        "Anchored the credit model.");
-                }
-                true
-            }
-            Err(failure) => {
-                let retry_in = self.state.poll_delay(plan, cfg);
-                self.failed(
-                    CloudSource::Poll,
-                    at,
-                    &failure,
-                    status,
-                    retry_in,
-                    "GetMetricData failed.",
-                );
-                false
-            }
-        }
-    }
-
-    fn on_pages(&mut self, pages: Pages, status: &mut SourceStatus, at: Instant) -> bool {
-        let mut ok = true;
-        for (device, page) in pages {
-            let error = match page {
-                Ok(stats) => {
-                    self.state.on_nvme(device, stats);
-                    continue;
-                }
-                Err(e) => e,
-            };
-            match calls::nvme_error_kind(&error) {
-                None if !self.nvme_unavailable_said => {
-                    info!(%device, %error,
-                        "The EBS NVMe log page cannot be read here (it needs CAP_SYS_ADMIN and the /dev/nvme* nodes); its metrics are absent.");
-                    self.nvme_unavailable_said = true;
-                }
-                None => {}
-                Some(kind) => {
-                    status.count_error(kind);
-                    ok = false;
-                    if let Some(held) = self.logs[CloudSource::Nvme as usize].allow(at) {
-                        warn!(source = "cloud_nvme", %device, %error, held,
-                            "Cannot read the EBS NVMe log page.");
-                    }
-                }
-            }
-        }
-        ok
     }
 }
+
+mod outcomes;
 
 impl driver::Sampler for Cloud {
     type Key = CloudSource;
@@ -333,17 +171,22 @@ impl driver::Sampler for Cloud {
                 ),
                 cfg.discovery_deadline() + GRACE,
             )),
-            (CloudSource::Describe, Mode::Found(_)) => Some(schedule(
-                self.state.describe_schedule(cfg),
-                describe_timeout(true),
-            )),
+            (CloudSource::Describe, Mode::Found(_)) => {
+                self.shared
+                    .instance_type
+                    .store(Arc::new(self.state.wants_instance_type()));
+                Some(schedule(
+                    self.state.describe_schedule(cfg),
+                    describe_timeout(true),
+                ))
+            }
             (CloudSource::Describe, Mode::DisksOnly) => Some(schedule(
                 self.state.describe_schedule(cfg),
                 describe_timeout(false),
             )),
             (CloudSource::Poll, Mode::Found(_)) => {
                 let plan = self.state.poll_plan(cfg);
-                let every = self.state.poll_schedule(&plan, cfg)?;
+                let every = self.state.poll_schedule(&plan, cfg, unix_now())?;
                 self.shared.plan.store(Arc::new(plan));
                 Some(schedule(every, cfg.call_deadline() + GRACE))
             }
@@ -373,8 +216,8 @@ impl driver::Sampler for Cloud {
         let good = match reading {
             None | Some(Reading::Nothing) => false,
             Some(Reading::Discovered(d)) => self.on_discovery(d, status, at),
-            Some(Reading::Described { disks, volumes }) => {
-                self.on_described(disks, volumes, status, at, cfg)
+            Some(Reading::Described { disks, describe }) => {
+                self.on_described(disks, describe, status, at, cfg)
             }
             Some(Reading::Polled {
                 plan,
@@ -397,17 +240,37 @@ impl driver::Sampler for Cloud {
     fn publish(
         &mut self,
         sources: &[SourceStatus],
-        _: Instant,
+        now: Instant,
         cfg: &CloudConfig,
     ) -> CloudSnapshot {
+        if let Some(loaded) = self.shared.saver.as_ref().and_then(Saver::loaded) {
+            match loaded {
+                Ok(v) if v.is_empty() => {}
+                Ok(v) => {
+                    info!(
+                        volumes = v.len(),
+                        "Found the credit model's state from before the restart."
+                    );
+                    self.state.set_restore(v);
+                }
+                Err(error) => {
+                    info!(%error, "Not taking up the credit model's saved state.");
+                }
+            }
+        }
         let h = self.host.load();
         if let Some(at) = h.disks_at {
             let at_unix = state::unix_time_of(at, Instant::now(), unix_now());
-            self.state.on_disk_counters(&h.all_disks, at, at_unix);
+            if let Some(started) = self.state.on_disk_counters(&h.all_disks, at, at_unix) {
+                for s in started {
+                    outcomes::log_start(&s);
+                }
+            }
         }
         self.shared
             .follow
             .store(self.state.follows_host(), Ordering::Relaxed);
+        self.save(now);
         let mut snap = self.state.snapshot(cfg, unix_now());
         snap.sources = sources
             .iter()
@@ -461,6 +324,16 @@ impl CloudSampler {
         } = w;
         let (abandon, stop) = watch::channel(false);
         let start = CloudConfig::clone(&config.load());
+        let saver = match (&start.state_file, start.enabled) {
+            (_, Enabled::Off) | (None, _) => None,
+            (Some(path), _) => match Saver::spawn(path.clone(), &roots.procfs) {
+                Ok(s) => Some(s),
+                Err(error) => {
+                    warn!(%error, "Cannot start the credit model's state thread; a restart will wait for CloudWatch.");
+                    None
+                }
+            },
+        };
         let mode = if start.enabled == Enabled::Off {
             info!("Cloud features off ([cloud] enabled = false).");
             Mode::DisksOnly
@@ -476,7 +349,9 @@ impl CloudSampler {
             mode: ArcSwap::from_pointee(mode),
             plan: ArcSwap::from_pointee(PollPlan::default()),
             nvme_targets: ArcSwap::from_pointee(Vec::new()),
+            instance_type: ArcSwap::from_pointee(None),
             follow: AtomicBool::new(false),
+            saver,
         });
         let sh = Arc::clone(&shared);
         let driver = Driver::spawn(

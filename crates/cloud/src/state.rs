@@ -1,33 +1,51 @@
 //! What the cloud side knows, and every decision it makes from that, without I/O or clock reads.
 //!
 //! The sources in `sampler` make one bounded call each time the periodic driver asks (a sysfs
-//! scan with DescribeVolumes, a GetMetricData poll, an NVMe log-page pass) and hand its outcome
-//! to a method here; the sampler also hands over each new host disk reading. The methods update
-//! the state and answer what the sampler asks: when each call is due (backoff after failures,
-//! fast polling while a balance is low, a poll at once after the volumes changed), what to ask
-//! CloudWatch, which devices to read. From the state comes the [`CloudSnapshot`] the agent
-//! encodes. Every time is an argument (`now_unix`, the disk reading's own `at`), so each decision
-//! is unit-tested (`state/tests.rs`).
+//! scan with the EC2 describe calls, a GetMetricData poll, an NVMe log-page pass) and hand its
+//! outcome to a method here; the sampler also hands over each new host disk reading and the
+//! model state saved before a restart. The methods update the state and answer what the sampler
+//! asks: when each call is due (backoff after failures, fast polling while a bucket is
+//! unanchored, draining towards empty within the hour or low, a poll at once when there is a new
+//! series to ask), what to ask, which devices to read, what to save. From the state comes the
+//! [`CloudSnapshot`] the agent encodes. Every time is an argument (`now_unix`, the disk
+//! reading's own `at`), so each decision is unit-tested (`state/tests.rs`).
+//!
+//! - `describe`: devices, volumes and the buckets and limits that follow from them; volume
+//!   status, modifications and the instance type's EBS limits.
+//! - `poll`: what to ask CloudWatch, its answers, and when to ask again.
+//! - `local`: the disk counters (credit model and headroom), restore and save, NVMe pages.
 
-use std::collections::{BTreeMap, HashMap, HashSet};
-use std::path::{Path, PathBuf};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::time::{Duration, Instant};
 
-use stallwatch_collector::sys::block::Disk;
 use stallwatch_collector::ErrorKind;
 
-use crate::cloudwatch::Series;
-use crate::config::{backoff, CloudConfig, VolumeOverride};
+use crate::config::CloudConfig;
 use crate::devices::BlockDevice;
-use crate::ec2::{self, Volume};
-use crate::model::{Anchor, Bucket, VolumeType};
+use crate::ec2::Volume;
+use crate::limits::{self, InstanceLimits};
+use crate::model::{Bucket, VolumeType};
 use crate::nvme;
+use crate::persist::SavedVolume;
+use crate::rates::Rates;
 use crate::snapshot::{
-    Api, BalancePoint, CloudSnapshot, Instance, InstanceBalance, NvmeCounters, Outcome, VolumeState,
+    Api, BalancePoint, CheckPoint, CloudSnapshot, Instance, InstanceBalance, InstanceCheck,
+    InstanceEbs, Modification, NvmeCounters, Outcome, VolumeCheck, VolumeState, VolumeStatus,
 };
+
+mod describe;
+mod local;
+mod poll;
+
+pub use describe::Described;
+pub use local::{Started, NEW_VOLUME_SECONDS};
+pub use poll::{Anchored, PollPlan, Target, UNANCHORED_FAST_SECONDS};
 
 /// BurstBalance and the instance balances are per-minute averages.
 const POINT_PERIOD_SECONDS: f64 = 60.0;
+
+/// A modification that ended longer ago than this is no longer exported.
+const MODIFICATION_SHOWN_SECONDS: f64 = 3_600.0;
 
 /// Why an AWS call failed, as the state needs it: throttled or not, the kind of error it is for
 /// `stallwatch_source_errors_total`, and the message to log.
@@ -52,71 +70,36 @@ impl Failure {
     }
 }
 
-/// What a DescribeVolumes outcome changed.
-#[derive(Debug, Clone, PartialEq)]
-pub enum Described {
-    /// Described; the volumes are those known before.
-    Same,
-    /// Described, and the volumes are new or changed, or this is the first success after
-    /// failures (worth one INFO line).
-    Changed { volumes: usize },
-    /// The call failed; the volumes known before stay.
-    Failed {
-        failure: Failure,
-        retry_in: Duration,
-    },
-}
-
-/// What one GetMetricData poll asks: BurstBalance of the volumes that have one, then the
-/// instance's balances. Results come back keyed by the index in [`PollPlan::series`].
-#[derive(Debug, Clone, PartialEq, Default)]
-pub struct PollPlan {
-    pub volumes: Vec<String>,
-    pub instance: Vec<InstanceBalance>,
-    pub instance_id: String,
-    /// Which description of the volumes the plan was made from ([`State::poll_schedule`]).
-    pub generation: u64,
-}
-
-impl PollPlan {
-    pub fn series(&self) -> Vec<Series> {
-        let mut s: Vec<Series> = self
-            .volumes
-            .iter()
-            .map(|v| Series::burst_balance(v))
-            .collect();
-        s.extend(
-            self.instance
-                .iter()
-                .map(|b| Series::instance(b.cloudwatch_metric(), &self.instance_id)),
-        );
-        s
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.volumes.is_empty() && self.instance.is_empty()
-    }
-}
-
-/// A volume's new CloudWatch point and what anchoring its bucket did (`None`: no bucket).
-pub type Anchored = (String, BalancePoint, Option<Anchor>);
-
-/// The cloud side's state, shared by the loops behind one lock held only for these calls.
+/// The cloud side's state, owned by the sampler.
 #[derive(Debug, Default)]
 pub struct State {
     instance: Option<Instance>,
+    /// The instance type's EBS limits; `Some(None)`: asked, the type has none.
+    instance_limits: Option<Option<InstanceLimits>>,
+    instance_type_failures: u32,
     volumes: Vec<Volume>,
+    statuses: BTreeMap<String, VolumeStatus>,
+    modifications: BTreeMap<String, Modification>,
     disks: Vec<BlockDevice>,
     /// Volume id → kernel device name.
     devices: BTreeMap<String, String>,
     buckets: HashMap<String, Bucket>,
-    /// Newest CloudWatch point per volume.
+    /// Newest CloudWatch BurstBalance point per volume.
     balances: BTreeMap<String, BalancePoint>,
+    checks: BTreeMap<(String, VolumeCheck), CheckPoint>,
     instance_balances: BTreeMap<InstanceBalance, BalancePoint>,
+    instance_checks: BTreeMap<InstanceCheck, CheckPoint>,
     /// Previous disk counters per device: (ops, bytes).
     prev_io: HashMap<String, (u64, u64)>,
-    /// Time of the last disk reading fed to the buckets.
-    disks_at: Option<Instant>,
+    /// Time of the last disk reading fed to the model (monotonic and wall clock).
+    disks_at: Option<(Instant, f64)>,
+    /// The last minute of each volume's rates, and of their sum (the instance's).
+    rates: HashMap<String, Rates>,
+    instance_rates: Rates,
+    /// The model state saved before a restart, by volume id, until taken up.
+    pending_restore: HashMap<String, SavedVolume>,
+    /// Buckets already looked at for a start without CloudWatch (new volume or restore).
+    started: HashSet<String>,
     nvme: BTreeMap<String, nvme::Stats>,
     requests: BTreeMap<(Api, Outcome), u64>,
     metrics_requested: u64,
@@ -126,10 +109,14 @@ pub struct State {
     poll_failures: u32,
     /// Describe (or scan-only) outcomes so far, failed or not.
     described: u64,
-    /// Bumped by the first successful DescribeVolumes and by every one that changed the
-    /// volumes; a poll is wanted at once while the last poll was planned from an older one.
-    volumes_generation: u64,
-    polled_generation: u64,
+    /// At least one DescribeVolumes succeeded.
+    volumes_known: bool,
+    /// The series keys the last poll asked ([`PollPlan::keys`]): a plan that asks more is due
+    /// at once.
+    asked: BTreeSet<Target>,
+    /// When each bucket was made (Unix seconds of the describe), for how long an unanchored
+    /// one is polled fast.
+    bucket_since: HashMap<String, f64>,
 }
 
 impl State {
@@ -153,325 +140,19 @@ impl State {
     pub fn add_metrics_requested(&mut self, n: usize) {
         self.metrics_requested += n as u64;
     }
-}
 
-/// Describe: devices, volumes, and the buckets and mapping that follow from them.
-impl State {
-    /// One describe period: the sysfs scan (`None`: it failed or timed out, the devices known
-    /// before stay) and DescribeVolumes. Device mapping is redone either way (the disks may have
-    /// changed, and so may the config's overrides); buckets follow the volumes.
-    pub fn on_describe(
-        &mut self,
-        disks: Option<Vec<BlockDevice>>,
-        volumes: Result<Vec<Volume>, Failure>,
-        cfg: &CloudConfig,
-        now_unix: f64,
-    ) -> Described {
-        if let Some(d) = disks {
-            self.disks = d;
-        }
-        self.described += 1;
-        let described = match volumes {
-            Ok(vols) => {
-                self.count(Api::DescribeVolumes, Outcome::Success, now_unix);
-                let changed = self.volumes_generation == 0 || self.volumes != vols;
-                if changed {
-                    self.volumes_generation += 1;
-                }
-                let news = self.describe_failures > 0 || changed;
-                self.describe_failures = 0;
-                let n = vols.len();
-                self.volumes = vols;
-                self.sync_buckets();
-                if news {
-                    Described::Changed { volumes: n }
-                } else {
-                    Described::Same
-                }
-            }
-            Err(failure) => {
-                self.count(Api::DescribeVolumes, failure.outcome(), now_unix);
-                self.describe_failures += 1;
-                Described::Failed {
-                    failure,
-                    retry_in: self.describe_delay(cfg),
-                }
-            }
-        };
-        self.map_devices(&cfg.volumes);
-        described
-    }
-
-    /// Cloud features off (or not on EC2): the sysfs scan alone describes the disks (model,
-    /// serial, the EBS volume id in an NVMe serial); `None` keeps the devices known before.
-    pub fn on_scan(&mut self, disks: Option<Vec<BlockDevice>>, cfg: &CloudConfig) {
-        if let Some(d) = disks {
-            self.disks = d;
-        }
-        self.described += 1;
-        self.map_devices(&cfg.volumes);
-    }
-
-    /// How long after the last one the next describe (or scan) is due: at once before the
-    /// first outcome (a sampler that starts, or starts again, knows no disks), else
-    /// [`State::describe_delay`].
-    pub fn describe_schedule(&self, cfg: &CloudConfig) -> Duration {
-        if self.described == 0 {
-            Duration::ZERO
-        } else {
-            self.describe_delay(cfg)
-        }
-    }
-
-    /// When to describe again: `describe_interval`, or the backoff after failures.
-    pub fn describe_delay(&self, cfg: &CloudConfig) -> Duration {
-        if self.describe_failures > 0 {
-            backoff(cfg.retry_min, cfg.describe_interval, self.describe_failures)
-        } else {
-            cfg.describe_interval
-        }
-    }
-
-    /// Volume id → device: NVMe serials of attached volumes, then Xen attachment names
-    /// (`/dev/sdf` → `xvdf`) that exist in sysfs, then the config's overrides over both.
-    fn map_devices(&mut self, overrides: &[VolumeOverride]) {
-        let mut m = BTreeMap::new();
-        let attached: HashSet<&str> = self.volumes.iter().map(|v| v.volume_id.as_str()).collect();
-        for d in &self.disks {
-            if let Some(id) = &d.volume_id {
-                if attached.contains(id.as_str()) {
-                    m.insert(id.clone(), d.name.clone());
-                }
-            }
-        }
-        for v in &self.volumes {
-            if m.contains_key(&v.volume_id) {
-                continue;
-            }
-            let xen = v
-                .attachment_devices
-                .iter()
-                .filter_map(|a| ec2::kernel_name_of_attachment(a))
-                .find(|k| self.disks.iter().any(|d| &d.name == k));
-            if let Some(k) = xen {
-                m.insert(v.volume_id.clone(), k);
-            }
-        }
-        for o in overrides {
-            m.insert(o.volume_id.clone(), o.device.clone());
-        }
-        self.devices = m;
-    }
-
-    /// Buckets for the volumes that can burst; a volume whose type or size changed gets a new
-    /// one (its old level means nothing now), a detached volume loses its own.
-    fn sync_buckets(&mut self) {
-        let mut keep = HashMap::new();
-        for v in &self.volumes {
-            let vt = VolumeType::parse(&v.volume_type);
-            if let Some(b) = self.buckets.remove(&v.volume_id) {
-                if *b.volume_type() == vt && b.size_gib() == v.size_gib {
-                    keep.insert(v.volume_id.clone(), b);
-                    continue;
-                }
-            }
-            if let Some(b) = Bucket::new(&vt, v.size_gib) {
-                keep.insert(v.volume_id.clone(), b);
-            }
-        }
-        self.buckets = keep;
-    }
-}
-
-/// Poll: what to ask CloudWatch, its answers, and when to ask again.
-impl State {
-    /// What the next poll asks: BurstBalance of the volumes that publish one, and the instance
-    /// balances that apply to its type (when `instance_balances` is on).
-    pub fn poll_plan(&self, cfg: &CloudConfig) -> PollPlan {
-        let volumes = self
-            .volumes
-            .iter()
-            .filter(|v| VolumeType::parse(&v.volume_type).has_burst_balance(v.size_gib))
-            .map(|v| v.volume_id.clone())
-            .collect();
-        let ty = self
-            .instance
-            .as_ref()
-            .map_or("", |i| i.instance_type.as_str());
-        let instance = if cfg.instance_balances {
-            InstanceBalance::ALL
-                .into_iter()
-                .filter(|b| b.applies_to(ty))
-                .collect()
-        } else {
-            Vec::new()
-        };
-        PollPlan {
-            volumes,
-            instance,
-            instance_id: self
-                .instance
-                .as_ref()
-                .map(|i| i.instance_id.clone())
-                .unwrap_or_default(),
-            generation: self.volumes_generation,
-        }
-    }
-
-    /// How long after the last poll the next one is due; `None`: no poll (no DescribeVolumes
-    /// has succeeded yet, or there is nothing to ask). At once when the volumes changed since
-    /// the last poll was planned (new volumes are asked without waiting out the interval; an
-    /// unchanged describe wakes nothing), unless polls are failing: then the backoff holds.
-    pub fn poll_schedule(&self, plan: &PollPlan, cfg: &CloudConfig) -> Option<Duration> {
-        if self.volumes_generation == 0 || plan.is_empty() {
-            return None;
-        }
-        if self.poll_failures == 0 && self.volumes_generation > self.polled_generation {
-            return Some(Duration::ZERO);
-        }
-        Some(self.poll_delay(plan, cfg))
-    }
-
-    /// One poll's outcome: the newest point of each series asked by `plan`, keyed by index.
-    /// A volume's point newer than the one known re-anchors its bucket (as the average over
-    /// its minute); an older one is ignored. Returns what was anchored, for the debug log.
-    pub fn on_poll(
-        &mut self,
-        plan: &PollPlan,
-        points: Result<BTreeMap<usize, BalancePoint>, Failure>,
-        now_unix: f64,
-    ) -> Result<Vec<Anchored>, Failure> {
-        self.polled_generation = self.polled_generation.max(plan.generation);
-        let points = match points {
-            Ok(p) => p,
-            Err(failure) => {
-                self.count(Api::GetMetricData, failure.outcome(), now_unix);
-                self.poll_failures += 1;
-                return Err(failure);
-            }
-        };
-        self.count(Api::GetMetricData, Outcome::Success, now_unix);
-        self.poll_failures = 0;
-        let mut anchored = Vec::new();
-        for (i, p) in points {
-            let Some(vol) = plan.volumes.get(i) else {
-                if let Some(b) = plan.instance.get(i - plan.volumes.len()) {
-                    self.instance_balances.insert(*b, p);
-                }
-                continue;
-            };
-            let newer = self
-                .balances
-                .get(vol)
-                .is_none_or(|q| p.timestamp > q.timestamp);
-            if newer {
-                let a = self
-                    .buckets
-                    .get_mut(vol)
-                    .map(|b| b.anchor_period_average(p.percent, p.timestamp, POINT_PERIOD_SECONDS));
-                anchored.push((vol.clone(), p, a));
-                self.balances.insert(vol.clone(), p);
-            }
-        }
-        Ok(anchored)
-    }
-
-    /// When to poll again: the backoff after failures; else `poll_interval`, shortened to
-    /// `fast_poll_interval` while a balance is low; `poll_interval` when there is nothing to ask.
-    pub fn poll_delay(&self, plan: &PollPlan, cfg: &CloudConfig) -> Duration {
-        if plan.is_empty() {
-            return cfg.poll_interval;
-        }
-        if self.poll_failures > 0 {
-            return backoff(cfg.retry_min, cfg.poll_interval, self.poll_failures);
-        }
-        if self.low_balance(cfg) {
-            cfg.poll_interval.min(cfg.fast_poll_interval)
-        } else {
-            cfg.poll_interval
-        }
-    }
-
-    /// Any attached volume whose level (the local estimate, else CloudWatch's) is below
-    /// `fast_poll_below_percent`, or an instance EBS balance below it (CPU credits are not I/O).
-    pub fn low_balance(&self, cfg: &CloudConfig) -> bool {
-        let below = |p: f64| p < cfg.fast_poll_below_percent;
-        self.volumes.iter().any(|v| {
-            let est = self.estimate(&v.volume_id).map(Bucket::percent);
-            let level = est.or_else(|| self.balances.get(&v.volume_id).map(|p| p.percent));
-            level.is_some_and(below)
-        }) || [InstanceBalance::EbsIo, InstanceBalance::EbsByte]
-            .iter()
-            .any(|b| {
-                self.instance_balances
-                    .get(b)
-                    .is_some_and(|p| below(p.percent))
-            })
-    }
-
-    /// A volume's bucket once CloudWatch has anchored it: before the first point its level is
-    /// unknown, and no estimate beats a made-up 100 %.
+    /// A volume's bucket once it has an estimate (CloudWatch, new volume or restored): before,
+    /// its level is unknown, and no estimate beats a made-up one.
     fn estimate(&self, volume_id: &str) -> Option<&Bucket> {
-        self.buckets
-            .get(volume_id)
-            .filter(|b| b.last_anchor().is_some())
-    }
-}
-
-/// The local sources: disk counters for the credit model, EBS NVMe log pages.
-impl State {
-    /// One diskstats reading, every device unfiltered (the host sampler's), completed at `at`
-    /// (`at_unix` on the wall clock): each mapped device's I/O since the previous reading
-    /// advances its volume's bucket **at the reading's time**, so a late look does not smear
-    /// the integration. A reading already fed (same or older `at`) is ignored: false.
-    pub fn on_disk_counters(&mut self, disks: &[Disk], at: Instant, at_unix: f64) -> bool {
-        if self.disks_at.is_some_and(|last| at <= last) {
-            return false;
-        }
-        self.disks_at = Some(at);
-        let volume_of: HashMap<&str, &str> = self
-            .devices
-            .iter()
-            .map(|(v, d)| (d.as_str(), v.as_str()))
-            .collect();
-        for d in disks {
-            let Some(vol) = volume_of.get(d.stat.name.as_str()) else {
-                continue;
-            };
-            let s = &d.stat;
-            let ops = s.reads_completed + s.writes_completed;
-            let bytes = (s.sectors_read + s.sectors_written) * 512;
-            let prev = self.prev_io.insert(s.name.clone(), (ops, bytes));
-            let Some((pops, pbytes)) = prev else { continue };
-            if let Some(b) = self.buckets.get_mut(*vol) {
-                b.advance(
-                    at_unix,
-                    ops.saturating_sub(pops),
-                    bytes.saturating_sub(pbytes),
-                );
-            }
-        }
-        true
+        self.buckets.get(volume_id).filter(|b| b.basis().is_some())
     }
 
-    /// Whether the model has a volume to follow: a bucket whose device is known. While it has,
-    /// the sampler ticks on every host publish (`CloudSampler::follower`).
-    pub fn follows_host(&self) -> bool {
-        self.buckets.keys().any(|v| self.devices.contains_key(v))
-    }
-
-    /// The EBS NVMe devices whose log page to read: (device name, device node under `dev_dir`).
-    pub fn nvme_targets(&self, dev_dir: &Path) -> Vec<(String, PathBuf)> {
-        self.disks
-            .iter()
-            .filter(|d| d.volume_id.is_some() && d.name.starts_with("nvme"))
-            .map(|d| (d.name.clone(), dev_dir.join(&d.name)))
-            .collect()
-    }
-
-    /// A log page read from `device`.
-    pub fn on_nvme(&mut self, device: String, stats: nvme::Stats) {
-        self.nvme.insert(device, stats);
+    /// Whether the volume's bucket has credits: the estimate, else CloudWatch's newest word;
+    /// `None` when neither is known.
+    fn has_credits(&self, volume_id: &str) -> Option<bool> {
+        self.estimate(volume_id)
+            .map(|b| b.balance() > 0.0)
+            .or_else(|| self.balances.get(volume_id).map(|p| p.percent > 0.0))
     }
 }
 
@@ -479,33 +160,31 @@ impl State {
     /// Everything the agent encodes, as of `now_unix` (CloudWatch points older than
     /// `staleness` are left out).
     pub fn snapshot(&self, cfg: &CloudConfig, now_unix: f64) -> CloudSnapshot {
-        let fresh = |p: &BalancePoint| now_unix - p.timestamp <= cfg.staleness.as_secs_f64();
+        let stale = cfg.staleness.as_secs_f64();
+        let fresh = |t: f64| now_unix - t <= stale;
         // The instance's limits are the same on every EBS device's page: the largest is newest.
         let max_of =
             |f: fn(&nvme::Stats) -> u64| self.nvme.values().map(|s| us(f(s))).reduce(f64::max);
         let volumes = self
             .volumes
             .iter()
-            .map(|v| {
-                let device = self.devices.get(&v.volume_id).cloned();
-                let vt = VolumeType::parse(&v.volume_type);
-                let bucket = self.estimate(&v.volume_id);
-                VolumeState {
-                    volume_id: v.volume_id.clone(),
-                    volume_type: v.volume_type.clone(),
-                    availability_zone: v.availability_zone.clone(),
-                    size_bytes: v.size_gib.saturating_mul(1 << 30),
-                    provisioned_iops: v.iops,
-                    throughput_mibps: v.throughput_mibps,
-                    baseline_iops: vt.baseline_iops(v.size_gib, v.iops),
-                    burst_balance: self.balances.get(&v.volume_id).copied().filter(fresh),
-                    estimate_percent: bucket.map(Bucket::percent),
-                    seconds_to_empty: bucket.map(Bucket::seconds_to_empty),
-                    nvme: device.as_ref().and_then(|d| self.nvme.get(d)).map(counters),
-                    device,
-                }
-            })
+            .map(|v| self.volume_state(v, cfg, now_unix))
             .collect();
+        let spent = |b: InstanceBalance| {
+            self.instance_balances
+                .get(&b)
+                .is_some_and(|p| fresh(p.timestamp) && p.percent <= 0.0)
+        };
+        let instance_ebs = self.instance_limits.flatten().map(|l| InstanceEbs {
+            baseline_iops: l.baseline_iops,
+            maximum_iops: l.maximum_iops,
+            baseline_bytes_per_second: l.baseline_bytes_per_second,
+            maximum_bytes_per_second: l.maximum_bytes_per_second,
+            headroom: self.instance_rates.headroom(&l.in_force(
+                spent(InstanceBalance::EbsIo),
+                spent(InstanceBalance::EbsByte),
+            )),
+        });
         CloudSnapshot {
             enabled: self.instance.is_some(),
             instance: self.instance.clone(),
@@ -514,7 +193,14 @@ impl State {
             instance_balances: self
                 .instance_balances
                 .iter()
-                .filter(|(_, p)| fresh(p))
+                .filter(|(_, p)| fresh(p.timestamp))
+                .map(|(k, p)| (*k, *p))
+                .collect(),
+            instance_ebs,
+            instance_checks: self
+                .instance_checks
+                .iter()
+                .filter(|(_, p)| fresh(p.timestamp))
                 .map(|(k, p)| (*k, *p))
                 .collect(),
             instance_exceeded_iops_seconds: max_of(|s| s.ec2_instance_exceeded_iops_us),
@@ -528,6 +214,68 @@ impl State {
             last_success: self.last_success.iter().map(|(a, t)| (*a, *t)).collect(),
             // The sampler adds its sources' health.
             sources: Vec::new(),
+        }
+    }
+
+    fn volume_state(&self, v: &Volume, cfg: &CloudConfig, now_unix: f64) -> VolumeState {
+        let fresh = |t: f64| now_unix - t <= cfg.staleness.as_secs_f64();
+        let device = self.devices.get(&v.volume_id).cloned();
+        let vt = VolumeType::parse(&v.volume_type);
+        let bucket = self.buckets.get(&v.volume_id);
+        // Bounds only where the model follows a device: elsewhere they would say 0–100 for ever.
+        let followed = bucket.filter(|b| b.now().is_some());
+        let limits = limits::volume(
+            &vt,
+            v.size_gib,
+            v.iops,
+            v.throughput_mibps,
+            self.has_credits(&v.volume_id),
+        );
+        let headroom = limits
+            .zip(self.rates.get(&v.volume_id))
+            .and_then(|(l, r)| r.headroom(&l));
+        let modification = self
+            .modifications
+            .get(&v.volume_id)
+            .filter(|m| {
+                m.in_progress()
+                    || m.end_time
+                        .is_none_or(|e| now_unix - e <= MODIFICATION_SHOWN_SECONDS)
+            })
+            .cloned();
+        VolumeState {
+            volume_id: v.volume_id.clone(),
+            volume_type: v.volume_type.clone(),
+            availability_zone: v.availability_zone.clone(),
+            size_bytes: v.size_gib.saturating_mul(1 << 30),
+            provisioned_iops: v.iops,
+            throughput_mibps: v.throughput_mibps,
+            baseline_iops: vt.baseline_iops(v.size_gib, v.iops),
+            burst_balance: self
+                .balances
+                .get(&v.volume_id)
+                .copied()
+                .filter(|p| fresh(p.timestamp)),
+            estimate_percent: bucket.and_then(Bucket::estimate),
+            seconds_to_empty: followed
+                .filter(|b| b.basis().is_some() || b.history_seconds() > 0.0)
+                .map(Bucket::seconds_to_empty),
+            estimate_basis: bucket.and_then(Bucket::basis),
+            estimate_low_percent: followed.map(|b| b.bounds_percent().0),
+            estimate_high_percent: followed.map(|b| b.bounds_percent().1),
+            nvme: device.as_ref().and_then(|d| self.nvme.get(d)).map(counters),
+            created: v.created,
+            headroom,
+            status: self.statuses.get(&v.volume_id).cloned(),
+            modification,
+            checks: self
+                .checks
+                .range((v.volume_id.clone(), VolumeCheck::StalledIo)..)
+                .take_while(|((id, _), _)| *id == v.volume_id)
+                .filter(|(_, p)| fresh(p.timestamp))
+                .map(|((_, c), p)| (*c, *p))
+                .collect(),
+            device,
         }
     }
 }
@@ -561,6 +309,12 @@ fn bins(h: &nvme::Histogram) -> Vec<(f64, u64)> {
 
 fn us(v: u64) -> f64 {
     v as f64 / 1e6
+}
+
+/// `fast` when it is shorter, else `normal`: a fast interval above the normal one never slows
+/// anything down.
+fn faster(normal: Duration, fast: Duration) -> Duration {
+    normal.min(fast)
 }
 
 #[cfg(test)]

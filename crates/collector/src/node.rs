@@ -96,6 +96,14 @@ impl NodeView {
         self.devices.get(&(major, minor)).map(|d| d.name.as_str())
     }
 
+    /// The container of the last pass with this id.
+    pub fn container(&self, id: &str) -> Option<&crate::cgroup::pass::ContainerRow> {
+        self.containers
+            .containers
+            .iter()
+            .find(|r| r.identity.container_id == id)
+    }
+
     /// Threads of the container in D at the last walk (0 when none).
     pub fn dstate_threads_of(&self, container_id: &str) -> u64 {
         self.dstate_by_container
@@ -161,6 +169,7 @@ mod tests {
             }),
             kernel_thread: false,
             since: Instant::now(),
+            stack: None,
         }
     }
 

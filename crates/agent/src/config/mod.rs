@@ -14,6 +14,7 @@ mod read;
 mod sections;
 mod validate;
 mod values;
+mod verdict;
 
 use std::path::{Path, PathBuf};
 
@@ -38,6 +39,8 @@ pub struct Config {
     pub probes: Vec<ProbeConfig>,
     pub containers: ContainersConfig,
     pub cloud: CloudConfig,
+    pub verdict: crate::verdict::VerdictConfig,
+    pub incident: crate::recorder::incident::IncidentConfig,
     /// The file it came from, if any.
     pub source: Option<PathBuf>,
 }
@@ -50,6 +53,8 @@ impl Default for Config {
             probes: Vec::new(),
             containers: ContainersConfig::default(),
             cloud: CloudConfig::default(),
+            verdict: Default::default(),
+            incident: Default::default(),
             source: None,
         })
     }

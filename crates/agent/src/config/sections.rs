@@ -27,6 +27,8 @@ pub struct FileConfig {
     pub probe: Vec<ProbeSection>,
     pub containers: ContainersSection,
     pub cloud: CloudSection,
+    pub verdict: super::verdict::VerdictSection,
+    pub incident: super::verdict::IncidentSection,
     pub bpf: BpfSection,
 }
 
@@ -89,6 +91,9 @@ pub struct CloudSection {
     pub fast_poll_interval: Duration,
     /// Poll at `fast_poll_interval` while a balance is below this, e.g. "30%".
     pub fast_poll_below: PercentSpec,
+    /// ... and while a bucket empties within this.
+    #[serde(deserialize_with = "duration")]
+    pub fast_poll_empty_within: Duration,
     #[serde(deserialize_with = "duration")]
     pub lookback: Duration,
     #[serde(deserialize_with = "duration")]
@@ -98,8 +103,11 @@ pub struct CloudSection {
     #[serde(deserialize_with = "duration")]
     pub model_interval: Duration,
     pub instance_balances: bool,
+    pub checks: bool,
     pub nvme_stats: bool,
     pub dev_dir: PathBuf,
+    /// The credit model's state file for a restart; "" keeps none.
+    pub state_file: PathBuf,
     /// `[[cloud.volume]]`: device → volume id, for devices the agent cannot map itself.
     pub volume: Vec<VolumeSection>,
 }
@@ -128,13 +136,16 @@ impl Default for CloudSection {
             poll_interval: d.poll_interval,
             fast_poll_interval: d.fast_poll_interval,
             fast_poll_below: PercentSpec(d.fast_poll_below_percent / 100.0),
+            fast_poll_empty_within: d.fast_poll_empty_within,
             lookback: d.lookback,
             staleness: d.staleness,
             retry_min: d.retry_min,
             model_interval: d.model_interval,
             instance_balances: d.instance_balances,
+            checks: d.checks,
             nvme_stats: d.nvme_stats,
             dev_dir: d.dev_dir,
+            state_file: d.state_file.unwrap_or_default(),
             volume: Vec::new(),
         }
     }
@@ -221,6 +232,10 @@ pub struct ThreadsSection {
     pub group_rules: Vec<GroupRuleSpec>,
     /// CPU budget of the walk, share of one core ("5%"): the cadence stretches to keep under it.
     pub max_cpu: PercentSpec,
+    /// Read the kernel stacks of threads in D (needs CAP_SYS_ADMIN).
+    pub stacks: bool,
+    /// At most this many stacks per walk.
+    pub stacks_max: usize,
 }
 
 impl Default for ThreadsSection {
@@ -236,6 +251,8 @@ impl Default for ThreadsSection {
             timeout: d.source_timeout,
             group_rules: Vec::new(),
             max_cpu: PercentSpec(d.max_cpu),
+            stacks: d.stacks,
+            stacks_max: d.stacks_max,
         }
     }
 }

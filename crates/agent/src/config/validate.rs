@@ -138,6 +138,7 @@ pub fn threads(t: &ThreadsSection, loc: &Locator<'_>) -> Result<ThreadsConfig, C
         ("timeout", Value::Duration(t.timeout)),
         ("top_groups", Value::Count(t.top_groups as u64)),
         ("top_wchans", Value::Count(t.top_wchans as u64)),
+        ("stacks_max", Value::Count(t.stacks_max as u64)),
         ("stall_psi_threshold", Value::Share(t.stall_psi_threshold.0)),
         ("max_cpu", Value::Share(t.max_cpu.0)),
     ] {
@@ -176,6 +177,8 @@ pub fn threads(t: &ThreadsSection, loc: &Locator<'_>) -> Result<ThreadsConfig, C
             .collect(),
         source_timeout: t.timeout,
         max_cpu: t.max_cpu.0,
+        stacks: t.stacks,
+        stacks_max: t.stacks_max,
         // `[bpf]` is its own section (filled in by the whole file's validation).
         bpf: BpfConfig::default(),
     })
@@ -304,8 +307,12 @@ impl FileConfig {
             max_cpu: c.max_cpu.0,
         };
         let cloud = self.cloud.validate(loc)?;
+        let verdict = self.verdict.validate(loc)?;
+        let incident = self.incident.validate(loc)?;
         let d = self.disks;
         Ok(Config {
+            verdict,
+            incident,
             threads,
             probes,
             containers,
@@ -337,6 +344,7 @@ impl CloudSection {
             ("cloud.describe_interval", self.describe_interval),
             ("cloud.poll_interval", self.poll_interval),
             ("cloud.fast_poll_interval", self.fast_poll_interval),
+            ("cloud.fast_poll_empty_within", self.fast_poll_empty_within),
             ("cloud.lookback", self.lookback),
             ("cloud.staleness", self.staleness),
             ("cloud.retry_min", self.retry_min),
@@ -404,13 +412,16 @@ impl CloudSection {
             poll_interval: self.poll_interval,
             fast_poll_interval: self.fast_poll_interval,
             fast_poll_below_percent: self.fast_poll_below.0 * 100.0,
+            fast_poll_empty_within: self.fast_poll_empty_within,
             lookback: self.lookback,
             staleness: self.staleness,
             retry_min: self.retry_min,
             model_interval: self.model_interval,
             instance_balances: self.instance_balances,
+            checks: self.checks,
             nvme_stats: self.nvme_stats,
             dev_dir: self.dev_dir,
+            state_file: (!self.state_file.as_os_str().is_empty()).then_some(self.state_file),
             volumes: self
                 .volume
                 .into_iter()

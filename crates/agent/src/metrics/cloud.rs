@@ -12,11 +12,11 @@ use prometheus_client::encoding::DescriptorEncoder;
 use prometheus_client::metrics::MetricType::{Counter, Gauge};
 use stallwatch_cloud::devices::BlockDevice;
 use stallwatch_cloud::snapshot::{
-    CloudSnapshot, InstanceBalance, NvmeCounters, VolumeState, DOLLARS_PER_METRIC,
+    CloudSnapshot, Headroom, InstanceBalance, NvmeCounters, VolumeState, DOLLARS_PER_METRIC,
 };
 
 use super::table::{counter, family, flag, gauge, histograms, labelled, num, rows};
-use super::table::{Labels, Row, BYTES, NONE, SECONDS};
+use super::table::{Labels, Row, BYTES, NONE, RATIO, SECONDS};
 use crate::node::Node;
 
 /// The device's bins (upper bound, count in the bin) as histogram buckets: per-bucket counts
@@ -108,9 +108,99 @@ pub const VOLUME: &[Row<VolumeState>] = &[
     ),
     gauge(
         "ebs_burst_seconds_to_empty",
-        "Seconds until the credit bucket is empty at the last minute's net drain; +Inf when not draining.",
+        "Seconds until the credit bucket is empty at the last minute's net drain; +Inf when not draining, 0 once empty until it has refilled a minute of baseline earnings. Before the estimate has a basis: the latest it can empty (from the upper bound).",
         NONE,
         |v| v.seconds_to_empty,
+    ),
+    gauge(
+        "ebs_burst_balance_estimate_low_percent",
+        "Lowest level the credit bucket can be at given the I/O the model saw: 0 until something is known, equal to the estimate once a CloudWatch point anchored a minute the model saw whole.",
+        NONE,
+        |v| v.estimate_low_percent,
+    ),
+    gauge(
+        "ebs_burst_balance_estimate_high_percent",
+        "Highest level the credit bucket can be at given the I/O the model saw: 100 until something is known; a drain pulls it down before any CloudWatch point.",
+        NONE,
+        |v| v.estimate_high_percent,
+    ),
+    gauge(
+        "ebs_volume_created_timestamp_seconds",
+        "When the volume was created (DescribeVolumes createTime, Unix time).",
+        NONE,
+        |v| v.created,
+    ),
+    gauge(
+        "ebs_volume_iops",
+        "EBS operations per second over the host sampler's last interval, in EBS's units (up to 256 KiB each on SSD, 1 MiB on HDD).",
+        NONE,
+        |v| v.headroom.map(|h| h.iops),
+    ),
+    gauge(
+        "ebs_volume_iops_limit",
+        "IOPS the volume is held to now: provisioned (gp3/io1/io2), burst while credits last else baseline (gp2), 500/250 (st1/sc1).",
+        NONE,
+        |v| v.headroom.map(|h| h.iops_limit),
+    ),
+    gauge(
+        "ebs_volume_iops_peak",
+        "Highest per-interval IOPS over the last minute.",
+        NONE,
+        |v| v.headroom.map(|h| h.iops_peak),
+    ),
+    gauge(
+        "ebs_volume_throughput_bytes_per_second",
+        "Bytes read and written per second over the host sampler's last interval.",
+        NONE,
+        |v| v.headroom.map(|h| h.bytes_per_second),
+    ),
+    gauge(
+        "ebs_volume_throughput_limit_bytes_per_second",
+        "Throughput the volume is held to now (gp3 provisioned, gp2 128/250 MiB/s by size, io1/io2 256 KiB per provisioned IOPS up to their maximum, st1/sc1 burst while credits last else baseline).",
+        NONE,
+        |v| v.headroom.map(|h| h.bytes_limit),
+    ),
+    gauge(
+        "ebs_volume_throughput_peak_bytes_per_second",
+        "Highest per-interval throughput over the last minute.",
+        NONE,
+        |v| v.headroom.map(|h| h.bytes_per_second_peak),
+    ),
+    gauge(
+        "ebs_volume_impaired",
+        "1 while DescribeVolumeStatus says the volume is in trouble: status impaired, io-enabled failed, or io-performance degraded, severely-degraded or stalled.",
+        NONE,
+        |v| v.status.as_ref().and_then(|s| flag(s.troubled())),
+    ),
+    gauge(
+        "ebs_volume_initialization_progress",
+        "Initialization of a volume created from a snapshot (its blocks load lazily: first reads stall with full credits), 0 to 1.",
+        RATIO,
+        |v| init(v).and_then(|i| i.progress_percent).map(|p| p / 100.0),
+    ),
+    gauge(
+        "ebs_volume_initialization_eta",
+        "AWS's estimate of the time left to initialize the volume.",
+        SECONDS,
+        |v| init(v).and_then(|i| i.eta_seconds),
+    ),
+    gauge(
+        "ebs_volume_modification_progress",
+        "Progress of the volume's newest modification (in progress, or ended within the hour), 0 to 1.",
+        RATIO,
+        |v| v.modification.as_ref().and_then(|m| m.progress_percent).map(|p| p / 100.0),
+    ),
+    gauge(
+        "ebs_volume_modification_start_timestamp_seconds",
+        "When the volume's newest modification started (Unix time).",
+        NONE,
+        |v| v.modification.as_ref().and_then(|m| m.start_time),
+    ),
+    gauge(
+        "ebs_volume_checks_timestamp_seconds",
+        "Start of the minute of the newest CloudWatch check point of the volume (Unix time).",
+        NONE,
+        |v| v.checks.iter().map(|(_, p)| p.timestamp).reduce(f64::max),
     ),
     counter(
         "ebs_exceeded_iops",
@@ -131,6 +221,10 @@ pub const VOLUME: &[Row<VolumeState>] = &[
         |v| v.nvme.as_ref().map(|n| n.queue_length),
     ),
 ];
+
+fn init(v: &VolumeState) -> Option<&stallwatch_cloud::snapshot::Initialization> {
+    v.status.as_ref()?.initialization.as_ref()
+}
 
 fn balance(s: &CloudSnapshot, b: InstanceBalance) -> Option<f64> {
     s.instance_balances
@@ -174,6 +268,70 @@ pub const INSTANCE_EXCEEDED: &[Row<CloudSnapshot>] = &[
         "Time the instance's EBS I/O exceeded the instance's EBS throughput limit (EBS NVMe log page 0xD0).",
         SECONDS,
         |s| s.instance_exceeded_throughput_seconds,
+    ),
+];
+
+mod labelled;
+
+fn instance_headroom(s: &CloudSnapshot) -> Option<Headroom> {
+    s.instance_ebs.as_ref()?.headroom
+}
+
+/// The instance's EBS limits (DescribeInstanceTypes) and its volumes' summed rates.
+pub const INSTANCE_EBS: &[Row<CloudSnapshot>] = &[
+    gauge(
+        "ec2_ebs_baseline_iops",
+        "The instance type's EBS baseline IOPS (DescribeInstanceTypes).",
+        NONE,
+        |s| s.instance_ebs.map(|i| i.baseline_iops),
+    ),
+    gauge(
+        "ec2_ebs_maximum_iops",
+        "The instance type's EBS maximum IOPS (held only while EBSIOBalance% lasts where it is above the baseline).",
+        NONE,
+        |s| s.instance_ebs.map(|i| i.maximum_iops),
+    ),
+    gauge(
+        "ec2_ebs_baseline_throughput_bytes_per_second",
+        "The instance type's EBS baseline throughput.",
+        NONE,
+        |s| s.instance_ebs.map(|i| i.baseline_bytes_per_second),
+    ),
+    gauge(
+        "ec2_ebs_maximum_throughput_bytes_per_second",
+        "The instance type's EBS maximum throughput.",
+        NONE,
+        |s| s.instance_ebs.map(|i| i.maximum_bytes_per_second),
+    ),
+    gauge(
+        "ec2_ebs_iops",
+        "EBS operations per second of every mapped volume summed, over the host sampler's last interval.",
+        NONE,
+        |s| instance_headroom(s).map(|h| h.iops),
+    ),
+    gauge(
+        "ec2_ebs_iops_limit",
+        "The instance's EBS IOPS limit in force: its maximum, or its baseline once EBSIOBalance% is spent.",
+        NONE,
+        |s| instance_headroom(s).map(|h| h.iops_limit),
+    ),
+    gauge(
+        "ec2_ebs_throughput_bytes_per_second",
+        "Throughput of every mapped volume summed, over the host sampler's last interval.",
+        NONE,
+        |s| instance_headroom(s).map(|h| h.bytes_per_second),
+    ),
+    gauge(
+        "ec2_ebs_throughput_limit_bytes_per_second",
+        "The instance's EBS throughput limit in force: its maximum, or its baseline once EBSByteBalance% is spent.",
+        NONE,
+        |s| instance_headroom(s).map(|h| h.bytes_limit),
+    ),
+    gauge(
+        "ec2_ebs_checks_timestamp_seconds",
+        "Start of the minute of the newest instance-level EBS check point (Unix time).",
+        NONE,
+        |s| s.instance_checks.iter().map(|(_, p)| p.timestamp).reduce(f64::max),
     ),
 ];
 
@@ -274,8 +432,11 @@ impl Collector for CloudCollector {
         )?;
         let volumes: Vec<_> = s.volumes.iter().map(|v| (vol(v), v)).collect();
         labelled(e, VOLUME, &volumes)?;
+        labelled::per_volume(e, s)?;
         latency(e, s)?;
         rows(e, INSTANCE_BALANCES, s)?;
+        rows(e, INSTANCE_EBS, s)?;
+        labelled::instance(e, s)?;
         family(
             e,
             "ec2_balance_timestamp_seconds",

@@ -254,6 +254,14 @@ pub(super) fn base(r: &ContainerRow) -> Labels<'_> {
     l
 }
 
+/// A device's label: its name from the node's devices (every device of the diskstats read),
+/// else "major:minor".
+fn device(node: &Node, major: u32, minor: u32) -> Cow<'_, str> {
+    node.view
+        .device_name(major, minor)
+        .map_or_else(|| Cow::Owned(format!("{major}:{minor}")), Cow::Borrowed)
+}
+
 fn with<'a>(l: &Labels<'a>, k: &'static str, v: Cow<'a, str>) -> Labels<'a> {
     let mut l = l.clone();
     l.push((k, v));
@@ -297,10 +305,7 @@ impl Collector for ContainersCollector {
         let mut io = Vec::new();
         for (b, r) in bases.iter().zip(cs) {
             for d in r.stats.io.iter().flatten() {
-                let dev = node.view.device_name(d.major, d.minor).map_or_else(
-                    || Cow::Owned(format!("{}:{}", d.major, d.minor)),
-                    Cow::Borrowed,
-                );
+                let dev = device(&node, d.major, d.minor);
                 let vol = node.volume_of(&dev).map(Cow::Borrowed);
                 let mut l = with(b, "device", dev);
                 if let Some(v) = vol {
@@ -310,6 +315,34 @@ impl Collector for ContainersCollector {
             }
         }
         labelled(e, IO, &io)?;
+
+        // I/O limits (blk-throttle: v1 blkio.throttle.*_device, v2 io.max), only for the
+        // devices a container is limited on: "is this container at its limit" is
+        // rate(container_*_ops_total) against these.
+        let mut limits = Vec::new();
+        for (b, r) in bases.iter().zip(cs) {
+            for l in r.stats.io_limits.iter().flatten() {
+                let l_dev = with(b, "device", device(&node, l.major, l.minor));
+                for (kind, v) in [
+                    ("read_bps", l.read_bps),
+                    ("write_bps", l.write_bps),
+                    ("read_iops", l.read_iops),
+                    ("write_iops", l.write_iops),
+                ] {
+                    if let Some(v) = v {
+                        limits.push((with(&l_dev, "kind", Cow::Borrowed(kind)), v as f64));
+                    }
+                }
+            }
+        }
+        family(
+            e,
+            "container_io_limit",
+            "I/O limit of the container on the device: bytes per second (kind read_bps, write_bps) or operations per second (read_iops, write_iops); only limits that are set.",
+            NONE,
+            MetricType::Gauge,
+            limits.iter().map(|(l, v)| (l.as_slice(), *v)),
+        )?;
 
         let psi: Vec<_> = bases
             .iter()

@@ -8,6 +8,7 @@ use prometheus_client::encoding::DescriptorEncoder;
 use prometheus_client::metrics::MetricType;
 use stallwatch_collector::node::NodeView;
 use stallwatch_collector::proc::diskstats::{DiskStat, SECTOR_BYTES};
+use stallwatch_collector::sample::HostSnapshot;
 use stallwatch_collector::sys::bdi::Bdi;
 
 use super::table::{
@@ -164,6 +165,7 @@ pub fn encode(e: &mut DescriptorEncoder<'_>, view: &NodeView) -> std::fmt::Resul
         })
         .collect();
     labelled(e, BDI, &bdi)?;
+    stalls(e, s)?;
     if let Some(o) = &s.overlays {
         family(
             e,
@@ -172,10 +174,51 @@ pub fn encode(e: &mut DescriptorEncoder<'_>, view: &NodeView) -> std::fmt::Resul
             NONE,
             MetricType::Gauge,
             o.iter()
-                .map(|(d, n)| ([("upper_device", d.as_str())], *n as f64)),
+                .map(|d| ([("upper_device", d.device.as_str())], d.mounts as f64)),
+        )?;
+        family(
+            e,
+            "overlay_volatile_mounts",
+            "Overlay mounts now mounted volatile, by the device holding their upper directory (their unmount syncs nothing).",
+            NONE,
+            MetricType::Gauge,
+            o.iter()
+                .map(|d| ([("upper_device", d.device.as_str())], d.volatile as f64)),
         )?;
     }
     Ok(())
+}
+
+/// "I/O in flight and nothing completing" per exported disk (`collector/src/sample/disk_stall.rs`,
+/// integrated by the host sampler over every device; only exported disks get rows).
+fn stalls(e: &mut DescriptorEncoder<'_>, s: &HostSnapshot) -> std::fmt::Result {
+    let run = |d: &DiskStat| {
+        s.disk_stalls
+            .iter()
+            .find(|x| (x.major, x.minor) == (d.major, d.minor))
+            .map_or(0.0, |x| x.seconds)
+    };
+    family(
+        e,
+        "disk_stalled",
+        "Time the device had I/O in flight and completed none (checked every sampler interval).",
+        SECONDS,
+        MetricType::Counter,
+        s.disks.iter().map(|d| {
+            let total = s.disk_stalled_seconds.get(&(d.major, d.minor));
+            ([("device", d.name.as_str())], total.copied().unwrap_or(0.0))
+        }),
+    )?;
+    family(
+        e,
+        "disk_stall",
+        "How long the device has had I/O in flight and completed none, now; 0 when it is completing or idle.",
+        SECONDS,
+        MetricType::Gauge,
+        s.disks
+            .iter()
+            .map(|d| ([("device", d.name.as_str())], run(d))),
+    )
 }
 
 #[cfg(test)]

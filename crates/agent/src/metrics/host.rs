@@ -10,6 +10,7 @@ use prometheus_client::encoding::DescriptorEncoder;
 use prometheus_client::metrics::MetricType;
 use stallwatch_collector::proc::loadavg::LoadAvg;
 use stallwatch_collector::proc::stat::Stat;
+use stallwatch_collector::proc::sys_kernel::HungTasks;
 use stallwatch_collector::sample::HostSnapshot;
 
 use crate::node::Node;
@@ -101,6 +102,22 @@ pub const LOADAVG: &[Row<LoadAvg>] = &[
     ),
 ];
 
+/// The kernel's hung-task detector (`collector/src/proc/sys_kernel.rs`).
+pub const HUNG: &[Row<HungTasks>] = &[
+    counter(
+        "hung_tasks_detected",
+        "Tasks the kernel found in D longer than hung_task_timeout_secs, counted at every check (hung_task_detect_count, kernel >= 6.13).",
+        NONE,
+        |h| num(h.detect_count),
+    ),
+    gauge(
+        "hung_task_timeout",
+        "Time in D after which the kernel reports a task as hung; 0 when the detector is off (hung_task_timeout_secs).",
+        SECONDS,
+        |h| num(h.timeout_seconds),
+    ),
+];
+
 /// CPU time of all CPUs by mode: one family, a sample per mode, ticks turned into seconds.
 fn cpu(e: &mut DescriptorEncoder<'_>, st: &Stat, clock_ticks: u64) -> std::fmt::Result {
     let Some(cpu) = st.cpu else { return Ok(()) };
@@ -127,6 +144,9 @@ impl Collector for HostCollector {
         rows(e, BLOCKED, s)?;
         if let Some(l) = &s.loadavg {
             rows(e, LOADAVG, l)?;
+        }
+        if let Some(h) = &s.hung_tasks {
+            rows(e, HUNG, h)?;
         }
         pressure::encode_host(e, s)?;
         memory::encode(e, s)?;

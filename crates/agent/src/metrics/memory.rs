@@ -158,6 +158,54 @@ pub const VMSTAT: &[Row<Paged>] = &[
         NONE,
         |p| num(p.vm.oom_kill),
     ),
+    counter(
+        "vm_direct_reclaim_stalls",
+        "Allocations that stalled to reclaim memory themselves, every zone summed (allocstall).",
+        NONE,
+        |p| num(p.vm.allocstall),
+    ),
+    counter(
+        "vm_compaction_stalls",
+        "Allocations that stalled to compact memory themselves (compact_stall).",
+        NONE,
+        |p| num(p.vm.compact_stall),
+    ),
+    counter(
+        "vm_direct_scanned_pages",
+        "Pages scanned by direct reclaim (pgscan_direct).",
+        NONE,
+        |p| num(p.vm.pgscan_direct),
+    ),
+    counter(
+        "vm_direct_reclaimed_pages",
+        "Pages reclaimed by direct reclaim (pgsteal_direct).",
+        NONE,
+        |p| num(p.vm.pgsteal_direct),
+    ),
+    counter(
+        "vm_refaulted_anon_pages",
+        "Evicted anonymous pages faulted back in: thrashing (workingset_refault_anon).",
+        NONE,
+        |p| num(p.vm.workingset_refault_anon),
+    ),
+    counter(
+        "vm_refaulted_file_pages",
+        "Evicted file pages read back in: thrashing (workingset_refault_file).",
+        NONE,
+        |p| num(p.vm.workingset_refault_file),
+    ),
+    counter(
+        "vm_paged_in",
+        "Data read from block devices into memory; the kernel counts KiB (pgpgin).",
+        BYTES,
+        |p| num(p.vm.pgpgin).map(|k| k * 1024.0),
+    ),
+    counter(
+        "vm_paged_out",
+        "Data written from memory to block devices; the kernel counts KiB (pgpgout).",
+        BYTES,
+        |p| num(p.vm.pgpgout).map(|k| k * 1024.0),
+    ),
 ];
 
 /// vmstat keys the parser reads that have no row, and why: they are meminfo's Dirty,
@@ -182,13 +230,13 @@ pub const WRITEBACK: &[Row<HostSnapshot>] = &[
     ),
     counter(
         "writeback_bursts",
-        "Episodes of Writeback above the burst threshold.",
+        "Writeback bursts: Writeback above the burst threshold, or more than it written back between two samples (nr_written).",
         NONE,
         |s| bursts(s).then_some(s.integrals.writeback_bursts as f64),
     ),
     counter(
         "writeback_burst",
-        "Time Writeback was above the burst threshold.",
+        "Time in a writeback burst: Writeback above the burst threshold, or more than it written back in the sample interval.",
         SECONDS,
         |s| bursts(s).then_some(s.integrals.writeback_burst_seconds),
     ),
@@ -201,7 +249,7 @@ pub const WRITEBACK: &[Row<HostSnapshot>] = &[
 ];
 
 fn bursts(s: &HostSnapshot) -> bool {
-    s.meminfo.is_some() && s.burst_threshold_bytes.is_some()
+    (s.meminfo.is_some() || s.vmstat.is_some()) && s.burst_threshold_bytes.is_some()
 }
 
 /// `/proc/sys/vm/dirty_*` (`collector/src/proc/sys_vm.rs`), in base units.
@@ -296,7 +344,8 @@ mod tests {
     }
 
     /// Every key the vmstat parser reads has exactly one row naming it, or is listed in
-    /// `VMSTAT_NOT_EXPORTED`.
+    /// `VMSTAT_NOT_EXPORTED`. Rows in bytes undo their unit: pages (page size 1 here) or, for
+    /// rows whose help says so, KiB.
     #[test]
     fn every_vmstat_key_has_exactly_one_row_or_a_reason() {
         let text: String = vmstat::KEYS
@@ -310,9 +359,13 @@ mod tests {
             page_bytes: 1.0,
         };
         for (i, key) in vmstat::KEYS.iter().enumerate() {
+            let raw = |r: &Row<Paged>| {
+                let kib = r.unit == BYTES && r.help.contains("KiB");
+                (r.get)(&p).map(|v| if kib { v / 1024.0 } else { v })
+            };
             let hits: Vec<&str> = VMSTAT
                 .iter()
-                .filter(|r| (r.get)(&p) == Some((i + 1) as f64))
+                .filter(|r| raw(r) == Some((i + 1) as f64))
                 .map(|r| r.help)
                 .collect();
             if VMSTAT_NOT_EXPORTED.contains(key) {

@@ -21,6 +21,7 @@ pub mod probe;
 pub mod selfmon;
 pub mod table;
 pub mod threads;
+pub mod verdict;
 
 // The helpers for encoders outside this module (`web/stats.rs`).
 pub use table::{family, single, Labels};

@@ -4,30 +4,20 @@
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
-use arc_swap::ArcSwap;
 use axum::extract::State;
 use axum::http::{header, HeaderMap, StatusCode};
-use axum::response::{Html, IntoResponse, Response};
+use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::Router;
-use prometheus_client::registry::Registry;
-use stallwatch_collector::sample::HostConfig;
 use tower_http::compression::CompressionLayer;
 
 use super::auth;
 use super::config::WebConfig;
+pub use super::state::AppState;
 use crate::metrics::exposition::{
     fix_infinities, openmetrics_to_text, wants_openmetrics, OPENMETRICS_CONTENT_TYPE,
     TEXT_CONTENT_TYPE,
 };
-use crate::node::Node;
-
-pub struct AppState {
-    pub registry: Registry,
-    pub telemetry_path: String,
-    pub node: Arc<ArcSwap<Node>>,
-    pub host_config: Arc<ArcSwap<HostConfig>>,
-}
 
 pub fn app(state: Arc<AppState>, web: Option<Arc<WebConfig>>) -> Router {
     let path = if state.telemetry_path.starts_with('/') {
@@ -38,7 +28,8 @@ pub fn app(state: Arc<AppState>, web: Option<Arc<WebConfig>>) -> Router {
     let mut router = Router::new()
         .route(&path, get(metrics))
         .route("/healthz", get(healthz))
-        .route("/", get(index))
+        .route("/", get(super::page::index))
+        .merge(super::api::routes())
         .with_state(state)
         .layer(CompressionLayer::new());
     if let Some(web) = web {
@@ -117,26 +108,14 @@ async fn healthz(State(st): State<Arc<AppState>>) -> Response {
     (code, head + &restarts).into_response()
 }
 
-async fn index(State(st): State<Arc<AppState>>) -> Html<String> {
-    Html(format!(
-        "<!doctype html>\n<html><head><title>stallwatch</title></head><body>\n\
-         <h1>stallwatch {}</h1>\n<p>Is this node stalled on I/O, who is stuck, and why.</p>\n\
-         <ul><li><a href=\"{p}\">{p}</a></li><li><a href=\"/healthz\">/healthz</a></li></ul>\n</body></html>\n",
-        env!("CARGO_PKG_VERSION"),
-        p = html_escape(&st.telemetry_path)
-    ))
-}
-
-fn html_escape(s: &str) -> String {
-    s.replace('&', "&amp;")
-        .replace('<', "&lt;")
-        .replace('>', "&gt;")
-        .replace('"', "&quot;")
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use arc_swap::ArcSwap;
+    use prometheus_client::registry::Registry;
+    use stallwatch_collector::sample::HostConfig;
+
+    use crate::node::Node;
     use axum::body::Body;
     use axum::http::Request;
     use tower::ServiceExt;
@@ -163,6 +142,7 @@ mod tests {
             telemetry_path: "/metrics".into(),
             node,
             host_config: Arc::new(ArcSwap::from_pointee(HostConfig::default())),
+            analysis: crate::recorder::Analysis::new(Default::default(), Default::default()),
         })
     }
 
@@ -291,11 +271,34 @@ mod tests {
         };
         let (st, _, _) = get(app(state(old), None), "/healthz", &[]).await;
         assert_eq!(st, StatusCode::SERVICE_UNAVAILABLE);
-        let (st, _, body) = get(app(state(sample_snapshot()), None), "/", &[]).await;
+        // `/`: the node page for browsers, a plain-text index for curl.
+        let (st, h, body) = get(
+            app(state(sample_snapshot()), None),
+            "/",
+            &[("accept", "text/html,application/xhtml+xml,*/*;q=0.8")],
+        )
+        .await;
         assert_eq!(st, StatusCode::OK);
-        assert!(String::from_utf8(body)
+        assert_eq!(h[header::CONTENT_TYPE], "text/html; charset=utf-8");
+        assert!(h[header::CONTENT_SECURITY_POLICY]
+            .to_str()
             .unwrap()
-            .contains("href=\"/metrics\""));
+            .starts_with("default-src 'none'; script-src 'sha256-"));
+        assert_eq!(String::from_utf8(body).unwrap(), super::super::page::page());
+        let (st, h, body) = get(
+            app(state(sample_snapshot()), None),
+            "/",
+            &[("accept", "*/*")],
+        )
+        .await;
+        assert_eq!(st, StatusCode::OK);
+        assert_eq!(h[header::CONTENT_TYPE], "text/plain; charset=utf-8");
+        assert_eq!(h[header::VARY], "Accept");
+        let body = String::from_utf8(body).unwrap();
+        assert!(
+            body.contains("/metrics ") && body.contains("/api/v1/verdict"),
+            "{body}"
+        );
         let (st, _, _) = get(app(state(sample_snapshot()), None), "/nope", &[]).await;
         assert_eq!(st, StatusCode::NOT_FOUND);
     }

@@ -9,6 +9,7 @@ use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
+use cgroups_rs::fs::blkio::BlkIoController;
 use cgroups_rs::fs::hierarchies::V1;
 use cgroups_rs::fs::Cgroup;
 use cgroups_rs::CgroupPid;
@@ -141,6 +142,14 @@ fn real_container_cgroups_are_found_labelled_counted_and_gone_after_rmdir() {
         &format!("kubepods/burstable/pod{uid}/{pod_id}"),
         "exec sleep 600",
     );
+    // blk-throttle limits on the disk under the target dir (issue 14: which container is at
+    // its limit); they go with the cgroup.
+    let (disk, mm) = crate::docker::disk_of(dir.path());
+    let (ma, mi) = mm.split_once(':').unwrap();
+    let (ma, mi): (u64, u64) = (ma.parse().unwrap(), mi.parse().unwrap());
+    let blkio: &BlkIoController = docker.cg.as_ref().unwrap().controller_of().unwrap();
+    blkio.throttle_write_iops_for_device(ma, mi, 300).unwrap();
+    blkio.throttle_read_bps_for_device(ma, mi, 1 << 20).unwrap();
 
     let cfg = dir.path().join("cfg.toml");
     write(&cfg, "[containers]\ninterval = \"1s\"\n");
@@ -180,6 +189,23 @@ fn real_container_cgroups_are_found_labelled_counted_and_gone_after_rmdir() {
     );
     assert!(m.get("stallwatch_containers{runtime=\"docker\"}").unwrap() >= 1.0);
     assert!(m.get("stallwatch_container_starts_total").unwrap() >= 2.0);
+    let limit = |kind: &str| {
+        m.get(&format!(
+            "stallwatch_container_io_limit{{{d},device=\"{disk}\",kind=\"{kind}\"}}"
+        ))
+    };
+    assert_eq!(limit("write_iops"), Some(300.0), "{}", m.text);
+    assert_eq!(limit("read_bps"), Some(1048576.0));
+    assert_eq!(
+        limit("write_bps"),
+        None,
+        "no row for a kind without a limit"
+    );
+    assert!(
+        !m.text
+            .contains(&format!("stallwatch_container_io_limit{{{p}")),
+        "no rows for a container without limits"
+    );
     // PSI comes from the unified directory of the same path.
     assert!(m.get(&format!("stallwatch_container_pressure_stall_seconds_total{{{d},resource=\"cpu\",kind=\"some\"}}")).is_some(), "{}", m.text);
 

@@ -343,7 +343,7 @@ fn read_num(path: &str) -> f64 {
 
 /// The whole disk under `path` as (name, "major:minor"): blk-throttle limits apply to whole
 /// disks, so a partition is mapped to its parent.
-fn disk_of(path: &Path) -> (String, String) {
+pub fn disk_of(path: &Path) -> (String, String) {
     use std::os::unix::fs::MetadataExt;
     let dev = std::fs::metadata(path).unwrap().dev();
     let (ma, mi) = (libc::major(dev), libc::minor(dev));
@@ -500,6 +500,13 @@ fn real_docker_containers_match_docker_stats() {
         .trim()
         .parse()
         .unwrap();
+    // Its --device-write-iops limit, as the agent exports it (issue 14: a container at its
+    // limit).
+    let limit = m.series.iter().find(|(k, _)| {
+        k.starts_with(&format!("stallwatch_container_io_limit{{{i},device="))
+            && k.ends_with(",kind=\"write_iops\"}")
+    });
+    assert_eq!(limit.map(|(_, v)| *v), Some(20.0), "{}", m.text);
     let agent_writes = io_writes(&m).unwrap();
     assert!(
         agent_writes <= kernel_writes,

@@ -131,6 +131,10 @@ fn fixture_node(
         io_full,
         salt,
     );
+    if io_full > 0.0 {
+        // The verdict reads the PSI totals' rate: keep them growing.
+        root.keep_io_stalled(0.9, io_full / 100.0);
+    }
     let cfg = agent_config(
         dir,
         name,
@@ -146,8 +150,9 @@ fn fleet_prometheus_agents_remote_write_into_victoriametrics_and_every_fleet_que
     let tmp = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).unwrap();
     let aws = Aws::start();
 
-    // A: stalled on I/O (PSI io full avg10 25 %), 50 containers; B: 20 containers. Both have
-    // threads in D (the fixture's 31 groups), so they turn "dstate" after 30 s too.
+    // A: stalled on I/O (PSI io some 90 %, full 25 % of each second: the agent's verdict says
+    // disk_saturated, its D threads waiting with no device at its limit), 50 containers;
+    // B: 20 containers.
     let (a, zone_a) = fixture_node(&aws, tmp.path(), "a", 40.0, (50, 400, 25.0), 1);
     let (b, zone_b) = fixture_node(&aws, tmp.path(), "b", 12.0, (20, 300, 0.0), 2);
     // C: this host, the instance configured (no IMDS discovery: no instance type).
@@ -192,7 +197,7 @@ fn fleet_prometheus_agents_remote_write_into_victoriametrics_and_every_fleet_que
     // The store has all three nodes, the fleet rules' outputs (the daily ones from a minute
     // boundary on) and a minute of scrapes: (timeout, what, query, at least).
     let io_a = format!(
-        "instance:stallwatch_stall_cause:active{{cause=\"io_pressure\",instance=\"{}\"}}",
+        "instance:stallwatch_stall_cause:active{{cause=\"disk_saturated\",instance=\"{}\"}}",
         a.agent.addr
     );
     for (secs, what, expr, least) in [
@@ -210,7 +215,7 @@ fn fleet_prometheus_agents_remote_write_into_victoriametrics_and_every_fleet_que
         ),
         (
             90,
-            "node A stalled by the io-full threshold",
+            "node A stalled on I/O by the agent's verdict",
             io_a.as_str(),
             1.0,
         ),

@@ -26,6 +26,18 @@ const VOLATILE: &[&str] = &[
     "stallwatch_procs_blocked_seconds_total",
     "stallwatch_dirty_over_background_seconds_total",
     "stallwatch_writeback_burst_seconds_total",
+    // a fixture's diskstats never move: a device with I/O in flight there (vda, 3) is stalled
+    // from the second tick on, and how long depends on when the scrape comes
+    "stallwatch_disk_stalled_seconds_total",
+    "stallwatch_disk_stall_seconds",
+    // ... and so the verdict says disk_stalled from the tick its run reaches `stall_after`
+    // (2 s) on; the scrape comes after the first tick, or later on a loaded machine
+    "stallwatch_stalled",
+    "stallwatch_verdict",
+    "stallwatch_verdict_seconds_total",
+    // one per host tick, and their CPU
+    "stallwatch_verdict_evaluations_total",
+    "stallwatch_verdict_cpu_seconds_total",
 ];
 
 pub fn stable(text: &str) -> String {

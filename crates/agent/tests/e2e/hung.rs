@@ -54,6 +54,8 @@ pub struct HungDisk {
     ext4_mounted: bool,
     fuse_mounted: bool,
     stopped: Cell<bool>,
+    /// When `hang` sent SIGSTOP (the stall's start, for time-to-detect checks).
+    stopped_at: Cell<Option<Instant>>,
     /// Processes that may be waiting on the hung disk: killed and reaped after `SIGCONT`.
     stragglers: RefCell<Vec<Child>>,
 }
@@ -89,6 +91,7 @@ impl HungDisk {
             ext4_mounted: false,
             fuse_mounted: false,
             stopped: Cell::new(false),
+            stopped_at: Cell::new(None),
             stragglers: RefCell::new(Vec::new()),
         };
         let base = rig.base().to_path_buf();
@@ -261,6 +264,7 @@ impl HungDisk {
         // Nothing of ours left to write back: a global sync elsewhere need not wait on us.
         run(self.command(Path::new("sync")).arg("-f").arg(&self.mnt));
         self.signal_daemon(libc::SIGSTOP);
+        self.stopped_at.set(Some(Instant::now()));
         self.stopped.set(true);
         let mut canary = self.command(Path::new("dd"));
         canary
@@ -284,6 +288,11 @@ impl HungDisk {
             waiting && state == Some('D'),
             "the rig is not hung: a direct write returned or is not in D (state {state:?})"
         );
+    }
+
+    /// When the last [`HungDisk::hang`] stopped the daemon.
+    pub fn stopped_at(&self) -> Option<Instant> {
+        self.stopped_at.get()
     }
 
     /// Lets the daemon answer again; everything waiting finishes.

@@ -291,6 +291,8 @@ fn rules_unit_tests_fail_when_a_threshold_moves() {
         ("dstate_pileup_for=10m", "StallwatchDStatePileup"),
         ("probe_hung_seconds=600", "StallwatchProbeHung"),
         ("ebs_burst_low_percent=5", "StallwatchEBSBurstCreditsLow"),
+        ("ebs_headroom_low_ratio=0.01", "StallwatchEBSVolumeAtLimit"),
+        ("ebs_volume_impaired_for=10m", "StallwatchEBSVolumeImpaired"),
         (
             "burst_balance_stale_seconds=100",
             "StallwatchBurstBalanceStale",

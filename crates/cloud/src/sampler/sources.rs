@@ -3,7 +3,6 @@
 //! plan of the next poll, the NVMe devices to read). The calls themselves are in
 //! [`crate::calls`].
 
-use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -14,11 +13,11 @@ use stallwatch_collector::ErrorKind;
 use tokio::runtime::Handle;
 use tokio::sync::watch;
 
-use crate::calls::{self, Clients, Discovery, Pages, Ran};
+use crate::calls::{self, Clients, Describe, Discovery, Pages, Ran};
+use crate::cloudwatch::Points;
 use crate::config::CloudConfig;
 use crate::devices::BlockDevice;
-use crate::ec2::Volume;
-use crate::snapshot::BalancePoint;
+use crate::persist::Saver;
 use crate::state::{Failure, PollPlan};
 
 /// The cloud sources (the `source` label).
@@ -53,12 +52,12 @@ pub enum Reading {
     Discovered(Discovery),
     Described {
         disks: Result<Vec<BlockDevice>, (ErrorKind, String)>,
-        /// `None`: no DescribeVolumes (cloud features off, or not on EC2).
-        volumes: Option<Result<Vec<Volume>, Failure>>,
+        /// `None`: no EC2 calls (cloud features off, or not on EC2).
+        describe: Option<Describe>,
     },
     Polled {
         plan: PollPlan,
-        points: Result<BTreeMap<usize, BalancePoint>, Failure>,
+        points: Result<Points, Failure>,
         /// Metrics requested by the calls sent (what CloudWatch bills).
         requested: usize,
     },
@@ -91,6 +90,10 @@ pub(super) struct Shared {
     /// when it schedules, read by the reader when the driver asks it.
     pub(super) plan: ArcSwap<PollPlan>,
     pub(super) nvme_targets: ArcSwap<Vec<(String, PathBuf)>>,
+    /// The instance type whose EBS limits the next describe asks, if any.
+    pub(super) instance_type: ArcSwap<Option<String>>,
+    /// The credit model's state file (`None`: not kept).
+    pub(super) saver: Option<Saver>,
     /// The model has a volume to follow: host publishes should wake this driver.
     pub(super) follow: AtomicBool,
 }
@@ -123,18 +126,26 @@ impl Shared {
             }
             (CloudSource::Describe, mode) => {
                 let disks = calls::scan_disks(&self.sysfs);
-                let volumes = match mode {
+                let describe = match mode {
                     Mode::Found(c) => {
                         let deadline = cfg.call_deadline();
-                        Some(match self.run(deadline, calls::describe(Arc::clone(c))) {
-                            Ran::Done(v) => v,
-                            Ran::TimedOut => Err(calls::late("DescribeVolumes", deadline)),
-                            Ran::Stopped => return Reading::Nothing,
-                        })
+                        let ty = Option::clone(&self.instance_type.load());
+                        Some(
+                            match self.run(deadline, calls::describe(Arc::clone(c), ty)) {
+                                Ran::Done(d) => d,
+                                Ran::TimedOut => Describe {
+                                    volumes: Err(calls::late("DescribeVolumes", deadline)),
+                                    status: None,
+                                    modifications: None,
+                                    instance_type: None,
+                                },
+                                Ran::Stopped => return Reading::Nothing,
+                            },
+                        )
                     }
                     _ => None,
                 };
-                Reading::Described { disks, volumes }
+                Reading::Described { disks, describe }
             }
             (CloudSource::Poll, Mode::Found(c)) => {
                 let plan = self.plan.load_full();

@@ -16,7 +16,10 @@ use stallwatch_collector::sys::block::Disk;
 use super::*;
 use crate::calls::tests::runtime;
 use crate::config::VolumeOverride;
+use crate::ec2::Volume;
 use crate::model::GP2_BUCKET_CREDITS;
+use crate::snapshot::BalancePoint;
+use stallwatch_collector::ErrorKind;
 
 const DEVICE: &str = "loop7";
 const VOLUME: &str = "vol-0model";
@@ -36,7 +39,7 @@ fn anchored_state(c: &CloudConfig) -> State {
         percent: 50.0,
         timestamp: unix_now() - 60.0,
     };
-    s.on_poll(&plan, Ok(BTreeMap::from([(0, point)])), unix_now())
+    s.on_poll(&plan, Ok(BTreeMap::from([(0, vec![point])])), unix_now())
         .expect("anchored");
     s
 }
@@ -126,7 +129,9 @@ fn a_published_reading_is_fed_once_at_its_own_time() {
         mode: ArcSwap::from_pointee(Mode::DisksOnly),
         plan: ArcSwap::from_pointee(PollPlan::default()),
         nvme_targets: ArcSwap::from_pointee(Vec::new()),
+        instance_type: ArcSwap::from_pointee(None),
         follow: AtomicBool::new(false),
+        saver: None,
     });
     let mut cloud = Cloud::new(Arc::clone(&shared), Arc::clone(&host), anchored_state(&c));
     let mut publish = || driver::Sampler::publish(&mut cloud, &[], Instant::now(), &c);
@@ -182,7 +187,9 @@ fn the_model_follows_each_host_publish_at_once_not_on_its_own_timer() {
         for (secs, ops) in [(0, 0), (1, 0)] {
             let at = t0 + Duration::from_secs(secs);
             let at_unix = state::unix_time_of(at, Instant::now(), unix_now());
-            assert!(s.on_disk_counters(&reading(at, ops).all_disks, at, at_unix));
+            assert!(s
+                .on_disk_counters(&reading(at, ops).all_disks, at, at_unix)
+                .is_some());
         }
         s
     };
@@ -282,6 +289,7 @@ fn a_hung_nvme_pass_is_stuck_alone_and_its_late_answer_is_applied() {
         describe_interval: Duration::from_millis(200),
         model_interval: Duration::from_millis(50),
         dev_dir: dev.path().to_path_buf(),
+        state_file: None,
         ..CloudConfig::default()
     };
     let rt = runtime();
@@ -349,6 +357,7 @@ fn a_stop_drops_the_call_in_flight() {
         enabled: Enabled::On,
         imds_endpoint: Some(format!("http://{}", imds.local_addr().expect("addr"))),
         imds_timeout: Duration::from_secs(30),
+        state_file: None,
         ..CloudConfig::default()
     };
     let rt = runtime();

@@ -1,7 +1,8 @@
 //! Each decision of the cloud state, on values: device mapping, buckets, call counting, describe
 //! backoff, the credit model fed by disk readings, NVMe pages, the snapshot. What to poll and
-//! when (backoff, fast polling while low) is in `tests/poll.rs`; when each call is due on the
-//! driver, in `tests/schedule.rs`.
+//! when (backoff, fast polling, the checks) is in `tests/poll.rs`; when each call is due on the
+//! driver, in `tests/schedule.rs`; headroom, volume status, modifications and instance limits in
+//! `tests/ebs.rs`; a start without CloudWatch (new volume, restore) in `tests/start.rs`.
 
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -11,12 +12,15 @@ use stallwatch_collector::proc::diskstats::DiskStat;
 use stallwatch_collector::sys::block::Disk;
 
 use super::*;
+use crate::cloudwatch::Points;
 use crate::config::VolumeOverride;
 use crate::model::GP2_BUCKET_CREDITS;
 use crate::nvme::{Bin, Histogram, Source, Stats};
 
+mod ebs;
 mod poll;
 mod schedule;
+mod start;
 
 const T0: f64 = 1_700_000_000.0;
 const S: fn(u64) -> Duration = Duration::from_secs;
@@ -58,8 +62,10 @@ fn disk(name: &str, ops: u64, bytes: u64) -> Disk {
     }
 }
 
+/// The checks are off unless a test is about them: they add 3 series per volume to every plan.
 fn cfg() -> CloudConfig {
     CloudConfig {
+        checks: false,
         retry_min: S(10),
         describe_interval: S(300),
         poll_interval: S(300),
@@ -101,9 +107,22 @@ fn on_instance(s: &mut State, instance_type: &str) {
     });
 }
 
+/// A state on an instance of `instance_type` with `vols` described (no disks).
+fn described(instance_type: &str, vols: Vec<Volume>, c: &CloudConfig) -> State {
+    let mut s = State::default();
+    on_instance(&mut s, instance_type);
+    describe(&mut s, vec![], vols, c);
+    s
+}
+
 fn describe(s: &mut State, disks: Vec<BlockDevice>, vols: Vec<Volume>, c: &CloudConfig) {
     let d = s.on_describe(Some(disks), Ok(vols), c, T0);
     assert!(!matches!(d, Described::Failed { .. }));
+}
+
+/// One point per series, by index.
+fn pts(m: BTreeMap<usize, BalancePoint>) -> Points {
+    m.into_iter().map(|(i, p)| (i, vec![p])).collect()
 }
 
 /// Polls the state's own plan and answers `points` by volume id.
@@ -112,11 +131,16 @@ fn poll(s: &mut State, c: &CloudConfig, points: &[(&str, BalancePoint)]) -> Vec<
     let answer: BTreeMap<usize, BalancePoint> = points
         .iter()
         .map(|(v, p)| {
-            let i = plan.volumes.iter().position(|x| x == v).expect("asked");
+            let i = plan
+                .targets
+                .iter()
+                .position(|x| *x == Target::Burst(v.to_string()))
+                .expect("asked");
             (i, *p)
         })
         .collect();
-    s.on_poll(&plan, Ok(answer), T0).expect("a successful poll")
+    s.on_poll(&plan, Ok(pts(answer)), T0)
+        .expect("a successful poll")
 }
 
 /// Equal up to float rounding (percent → credits → percent).
@@ -198,9 +222,19 @@ fn buckets_follow_the_volumes_type_and_size() {
     let c = cfg();
     let vols = vec![vol("vol-a", "gp2", 100), vol("vol-b", "gp3", 100)];
     describe(&mut s, vec![], vols.clone(), &c);
-    assert_eq!(s.poll_plan(&c).volumes, ["vol-a"]);
+    assert_eq!(s.poll_plan(&c).volumes(), ["vol-a"]);
     let anchored = poll(&mut s, &c, &[("vol-a", point(40.0, T0 - 120.0))]);
-    assert!(matches!(anchored[..], [(_, _, Some(_))]), "{anchored:?}");
+    assert!(
+        matches!(
+            anchored[..],
+            [Anchored {
+                result: Some(_),
+                first: true,
+                ..
+            }]
+        ),
+        "{anchored:?}"
+    );
     let snap = s.snapshot(&c, T0);
     assert!(approx(volume(&snap, "vol-a").estimate_percent, 40.0));
     assert_eq!(
@@ -215,10 +249,17 @@ fn buckets_follow_the_volumes_type_and_size() {
         volume(&s.snapshot(&c, T0), "vol-a").estimate_percent,
         40.0
     ));
-    // Resized: a new bucket, unanchored, so no estimate until the next point.
+    // gp2 resized in place: the bucket (5.4 M at any size) and its credits stay.
     describe(&mut s, vec![], vec![vol("vol-a", "gp2", 200)], &c);
+    assert!(approx(
+        volume(&s.snapshot(&c, T0), "vol-a").estimate_percent,
+        40.0
+    ));
+    // Modified into st1: another bucket, level unknown until CloudWatch says.
+    describe(&mut s, vec![], vec![vol("vol-a", "st1", 500)], &c);
     assert_eq!(volume(&s.snapshot(&c, T0), "vol-a").estimate_percent, None);
     // Detached and attached again: no bucket survives the gap.
+    describe(&mut s, vec![], vec![vol("vol-a", "gp2", 200)], &c);
     poll(&mut s, &c, &[("vol-a", point(50.0, T0 - 60.0))]);
     describe(&mut s, vec![], vec![], &c);
     describe(&mut s, vec![], vec![vol("vol-a", "gp2", 200)], &c);
@@ -312,26 +353,38 @@ fn disk_readings_advance_the_model_once_at_their_own_time() {
     let at0 = Instant::now();
     // A device's first reading gives its counters, the second starts the bucket's clock: no
     // interval, nothing spent or earned yet.
-    assert!(s.on_disk_counters(&[disk("loop7", 0, 0)], at0, T0 - 1.0));
-    assert!(s.on_disk_counters(&[disk("loop7", 1000, 0), disk("sda", 9, 0)], at0 + S(1), T0));
+    assert!(s
+        .on_disk_counters(&[disk("loop7", 0, 0)], at0, T0 - 1.0)
+        .is_some());
+    assert!(s
+        .on_disk_counters(&[disk("loop7", 1000, 0), disk("sda", 9, 0)], at0 + S(1), T0)
+        .is_some());
     assert!(near(credits(&s), half));
     // One second later: 1,300 I/Os against 300 earned. Other devices cost this volume nothing.
     let r1 = [disk("loop7", 2300, 0), disk("sda", 1_000_000, 0)];
-    assert!(s.on_disk_counters(&r1, at0 + S(2), T0 + 1.0));
+    assert!(s.on_disk_counters(&r1, at0 + S(2), T0 + 1.0).is_some());
     assert!(near(credits(&s), half - 1000.0));
     // The same reading seen again (the host sampler has not published since), or an older
     // one: nothing moves.
-    assert!(!s.on_disk_counters(&r1, at0 + S(2), T0 + 1.0));
-    assert!(!s.on_disk_counters(&[disk("loop7", 9_999_999, 0)], at0 + S(1), T0));
+    assert!(s.on_disk_counters(&r1, at0 + S(2), T0 + 1.0).is_none());
+    assert!(s
+        .on_disk_counters(&[disk("loop7", 9_999_999, 0)], at0 + S(1), T0)
+        .is_none());
     assert!(near(credits(&s), half - 1000.0));
     // A reading's own time counts, not when it is looked at: idle for 10 s earns 3,000.
-    assert!(s.on_disk_counters(&[disk("loop7", 2300, 0)], at0 + S(12), T0 + 11.0));
+    assert!(s
+        .on_disk_counters(&[disk("loop7", 2300, 0)], at0 + S(12), T0 + 11.0)
+        .is_some());
     assert!(near(credits(&s), half + 2000.0));
     // Large I/O counts in 256 KiB units: 10 ops of 1 MiB are 40 credits.
-    assert!(s.on_disk_counters(&[disk("loop7", 2310, 10 << 20)], at0 + S(13), T0 + 12.0));
+    assert!(s
+        .on_disk_counters(&[disk("loop7", 2310, 10 << 20)], at0 + S(13), T0 + 12.0)
+        .is_some());
     assert!(near(credits(&s), half + 2000.0 + 300.0 - 40.0));
     // Counters that went back (the device was re-created) cost nothing.
-    assert!(s.on_disk_counters(&[disk("loop7", 5, 0)], at0 + S(14), T0 + 13.0));
+    assert!(s
+        .on_disk_counters(&[disk("loop7", 5, 0)], at0 + S(14), T0 + 13.0)
+        .is_some());
     assert!(near(credits(&s), half + 2000.0 + 260.0 + 300.0));
 }
 
@@ -341,8 +394,12 @@ fn unmapped_devices_and_volumes_without_buckets_are_left_alone() {
     let c = cfg_mapping("loop8", "vol-b");
     describe(&mut s, vec![], vec![vol("vol-b", "gp3", 100)], &c);
     let at0 = Instant::now();
-    assert!(s.on_disk_counters(&[disk("loop8", 1, 0)], at0, T0));
-    assert!(s.on_disk_counters(&[disk("loop8", 100_000, 0)], at0 + S(2), T0 + 1.0));
+    assert!(s
+        .on_disk_counters(&[disk("loop8", 1, 0)], at0, T0)
+        .is_some());
+    assert!(s
+        .on_disk_counters(&[disk("loop8", 100_000, 0)], at0 + S(2), T0 + 1.0)
+        .is_some());
     assert_eq!(volume(&s.snapshot(&c, T0), "vol-b").estimate_percent, None);
 }
 
@@ -444,12 +501,12 @@ fn the_snapshot_leaves_stale_points_out_and_computes_sizes_and_baselines() {
         &c,
     );
     let plan = s.poll_plan(&c); // vol-a, vol-c, EBSIOBalance%, EBSByteBalance%
-    let answer = BTreeMap::from([
+    let answer = pts(BTreeMap::from([
         (0, point(80.0, T0 - 599.0)),
         (1, point(60.0, T0 - 601.0)),
         (2, point(90.0, T0 - 601.0)),
         (3, point(70.0, T0 - 30.0)),
-    ]);
+    ]));
     s.on_poll(&plan, Ok(answer), T0).expect("ok");
     let snap = s.snapshot(&c, T0);
     assert!(snap.enabled);

@@ -89,6 +89,9 @@ impl EpisodeState {
                 wchan: r.wchan.as_ref().map(|w| w.to_string()),
                 cgroup: r.place.cgroup.clone(),
                 container: r.place.container.clone(),
+                // Episodes still running have no stack yet: the source sends one when an
+                // episode ends past `bpf.long_episode` (the long episodes' stacks).
+                stack: None,
             })
             .collect();
         self.in_flight = running

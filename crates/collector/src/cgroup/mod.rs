@@ -74,6 +74,33 @@ pub struct DeviceIo {
     pub write_ops: u64,
 }
 
+/// A container's I/O limits on one device (v1 `blkio.throttle.{read,write}_{bps,iops}_device`,
+/// v2 `io.max`): what blk-throttle holds it to. `None`: no limit of that kind. Only devices
+/// with at least one limit are listed.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, PartialOrd, Ord)]
+pub struct IoLimit {
+    pub major: u32,
+    pub minor: u32,
+    /// Bytes per second read.
+    pub read_bps: Option<u64>,
+    /// Bytes per second written.
+    pub write_bps: Option<u64>,
+    /// Read operations per second.
+    pub read_iops: Option<u64>,
+    /// Write operations per second.
+    pub write_iops: Option<u64>,
+}
+
+impl IoLimit {
+    /// Whether any limit is set.
+    pub fn any(&self) -> bool {
+        self.read_bps.is_some()
+            || self.write_bps.is_some()
+            || self.read_iops.is_some()
+            || self.write_iops.is_some()
+    }
+}
+
 /// A failed read of one file, kept (cloneable) with the stats for the sampler to count and log.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct StatError {
@@ -97,6 +124,10 @@ pub struct ContainerStats {
     pub memory: MemoryStats,
     /// Per device, sorted by (major, minor); `None` when no blkio/io file exists.
     pub io: Option<Vec<DeviceIo>>,
+    /// I/O limits per limited device, sorted by (major, minor); `None` when no limit file
+    /// exists (no blkio/io controller, or a kernel without blk-throttle), `Some(empty)` when
+    /// the container has no limit.
+    pub io_limits: Option<Vec<IoLimit>>,
     /// PSI of the cgroup, indexed like [`crate::proc::pressure::Resource::CGROUP`] (v2 only).
     pub pressure: [Option<Pressure>; 3],
     /// Tasks in the cgroup (`pids.current`).
@@ -137,7 +168,7 @@ impl ContainerStats {
             major_faults,
             oom_kills
         );
-        fill!(self, other, io, pids, first_pid);
+        fill!(self, other, io, io_limits, pids, first_pid);
         for (a, b) in self.pressure.iter_mut().zip(other.pressure) {
             if a.is_none() {
                 *a = b;

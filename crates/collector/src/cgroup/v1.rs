@@ -11,6 +11,8 @@
 //! memory.oom_control  oom_kill_disable 0 / under_oom 0 / oom_kill 0
 //! blkio.throttle.io_service_bytes   254:0 Read 409600 / 254:0 Write 409600 / … / Total 819200
 //! blkio.throttle.io_serviced        254:0 Read 100 / 254:0 Write 100 / … / Total 200
+//! blkio.throttle.read_bps_device    7:0 1048576     (one line per limited device; empty
+//! blkio.throttle.write_iops_device  7:0 300          when none: writing 0 removes a line)
 //! pids.current        1
 //! ```
 //! `memory.stat`: the `total_*` keys include descendant cgroups (and equal the plain keys for
@@ -29,7 +31,9 @@ use std::collections::BTreeMap;
 use std::path::Path;
 
 use crate::cgroup::discover::Layout;
-use crate::cgroup::{join, parse_dev, parse_keyed, parse_single_u64, ContainerStats, DeviceIo};
+use crate::cgroup::{
+    join, parse_dev, parse_keyed, parse_single_u64, ContainerStats, DeviceIo, IoLimit,
+};
 use crate::error::{parse_u64, ParseError};
 
 /// `cpuacct.stat`, in USER_HZ ticks.
@@ -163,6 +167,55 @@ pub fn parse_blkio(text: &str) -> Result<ReadWrite, ParseError> {
     Ok(out)
 }
 
+/// One throttle file: ((major, minor), limit) per limited device.
+pub type Throttle = Vec<((u32, u32), u64)>;
+
+/// `blkio.throttle.{read,write}_{bps,iops}_device`: `maj:min value` per limited device.
+pub fn parse_throttle(text: &str) -> Result<Throttle, ParseError> {
+    let mut out = Vec::new();
+    for (i, line) in text.lines().enumerate() {
+        let n = i + 1;
+        let f: Vec<&str> = line.split_ascii_whitespace().collect();
+        match f.as_slice() {
+            [] => {}
+            [dev, v] => out.push((parse_dev(dev, n)?, parse_u64(v, n, "limit")?)),
+            _ => {
+                return Err(ParseError::new(
+                    n,
+                    format!("expected `maj:min value`, got {line:?}"),
+                ))
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// The four throttle files (read bps, write bps, read iops, write iops; `None` where a file
+/// is absent) as one limit per device; `None` when all four are absent.
+pub fn io_limits(files: [Option<Throttle>; 4]) -> Option<Vec<IoLimit>> {
+    if files.iter().all(Option::is_none) {
+        return None;
+    }
+    let mut by_dev: BTreeMap<(u32, u32), IoLimit> = BTreeMap::new();
+    for (k, f) in files.into_iter().enumerate() {
+        for ((major, minor), v) in f.into_iter().flatten() {
+            let l = by_dev.entry((major, minor)).or_insert(IoLimit {
+                major,
+                minor,
+                ..IoLimit::default()
+            });
+            let slot = match k {
+                0 => &mut l.read_bps,
+                1 => &mut l.write_bps,
+                2 => &mut l.read_iops,
+                _ => &mut l.write_iops,
+            };
+            *slot = (v > 0).then_some(v);
+        }
+    }
+    Some(by_dev.into_values().filter(IoLimit::any).collect())
+}
+
 /// Joins the bytes and ops files into per-device rows.
 pub fn device_io(bytes: &ReadWrite, ops: &ReadWrite) -> Vec<DeviceIo> {
     let mut devs: Vec<(u32, u32)> = bytes.keys().chain(ops.keys()).copied().collect();
@@ -234,6 +287,19 @@ pub fn read_with_ticks(layout: &Layout, path: &str, user_hz: u64) -> ContainerSt
         if let (Some(b), Some(o)) = (bytes, ops) {
             s.io = Some(device_io(&b, &o));
         }
+        let mut limit = |f: &str| {
+            super::read_file(
+                &d.join(format!("blkio.throttle.{f}_device")),
+                parse_throttle,
+                e,
+            )
+        };
+        s.io_limits = io_limits([
+            limit("read_bps"),
+            limit("write_bps"),
+            limit("read_iops"),
+            limit("write_iops"),
+        ]);
     }
     if let Some(d) = dir("pids") {
         s.pids = super::read_file(&d.join("pids.current"), parse_single_u64, e);
@@ -394,6 +460,29 @@ Total 200
     }
 
     #[test]
+    fn throttle_limits_debian12_6_18_joined_per_device() {
+        // As this machine shows them after `echo "7:0 1048576" > read_bps_device`, etc.
+        let f = |t: &str| Some(parse_throttle(t).unwrap());
+        let l = io_limits([
+            f("7:0 1048576\n"),
+            f("254:0 2097152\n"),
+            f(""),
+            f("7:0 300\n"),
+        ]);
+        let l = l.unwrap();
+        assert_eq!(l.len(), 2);
+        assert_eq!(
+            (l[0].major, l[0].read_bps, l[0].write_iops, l[0].write_bps),
+            (7, Some(1048576), Some(300), None)
+        );
+        assert_eq!((l[1].major, l[1].write_bps), (254, Some(2097152)));
+        assert_eq!(io_limits([f(""), f(""), f(""), f("")]), Some(vec![]));
+        assert_eq!(io_limits([None, None, None, None]), None, "no blk-throttle");
+        assert_eq!(parse_throttle("8:0 1\n8:0\n").unwrap_err().line, 2);
+        assert!(parse_throttle("8:0 -5\n").is_err());
+    }
+
+    #[test]
     fn garbage_is_an_error_with_its_line() {
         assert_eq!(parse_blkio("8:0 Read 1\n8:0 Read\n").unwrap_err().line, 2);
         assert_eq!(parse_blkio("8-0 Read 1\n").unwrap_err().line, 1);
@@ -452,6 +541,11 @@ Total 200
             &format!("blkio/{id}/blkio.throttle.io_serviced"),
             "garbage\n",
         );
+        write(
+            r,
+            &format!("blkio/{id}/blkio.throttle.write_iops_device"),
+            "254:0 300\n",
+        );
         // no pids hierarchy for this container
         let layout = Layout::V1 {
             controllers: ["cpu", "cpuacct", "memory", "blkio", "pids"]
@@ -476,6 +570,17 @@ Total 200
         assert!(s.errors[0].message.contains("io_serviced"));
         assert_eq!(s.errors[0].kind, crate::ErrorKind::Parse);
         assert_eq!(s.io, None);
+        let want = IoLimit {
+            major: 254,
+            minor: 0,
+            write_iops: Some(300),
+            ..IoLimit::default()
+        };
+        assert_eq!(
+            s.io_limits,
+            Some(vec![want]),
+            "the other 3 files are absent"
+        );
         // a container that does not exist: everything absent, no errors
         let s = read_with_ticks(&layout, "/docker/gone", 100);
         assert_eq!(s, ContainerStats::default());

@@ -10,6 +10,7 @@
 //!                 … / pgmajfault 95 / …
 //! memory.events   low 0 / high 0 / max 27 / oom 2 / oom_kill 2 / oom_group_kill 0
 //! io.stat         259:0 rbytes=9019392 wbytes=417792 rios=376 wios=58 dbytes=0 dios=0
+//! io.max          259:0 rbps=max wbps=10485760 riops=max wiops=300   (limited devices only)
 //! pids.current    3
 //! {cpu,io,memory}.pressure   as /proc/pressure/*
 //! ```
@@ -27,7 +28,7 @@
 use std::path::Path;
 
 use crate::cgroup::{
-    first_pid, parse_dev, parse_keyed, parse_single_u64, ContainerStats, DeviceIo,
+    first_pid, parse_dev, parse_keyed, parse_single_u64, ContainerStats, DeviceIo, IoLimit,
 };
 use crate::error::{parse_u64, ParseError};
 use crate::proc::pressure::{self, Resource};
@@ -106,20 +107,15 @@ pub fn parse_io_stat(text: &str) -> Result<Vec<DeviceIo>, ParseError> {
     let mut out = Vec::new();
     for (i, line) in text.lines().enumerate() {
         let n = i + 1;
-        let mut it = line.split_ascii_whitespace();
-        let Some(dev) = it.next() else {
+        let Some(((major, minor), pairs)) = dev_pairs(line, n)? else {
             continue;
         };
-        let (major, minor) = parse_dev(dev, n)?;
         let mut d = DeviceIo {
             major,
             minor,
             ..DeviceIo::default()
         };
-        for kv in it {
-            let (k, v) = kv
-                .split_once('=')
-                .ok_or_else(|| ParseError::new(n, format!("expected key=value, got {kv:?}")))?;
+        for (k, v) in pairs {
             let dst = match k {
                 "rbytes" => &mut d.read_bytes,
                 "wbytes" => &mut d.write_bytes,
@@ -130,6 +126,62 @@ pub fn parse_io_stat(text: &str) -> Result<Vec<DeviceIo>, ParseError> {
             *dst = parse_u64(v, n, k)?;
         }
         out.push(d);
+    }
+    out.sort_unstable();
+    Ok(out)
+}
+
+/// One `maj:min key=value …` line of `io.stat` or `io.max`: the device and its pairs, values
+/// unparsed; `None` for a blank line.
+type DevPairs<'a> = ((u32, u32), Vec<(&'a str, &'a str)>);
+
+fn dev_pairs(line: &str, n: usize) -> Result<Option<DevPairs<'_>>, ParseError> {
+    let mut it = line.split_ascii_whitespace();
+    let Some(dev) = it.next() else {
+        return Ok(None);
+    };
+    let dev = parse_dev(dev, n)?;
+    let pairs = it
+        .map(|kv| {
+            kv.split_once('=')
+                .ok_or_else(|| ParseError::new(n, format!("expected key=value, got {kv:?}")))
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    Ok(Some((dev, pairs)))
+}
+
+/// `io.max`: `maj:min rbps=… wbps=… riops=… wiops=…` per device with a limit, `max` for none
+/// (admin-guide/cgroup-v2.rst, "IO Interface Files"). Unknown keys are skipped; a device whose
+/// keys are all `max` is left out.
+pub fn parse_io_max(text: &str) -> Result<Vec<IoLimit>, ParseError> {
+    let mut out = Vec::new();
+    for (i, line) in text.lines().enumerate() {
+        let n = i + 1;
+        let Some(((major, minor), pairs)) = dev_pairs(line, n)? else {
+            continue;
+        };
+        let mut l = IoLimit {
+            major,
+            minor,
+            ..IoLimit::default()
+        };
+        for (k, v) in pairs {
+            let dst = match k {
+                "rbps" => &mut l.read_bps,
+                "wbps" => &mut l.write_bps,
+                "riops" => &mut l.read_iops,
+                "wiops" => &mut l.write_iops,
+                _ => continue,
+            };
+            *dst = if v == "max" {
+                None
+            } else {
+                Some(parse_u64(v, n, k)?)
+            };
+        }
+        if l.any() {
+            out.push(l);
+        }
     }
     out.sort_unstable();
     Ok(out)
@@ -160,6 +212,7 @@ pub fn read(dir: &Path) -> ContainerStats {
     }
     m.oom_kills = super::read_file(&dir.join("memory.events"), parse_memory_events, e).flatten();
     s.io = super::read_file(&dir.join("io.stat"), parse_io_stat, e);
+    s.io_limits = super::read_file(&dir.join("io.max"), parse_io_max, e);
     for (i, r) in Resource::CGROUP.iter().enumerate() {
         let f = format!("{}.pressure", r.as_str());
         s.pressure[i] = super::read_file(&dir.join(f), pressure::parse, e);
@@ -288,6 +341,46 @@ thp_fault_alloc 0
     }
 
     #[test]
+    fn io_max_limits_and_unlimited_devices() {
+        // cgroup-v2.rst's example, a device set back to max on every key, and a future key.
+        let l = parse_io_max(
+            "8:16 rbps=2097152 wbps=max riops=max wiops=120\n\
+             8:0 rbps=max wbps=max riops=max wiops=max\n\
+             259:0 rbps=max wbps=10485760 riops=max wiops=max zzz=1\n",
+        )
+        .unwrap();
+        assert_eq!(l.len(), 2, "8:0 has no limit: left out");
+        assert_eq!(
+            l[0],
+            IoLimit {
+                major: 8,
+                minor: 16,
+                read_bps: Some(2097152),
+                write_bps: None,
+                read_iops: None,
+                write_iops: Some(120)
+            }
+        );
+        assert_eq!((l[1].major, l[1].write_bps), (259, Some(10485760)));
+        assert!(parse_io_max("").unwrap().is_empty());
+        assert!(parse_io_max("8:0 wiops=lots\n").is_err());
+        assert_eq!(
+            parse_io_max("8:0 wiops=1\n8:0 wiops\n").unwrap_err().line,
+            2
+        );
+    }
+
+    proptest::proptest! {
+        /// The limit parsers (here and v1's) on any bytes: an error, never a panic.
+        #[test]
+        fn limit_parsers_never_panic(b in proptest::prelude::any::<Vec<u8>>()) {
+            let t = String::from_utf8_lossy(&b);
+            let _ = parse_io_max(&t);
+            let _ = crate::cgroup::v1::parse_throttle(&t);
+        }
+    }
+
+    #[test]
     fn garbage_is_an_error() {
         assert!(parse_io_stat("8:0 rbytes=x\n").is_err());
         assert!(parse_io_stat("8:0 rbytes\n").is_err());
@@ -312,6 +405,7 @@ thp_fault_alloc 0
             ("memory.stat", MEMORY_STAT_PURE_V2_6_1),
             ("memory.events", "low 0\nhigh 0\nmax 27\noom 2\noom_kill 2\noom_group_kill 0\n"),
             ("io.stat", IO_STAT_PURE_V2_6_1),
+            ("io.max", "259:0 rbps=max wbps=max riops=max wiops=300\n"),
             ("pids.current", "3\n"),
             ("cgroup.procs", "5150\n5190\n5191\n"),
             (
@@ -329,6 +423,8 @@ thp_fault_alloc 0
         assert_eq!(s.memory.rss_bytes, Some(1658880));
         assert_eq!(s.memory.oom_kills, Some(2));
         assert_eq!(s.io.as_ref().map(Vec::len), Some(2));
+        let l = s.io_limits.as_deref().unwrap();
+        assert_eq!((l.len(), l[0].minor, l[0].write_iops), (1, 0, Some(300)));
         assert_eq!(s.pids, Some(3));
         assert_eq!(s.first_pid, Some(5150));
         assert!(s.pressure[0].is_none(), "no cpu.pressure file");
@@ -356,6 +452,7 @@ thp_fault_alloc 0
         assert_eq!(s.cpu.nr_periods, None);
         assert_eq!(s.memory, crate::cgroup::MemoryStats::default());
         assert_eq!(s.io, None);
+        assert_eq!(s.io_limits, None, "no io controller: no io.max");
         assert!(s.pressure[0].is_some());
         assert!(s.errors.is_empty());
     }

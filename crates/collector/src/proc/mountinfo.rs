@@ -8,7 +8,9 @@
 //! Fields: id, parent, major:minor, root, mount point, options, optional fields up to `-`,
 //! fs type, source, super options. Paths escape space, tab, newline and `\` as octal (`\040`).
 //! We keep what overlay writeback attribution needs: every mount's device and mount point, and
-//! each overlay's `upperdir` (whose filesystem `syncfs` flushes when the overlay unmounts).
+//! each overlay's `upperdir` (whose filesystem `syncfs` flushes when the overlay unmounts) and
+//! whether it is `volatile` (kernel ≥ 5.10: it never syncs, so its unmount flushes nothing;
+//! shown as `volatile` by older kernels and as `fsync=volatile` by newer ones, 6.18 here).
 
 use crate::error::ParseError;
 
@@ -20,6 +22,8 @@ pub struct Mount {
     pub fs_type: String,
     /// `upperdir=` of an overlay mount.
     pub upperdir: Option<String>,
+    /// An overlay mounted with `volatile` (its syncfs and unmount skip the upper filesystem).
+    pub volatile: bool,
 }
 
 /// Undoes the kernel's octal escapes (`\040` → space).
@@ -73,19 +77,26 @@ pub fn parse(text: &str) -> Result<Vec<Mount>, ParseError> {
         let fs_type = p.next().unwrap_or("").to_string();
         let _source = p.next();
         let opts = p.next().unwrap_or("");
-        let upperdir = (fs_type == "overlay")
+        let overlay = fs_type == "overlay";
+        let upperdir = overlay
             .then(|| {
                 opts.split(',')
                     .find_map(|o| o.strip_prefix("upperdir="))
                     .map(unescape)
             })
             .flatten();
+        // `volatile` (5.10+) is shown as `fsync=volatile` by newer kernels (6.18 here).
+        let volatile = overlay
+            && opts
+                .split(',')
+                .any(|o| o == "volatile" || o == "fsync=volatile");
         out.push(Mount {
             major,
             minor,
             mount_point: unescape(mp),
             fs_type,
             upperdir,
+            volatile,
         });
     }
     Ok(out)
@@ -123,6 +134,21 @@ mod tests {
         assert_eq!((upper.major, upper.minor), (7, 0));
         assert_eq!(mount_of(&m, "/etc/passwd").unwrap().major, 254);
         assert_eq!(m[2].mount_point, "/mnt/lo op");
+    }
+
+    #[test]
+    fn mountinfo_volatile_overlays_kernel_5_10_and_6_18() {
+        let m = parse(
+            "48 27 0:40 / /tmp/ovl/m rw,relatime - overlay overlay rw,lowerdir=/tmp/ovl/l,upperdir=/tmp/ovl/u,workdir=/tmp/ovl/w,uuid=on,fsync=volatile
+49 27 0:41 / /tmp/old/m rw,relatime - overlay overlay rw,lowerdir=/l,upperdir=/u,workdir=/w,volatile
+50 27 0:42 / /tmp/safe/m rw,relatime - overlay overlay rw,lowerdir=/l,upperdir=/u,workdir=/w
+51 27 0:43 / /tmp/x rw,relatime - tmpfs volatile rw,volatile
+",
+        )
+        .unwrap();
+        let v: Vec<bool> = m.iter().map(|m| m.volatile).collect();
+        assert_eq!(v, [true, true, false, false], "only overlays are volatile");
+        assert_eq!(m[0].upperdir.as_deref(), Some("/tmp/ovl/u"));
     }
 
     #[test]

@@ -220,7 +220,7 @@ mod fixtures {
     #[test]
     fn read_all_debian12() {
         let all = read_all(&fixture_roots(DEBIAN));
-        assert_eq!(all.len(), 12);
+        assert_eq!(all.len(), 13);
         for (name, r) in &all {
             if *name == HostSource::Pressure(crate::proc::pressure::Resource::Irq) {
                 // 6.18 here is built without CONFIG_IRQ_TIME_ACCOUNTING: no irq pressure.

@@ -10,6 +10,13 @@
 //! lookup per component, which was most of the walk's CPU at 10k threads. Nothing of
 //! `/proc/<pid>/` that can block on a process's mm lock (cmdline, environ, maps) is read.
 //!
+//! Kernel stacks: for at most [`Walker::set_stacks`] threads in D per walk (the first met, in
+//! pid order), `<tid>/stack` too — where in the kernel the thread waits, beyond its wchan (the
+//! lock behind a syncfs, the bio a writeback waits for). Capped at [`STACK_MAX_BYTES`]. The
+//! file needs CAP_SYS_ADMIN (`proc_pid_stack` checks the opener's credentials on read): without
+//! it the stack is `None`, the error is counted once per walk (not per thread) and
+//! [`Walk::stack_error`] says why, so a record can say stacks are missing and why.
+//!
 //! Churn is not an error: a process or thread that exits mid-walk (`ENOENT`, `ESRCH`) is
 //! skipped quietly. Anything else (a `stat` that does not parse, a `wchan` or `cgroup` that
 //! cannot be read) is counted by kind in [`Walk::errors`], never dropped silently.
@@ -44,7 +51,14 @@ pub struct RawD {
     pub cgroup: Option<Arc<str>>,
     /// The container that cgroup path belongs to, by [`crate::cgroup::identify`].
     pub container: Option<Arc<Identity>>,
+    /// Kernel stack (`/proc/<pid>/task/<tid>/stack`, one `[<0>] function+0x../0x..` line per
+    /// frame, at most [`STACK_MAX_BYTES`]); `None` when stacks are off, over the per-walk
+    /// budget, or unreadable.
+    pub stack: Option<Arc<str>>,
 }
+
+/// Longest kernel stack text kept (a stack is ~30–60 bytes a frame, 5–20 frames).
+pub const STACK_MAX_BYTES: usize = 4096;
 
 /// One walk of `/proc`.
 #[derive(Debug, Clone, Default)]
@@ -55,6 +69,11 @@ pub struct Walk {
     pub d: Vec<RawD>,
     /// Files met on the way that could not be read or parsed (not counting churn).
     pub errors: ErrorCounts,
+    /// Kernel stacks read (attempted) in this walk.
+    pub stacks_tried: usize,
+    /// Why a kernel stack could not be read in this walk (the first failure; later threads'
+    /// stacks are not tried): `Permission` without CAP_SYS_ADMIN.
+    pub stack_error: Option<ErrorKind>,
 }
 
 /// Where a process lives: its cgroup path and the container it names.
@@ -69,6 +88,8 @@ pub struct Walker {
     buf: Vec<u8>,
     path: PathBuf,
     placements: HashMap<(u32, u64), Placement>,
+    /// Kernel stacks read per walk at most (0: none).
+    stacks_max: usize,
 }
 
 impl Default for Walker {
@@ -91,7 +112,13 @@ impl Walker {
             buf: Vec::with_capacity(1024),
             path: PathBuf::new(),
             placements: HashMap::new(),
+            stacks_max: 0,
         }
+    }
+
+    /// Reads the kernel stacks of at most `max` threads in D per walk (0, the default: none).
+    pub fn set_stacks(&mut self, max: usize) {
+        self.stacks_max = max;
     }
 
     /// Reads `self.path` into `self.buf`.
@@ -270,6 +297,7 @@ impl Walker {
             }
         };
         self.path.pop();
+        let stack = self.read_stack(walk);
         let placement = if kernel_thread {
             None
         } else if let Some(p) = self.placements.get(&(pid, proc_start)) {
@@ -321,8 +349,42 @@ impl Walker {
             wchan,
             cgroup,
             container,
+            stack,
         });
     }
+
+    /// `<self.path>/stack`, within the walk's budget; after a failure none is tried again in
+    /// this walk (the next one would fail the same way), and the failure is counted once.
+    fn read_stack(&mut self, walk: &mut Walk) -> Option<Arc<str>> {
+        if walk.stacks_tried >= self.stacks_max || walk.stack_error.is_some() {
+            return None;
+        }
+        walk.stacks_tried += 1;
+        self.path.push("stack");
+        let got = self.read_path();
+        self.path.pop();
+        match got {
+            Got::Read => Some(Arc::from(stack_text(&self.buf))),
+            Got::Gone => None,
+            Got::Failed(k) => {
+                walk.stack_error = Some(k);
+                walk.errors.add(k);
+                None
+            }
+        }
+    }
+}
+
+/// A stack file's text, at most [`STACK_MAX_BYTES`], cut after the last whole frame (line).
+pub fn stack_text(raw: &[u8]) -> String {
+    let mut b = raw;
+    if b.len() > STACK_MAX_BYTES {
+        b = &b[..STACK_MAX_BYTES];
+        if let Some(i) = b.iter().rposition(|&c| c == b'\n') {
+            b = &b[..=i];
+        }
+    }
+    String::from_utf8_lossy(b).into_owned()
 }
 
 /// What a thread in D needs recorded: (comm, kernel thread, start time); `None` otherwise.
@@ -441,5 +503,64 @@ mod tests {
         assert_eq!(d13.pid, 11);
         assert_eq!(d13.cgroup.as_deref(), Some("/system.slice/app.service"));
         assert!(d13.container.is_none(), "a host service is no container");
+        assert!(
+            d13.stack.is_none() && walk.stacks_tried == 0,
+            "stacks are off by default"
+        );
+    }
+
+    #[test]
+    fn stacks_within_the_budget_and_a_failure_counted_once_per_walk() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path();
+        for pid in [10, 11, 12] {
+            write(
+                root,
+                &format!("{pid}/stat"),
+                &stat_line(pid, "dd", 'D', 1, 500),
+            );
+            write(root, &format!("{pid}/cgroup"), "0::/\n");
+        }
+        // 6.18's format; pid 11's is longer than the cap.
+        write(
+            root,
+            "10/stack",
+            "[<0>] __iomap_dio_rw+0x4b0/0x8d0\n[<0>] iomap_dio_rw+0xe/0x40\n",
+        );
+        let frame = "[<0>] a_function_name_for_padding+0x11/0x22\n";
+        write(root, "11/stack", &frame.repeat(200));
+        write(root, "12/stack", "[<0>] x+0x1/0x2\n");
+        let roots = Roots {
+            procfs: root.to_path_buf(),
+            ..Roots::default()
+        };
+        let mut w = Walker::new();
+        w.set_stacks(2);
+        let walk = w.walk(&roots).unwrap();
+        let stack = |tid| walk.d.iter().find(|d| d.tid == tid).unwrap().stack.clone();
+        assert!(stack(10).unwrap().contains("__iomap_dio_rw"));
+        let long = stack(11).unwrap();
+        assert!(
+            long.len() <= STACK_MAX_BYTES && long.ends_with('\n'),
+            "{}",
+            long.len()
+        );
+        assert_eq!(long.len() % frame.len(), 0, "cut after a whole frame");
+        assert_eq!(stack(12), None, "over the budget of 2");
+        assert_eq!((walk.stacks_tried, walk.stack_error), (2, None));
+
+        // Unreadable stacks (a directory here; EACCES without CAP_SYS_ADMIN on a real
+        // procfs, see the e2e test): None, one error per walk, the reason kept.
+        for pid in [10, 11, 12] {
+            let p = root.join(format!("{pid}/stack"));
+            std::fs::remove_file(&p).unwrap();
+            std::fs::create_dir(&p).unwrap();
+        }
+        w.set_stacks(64);
+        let walk = w.walk(&roots).unwrap();
+        assert!(walk.d.iter().all(|d| d.stack.is_none()));
+        assert_eq!(walk.errors.get(ErrorKind::Io), 1, "{:?}", walk.errors);
+        assert_eq!(walk.stack_error, Some(ErrorKind::Io));
+        assert_eq!(walk.stacks_tried, 1, "no retry after the first failure");
     }
 }

@@ -9,9 +9,22 @@
 //! nr_written 1100863
 //! pgmajfault 1201
 //! oom_kill 0
+//! allocstall_normal 125
+//! allocstall_movable 2854
+//! compact_stall 13352
+//! pgscan_direct 285670
+//! pgsteal_direct 285161
+//! workingset_refault_anon 0
+//! workingset_refault_file 18480573
+//! pgpgin 90694417
+//! pgpgout 274121386
 //! ```
 //! Page counts are in pages (multiply by the page size); thresholds are what the kernel
-//! computed from `vm.dirty_*` and the memory it considers dirtyable.
+//! computed from `vm.dirty_*` and the memory it considers dirtyable. `pgpgin`/`pgpgout` are
+//! the exception: KiB, not pages (mm/vmstat.c halves the sector counts: "sectors -> kbytes").
+//! Direct reclaim stalls are one line per zone type since 4.8 (`allocstall_normal`,
+//! `allocstall_movable`, …, the zones this kernel was built with) and one `allocstall` line
+//! before: [`Vmstat::allocstall`] is the sum of whichever lines exist.
 
 use crate::error::{parse_u64, ParseError};
 use crate::proc::read_with;
@@ -20,7 +33,9 @@ use crate::{Error, Roots};
 /// The keys this parser reads, in the order of [`Vmstat`]'s fields. The agent's metric table is
 /// checked against this list: a key read here is either exported or listed there as not
 /// exported, with the reason.
-pub const KEYS: [&str; 12] = [
+///
+/// `allocstall` stands for every `allocstall` and `allocstall_<zone>` line (summed).
+pub const KEYS: [&str; 20] = [
     "nr_dirty",
     "nr_writeback",
     "nr_writeback_temp",
@@ -33,6 +48,14 @@ pub const KEYS: [&str; 12] = [
     "pswpin",
     "pswpout",
     "oom_kill",
+    "allocstall",
+    "compact_stall",
+    "pgscan_direct",
+    "pgsteal_direct",
+    "workingset_refault_anon",
+    "workingset_refault_file",
+    "pgpgin",
+    "pgpgout",
 ];
 
 /// The counters of [`KEYS`]. Gauges in pages: `nr_*` without `-ed`; counters since boot
@@ -63,6 +86,25 @@ pub struct Vmstat {
     pub pswpout: Option<u64>,
     /// OOM kills since boot (kernel ≥ 4.13).
     pub oom_kill: Option<u64>,
+    /// Direct reclaim stalls since boot: an allocating task had to reclaim memory itself. The
+    /// sum of every `allocstall_<zone>` line (kernel ≥ 4.8) or the one `allocstall` line.
+    pub allocstall: Option<u64>,
+    /// Direct compaction stalls since boot: an allocating task compacted memory itself to
+    /// get a higher-order page.
+    pub compact_stall: Option<u64>,
+    /// Pages scanned by direct reclaim since boot.
+    pub pgscan_direct: Option<u64>,
+    /// Pages reclaimed by direct reclaim since boot.
+    pub pgsteal_direct: Option<u64>,
+    /// Refaults of anonymous pages since boot: evicted pages needed again soon (thrashing;
+    /// kernel ≥ 5.9, one `workingset_refault` line before).
+    pub workingset_refault_anon: Option<u64>,
+    /// Refaults of file pages since boot (kernel ≥ 5.9).
+    pub workingset_refault_file: Option<u64>,
+    /// KiB read from block devices into memory since boot (page-ins, not pages).
+    pub pgpgin: Option<u64>,
+    /// KiB written from memory to block devices since boot (page-outs, not pages).
+    pub pgpgout: Option<u64>,
 }
 
 pub fn parse(text: &str) -> Result<Vmstat, ParseError> {
@@ -72,6 +114,15 @@ pub fn parse(text: &str) -> Result<Vmstat, ParseError> {
         let n = i + 1;
         let mut f = line.split_ascii_whitespace();
         let Some(key) = f.next() else { continue };
+        if key == "allocstall" || key.starts_with("allocstall_") {
+            let val = f
+                .next()
+                .ok_or_else(|| ParseError::new(n, format!("{key}: missing value")))?;
+            let val = parse_u64(val, n, key)?;
+            v.allocstall = Some(v.allocstall.unwrap_or(0).saturating_add(val));
+            known += 1;
+            continue;
+        }
         let slot = match key {
             "nr_dirty" => &mut v.nr_dirty,
             "nr_writeback" => &mut v.nr_writeback,
@@ -85,6 +136,13 @@ pub fn parse(text: &str) -> Result<Vmstat, ParseError> {
             "pswpin" => &mut v.pswpin,
             "pswpout" => &mut v.pswpout,
             "oom_kill" => &mut v.oom_kill,
+            "compact_stall" => &mut v.compact_stall,
+            "pgscan_direct" => &mut v.pgscan_direct,
+            "pgsteal_direct" => &mut v.pgsteal_direct,
+            "workingset_refault_anon" => &mut v.workingset_refault_anon,
+            "workingset_refault_file" => &mut v.workingset_refault_file,
+            "pgpgin" => &mut v.pgpgin,
+            "pgpgout" => &mut v.pgpgout,
             _ => continue,
         };
         let val = f
@@ -124,6 +182,56 @@ mod tests {
     }
 
     #[test]
+    fn vmstat_reclaim_and_refaults_debian12_kernel_6_18() {
+        let v = parse(
+            "allocstall_dma 0\nallocstall_dma32 0\nallocstall_normal 125\n\
+             allocstall_movable 2854\nallocstall_device 0\nworkingset_refault_anon 0\n\
+             workingset_refault_file 18480573\npgpgin 90694417\npgpgout 274121386\n\
+             pgsteal_direct 285161\npgscan_direct 285670\npgscan_direct_throttle 7\n\
+             compact_stall 13352\n",
+        )
+        .unwrap();
+        assert_eq!(v.allocstall, Some(125 + 2854), "every zone's line summed");
+        assert_eq!(v.compact_stall, Some(13352));
+        assert_eq!(v.pgscan_direct, Some(285670), "not pgscan_direct_throttle");
+        assert_eq!(v.pgsteal_direct, Some(285161));
+        assert_eq!(v.workingset_refault_anon, Some(0));
+        assert_eq!(v.workingset_refault_file, Some(18480573));
+        assert_eq!((v.pgpgin, v.pgpgout), (Some(90694417), Some(274121386)));
+    }
+
+    #[test]
+    fn vmstat_allocstall_of_kernels_before_4_8_and_absent() {
+        // One `allocstall` line before 4.8 (mm: vmstat: account per-zone stalls).
+        assert_eq!(
+            parse("allocstall 42\nnr_dirty 1\n").unwrap().allocstall,
+            Some(42)
+        );
+        assert_eq!(parse("nr_dirty 1\n").unwrap().allocstall, None);
+        assert!(parse("allocstall_normal x\n").is_err());
+        // A sum cannot overflow into a panic on garbage.
+        let huge = format!("allocstall_a {m}\nallocstall_b {m}\n", m = u64::MAX);
+        assert_eq!(parse(&huge).unwrap().allocstall, Some(u64::MAX));
+    }
+
+    #[test]
+    fn vmstat_of_this_kernel_has_the_reclaim_counters() {
+        let v = read(&Roots::default()).unwrap().unwrap();
+        // Every kernel the agent supports (≥ 4.19) has these lines.
+        for (k, x) in [
+            ("allocstall", v.allocstall),
+            ("compact_stall", v.compact_stall),
+            ("pgscan_direct", v.pgscan_direct),
+            ("pgsteal_direct", v.pgsteal_direct),
+            ("pgpgin", v.pgpgin),
+            ("pgpgout", v.pgpgout),
+        ] {
+            assert!(x.is_some(), "{k} missing from this kernel's /proc/vmstat");
+        }
+        assert!(v.pgpgin.unwrap() > 0, "this machine has read from a disk");
+    }
+
+    #[test]
     fn vmstat_unknown_keys_ignored() {
         assert_eq!(
             parse("zz_future 1\nnr_dirtied 5\n").unwrap().nr_dirtied,
@@ -160,6 +268,14 @@ mod tests {
             pswpin,
             pswpout,
             oom_kill,
+            allocstall,
+            compact_stall,
+            pgscan_direct,
+            pgsteal_direct,
+            workingset_refault_anon,
+            workingset_refault_file,
+            pgpgin,
+            pgpgout,
         } = parse(&text).unwrap();
         let got = [
             nr_dirty,
@@ -174,6 +290,14 @@ mod tests {
             pswpin,
             pswpout,
             oom_kill,
+            allocstall,
+            compact_stall,
+            pgscan_direct,
+            pgsteal_direct,
+            workingset_refault_anon,
+            workingset_refault_file,
+            pgpgin,
+            pgpgout,
         ];
         let want: Vec<Option<u64>> = (1..=KEYS.len() as u64).map(Some).collect();
         assert_eq!(got.to_vec(), want);

@@ -67,6 +67,9 @@ pub struct DThread {
     /// First walk that saw this thread (tid + start time) in D, in this uninterrupted episode.
     /// The age is a lower bound: the thread may have entered D up to one walk interval earlier.
     pub since: Instant,
+    /// Kernel stack at the last walk (`threads.stacks`; at most 64 threads a walk, 4 KiB
+    /// each); `None` when off, over the budget or unreadable (see `ThreadSnapshot::stacks_missing`).
+    pub stack: Option<Arc<str>>,
 }
 
 /// Per-group D-state accounting, exported as one row.
@@ -152,6 +155,7 @@ impl DTracker {
                 container: d.container.clone(),
                 kernel_thread: d.kernel_thread,
                 since,
+                stack: d.stack.clone(),
             });
             live.insert(key, (since, group));
         }
@@ -368,6 +372,7 @@ mod tests {
             wchan: Some(wchan.into()),
             cgroup: None,
             container: None,
+            stack: None,
         }
     }
 
@@ -479,6 +484,7 @@ mod tests {
             container: None,
             kernel_thread: false,
             since: t0,
+            stack: None,
         };
         let s = vec![mk("a"), mk("a"), mk("b"), mk("c"), mk("d")];
         assert_eq!(

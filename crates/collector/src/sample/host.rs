@@ -1,9 +1,11 @@
 //! The host sampler: the cheap, fast sources (`/proc/stat`, `loadavg`, PSI, `meminfo`,
-//! `vmstat`, `diskstats`, `vm.dirty_*`, the mount table, bdi settings) read every `interval`
+//! `vmstat`, `diskstats`, `vm.dirty_*`, the mount table, bdi settings, the hung-task
+//! detector) read every `interval`
 //! (default 1 s) on the periodic driver, each by its own reader thread, integrated into peaks
 //! and counters, and published as an immutable [`HostSnapshot`] through an `ArcSwap` that any
 //! number of scrapes read without locking.
 
+use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
@@ -13,12 +15,17 @@ use crate::error::Error;
 use crate::proc::diskstats::DiskStat;
 use crate::proc::loadavg::LoadAvg;
 use crate::proc::meminfo::Meminfo;
+use crate::proc::overlays::OverlayDevice;
 use crate::proc::pressure::{Pressure, Resource};
 use crate::proc::stat::Stat;
+use crate::proc::sys_kernel::{self, HungTasks};
 use crate::proc::sys_vm::VmTunables;
 use crate::proc::vmstat::Vmstat;
 use crate::proc::{diskstats, loadavg, meminfo, overlays, pressure, stat, sys_vm, vmstat};
 use crate::roots::Roots;
+use crate::sample::bursts::Bursts;
+pub use crate::sample::disk_stall::DiskStall;
+use crate::sample::disk_stall::StallTracker;
 use crate::sample::driver::{self, Driver, Hook, Schedule, SourceSpec};
 use crate::sample::status::SourceStatus;
 use crate::sample::window::{AboveThreshold, Integral, WindowMax};
@@ -68,6 +75,7 @@ pub enum HostSource {
     SysVm,
     Mountinfo,
     Bdi,
+    HungTasks,
 }
 
 impl std::fmt::Display for HostSource {
@@ -78,7 +86,7 @@ impl std::fmt::Display for HostSource {
 
 impl HostSource {
     /// Every host source, in the order the snapshot lists their health.
-    pub const ALL: [HostSource; 12] = [
+    pub const ALL: [HostSource; 13] = [
         HostSource::Stat,
         HostSource::Loadavg,
         HostSource::Pressure(Resource::Cpu),
@@ -91,6 +99,7 @@ impl HostSource {
         HostSource::SysVm,
         HostSource::Mountinfo,
         HostSource::Bdi,
+        HostSource::HungTasks,
     ];
 
     /// The `source` label.
@@ -108,6 +117,7 @@ impl HostSource {
             HostSource::SysVm => "sys_vm",
             HostSource::Mountinfo => "mountinfo",
             HostSource::Bdi => "bdi",
+            HostSource::HungTasks => "hung_tasks",
         }
     }
 
@@ -141,6 +151,7 @@ impl HostSource {
             HostSource::SysVm => wrap(sys_vm::read(roots), Reading::Tunables),
             HostSource::Mountinfo => wrap(overlays::read(roots), Reading::Overlays),
             HostSource::Bdi => wrap(bdi::read(roots), Reading::Bdi),
+            HostSource::HungTasks => wrap(sys_kernel::read_hung_tasks(roots), Reading::HungTasks),
         }
     }
 }
@@ -162,9 +173,11 @@ pub struct Integrals {
     pub procs_blocked_seconds: f64,
     /// Time `Dirty` was above the kernel's background threshold (flushers running).
     pub dirty_over_background_seconds: f64,
-    /// Time `Writeback` was above the burst threshold.
+    /// Time in a writeback burst: `Writeback` above the burst threshold, or more than the
+    /// threshold written back since the previous vmstat reading.
     pub writeback_burst_seconds: f64,
-    /// Episodes of `Writeback` above the burst threshold.
+    /// Writeback bursts (rising edges of the condition above). A flush that starts and ends
+    /// between two samples is one: the Writeback level never shows it, `nr_written` does.
     pub writeback_bursts: u64,
 }
 
@@ -179,6 +192,9 @@ pub struct HostSnapshot {
     pub pressure: [Option<Pressure>; 4],
     pub meminfo: Option<Meminfo>,
     pub vmstat: Option<Vmstat>,
+    /// Bytes written back per second between the last two vmstat readings (`nr_written` ×
+    /// page size / interval); `None` before the second reading or after a gap.
+    pub written_bytes_per_second: Option<f64>,
     /// Filtered by the config's [`DiskFilter`].
     pub disks: Vec<DiskStat>,
     /// Every device of the last diskstats read, unfiltered (partitions, loop and excluded
@@ -187,12 +203,22 @@ pub struct HostSnapshot {
     pub all_disks: Arc<Vec<Disk>>,
     /// Completion time of the diskstats read behind `disks` and `all_disks`.
     pub disks_at: Option<Instant>,
+    /// Devices of `all_disks` with I/O in flight and no completion since the previous
+    /// diskstats read (partitions and loop devices included), longest first
+    /// ([`crate::sample::disk_stall`]). Empty when nothing is stalled.
+    pub disk_stalls: Vec<DiskStall>,
+    /// Seconds each device of `all_disks` has spent stalled, by (major, minor); never
+    /// decreases while the device exists.
+    pub disk_stalled_seconds: BTreeMap<(u32, u32), f64>,
     pub tunables: Option<VmTunables>,
-    /// Overlay mounts by upper device; `None` when no mount table could be read.
-    pub overlays: Option<Vec<(String, u64)>>,
+    /// Overlay mounts by upper device (with how many are `volatile`); `None` when no mount
+    /// table could be read.
+    pub overlays: Option<Vec<OverlayDevice>>,
     /// Writeback settings of the backing devices (all of them; the encoder joins them with
     /// the exported disks by major:minor).
     pub bdi: Vec<Bdi>,
+    /// The kernel's hung-task detector; `None` without `CONFIG_DETECT_HUNG_TASK`.
+    pub hung_tasks: Option<HungTasks>,
     pub peaks: Peaks,
     pub integrals: Integrals,
     /// The writeback burst threshold in effect, bytes.
@@ -213,8 +239,9 @@ pub enum Reading {
     Disks(Vec<Disk>),
     Tunables(VmTunables),
     /// Overlay mounts per device of their upper directory.
-    Overlays(Vec<(String, u64)>),
+    Overlays(Vec<OverlayDevice>),
     Bdi(Vec<Bdi>),
+    HungTasks(HungTasks),
 }
 
 pub type ReadResult = Result<Option<Reading>, Error>;
@@ -292,7 +319,8 @@ struct Accumulators {
     psi: [[WindowMax; 2]; 4],
     blocked_integral: Integral,
     dirty_over_bg: AboveThreshold,
-    writeback_burst: AboveThreshold,
+    bursts: Bursts,
+    stalls: StallTracker,
 }
 
 /// The host sampler on the periodic driver.
@@ -378,14 +406,22 @@ impl Host {
             HostSource::Loadavg => s.loadavg = None,
             HostSource::Pressure(r) => s.pressure[r as usize] = None,
             HostSource::Meminfo => s.meminfo = None,
-            HostSource::Vmstat => s.vmstat = None,
+            HostSource::Vmstat => {
+                s.vmstat = None;
+                s.written_bytes_per_second = None;
+                self.acc.bursts.forget_written();
+            }
             HostSource::Diskstats => {
                 s.disks.clear();
                 s.all_disks = Arc::default();
+                s.disk_stalls.clear();
+                s.disk_stalled_seconds.clear();
+                self.acc.stalls.clear();
             }
             HostSource::SysVm => s.tunables = None,
             HostSource::Mountinfo => s.overlays = None,
             HostSource::Bdi => s.bdi.clear(),
+            HostSource::HungTasks => s.hung_tasks = None,
         }
     }
 
@@ -431,25 +467,33 @@ impl Host {
                 }
                 if let Some(w) = m.writeback {
                     acc.writeback.push(at, w as f64, win);
-                    if let Some(t) = burst_threshold {
-                        acc.writeback_burst.observe(at, w > t, gap);
-                    }
+                    acc.bursts.level(at, w, burst_threshold, gap);
                 }
                 self.snap.meminfo = Some(m);
             }
-            Reading::Vmstat(v) => self.snap.vmstat = Some(v),
+            Reading::Vmstat(v) => {
+                let page = self.snap.page_size;
+                self.snap.written_bytes_per_second =
+                    acc.bursts
+                        .written(at, v.nr_written, page, burst_threshold, gap);
+                self.snap.vmstat = Some(v);
+            }
             Reading::Disks(d) => {
                 self.snap.disks = d
                     .iter()
                     .filter(|d| cfg.disks.keep(d))
                     .map(|d| d.stat.clone())
                     .collect();
+                acc.stalls.observe(&d, at, gap);
+                self.snap.disk_stalls = acc.stalls.stalls().to_vec();
+                self.snap.disk_stalled_seconds = acc.stalls.stalled_seconds();
                 self.snap.all_disks = Arc::new(d);
                 self.snap.disks_at = Some(at);
             }
             Reading::Tunables(t) => self.snap.tunables = Some(t),
             Reading::Overlays(o) => self.snap.overlays = Some(o),
             Reading::Bdi(b) => self.snap.bdi = b,
+            Reading::HungTasks(h) => self.snap.hung_tasks = Some(h),
         }
     }
 
@@ -506,8 +550,8 @@ impl Host {
         self.snap.integrals = Integrals {
             procs_blocked_seconds: acc.blocked_integral.total,
             dirty_over_background_seconds: acc.dirty_over_bg.seconds,
-            writeback_burst_seconds: acc.writeback_burst.seconds,
-            writeback_bursts: acc.writeback_burst.episodes,
+            writeback_burst_seconds: acc.bursts.burst.seconds,
+            writeback_bursts: acc.bursts.burst.episodes,
         };
         self.snap.burst_threshold_bytes = self.burst_threshold(cfg);
     }

@@ -5,7 +5,9 @@
 //! both see it. Samplers never parse bytes: the readers in `proc`, `sys` and `cgroup` do.
 
 pub mod budget;
+pub mod bursts;
 pub mod containers;
+pub mod disk_stall;
 pub mod driver;
 pub mod dstate;
 pub mod host;

@@ -7,6 +7,11 @@
 //! PSI `some` avg10 above a threshold, or D threads on the last walk), stretched so that its
 //! CPU stays under `threads.max_cpu` of one core.
 //!
+//! Kernel stacks of threads in D (`threads.stacks`, on by default) are read by the walk for at
+//! most `threads.stacks_max` (64) threads a walk, the first it meets in pid order, 4 KiB each;
+//! [`ThreadSnapshot::stacks_missing`] says when and why some or all are missing.
+
+//!
 //! With the eBPF episode source on ([`crate::bpf`], `[bpf]`), this sampler has a second source,
 //! `bpf`, drained every `bpf.interval`: "who is in D now" then comes from the episodes in
 //! flight (exact start times, no walk), the walk runs only every `bpf.walk_interval` for the
@@ -15,6 +20,7 @@
 //! walk does everything, as without it.
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
 
@@ -25,6 +31,7 @@ use crate::bpf::kernel::Sizes;
 use crate::bpf::source::{Mailbox, Reading, Seed, Settings, Source};
 use crate::bpf::state::EpisodeState;
 use crate::bpf::{self, BpfConfig, EpisodeSnapshot};
+use crate::error::ErrorKind;
 use crate::proc::tasks::{Walk, Walker};
 use crate::roots::Roots;
 use crate::sample::driver::{self, Driver, Hook, Schedule, SourceSpec};
@@ -49,6 +56,11 @@ pub struct ThreadsConfig {
     /// walk CPU / cadence stays under it (10k threads cost ~0.2 s a walk here: at 5 % they are
     /// walked every 4 s during a stall instead of every second).
     pub max_cpu: f64,
+    /// Read the kernel stacks of threads in D (`/proc/<pid>/task/<tid>/stack`, needs
+    /// CAP_SYS_ADMIN).
+    pub stacks: bool,
+    /// At most this many stacks a walk.
+    pub stacks_max: usize,
     /// `[bpf]`: the episode source beside the walk.
     pub bpf: BpfConfig,
 }
@@ -65,6 +77,8 @@ impl Default for ThreadsConfig {
             rules: Vec::new(),
             source_timeout: Duration::from_secs(5),
             max_cpu: 0.05,
+            stacks: true,
+            stacks_max: 64,
             bpf: BpfConfig::default(),
         }
     }
@@ -88,6 +102,10 @@ pub struct ThreadSnapshot {
     pub current_interval: Duration,
     /// Whether a stall is suspected (fast cadence).
     pub suspected: bool,
+    /// Why kernel stacks are missing from `stuck`, when some or all are (off by config,
+    /// unreadable without CAP_SYS_ADMIN, over `threads.stacks_max`); `None` when every thread
+    /// in D at the last walk has its stack (or none is in D).
+    pub stacks_missing: Option<String>,
     /// Where `stuck`, the groups' D counts and the wait channels come from: the `bpf` episodes
     /// in flight while that source runs, else the walk.
     pub from_bpf: bool,
@@ -122,6 +140,8 @@ struct Threads {
     /// No host snapshot yet: tick often until it comes (at most 5 s), so the first walk is
     /// not a whole interval late.
     waiting_for_host: bool,
+    /// Stacks the reader may read per walk (0: off), from the config in force.
+    stacks: Arc<AtomicUsize>,
     snap: ThreadSnapshot,
     episodes: EpisodeState,
     mailbox: Mailbox,
@@ -221,13 +241,18 @@ impl driver::Sampler for Threads {
 
     fn sources(&mut self, cfg: &ThreadsConfig) -> Vec<SourceSpec<Src, Got>> {
         let roots = Arc::clone(&self.roots);
+        let stacks = Arc::clone(&self.stacks);
         let mut v = vec![SourceSpec {
             key: Src::Walk,
             name: "threads".into(),
             make: driver::reader(move || {
                 let roots = Arc::clone(&roots);
+                let stacks = Arc::clone(&stacks);
                 let mut walker = Walker::new();
-                move || walker.walk(&roots).map(|w| Some(Got::Walk(w)))
+                move || {
+                    walker.set_stacks(stacks.load(Ordering::Relaxed));
+                    walker.walk(&roots).map(|w| Some(Got::Walk(w)))
+                }
             }),
         }];
         let b = &cfg.bpf;
@@ -303,6 +328,8 @@ impl driver::Sampler for Threads {
         // before the first walk.
         self.waiting_for_host =
             h.taken.is_none() && self.started.elapsed() < Duration::from_secs(5);
+        let stacks = if cfg.stacks { cfg.stacks_max } else { 0 };
+        self.stacks.store(stacks, Ordering::Relaxed);
         if !cfg.enabled || self.waiting_for_host {
             return None;
         }
@@ -341,6 +368,7 @@ impl driver::Sampler for Threads {
             None => return,
         };
         status.errors.merge(&walk.errors);
+        self.snap.stacks_missing = stacks_missing(&walk, cfg);
         if self.bpf_wanted && self.bpf_off.is_none() {
             // Threads in D now whose episodes the programs may not have seen begin.
             let seeds: Vec<Seed> = walk
@@ -404,6 +432,27 @@ impl driver::Sampler for Threads {
     }
 }
 
+/// Why some stacks of the walk's D threads are missing, for a record's "kernel stacks: …" line.
+fn stacks_missing(walk: &Walk, cfg: &ThreadsConfig) -> Option<String> {
+    const FILE: &str = "/proc/<pid>/task/<tid>/stack";
+    if walk.d.is_empty() {
+        return None;
+    }
+    if !cfg.stacks {
+        return Some("off (threads.stacks = false)".into());
+    }
+    match walk.stack_error {
+        Some(ErrorKind::Permission) => Some(format!("{FILE} not readable (needs CAP_SYS_ADMIN)")),
+        Some(k) => Some(format!("{FILE} could not be read ({} error)", k.as_str())),
+        None if walk.d.len() > walk.stacks_tried => Some(format!(
+            "read for {} of {} threads in D (threads.stacks_max)",
+            walk.stacks_tried,
+            walk.d.len()
+        )),
+        None => None,
+    }
+}
+
 /// Threads in D kept by name in the snapshot (for the API and `stallwatch dstate`).
 const MAX_STUCK: usize = 1000;
 
@@ -429,6 +478,7 @@ impl ThreadSampler {
                 had_d: false,
                 suspected: false,
                 waiting_for_host: true,
+                stacks: Arc::new(AtomicUsize::new(0)),
                 snap: ThreadSnapshot {
                     status: SourceStatus::new("threads"),
                     ..ThreadSnapshot::default()
@@ -448,5 +498,54 @@ impl ThreadSampler {
 
     pub fn stop(self) {
         self.0.stop();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::proc::tasks::RawD;
+
+    #[test]
+    fn why_stacks_are_missing() {
+        let d = RawD {
+            pid: 1,
+            tid: 1,
+            starttime: 0,
+            comm: "dd".into(),
+            kernel_thread: false,
+            wchan: None,
+            cgroup: None,
+            container: None,
+            stack: None,
+        };
+        let on = ThreadsConfig::default();
+        let mut w = Walk::default();
+        assert_eq!(
+            stacks_missing(&w, &on),
+            None,
+            "no thread in D: nothing missing"
+        );
+        w.d = vec![d.clone(), d];
+        w.stacks_tried = 2;
+        assert_eq!(stacks_missing(&w, &on), None);
+        let off = ThreadsConfig {
+            stacks: false,
+            ..ThreadsConfig::default()
+        };
+        assert_eq!(
+            stacks_missing(&w, &off).as_deref(),
+            Some("off (threads.stacks = false)")
+        );
+        w.stacks_tried = 1;
+        assert_eq!(
+            stacks_missing(&w, &on).as_deref(),
+            Some("read for 1 of 2 threads in D (threads.stacks_max)")
+        );
+        w.stack_error = Some(ErrorKind::Permission);
+        assert_eq!(
+            stacks_missing(&w, &on).as_deref(),
+            Some("/proc/<pid>/task/<tid>/stack not readable (needs CAP_SYS_ADMIN)")
+        );
     }
 }

@@ -3,25 +3,22 @@
 
 use std::time::{Duration, Instant, SystemTime};
 
-use stallwatch_cloud::devices::BlockDevice;
-use stallwatch_cloud::snapshot::{
-    Api, BalancePoint, Instance, InstanceBalance, NvmeCounters, Outcome, VolumeState,
-};
-use stallwatch_cloud::CloudSnapshot;
 use stallwatch_collector::cgroup::{
-    ContainerStats, CpuStats, DeviceIo, Identity, MemoryStats, Qos, Runtime,
+    ContainerStats, CpuStats, DeviceIo, Identity, IoLimit, MemoryStats, Qos, Runtime,
 };
 use stallwatch_collector::proc::diskstats::{DiscardStat, DiskStat, FlushStat};
 use stallwatch_collector::proc::loadavg::LoadAvg;
 use stallwatch_collector::proc::meminfo::Meminfo;
 use stallwatch_collector::proc::net_dev::NetDev;
+use stallwatch_collector::proc::overlays::OverlayDevice;
 use stallwatch_collector::proc::pressure::{Pressure, Record};
 use stallwatch_collector::proc::stat::{CpuTicks, Stat};
+use stallwatch_collector::proc::sys_kernel::HungTasks;
 use stallwatch_collector::proc::sys_vm::VmTunables;
 use stallwatch_collector::proc::vmstat::Vmstat;
 use stallwatch_collector::sample::containers::{ContainerRow, ContainerSnapshot};
 use stallwatch_collector::sample::dstate::{DThread, GroupRow};
-use stallwatch_collector::sample::host::{Integrals, Peaks};
+use stallwatch_collector::sample::host::{DiskStall, Integrals, Peaks};
 use stallwatch_collector::sample::probe::{ProbeSnapshot, BUCKETS, REASONS};
 use stallwatch_collector::sample::{HostSnapshot, SourceStatus, ThreadSnapshot};
 use stallwatch_collector::sys::bdi::Bdi;
@@ -153,6 +150,14 @@ pub fn host_snapshot(now: Instant) -> HostSnapshot {
             pswpin: Some(10),
             pswpout: Some(11),
             oom_kill: Some(12),
+            allocstall: Some(13),
+            compact_stall: Some(14),
+            pgscan_direct: Some(15),
+            pgsteal_direct: Some(16),
+            workingset_refault_anon: Some(17),
+            workingset_refault_file: Some(18),
+            pgpgin: Some(19),
+            pgpgout: Some(20),
         }),
         disks: vec![disk(254, 0, "vda", 0, true), disk(8, 0, "sda", 100, false)],
         // Unfiltered: also a partition the [disks] filter hides.
@@ -170,6 +175,30 @@ pub fn host_snapshot(now: Instant) -> HostSnapshot {
                 partition: false,
             },
         ]),
+        // sda (exported) and vda1 (a partition, not exported) stalled now; vda never was.
+        disk_stalls: vec![
+            DiskStall {
+                major: 8,
+                minor: 0,
+                name: "sda".into(),
+                partition: false,
+                in_flight: 100,
+                since: now,
+                seconds: 3.0,
+            },
+            DiskStall {
+                major: 254,
+                minor: 1,
+                name: "vda1".into(),
+                partition: true,
+                in_flight: 1,
+                since: now,
+                seconds: 1.0,
+            },
+        ],
+        disk_stalled_seconds: [((254, 0), 0.0), ((254, 1), 1.0), ((8, 0), 7.5)]
+            .into_iter()
+            .collect(),
         tunables: Some(VmTunables {
             dirty_background_bytes: Some(0),
             dirty_background_ratio: Some(10),
@@ -179,7 +208,18 @@ pub fn host_snapshot(now: Instant) -> HostSnapshot {
             dirty_writeback_centisecs: Some(500),
             dirtytime_expire_seconds: Some(43200),
         }),
-        overlays: Some(vec![("vda".into(), 3), ("tmpfs".into(), 1)]),
+        overlays: Some(vec![
+            OverlayDevice {
+                device: "vda".into(),
+                mounts: 3,
+                volatile: 1,
+            },
+            OverlayDevice {
+                device: "tmpfs".into(),
+                mounts: 1,
+                volatile: 0,
+            },
+        ]),
         bdi: vec![
             Bdi {
                 major: 254,
@@ -204,6 +244,10 @@ pub fn host_snapshot(now: Instant) -> HostSnapshot {
                 ..Bdi::default()
             },
         ],
+        hung_tasks: Some(HungTasks {
+            detect_count: Some(4),
+            timeout_seconds: Some(120),
+        }),
         peaks: Peaks {
             dirty_bytes: Some(9e6),
             writeback_bytes: Some(1e6),
@@ -288,6 +332,22 @@ pub fn containers_snapshot(now: Instant) -> ContainerSnapshot {
                     write_ops: 4,
                 },
             ]),
+            io_limits: Some(vec![
+                IoLimit {
+                    major: 254,
+                    minor: 0,
+                    write_bps: Some(10 << 20),
+                    write_iops: Some(300),
+                    ..IoLimit::default()
+                },
+                // Not in diskstats: named major:minor.
+                IoLimit {
+                    major: 259,
+                    minor: 3,
+                    read_iops: Some(1000),
+                    ..IoLimit::default()
+                },
+            ]),
             pids: Some(5),
             first_pid: Some(1234),
             ..ContainerStats::default()
@@ -350,6 +410,7 @@ fn dthread(cgroup: Option<String>, container: Option<Identity>, now: Instant) ->
         container: container.map(Into::into),
         kernel_thread: false,
         since: now,
+        stack: Some("[<0>] __iomap_dio_rw+0x4b0/0x8d0\n".into()),
     }
 }
 
@@ -402,104 +463,8 @@ pub fn threads_snapshot(now: Instant) -> ThreadSnapshot {
         status: status("threads", now),
         current_interval: Duration::from_secs(1),
         suspected: true,
+        stacks_missing: None,
         ..ThreadSnapshot::default()
-    }
-}
-
-pub fn cloud_snapshot() -> CloudSnapshot {
-    CloudSnapshot {
-        enabled: true,
-        instance: Some(Instance {
-            instance_id: "i-0123".into(),
-            region: "eu-west-1".into(),
-            availability_zone: "eu-west-1a".into(),
-            instance_type: "t3.large".into(),
-        }),
-        disks: vec![
-            BlockDevice {
-                name: "nvme1n1".into(),
-                model: Some("Amazon Elastic Block Store".into()),
-                serial: Some("vol0abc".into()),
-                volume_id: Some("vol-0abc".into()),
-                io_timeout_seconds: Some(4294967295.0),
-                rotational: Some(false),
-            },
-            BlockDevice {
-                name: "vda".into(),
-                model: None,
-                serial: None,
-                volume_id: None,
-                io_timeout_seconds: None,
-                rotational: None,
-            },
-        ],
-        volumes: vec![
-            VolumeState {
-                volume_id: "vol-0abc".into(),
-                device: Some("nvme1n1".into()),
-                volume_type: "gp2".into(),
-                availability_zone: "eu-west-1a".into(),
-                size_bytes: 100 << 30,
-                provisioned_iops: Some(300),
-                throughput_mibps: None,
-                baseline_iops: Some(300.0),
-                burst_balance: Some(BalancePoint {
-                    percent: 42.0,
-                    timestamp: 1_700_000_000.0,
-                }),
-                estimate_percent: Some(40.5),
-                seconds_to_empty: Some(f64::INFINITY),
-                nvme: Some(NvmeCounters {
-                    exceeded_iops_seconds: 1.5,
-                    exceeded_throughput_seconds: 0.25,
-                    queue_length: 3.0,
-                    read_ops: 10,
-                    write_ops: 7,
-                    read_time_seconds: 0.012,
-                    write_time_seconds: 0.02,
-                    read_latency: vec![(0.001, 6), (0.0005, 3), (0.001, 1)],
-                    write_latency: vec![(0.004, 7)],
-                }),
-            },
-            // Mapped by config onto a device the host knows (`vda`): volume ids on disk and
-            // container I/O rows come from here.
-            VolumeState {
-                volume_id: "vol-0def".into(),
-                device: Some("vda".into()),
-                volume_type: "gp3".into(),
-                availability_zone: "eu-west-1a".into(),
-                size_bytes: 50 << 30,
-                provisioned_iops: Some(3000),
-                throughput_mibps: Some(125),
-                baseline_iops: Some(3000.0),
-                ..VolumeState::default()
-            },
-        ],
-        instance_balances: vec![
-            (
-                InstanceBalance::EbsIo,
-                BalancePoint {
-                    percent: 99.0,
-                    timestamp: 1_700_000_060.0,
-                },
-            ),
-            (
-                InstanceBalance::CpuCredit,
-                BalancePoint {
-                    percent: 144.0,
-                    timestamp: 1_700_000_120.0,
-                },
-            ),
-        ],
-        instance_exceeded_iops_seconds: Some(2.0),
-        instance_exceeded_throughput_seconds: Some(0.5),
-        requests: vec![
-            (Api::Imds, Outcome::Success, 1),
-            (Api::GetMetricData, Outcome::Throttled, 2),
-        ],
-        metrics_requested: 3000,
-        last_success: vec![(Api::Imds, 1_700_000_000.0)],
-        sources: Vec::new(),
     }
 }
 
@@ -544,3 +509,6 @@ pub fn probe_snapshots(now: Instant) -> Vec<ProbeSnapshot> {
         },
     ]
 }
+
+mod cloud;
+pub use cloud::cloud_snapshot;

@@ -12,6 +12,9 @@ pub struct Aws {
     child: Child,
     pub proxy: String,
     pub imds: String,
+    /// Where the agents of this test keep the credit model's state (restarts find it; tests
+    /// running at the same time never share one).
+    pub state: tempfile::TempDir,
 }
 
 impl Aws {
@@ -34,6 +37,10 @@ impl Aws {
             proxy: v["proxy"].as_str().unwrap().to_string(),
             imds: v["imds"].as_str().unwrap().to_string(),
             child,
+            state: tempfile::Builder::new()
+                .prefix("stallwatch-cloud-state-")
+                .tempdir()
+                .expect("state dir"),
         }
     }
 
@@ -72,13 +79,25 @@ impl Aws {
             .collect()
     }
 
-    /// The agent config that points every AWS endpoint at this harness.
+    /// The agent config that points every AWS endpoint at this harness, and the model's state
+    /// file into [`Aws::state`].
     pub fn config(&self, extra: &str) -> String {
         format!(
-            "[cloud]\nenabled = true\nimds_endpoint = \"{imds}\"\nec2_endpoint = \"{p}\"\ncloudwatch_endpoint = \"{p}\"\n{extra}\n",
+            "[cloud]\nenabled = true\nimds_endpoint = \"{imds}\"\nec2_endpoint = \"{p}\"\ncloudwatch_endpoint = \"{p}\"\nstate_file = \"{state}\"\n{extra}\n",
             imds = self.imds,
-            p = self.proxy
+            p = self.proxy,
+            state = self.state.path().join("cloud-model.json").display(),
         )
+    }
+
+    /// The volume ids of a `setup` answer.
+    pub fn volumes(setup: &serde_json::Value) -> Vec<String> {
+        setup["volumes"]
+            .as_array()
+            .expect("volumes")
+            .iter()
+            .map(|v| v.as_str().expect("an id").to_string())
+            .collect()
     }
 }
 
@@ -104,6 +123,11 @@ pub fn start_agent(cfg_path: &std::path::Path) -> Agent {
 
 /// [`start_agent`] with more flags (e.g. `--path.procfs` of a fixture root).
 pub fn start_agent_with(cfg_path: &std::path::Path, extra: &[&str]) -> Agent {
+    start_agent_env(cfg_path, extra, &[])
+}
+
+/// [`start_agent_with`] with environment variables set after the AWS ones were removed.
+pub fn start_agent_env(cfg_path: &std::path::Path, extra: &[&str], env: &[(&str, &str)]) -> Agent {
     let mut args = vec![format!("--config.file={}", cfg_path.display())];
     args.extend(extra.iter().map(|a| a.to_string()));
     let args: Vec<&str> = args.iter().map(String::as_str).collect();
@@ -128,5 +152,8 @@ pub fn start_agent_with(cfg_path: &std::path::Path, extra: &[&str]) -> Agent {
             "AWS_SHARED_CREDENTIALS_FILE",
             "/nonexistent/stallwatch-test-credentials",
         );
+        for (k, v) in env {
+            c.env(k, v);
+        }
     })
 }

@@ -25,7 +25,7 @@ fn a_poll_follows_a_describe_only_when_the_volumes_changed() {
     crate::harness::write(
         &cfg,
         &aws.config(
-            "poll_interval = \"1h\"\nfast_poll_interval = \"1h\"\ndescribe_interval = \"1s\"",
+            "poll_interval = \"1h\"\nfast_poll_interval = \"1h\"\ndescribe_interval = \"1s\"\nchecks = false",
         ),
     );
     let agent = start_agent(&cfg);
@@ -168,4 +168,57 @@ fn a_call_that_pages_on_past_its_deadline_is_dropped_counted_and_retried() {
             >= Some(1.0)
     });
     assert_eq!(crate::harness::get(&agent.url("/healthz")).trim(), "ok");
+}
+
+/// Found in the replay: the credentials chain was built without the region, so aws-config ran
+/// its default region chain, whose last step asks IMDS through a client of its own at the
+/// default address (or `AWS_EC2_METADATA_SERVICE_ENDPOINT`), not at `[cloud] imds_endpoint`.
+/// Here that variable points at a decoy that counts connections: with the region given to the
+/// chain, nothing ever connects to it.
+#[test]
+fn the_credentials_chain_never_asks_another_imds_than_the_configured_one() {
+    use std::net::TcpListener;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::sync::Arc;
+
+    let decoy = TcpListener::bind("127.0.0.1:0").expect("bind");
+    let addr = decoy.local_addr().expect("addr");
+    decoy.set_nonblocking(true).expect("nonblocking");
+    let seen = Arc::new(AtomicUsize::new(0));
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let (s2, stop2) = (Arc::clone(&seen), Arc::clone(&stop));
+    let t = std::thread::spawn(move || {
+        while !stop2.load(Ordering::Relaxed) {
+            match decoy.accept() {
+                // Counted, then closed: whoever asked gets no answer.
+                Ok((conn, _)) => {
+                    s2.fetch_add(1, Ordering::SeqCst);
+                    drop(conn);
+                }
+                Err(_) => std::thread::sleep(Duration::from_millis(10)),
+            }
+        }
+    });
+    let aws = Aws::start();
+    aws.call(
+        "setup",
+        serde_json::json!({"volumes": [{"type": "gp2", "size": 100}]}),
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = dir.path().join("stallwatch.toml");
+    crate::harness::write(&cfg, &aws.config(""));
+    let url = format!("http://{addr}");
+    let agent = super::start_agent_env(&cfg, &[], &[("AWS_EC2_METADATA_SERVICE_ENDPOINT", &url)]);
+    agent.wait_for(Duration::from_secs(30), "the volumes described", |m| {
+        m.get("stallwatch_cloud_requests_total{api=\"describe_volumes\",outcome=\"success\"}")
+            >= Some(1.0)
+    });
+    stop.store(true, Ordering::Relaxed);
+    t.join().expect("decoy thread");
+    assert_eq!(
+        seen.load(Ordering::SeqCst),
+        0,
+        "something asked the default IMDS; log:\n{}",
+        agent.log()
+    );
 }

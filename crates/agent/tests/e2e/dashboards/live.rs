@@ -180,6 +180,34 @@ fn dashboards_every_panel_query_returns_data_from_real_prometheus() {
             serde_json::json!({"instance_id": iid, "metric": metric, "points": [[m0 - 120.0, v], [m0 - 60.0, v]]}),
         );
     }
+    // The status, checks and modification panels: the volume is still initializing and being
+    // resized, its checks are published under {InstanceId, VolumeId}, the instance's too.
+    aws.call(
+        "status",
+        serde_json::json!({"volume_id": vol, "init_progress": 60, "init_eta": 300}),
+    );
+    let checks = [
+        ("AWS/EBS", "VolumeStalledIOCheck", true),
+        ("AWS/EBS", "VolumeIOPSExceededCheck", true),
+        ("AWS/EBS", "VolumeThroughputExceededCheck", true),
+        ("AWS/EC2", "InstanceEBSIOPSExceededCheck", false),
+        ("AWS/EC2", "InstanceEBSThroughputExceededCheck", false),
+    ];
+    for (ns, metric, per_volume) in checks {
+        let mut dims = vec![serde_json::json!(["InstanceId", iid])];
+        if per_volume {
+            dims.push(serde_json::json!(["VolumeId", vol]));
+        }
+        aws.call(
+            "put",
+            serde_json::json!({"namespace": ns, "metric": metric, "dimensions": dims, "unit": "Count",
+                "points": [[m0 - 120.0, 0.0], [m0 - 60.0, 0.0]]}),
+        );
+    }
+    aws.call(
+        "modify",
+        serde_json::json!({"volume_id": vol, "size": 2, "state": "optimizing", "progress": 50}),
+    );
     let disk = whole_disk_of(dir.path());
     let cfg = dir.path().join("cfg.toml");
     write(

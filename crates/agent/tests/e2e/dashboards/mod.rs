@@ -84,6 +84,14 @@ pub(super) const ALLOWED_EMPTY: &[(&str, &str, &str, &str)] = &[
         "*",
         "not draining",
     ),
+    // Only volumes whose I/O rate is rising are shown (`< +Inf`); nothing ramps up here
+    // (cloud/src/rates.rs and cloud::early::headroom test the trend and the limits).
+    (
+        "stallwatch-ebs.json",
+        "Time until the limit at the current trend",
+        "*",
+        "no rising load",
+    ),
     // The EBS NVMe log page (0xD0) exists only on real EBS NVMe devices.
     (
         "stallwatch-ebs.json",

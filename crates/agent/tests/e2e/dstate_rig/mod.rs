@@ -88,7 +88,17 @@ impl DStateRig {
     /// 15 s with diagnostics). `iops` is the write iops limit on the loop device; keep it small
     /// (2–5) so each thread waits about `threads / iops` seconds per write.
     pub fn start(threads: usize, iops: u32) -> DStateRig {
+        DStateRig::start_sized(threads, iops, 4096)
+    }
+
+    /// [`DStateRig::start`] with writes of `io_size` bytes (a multiple of 4096).
+    #[allow(dead_code)] // the cloud scenarios only
+    pub fn start_sized(threads: usize, iops: u32, io_size: usize) -> DStateRig {
         assert!(threads > 0 && iops > 0, "threads and iops must be > 0");
+        assert!(
+            io_size >= 4096 && io_size % 4096 == 0,
+            "io_size: a multiple of 4096"
+        );
         let t0 = Instant::now();
         let dir = tempfile::Builder::new()
             .prefix("stallwatch-dstate-")
@@ -200,6 +210,7 @@ impl DStateRig {
             .arg(&rig.mnt)
             .arg(threads.to_string())
             .arg(hex(HOSTILE_COMM))
+            .arg(io_size.to_string())
             .stdin(Stdio::piped())
             .stdout(Stdio::null())
             .stderr(stderr)

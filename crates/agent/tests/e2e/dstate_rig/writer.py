@@ -1,5 +1,8 @@
 import ctypes, mmap, os, sys, threading
 mnt, n, name = sys.argv[1], int(sys.argv[2]), bytes.fromhex(sys.argv[3])
+size = int(sys.argv[4]) if len(sys.argv) > 4 else 4096
+# Each thread rewrites its own small region: 16 blocks of 4 KiB, or 8 of a larger size.
+span = 16 if size <= 4096 else 8
 libc = ctypes.CDLL(None, use_errno=True)
 libc.prctl.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_ulong, ctypes.c_ulong, ctypes.c_ulong]
 libc.prctl.restype = ctypes.c_int
@@ -11,13 +14,13 @@ def work(i):
         # PR_SET_NAME names the calling thread only.
         if libc.prctl(15, name, 0, 0, 0) != 0:
             raise OSError(ctypes.get_errno(), "prctl(PR_SET_NAME)")
-        buf = mmap.mmap(-1, 4096)  # page-aligned, as O_DIRECT needs
-        buf.write(b"x" * 4096)
+        buf = mmap.mmap(-1, size)  # page-aligned, as O_DIRECT needs
+        buf.write(b"x" * size)
         fd = os.open(os.path.join(mnt, "w%d" % i), os.O_WRONLY | os.O_CREAT | os.O_DIRECT, 0o600)
         k = 0
         while True:
             # os.pwrite releases the GIL and passes the mmap's memory as is (no copy).
-            os.pwrite(fd, buf, (k % 16) * 4096)
+            os.pwrite(fd, buf, (k % span) * size)
             k += 1
     except BaseException as e:
         sys.stderr.write("writer thread %d: %r\n" % (i, e))
