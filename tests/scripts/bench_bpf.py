@@ -173,7 +173,9 @@ def main():
     rows = []
     try:
         # 1. hackbench, alternating off/on so that drift hits both alike.
-        if shutil.which("hackbench"):
+        if runs <= 0:
+            print("hackbench rows skipped (BENCH_BPF_HACK_RUNS=0)")
+        elif shutil.which("hackbench"):
             times = {"off": [], "on": []}
             for i in range(runs):
                 for setup, toml in (("off", OFF), ("on", ON)):
