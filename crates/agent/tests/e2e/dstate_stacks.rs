@@ -93,7 +93,8 @@ fn d_threads_have_their_kernel_stacks_or_a_reason_why_not() {
     assert_eq!(w.stacks_tried, 1);
     assert!(w.d.iter().filter(|d| d.stack.is_some()).count() <= 1);
 
-    // Without CAP_SYS_ADMIN: no stacks, one permission error however many threads are in D.
+    // Without CAP_SYS_ADMIN: no stacks, tried once a walk however many threads are in D, and
+    // not a source error (the shipped units grant no CAP_SYS_ADMIN: stacks_missing says why).
     let w = std::thread::spawn(move || {
         drop_sys_admin_in_this_thread();
         let mut walker = Walker::new();
@@ -104,7 +105,7 @@ fn d_threads_have_their_kernel_stacks_or_a_reason_why_not() {
     .unwrap();
     assert!(w.d.iter().all(|d| d.stack.is_none()));
     assert_eq!(w.stack_error, Some(ErrorKind::Permission));
-    assert_eq!(w.errors.get(ErrorKind::Permission), 1, "{:?}", w.errors);
+    assert_eq!(w.errors.get(ErrorKind::Permission), 0, "{:?}", w.errors);
     assert!(
         w.d.iter().any(|d| d.pid == pid && d.wchan.is_some()),
         "wchan needs no CAP_SYS_ADMIN"

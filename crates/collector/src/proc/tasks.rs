@@ -354,7 +354,8 @@ impl Walker {
     }
 
     /// `<self.path>/stack`, within the walk's budget; after a failure none is tried again in
-    /// this walk (the next one would fail the same way), and the failure is counted once.
+    /// this walk (the next one would fail the same way), and a failure other than a denial is
+    /// counted once.
     fn read_stack(&mut self, walk: &mut Walk) -> Option<Arc<str>> {
         if walk.stacks_tried >= self.stacks_max || walk.stack_error.is_some() {
             return None;
@@ -368,7 +369,12 @@ impl Walker {
             Got::Gone => None,
             Got::Failed(k) => {
                 walk.stack_error = Some(k);
-                walk.errors.add(k);
+                // A denied stack is the shipped units' normal (they grant no CAP_SYS_ADMIN):
+                // it is said in `stacks_missing` and by `stallwatch doctor`, not counted as a
+                // source error that StallwatchSourceErrors would page on forever.
+                if k != ErrorKind::Permission {
+                    walk.errors.add(k);
+                }
                 None
             }
         }
