@@ -114,7 +114,7 @@ pub struct InFlight {
     pub since: Instant,
     /// Put in flight from the walk: it began before the programs attached.
     pub seeded: bool,
-    /// Its stack, for episodes running longer than `long_episode`.
+    /// The stack it went to sleep in, from the wait channel on (the 64 longest episodes).
     pub stack: Option<Arc<str>>,
 }
 

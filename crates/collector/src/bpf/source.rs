@@ -27,6 +27,8 @@ const PLACE_TTL: Duration = Duration::from_secs(10);
 const MAX_PLACES: usize = 4096;
 /// Aggregates held back until their wait channel is named (at most one kallsyms pass later).
 const MAX_PEN: usize = 4096;
+/// Episodes in flight given their stack, longest first (as `threads.stacks_max`'s default).
+const MAX_STACKS: usize = 64;
 /// Wait channels of seeded episodes: small numbers stand for names (kernel text is far above).
 const MAX_SEEDS: usize = 4096;
 
@@ -45,6 +47,8 @@ pub struct Seed {
     pub comm: String,
     pub wchan: Option<String>,
     pub since: Instant,
+    /// Its kernel stack as the walk read it (`/proc/<pid>/task/<tid>/stack`), if it did.
+    pub stack: Option<Arc<str>>,
 }
 
 /// Where seeds wait for the reader's next read.
@@ -119,6 +123,8 @@ pub struct Source {
     places: HashMap<u32, (Instant, Place)>,
     pen: Vec<(Ended, u64)>,
     seed_names: Vec<Arc<str>>,
+    /// The walk's stacks of seeded episodes, by tid, while they are in flight.
+    seed_stacks: HashMap<u32, Arc<str>>,
     buf: Vec<u8>,
 }
 
@@ -138,6 +144,7 @@ impl Source {
             places: HashMap::new(),
             pen: Vec::new(),
             seed_names: Vec::new(),
+            seed_stacks: HashMap::new(),
             buf: Vec::with_capacity(1024),
         }
     }
@@ -235,8 +242,14 @@ impl Source {
         // Ask for every name this drain needs, then one kallsyms pass if one is due, so that
         // names are known in the same read whenever possible.
         let visible = self.symbols.as_ref().is_some_and(|s| s.bounds.known());
+        // Stacks of the MAX_STACKS longest episodes in flight (the walk's default budget of
+        // kernel stacks): "who is in D now, and where" without /proc/<pid>/stack.
+        let cutoff = {
+            let mut starts: Vec<u64> = d.in_flight.iter().map(|e| e.start_ns).collect();
+            starts.sort_unstable();
+            starts.get(MAX_STACKS - 1).copied().unwrap_or(u64::MAX)
+        };
         if visible {
-            let long_ns = self.settings.long.as_nanos() as u64;
             let s = self.symbols.as_mut().expect("symbols with the kernel");
             for (k, _) in &d.ended {
                 if k.wchan > MAX_SEEDS as u64 {
@@ -247,7 +260,7 @@ impl Source {
                 if e.wchan > MAX_SEEDS as u64 {
                     s.wchan(e.wchan);
                 }
-                if d.now_ns.saturating_sub(e.start_ns) >= long_ns {
+                if e.start_ns <= cutoff {
                     frames(e.nframes, e.flags, &e.stack).iter().for_each(|&ip| {
                         s.frame(ip);
                     });
@@ -308,10 +321,18 @@ impl Source {
                 b.ended.push(e);
             }
         }
-        let long_ns = self.settings.long.as_nanos() as u64;
+        let seeded: std::collections::HashSet<u32> = d
+            .in_flight
+            .iter()
+            .filter(|e| e.flags & SEEDED != 0)
+            .map(|e| e.tid)
+            .collect();
+        self.seed_stacks.retain(|tid, _| seeded.contains(tid));
         for e in &d.in_flight {
             let age = Duration::from_nanos(d.now_ns.saturating_sub(e.start_ns));
-            let stack = if age.as_nanos() as u64 >= long_ns {
+            let stack = if e.flags & SEEDED != 0 {
+                self.seed_stacks.get(&e.tid).cloned()
+            } else if e.start_ns <= cutoff {
                 self.stack(frames(e.nframes, e.flags, &e.stack))
             } else {
                 None
@@ -388,6 +409,11 @@ impl Source {
                 stack: [0; MAX_FRAMES],
             };
             if k.seed(&e).unwrap_or(false) {
+                if let Some(st) = &s.stack {
+                    if self.seed_stacks.len() < MAX_SEEDS {
+                        self.seed_stacks.insert(s.tid, Arc::clone(st));
+                    }
+                }
                 // Woken between the walk and now: its wakeup found nothing to end.
                 let stat = self.roots.proc(&format!("{}/task/{}/stat", s.pid, s.tid));
                 let in_d = read_into(&stat, &mut self.buf)

@@ -89,9 +89,8 @@ impl EpisodeState {
                 wchan: r.wchan.as_ref().map(|w| w.to_string()),
                 cgroup: r.place.cgroup.clone(),
                 container: r.place.container.clone(),
-                // Episodes still running have no stack yet: the source sends one when an
-                // episode ends past `bpf.long_episode` (the long episodes' stacks).
-                stack: None,
+                // The stack it went to sleep in (the 64 longest; none for a seeded one).
+                stack: r.stack.clone(),
             })
             .collect();
         self.in_flight = running

@@ -14,16 +14,22 @@
 //! per [`PASS_EVERY`], the names kept in a bounded cache (until then an address has no name:
 //! a wait channel shows as `unknown`, an ended episode waits for its name).
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashSet};
 use std::io::BufRead;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-/// Minimum time between two passes over kallsyms (one costs ~50 ms of CPU here, and is only
-/// made when a new address shows up: the set of wait channels of a node settles quickly).
+/// Minimum time between two passes over kallsyms. A pass is only made when an address outside
+/// every function met so far shows up, and costs ~50-60 ms of CPU here (mostly the kernel
+/// formatting kallsyms), so passes are also spaced to keep them under [`PASS_BUDGET`] of a core.
 pub const PASS_EVERY: Duration = Duration::from_secs(2);
-/// Names kept.
+/// Share of one core that passes may use: the next pass waits at least `cost / PASS_BUDGET`.
+/// Not in the first [`LEARNING`]: a node's usual wait channels are named then, every
+/// [`PASS_EVERY`].
+pub const PASS_BUDGET: f64 = 0.01;
+pub const LEARNING: Duration = Duration::from_secs(60);
+/// Functions (and addresses outside any) kept.
 const MAX_NAMES: usize = 8192;
 
 /// Where the scheduler's and the lock functions' text are: a wait channel is the first frame
@@ -90,14 +96,18 @@ pub fn bounds(text: impl BufRead) -> Bounds {
     b
 }
 
-/// For each address (sorted, distinct), the text symbol at or below it, with the offset:
-/// `(name, offset)`. One pass; memory is per wanted address, not per symbol.
-pub fn resolve(text: impl BufRead, wanted: &[u64]) -> Vec<Option<(String, u64)>> {
-    // Slot j holds the best symbol in (wanted[j-1], wanted[j]]; the answer for wanted[k] is
-    // the highest of slots 0..=k. Names are copied into each slot's own buffer (in the sorted
-    // run of vmlinux every line improves its slot: no allocation per line).
-    let mut addrs: Vec<u64> = vec![0; wanted.len()];
-    let mut names: Vec<Vec<u8>> = vec![Vec::new(); wanted.len()];
+/// For each address (sorted, distinct), the text symbol at or below it and where the next one
+/// begins: `(name, start, end)`, so that later addresses inside the same function need no pass.
+/// One pass; memory is per wanted address, not per symbol.
+pub fn resolve(text: impl BufRead, wanted: &[u64]) -> Vec<Option<(String, u64, u64)>> {
+    // Slot j holds the symbols in (wanted[j-1], wanted[j]] (slot len: above them all). The
+    // function of wanted[k] is the highest symbol of slots 0..=k; where it ends, the lowest of
+    // slots k+1... Names are copied into each slot's own buffer (in the sorted run of vmlinux
+    // every line improves its slot: no allocation per line).
+    let n = wanted.len();
+    let mut high: Vec<u64> = vec![0; n];
+    let mut low: Vec<u64> = vec![u64::MAX; n + 1];
+    let mut names: Vec<Vec<u8>> = vec![Vec::new(); n];
     each_line(text, |line| {
         let Some((addr, ty, name)) = parse_line(line) else {
             return true;
@@ -106,25 +116,28 @@ pub fn resolve(text: impl BufRead, wanted: &[u64]) -> Vec<Option<(String, u64)>>
             return true;
         }
         let j = wanted.partition_point(|&w| w < addr);
-        if j < addrs.len() && addrs[j] < addr {
-            addrs[j] = addr;
+        low[j] = low[j].min(addr);
+        if j < n && high[j] < addr {
+            high[j] = addr;
             names[j].clear();
             names[j].extend_from_slice(name);
         }
         true
     });
+    for j in (0..n).rev() {
+        low[j] = low[j].min(low[j + 1]);
+    }
     let mut best: Option<usize> = None;
-    wanted
-        .iter()
-        .enumerate()
-        .map(|(j, &w)| {
-            if addrs[j] != 0 && best.is_none_or(|b| addrs[b] < addrs[j]) {
-                best = Some(j);
+    (0..n)
+        .map(|k| {
+            if high[k] != 0 && best.is_none_or(|b| high[b] < high[k]) {
+                best = Some(k);
             }
             best.map(|b| {
                 (
                     String::from_utf8_lossy(&names[b]).into_owned(),
-                    w - addrs[b],
+                    high[b],
+                    low[k + 1],
                 )
             })
         })
@@ -135,19 +148,14 @@ pub fn resolve(text: impl BufRead, wanted: &[u64]) -> Vec<Option<(String, u64)>>
 pub struct Symbols {
     path: PathBuf,
     pub bounds: Bounds,
-    /// By (address, as a frame with offset rather than a bare wait channel name).
-    names: HashMap<(u64, bool), Arc<str>>,
-    pending: BTreeSet<(u64, bool)>,
-    last_pass: Option<Instant>,
-}
-
-/// What an address is called: `name+0xoff`, or the bare name for a wait channel.
-fn shown(name: &str, off: u64, with_offset: bool) -> String {
-    if with_offset {
-        format!("{name}+{off:#x}")
-    } else {
-        name.to_string()
-    }
+    /// Functions met so far: start → (end, name). An address inside one needs no pass.
+    funcs: BTreeMap<u64, (u64, Arc<str>)>,
+    /// Addresses no text symbol covers: not asked again.
+    nowhere: HashSet<u64>,
+    pending: BTreeSet<u64>,
+    /// When the next pass may run.
+    next_pass: Option<Instant>,
+    opened: Instant,
 }
 
 impl Symbols {
@@ -159,70 +167,89 @@ impl Symbols {
         Symbols {
             path,
             bounds: b,
-            names: HashMap::new(),
+            funcs: BTreeMap::new(),
+            nowhere: HashSet::new(),
             pending: BTreeSet::new(),
-            last_pass: None,
+            next_pass: None,
+            opened: Instant::now(),
         }
     }
 
-    /// The name of a wait channel address (function only), if known yet; queued otherwise.
+    /// The function `ip` is in, and the offset, if known.
+    fn find(&self, ip: u64) -> Option<(&Arc<str>, u64)> {
+        let (start, (end, name)) = self.funcs.range(..=ip).next_back()?;
+        (ip < *end).then_some((name, ip - start))
+    }
+
+    /// Asks for `ip` at the next pass, unless it is known to be nowhere.
+    fn want(&mut self, ip: u64) {
+        if self.bounds.known() && !self.nowhere.contains(&ip) {
+            self.pending.insert(ip);
+        }
+    }
+
+    /// The name of a wait channel address (function only): `None` until a pass resolved it,
+    /// `unknown` when no text symbol covers it.
     pub fn wchan(&mut self, ip: u64) -> Option<Arc<str>> {
-        self.lookup(ip)
+        if let Some((name, _)) = self.find(ip) {
+            return Some(name.clone());
+        }
+        if self.nowhere.contains(&ip) {
+            return Some(Arc::from("unknown"));
+        }
+        self.want(ip);
+        None
     }
 
     /// A frame: `function+0xoff`, or the hex address until it is resolved.
     pub fn frame(&mut self, ip: u64) -> Arc<str> {
-        let key = (ip, true);
-        if let Some(n) = self.names.get(&key) {
-            return n.clone();
+        if let Some((name, off)) = self.find(ip) {
+            return Arc::from(format!("{name}+{off:#x}"));
         }
-        if self.bounds.known() {
-            self.pending.insert(key);
-        }
+        self.want(ip);
         Arc::from(format!("{ip:#x}"))
     }
 
-    fn lookup(&mut self, ip: u64) -> Option<Arc<str>> {
-        if let Some(n) = self.names.get(&(ip, false)) {
-            return Some(n.clone());
-        }
-        if self.bounds.known() {
-            self.pending.insert((ip, false));
-        }
-        None
-    }
-
-    /// Whether a pass is due (there is something to resolve and the last pass is old enough).
+    /// Whether a pass is due (there is something to resolve and the last pass is far enough
+    /// behind: [`PASS_EVERY`], stretched to keep passes under [`PASS_BUDGET`]).
     pub fn due(&self, now: Instant) -> bool {
-        !self.pending.is_empty()
-            && self
-                .last_pass
-                .is_none_or(|t| now.saturating_duration_since(t) >= PASS_EVERY)
+        !self.pending.is_empty() && self.next_pass.is_none_or(|t| now >= t)
     }
 
     /// One pass over kallsyms for everything pending.
     pub fn pass(&mut self, now: Instant) {
-        self.last_pass = Some(now);
-        let pending = std::mem::take(&mut self.pending);
-        let mut wanted: Vec<u64> = pending.iter().map(|k| k.0).collect();
-        wanted.sort_unstable();
-        wanted.dedup();
+        let cpu0 = crate::sample::driver::thread_cpu();
+        self.resolve_pending();
+        let cost = crate::sample::driver::thread_cpu().saturating_sub(cpu0);
+        let wait = if now.saturating_duration_since(self.opened) < LEARNING {
+            PASS_EVERY
+        } else {
+            PASS_EVERY.max(cost.mul_f64(1.0 / PASS_BUDGET))
+        };
+        self.next_pass = now.checked_add(wait);
+    }
+
+    fn resolve_pending(&mut self) {
+        let wanted: Vec<u64> = std::mem::take(&mut self.pending).into_iter().collect();
         let Ok(f) = std::fs::File::open(&self.path) else {
             return;
         };
         let found = resolve(std::io::BufReader::new(f), &wanted);
-        if self.names.len() + pending.len() > MAX_NAMES {
-            self.names.clear();
+        if self.funcs.len() + wanted.len() > MAX_NAMES {
+            self.funcs.clear();
         }
-        for key in pending {
-            let Ok(i) = wanted.binary_search(&key.0) else {
-                continue;
-            };
-            let name = match &found[i] {
-                Some((n, off)) => shown(n, *off, key.1),
-                None => format!("{:#x}", key.0),
-            };
-            self.names.insert(key, Arc::from(name));
+        if self.nowhere.len() + wanted.len() > MAX_NAMES {
+            self.nowhere.clear();
+        }
+        for (ip, f) in wanted.into_iter().zip(found) {
+            match f {
+                Some((name, start, end)) => {
+                    self.funcs.insert(start, (end, Arc::from(name)));
+                }
+                None => {
+                    self.nowhere.insert(ip);
+                }
+            }
         }
     }
 }
@@ -275,13 +302,26 @@ ffffffffc0a01230 t ext4_file_write_iter\t[ext4]
         sorted.sort_unstable();
         let got = resolve(KALLSYMS.as_bytes(), &sorted);
         let of = |ip: u64| got[sorted.iter().position(|&w| w == ip).unwrap()].clone();
+        let f = |name: &str, start: u64, end: u64| Some((name.to_string(), start, end));
         assert_eq!(
             of(0xffffffff81400042),
-            Some(("__iomap_dio_rw".into(), 0x42))
+            f("__iomap_dio_rw", 0xffffffff81400000, 0xffffffff81400900),
+            "its function, and where the next begins"
         );
-        assert_eq!(of(0xffffffff81400901), Some(("iomap_dio_rw".into(), 1)));
-        assert_eq!(of(0xffffffff82246810), Some(("__schedule".into(), 0x10)));
+        assert_eq!(
+            of(0xffffffff81400901),
+            f("iomap_dio_rw", 0xffffffff81400900, 0xffffffff822467c0)
+        );
+        assert_eq!(
+            of(0xffffffff82246810),
+            f("__schedule", 0xffffffff82246800, 0xffffffff82247000)
+        );
         assert_eq!(of(0xffffffffc0a01240).unwrap().0, "ext4_file_write_iter");
+        assert_eq!(
+            of(0xffffffffc0a01240).unwrap().2,
+            u64::MAX,
+            "the last symbol"
+        );
         assert_eq!(of(0x10), None);
         assert_eq!(of(0xffffffff82300010).unwrap().0, "__lock_text_end");
     }
@@ -303,9 +343,19 @@ ffffffffc0a01230 t ext4_file_write_iter\t[ext4]
             Some("__iomap_dio_rw")
         );
         assert_eq!(&*s.frame(0xffffffff81400042), "__iomap_dio_rw+0x42");
+        // Another address in a function already met needs no pass.
+        assert_eq!(&*s.frame(0xffffffff814000a0), "__iomap_dio_rw+0xa0");
+        assert!(!s.due(t + PASS_EVERY));
         // Something new waits for the next pass, PASS_EVERY later.
         assert_eq!(s.wchan(0xffffffff82246810), None);
         assert!(!s.due(t + Duration::from_secs(1)));
         assert!(s.due(t + PASS_EVERY));
+        s.pass(t + PASS_EVERY);
+        assert_eq!(s.wchan(0xffffffff82246810).as_deref(), Some("__schedule"));
+        // An address no text symbol covers is unknown, and never asked again.
+        assert_eq!(s.wchan(0x10), None);
+        s.pass(t + PASS_EVERY * 2);
+        assert_eq!(s.wchan(0x10).as_deref(), Some("unknown"));
+        assert!(!s.due(t + PASS_EVERY * 3));
     }
 }

@@ -222,7 +222,24 @@ impl Threads {
                     );
                     self.walk_now = true;
                 }
-                let raw = self.episodes.apply(batch, &cfg.rules, self.started);
+                let mut raw = self.episodes.apply(batch, &cfg.rules, self.started);
+                // Stacks come with the episodes (captured at sched_switch), for the longest;
+                // threads.stacks = false keeps them out of the D list as it does the walk's.
+                if !cfg.stacks {
+                    raw.iter_mut().for_each(|d| d.stack = None);
+                }
+                let without = raw.iter().filter(|d| d.stack.is_none()).count();
+                self.snap.stacks_missing = if !cfg.stacks && !raw.is_empty() {
+                    Some("off (threads.stacks = false)".into())
+                } else {
+                    (without > 0).then(|| {
+                    format!(
+                        "from the eBPF source for the {} longest of {} threads in D (episodes seeded from a walk have none)",
+                        raw.len() - without,
+                        raw.len()
+                    )
+                    })
+                };
                 let walk = Walk {
                     d: raw,
                     ..Walk::default()
@@ -368,7 +385,9 @@ impl driver::Sampler for Threads {
             None => return,
         };
         status.errors.merge(&walk.errors);
-        self.snap.stacks_missing = stacks_missing(&walk, cfg);
+        if !self.bpf_active() {
+            self.snap.stacks_missing = stacks_missing(&walk, cfg);
+        }
         if self.bpf_wanted && self.bpf_off.is_none() {
             // Threads in D now whose episodes the programs may not have seen begin.
             let seeds: Vec<Seed> = walk
@@ -380,6 +399,7 @@ impl driver::Sampler for Threads {
                     comm: d.comm.clone(),
                     wchan: d.wchan.clone(),
                     since: at,
+                    stack: d.stack.clone(),
                 })
                 .collect();
             if let Ok(mut m) = self.mailbox.lock() {

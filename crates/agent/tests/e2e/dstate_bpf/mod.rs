@@ -68,9 +68,10 @@ fn dstate_bpf_sees_the_rigs_threads_and_wait_channel_and_agrees_with_the_walk() 
         .unwrap_or(0.0)
     };
     let _ = m;
-    // Named once the next kallsyms pass resolved the new address (at most 2 s).
+    // Named once the next kallsyms pass resolved the new address (passes are spaced to stay
+    // under 1 % of a core: a few seconds after the start's).
     with_bpf.wait_for(
-        Duration::from_secs(5),
+        Duration::from_secs(20),
         "the tracker's wait channel to be the kernel's own",
         |m| by_wchan(m, proc_wchan.trim()) >= 3.0,
     );
