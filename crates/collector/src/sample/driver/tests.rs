@@ -420,7 +420,8 @@ fn a_waker_makes_the_sampler_tick_now_and_is_harmless_after_stop() {
         wake();
         wait_for(n);
     }
-    // Many wakes while one is pending are one tick or two, never a backlog.
+    // Many wakes while one is pending are a few ticks, never a backlog (a loaded machine can
+    // preempt the loop between wakes, so a tick may start and end between two of them).
     let before = ticks.load(Ordering::SeqCst);
     for _ in 0..100 {
         wake();
@@ -430,7 +431,7 @@ fn a_waker_makes_the_sampler_tick_now_and_is_harmless_after_stop() {
     std::thread::sleep(Duration::from_millis(100));
     let after = ticks.load(Ordering::SeqCst);
     assert!(
-        after <= before + 2,
+        after <= before + 10,
         "{before} → {after}: a backlog of wakes"
     );
     d.stop();
