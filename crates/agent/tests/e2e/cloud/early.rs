@@ -167,7 +167,7 @@ fn the_estimate_tracks_a_draining_gp2_bucket_and_predicts_when_it_empties() {
     );
     let vol = setup["volumes"][0].as_str().unwrap().to_string();
     // Threads start (and are seen) in D at 5 IOPS; the load starts later.
-    let rig = crate::dstate_rig::DStateRig::start(4, 5);
+    let rig = crate::dstate_rig::DStateRig::for_ebs(4, 5, 4096);
     let dev = rig.loop_device();
     let mut ebs = PlayedGp2::at(START_PCT, BASELINE);
     ebs.tick(&dev);

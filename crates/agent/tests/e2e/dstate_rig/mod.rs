@@ -49,6 +49,9 @@ use cgroups_rs::CgroupPid;
 pub const HOSTILE_COMM: &[u8] = b"sw) S 0 \n\xffwrite";
 const _: () = assert!(HOSTILE_COMM.len() == 15);
 
+/// The EBS tests' writers (they run beside the D-state tests; see `DStateRig::comm`).
+pub const EBS_COMM: &[u8] = b"sw-ebs-writer";
+
 /// How long `start` waits for the threads to be seen in D.
 const START_TIMEOUT: Duration = Duration::from_secs(15);
 /// Size of the sparse backing file.
@@ -63,6 +66,9 @@ static SEQ: AtomicUsize = AtomicUsize::new(0);
 
 /// Real D-state threads; everything is torn down on drop. See the module docs.
 pub struct DStateRig {
+    /// The writer threads' name (`HOSTILE_COMM`, or the EBS tests' own, so that their writers,
+    /// which run beside the D-state tests, never count in those tests' group).
+    comm: &'static [u8],
     /// Holds the backing image, the mount point and the writer's stderr; removed last.
     dir: Option<tempfile::TempDir>,
     image: PathBuf,
@@ -94,6 +100,16 @@ impl DStateRig {
     /// [`DStateRig::start`] with writes of `io_size` bytes (a multiple of 4096).
     #[allow(dead_code)] // the cloud scenarios only
     pub fn start_sized(threads: usize, iops: u32, io_size: usize) -> DStateRig {
+        DStateRig::start_as(HOSTILE_COMM, threads, iops, io_size)
+    }
+
+    /// The EBS tests' rig: writers named `EBS_COMM`, not `HOSTILE_COMM`.
+    #[allow(dead_code)] // the cloud scenarios only
+    pub fn for_ebs(threads: usize, iops: u32, io_size: usize) -> DStateRig {
+        DStateRig::start_as(EBS_COMM, threads, iops, io_size)
+    }
+
+    fn start_as(comm: &'static [u8], threads: usize, iops: u32, io_size: usize) -> DStateRig {
         assert!(threads > 0 && iops > 0, "threads and iops must be > 0");
         assert!(
             io_size >= 4096 && io_size % 4096 == 0,
@@ -106,6 +122,7 @@ impl DStateRig {
             .expect("create tempdir");
         // From here on a panic drops `rig`, which undoes whatever was already set up.
         let mut rig = DStateRig {
+            comm,
             image: dir.path().join("disk.img"),
             mnt: dir.path().join("mnt"),
             stderr_file: dir.path().join("writer.stderr"),
@@ -209,7 +226,7 @@ impl DStateRig {
             .arg(WRITER_PY)
             .arg(&rig.mnt)
             .arg(threads.to_string())
-            .arg(hex(HOSTILE_COMM))
+            .arg(hex(rig.comm))
             .arg(io_size.to_string())
             .stdin(Stdio::piped())
             .stdout(Stdio::null())
@@ -284,7 +301,7 @@ impl DStateRig {
 
     /// The writer's thread ids whose comm is `HOSTILE_COMM` (the main thread is not one).
     pub fn tids(&self) -> Vec<u32> {
-        let mut want = HOSTILE_COMM.to_vec();
+        let mut want = self.comm.to_vec();
         want.push(b'\n'); // /proc/<pid>/task/<tid>/comm ends with a newline of its own
         let mut tids: Vec<u32> = self
             .threads()

@@ -41,7 +41,7 @@ fn a_fast_drain_with_no_history_warns_ten_minutes_before_cloudwatch_and_survives
         serde_json::json!({"volumes": [{"type": "gp2", "size": 1, "created_ago": 2_592_000}]}),
     );
     let vol = Aws::volumes(&setup).remove(0);
-    let rig = crate::dstate_rig::DStateRig::start(8, 5);
+    let rig = crate::dstate_rig::DStateRig::for_ebs(8, 5, 4096);
     let dev = rig.loop_device();
     let cfg = config(&aws, &dev, &vol);
     let mut ebs = PlayedGp2::at(START_PCT, BASELINE);

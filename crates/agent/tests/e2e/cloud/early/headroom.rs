@@ -63,7 +63,7 @@ fn a_gp3_at_95_percent_of_its_iops_shows_headroom_under_10_percent_within_2_s() 
         serde_json::json!({"volumes": [{"type": "gp3", "size": 100, "iops": 3000, "throughput": 125, "created_ago": 86_400}]}),
     );
     let vol = Aws::volumes(&setup).remove(0);
-    let rig = DStateRig::start(8, 5);
+    let rig = DStateRig::for_ebs(8, 5, 4096);
     let dev = rig.loop_device();
     let agent = agent_for(&aws, &vol, &dev);
     let iops =
@@ -120,7 +120,7 @@ fn an_io2_at_its_throughput_limit_shows_headroom_under_10_percent_within_2_s() {
     let vol = Aws::volumes(&setup).remove(0);
     // Four writers of 1 MiB O_DIRECT writes, held in D at 2 a second (enough of them in
     // flight that the throttle, not the writers, sets the rate on a busy machine).
-    let rig = DStateRig::start_sized(4, 2, 1 << 20);
+    let rig = DStateRig::for_ebs(4, 2, 1 << 20);
     let dev = rig.loop_device();
     let agent = agent_for(&aws, &vol, &dev);
     let limit =
