@@ -3,7 +3,7 @@
 
 use std::collections::VecDeque;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use crate::proc::tasks::RawD;
 use crate::sample::dstate::{group_of, GroupRule};
@@ -38,9 +38,11 @@ fn unknown() -> Arc<str> {
 
 impl EpisodeState {
     /// Adds one drain. Returns the episodes running now as the walk would have listed them
-    /// (for the D-state tracker), `starttime` standing for the episode's start so that each
-    /// episode is one entry.
-    pub fn apply(&mut self, b: Batch, rules: &[GroupRule], base: std::time::Instant) -> Vec<RawD> {
+    /// (for the D-state tracker), each with its exact start. `starttime` is 0: the tracker
+    /// keys a thread by tid alone, so that a thread going from one D wait straight into the
+    /// next (a writer held by a throttle: back-to-back one-second episodes) stays stuck from
+    /// the first drain that saw it, as a walk sees it; one long episode keeps its exact start.
+    pub fn apply(&mut self, b: Batch, rules: &[GroupRule]) -> Vec<(RawD, Instant)> {
         self.active = true;
         self.counters = b.counters;
         self.symbols = b.symbols;
@@ -80,17 +82,22 @@ impl EpisodeState {
         running.sort_by_key(|r| r.since);
         let raw = running
             .iter()
-            .map(|r| RawD {
-                pid: r.pid,
-                tid: r.tid,
-                starttime: r.since.saturating_duration_since(base).as_nanos() as u64,
-                comm: r.comm.clone(),
-                kernel_thread: r.place.kernel_thread,
-                wchan: r.wchan.as_ref().map(|w| w.to_string()),
-                cgroup: r.place.cgroup.clone(),
-                container: r.place.container.clone(),
-                // The stack it went to sleep in (the 64 longest; none for a seeded one).
-                stack: r.stack.clone(),
+            .map(|r| {
+                (
+                    RawD {
+                        pid: r.pid,
+                        tid: r.tid,
+                        starttime: 0,
+                        comm: r.comm.clone(),
+                        kernel_thread: r.place.kernel_thread,
+                        wchan: r.wchan.as_ref().map(|w| w.to_string()),
+                        cgroup: r.place.cgroup.clone(),
+                        container: r.place.container.clone(),
+                        // The stack it went to sleep in (the 64 longest; a seeded one the walk's).
+                        stack: r.stack.clone(),
+                    },
+                    r.since,
+                )
             })
             .collect();
         self.in_flight = running
@@ -228,13 +235,11 @@ mod tests {
             long: vec![long(1, 1.5), long(2, 2.5)],
             ..Batch::default()
         };
-        let raw = s.apply(b, &[], base);
+        let raw = s.apply(b, &[]);
         assert_eq!(raw.len(), 2);
-        assert_eq!(raw[0].tid, 9, "longest first");
-        assert_eq!(
-            raw[0].starttime, 1_000_000_000,
-            "the episode's start stands for it"
-        );
+        assert_eq!(raw[0].0.tid, 9, "longest first");
+        assert_eq!(raw[0].1, base + Duration::from_secs(1), "its exact start");
+        assert_eq!(raw[0].0.starttime, 0, "keyed by tid");
         let snap = s.snapshot(20, 20, Duration::from_secs(1), None, None);
         assert!(snap.active);
         let g: Vec<(&str, u64)> = snap.groups.iter().map(|(n, h)| (&**n, h.count)).collect();

@@ -32,7 +32,7 @@ use crate::bpf::source::{Mailbox, Reading, Seed, Settings, Source};
 use crate::bpf::state::EpisodeState;
 use crate::bpf::{self, BpfConfig, EpisodeSnapshot};
 use crate::error::ErrorKind;
-use crate::proc::tasks::{Walk, Walker};
+use crate::proc::tasks::{RawD, Walk, Walker};
 use crate::roots::Roots;
 use crate::sample::driver::{self, Driver, Hook, Schedule, SourceSpec};
 use crate::sample::dstate::{wchan_rows, DThread, DTracker, GroupRow, GroupRule};
@@ -175,19 +175,21 @@ impl Threads {
 
     /// Feeds the D-state tracker a list of threads in D (from a walk or from the episodes in
     /// flight) and fills the snapshot's D rows.
-    fn track(&mut self, walk: &Walk, at: Instant, cfg: &ThreadsConfig) -> Vec<DThread> {
+    fn track(
+        &mut self,
+        walk: &Walk,
+        exact: Option<&HashMap<u32, Instant>>,
+        at: Instant,
+        cfg: &ThreadsConfig,
+    ) -> Vec<DThread> {
         let gap = cfg.interval * 2 + cfg.source_timeout;
         let (mut stuck, counts) = self.tracker.apply(walk, at, &cfg.rules, gap);
-        if self.bpf_active() {
-            // Exact starts from the kernel (the tracker knows only when it first saw each).
-            let since: HashMap<u32, Instant> = walk
-                .d
-                .iter()
-                .map(|d| (d.tid, self.started + Duration::from_nanos(d.starttime)))
-                .collect();
+        if let Some(exact) = exact {
+            // The kernel's start of the episode when it began before the first drain that saw
+            // the thread in D; else the tracker's (a run of back-to-back episodes, as sampled).
             for d in &mut stuck {
-                if let Some(t) = since.get(&d.tid) {
-                    d.since = *t;
+                if let Some(t) = exact.get(&d.tid) {
+                    d.since = d.since.min(*t);
                 }
             }
         }
@@ -222,7 +224,10 @@ impl Threads {
                     );
                     self.walk_now = true;
                 }
-                let mut raw = self.episodes.apply(batch, &cfg.rules, self.started);
+                let running = self.episodes.apply(batch, &cfg.rules);
+                let exact: HashMap<u32, Instant> =
+                    running.iter().map(|(d, t)| (d.tid, *t)).collect();
+                let mut raw: Vec<RawD> = running.into_iter().map(|(d, _)| d).collect();
                 // Stacks come with the episodes (captured at sched_switch), for the longest;
                 // threads.stacks = false keeps them out of the D list as it does the walk's.
                 if !cfg.stacks {
@@ -244,7 +249,7 @@ impl Threads {
                     d: raw,
                     ..Walk::default()
                 };
-                self.track(&walk, at, cfg);
+                self.track(&walk, Some(&exact), at, cfg);
             }
         }
     }
@@ -408,7 +413,7 @@ impl driver::Sampler for Threads {
             }
         }
         if !self.bpf_active() {
-            self.track(&walk, at, cfg);
+            self.track(&walk, None, at, cfg);
         }
         let s = &mut self.snap;
         let mut states: Vec<(char, u64)> =
