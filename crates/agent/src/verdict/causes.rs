@@ -29,18 +29,18 @@ pub struct Finding {
 }
 
 /// The thresholds in force: the entry ones, or the hold ones (scaled by `hold_ratio`).
-struct Th<'a> {
-    c: &'a VerdictConfig,
-    k: f64,
+pub(super) struct Th<'a> {
+    pub(super) c: &'a VerdictConfig,
+    pub(super) k: f64,
 }
 
 impl Th<'_> {
-    fn x(&self, v: f64) -> f64 {
+    pub(super) fn x(&self, v: f64) -> f64 {
         v * self.k
     }
 }
 
-fn ev(
+pub(super) fn ev(
     signal: &'static str,
     subject: Option<&str>,
     value: f64,
@@ -56,7 +56,7 @@ fn ev(
     }
 }
 
-fn pct(v: f64) -> String {
+pub(super) fn pct(v: f64) -> String {
     format!("{:.0}%", v * 100.0)
 }
 
@@ -80,7 +80,7 @@ pub fn detect(tick: &Tick, node: &Node, c: &VerdictConfig) -> Vec<Finding> {
 fn detect_one(cause: Cause, t: &Tick, node: &Node, th: &Th<'_>) -> Option<Finding> {
     match cause {
         Cause::DiskStalled => disk_stalled(t, node, th),
-        Cause::EbsCredits => ebs_credits(t, node, th),
+        Cause::EbsCredits => super::ebs::ebs_credits(t, node, th),
         Cause::Memory => memory(t, node, th),
         Cause::Writeback => writeback(t, node, th),
         Cause::Lock => lock(t, node, th),
@@ -90,7 +90,7 @@ fn detect_one(cause: Cause, t: &Tick, node: &Node, th: &Th<'_>) -> Option<Findin
     }
 }
 
-fn finding(
+pub(super) fn finding(
     cause: Cause,
     severity: Severity,
     summary: String,
@@ -109,7 +109,7 @@ fn finding(
 
 /// The kernel's hung-task detector fired in the tick: a task in D for longer than
 /// `hung_task_timeout_secs` (evidence for the causes that put tasks in D).
-fn hung(t: &Tick, e: &mut Vec<Evidence>) {
+pub(super) fn hung(t: &Tick, e: &mut Vec<Evidence>) {
     if let Some(n) = t.hung_task_detections.filter(|n| *n > 0) {
         e.push(ev("hung_task_detections", None, n as f64, 0.0, "tasks"));
     }
@@ -117,7 +117,7 @@ fn hung(t: &Tick, e: &mut Vec<Evidence>) {
 
 /// Tasks wait on I/O: PSI io some or full over its threshold. The gate of the I/O causes
 /// other than `disk_stalled` (which is a stall by itself).
-fn io_pressure(t: &Tick, th: &Th<'_>) -> Option<Vec<Evidence>> {
+pub(super) fn io_pressure(t: &Tick, th: &Th<'_>) -> Option<Vec<Evidence>> {
     let e = shares(
         t.psi[1],
         [("psi_io_some", th.c.io_some), ("psi_io_full", th.c.io_full)],
@@ -179,163 +179,6 @@ fn disk_stalled(t: &Tick, node: &Node, th: &Th<'_>) -> Option<Finding> {
         Cause::DiskStalled,
         Severity::Critical,
         summary,
-        evidence,
-        who,
-    ))
-}
-
-fn ebs_credits(t: &Tick, node: &Node, th: &Th<'_>) -> Option<Finding> {
-    let mut evidence = io_pressure(t, th)?;
-    let empty = th.c.credits_empty / th.k; // the hold level is a fuller bucket
-    let mut devices = Vec::new();
-    let mut summary = Vec::new();
-    for v in &node.cloud.volumes {
-        let Some(dev) = &v.device else { continue };
-        let active = t
-            .disks
-            .iter()
-            .find(|d| &d.name == dev && (d.iops > 0.0 || d.in_flight > 0));
-        let Some(d) = active else { continue };
-        if let Some(p) = v.estimate_percent.or(v.burst_balance.map(|b| b.percent)) {
-            if p / 100.0 <= empty {
-                evidence.push(ev(
-                    "ebs_burst_balance",
-                    Some(&v.volume_id),
-                    p / 100.0,
-                    empty,
-                    "ratio",
-                ));
-                summary.push(format!(
-                    "{} ({}, {}) burst bucket empty ({:.1}%): held to {:.0} IOPS baseline",
-                    v.volume_id,
-                    v.volume_type,
-                    dev,
-                    p,
-                    v.baseline_iops.unwrap_or(0.0)
-                ));
-                devices.push(who_device(d));
-            }
-        }
-        // At its limit in force (provisioned for gp3/io1/io2, burst or baseline for the
-        // others), from the disk counters in EBS's I/O units (the cloud side's headroom).
-        if let Some(h) = &v.headroom {
-            let share = th.x(th.c.limit_share);
-            for (signal, what, used, limit, rate) in [
-                (
-                    "ebs_iops_used",
-                    "IOPS",
-                    1.0 - h.iops_ratio(),
-                    h.iops_limit,
-                    h.iops,
-                ),
-                (
-                    "ebs_throughput_used",
-                    "throughput",
-                    1.0 - h.bytes_ratio(),
-                    h.bytes_limit,
-                    h.bytes_per_second,
-                ),
-            ] {
-                if limit > 0.0 && used >= share {
-                    evidence.push(ev(signal, Some(&v.volume_id), used, share, "ratio"));
-                    let (r, l) = if what == "IOPS" {
-                        (format!("{rate:.0}"), format!("{limit:.0}"))
-                    } else {
-                        (
-                            format!("{:.1} MiB/s", rate / 1048576.0),
-                            format!("{:.1} MiB/s", limit / 1048576.0),
-                        )
-                    };
-                    summary.push(format!(
-                        "{} ({}, {dev}) at its {what} limit: {r} of {l}",
-                        v.volume_id, v.volume_type
-                    ));
-                    if !devices.iter().any(|w: &WhoDevice| w.name == d.name) {
-                        devices.push(who_device(d));
-                    }
-                }
-            }
-        }
-        // DescribeVolumeStatus: AWS itself says the volume is impaired or slow, or a volume
-        // restored from a snapshot is still loading its blocks (first reads stall, whatever
-        // the credits say).
-        if let Some(st) = &v.status {
-            if st.troubled() || st.initializing() {
-                let what = if st.initializing() {
-                    let p = st
-                        .initialization
-                        .as_ref()
-                        .and_then(|i| i.progress_percent)
-                        .map(|p| format!(" ({p:.0}% done)"))
-                        .unwrap_or_default();
-                    format!(
-                        "still initializing from its snapshot{p}: first reads of each block stall"
-                    )
-                } else {
-                    format!(
-                        "reported {} by AWS (io-performance {})",
-                        st.status,
-                        st.io_performance.as_deref().unwrap_or("?")
-                    )
-                };
-                evidence.push(ev(
-                    "ebs_volume_status",
-                    Some(&v.volume_id),
-                    1.0,
-                    1.0,
-                    "flag",
-                ));
-                summary.push(format!("{} ({dev}) {what}", v.volume_id));
-                if !devices.iter().any(|w: &WhoDevice| w.name == d.name) {
-                    devices.push(who_device(d));
-                }
-            }
-        }
-    }
-    for (kind, p) in &node.cloud.instance_balances {
-        let name = kind.cloudwatch_metric();
-        if name.starts_with("EBS") && p.percent / 100.0 <= empty {
-            evidence.push(ev(
-                "instance_ebs_balance",
-                Some(name),
-                p.percent / 100.0,
-                empty,
-                "ratio",
-            ));
-            summary.push(format!("the instance's {name} is empty ({:.1}%): every volume is held to the instance baseline", p.percent));
-        }
-    }
-    for (vol, dev, iops, tp) in &t.ebs_exceeded {
-        let name = dev.as_deref().unwrap_or("?");
-        for (signal, what, secs) in [
-            ("ebs_exceeded_iops_seconds", "IOPS", *iops),
-            ("ebs_exceeded_throughput_seconds", "throughput", *tp),
-        ] {
-            if secs > 0.0 {
-                evidence.push(ev(signal, Some(vol), secs, 0.0, "seconds"));
-                summary.push(format!(
-                    "{vol} ({name}) over its provisioned {what} for {secs:.1} s of the last {:.0} s (NVMe log page)",
-                    t.dt
-                ));
-            }
-        }
-        if let Some(d) = t.disks.iter().find(|d| Some(&d.name) == dev.as_ref()) {
-            if !devices.iter().any(|w: &WhoDevice| w.name == d.name) {
-                devices.push(who_device(d));
-            }
-        }
-    }
-    if summary.is_empty() {
-        return None;
-    }
-    let mut who = who_waits(node, |d| {
-        WaitKind::of(d.wchan.as_deref()) == WaitKind::Device
-    });
-    who.devices = devices;
-    Some(finding(
-        Cause::EbsCredits,
-        Severity::Critical,
-        summary.join("; "),
         evidence,
         who,
     ))

@@ -17,6 +17,7 @@
 
 mod causes;
 mod config;
+mod ebs;
 mod engine;
 mod memwho;
 pub mod tick;
