@@ -393,10 +393,17 @@ impl Sampler for Sleepy {
 
 #[test]
 fn a_waker_makes_the_sampler_tick_now_and_is_harmless_after_stop() {
+    use std::sync::atomic::AtomicBool;
     let ticks = Arc::new(std::sync::atomic::AtomicU64::new(0));
-    let counted = Arc::clone(&ticks);
+    // While `hold` is set, the publish hook does not return: the sampler is busy in a tick,
+    // the way a slow read keeps it busy, and wakes that come meanwhile must not queue up.
+    let hold = Arc::new(AtomicBool::new(false));
+    let (counted, held) = (Arc::clone(&ticks), Arc::clone(&hold));
     let hook: Hook = Arc::new(move || {
         counted.fetch_add(1, Ordering::SeqCst);
+        while held.load(Ordering::SeqCst) {
+            std::thread::sleep(Duration::from_millis(1));
+        }
     });
     let out = Arc::new(ArcSwap::from_pointee(0u64));
     let d = Driver::spawn(
@@ -420,20 +427,21 @@ fn a_waker_makes_the_sampler_tick_now_and_is_harmless_after_stop() {
         wake();
         wait_for(n);
     }
-    // Many wakes while one is pending are a few ticks, never a backlog (a loaded machine can
-    // preempt the loop between wakes, so a tick may start and end between two of them).
+    // Hold the sampler inside one tick, wake it a hundred times, let it go: the hundred wakes
+    // are one more tick, not a backlog.
+    hold.store(true, Ordering::SeqCst);
     let before = ticks.load(Ordering::SeqCst);
+    wake();
+    wait_for(before + 1);
     for _ in 0..100 {
         wake();
     }
-    wait_for(before + 1);
+    hold.store(false, Ordering::SeqCst);
+    wait_for(before + 2);
     // An unbounded queue would go on ticking a hundred times; give it the time to show.
-    std::thread::sleep(Duration::from_millis(100));
+    std::thread::sleep(Duration::from_millis(200));
     let after = ticks.load(Ordering::SeqCst);
-    assert!(
-        after <= before + 10,
-        "{before} → {after}: a backlog of wakes"
-    );
+    assert_eq!(after, before + 2, "{before} → {after}: a backlog of wakes");
     d.stop();
     wake();
 }
