@@ -63,6 +63,7 @@ bench: bench-deps
 	python3 tests/scripts/bench_threads.py
 	python3 tests/scripts/bench_cloud.py
 	python3 tests/scripts/bench_bpf.py
+	python3 tests/scripts/bench_node.py
 
 lint:
 	$(CARGO) clippy --workspace --all-targets -- -D warnings
