@@ -1,38 +1,31 @@
 #!/usr/bin/env python3
 """The whole agent beside Debian's node_exporter, both running in the same run (issue 16, `make bench`).
 
-The node: BENCH_NODE_THREADS (10,000) sleeping python threads in BENCH_PROCS (200) processes
-(bench_threads.py's workload) and BENCH_CONTAINERS (200) real Docker containers, each running
-busybox `sleep 100000`, from a PRIVATE dockerd started here as crates/agent/tests/e2e/docker.rs
-starts one: its own socket, --data-root and --exec-root in a tempdir, its own containerd,
---bridge=none --iptables=false --ip-forward=false --ip-masq=false, cgroupfs driver, an image made
-by `docker import` of a tar holding /bin/busybox (no registry), `--network none` containers
-started BENCH_DOCKER_PARALLEL (8) at a time. Without docker.io or busybox-static the container
-part is skipped and the table says so.
+The node: BENCH_NODE_THREADS (10,000) sleeping python threads in BENCH_PROCS (200) processes (bench_threads.py's
+workload) and BENCH_CONTAINERS (200) real containers running busybox `sleep 100000`, of a PRIVATE dockerd set up
+as crates/agent/tests/e2e/docker.rs does (own socket, --data-root/--exec-root in a tempdir, its own containerd,
+--bridge=none --iptables=false --ip-forward=false --ip-masq=false, cgroupfs driver, an image `docker import`ed from
+a tar of /bin/busybox: no registry), `--network none`, BENCH_DOCKER_PARALLEL (8) `docker run`s at a time. Without
+docker.io or busybox-static the containers are skipped and the report says so.
 
-The agents, both at once on 127.0.0.1 (ports 19144 and 19102, apart from the other benches):
-  * stallwatch with its default config, except `containers.docker_root` pointed at the private
-    daemon's data root (where a real host's default /var/lib/docker would be), so that container
-    names resolve and are cached as they would be on a real host. The eBPF source is on by
-    default as root: stallwatch_bpf_active is printed.
-  * prometheus-node-exporter with its default collectors plus --collector.processes (and
-    --no-collector.systemd, which it needs where systemd is not PID 1; see DESIGN.md).
-Both are scraped every 15 s as Prometheus would (text 0.0.4, no gzip), from their start. After
-BENCH_NODE_WARMUP seconds (70: start-up is not steady state; bench_bpf.py says why) a window of
-BENCH_NODE_WINDOW seconds (180) starts right after a scrape and ends right after the scrape
-that closes it, so it holds one scrape per 15 s. For each agent: whole-process CPU as % of one
-core over the window (sum of /proc/<pid>/task/*/schedstat), VmRSS at the end and its max over
-the window (sampled every second), VmHWM (peak since start), RssAnon and RssFile (the binary's
-file pages are part of RSS), series and bytes of the last scrape. For stallwatch also each
-source's CPU over the window (stallwatch_source_cpu_seconds_total deltas), the containers it
-saw (stallwatch_containers) and its container pass interval.
+The agents, at once, on 127.0.0.1:19144 and :19102 (apart from the other benches): stallwatch with its default
+config but for `containers.docker_root` = the private daemon's data root (what /var/lib/docker is on a real host:
+names resolve and are cached as there; the eBPF source is on by default as root: stallwatch_bpf_active is
+printed), and prometheus-node-exporter with its default collectors plus --collector.processes (and
+--no-collector.systemd, needed where systemd is not PID 1; DESIGN.md). Both are scraped every 15 s as Prometheus
+would (text 0.0.4, no gzip) from their start. After BENCH_NODE_WARMUP s (70: start-up is not steady state; see
+bench_bpf.py) a window of BENCH_NODE_WINDOW s (180) opens right after a scrape and closes right after a scrape,
+so it holds one scrape per 15 s. For each agent: whole-process CPU as % of one core over the window (sum of
+/proc/<pid>/task/*/schedstat), VmRSS at the end and its max over the window (sampled every second), VmHWM,
+RssAnon and RssFile (the binary's file pages are part of RSS), series and bytes of the last scrape; for
+stallwatch also each source's CPU (stallwatch_source_cpu_seconds_total deltas), the containers it saw
+(stallwatch_containers) and whether it suspected a stall (then the walk runs every second: not the no-stall case).
 
-Nothing is asserted (no timed assertions). Needs root (dockerd, eBPF). Everything started here
-is stopped by PID and the containers, dockerd, its containerd and shims, mounts, cgroups and
-tempdir are removed on exit, errors and Ctrl-C; a run that was SIGKILLed is cleaned up by the
-next one. Every loop has a deadline.
-Environment: BENCH_STALLWATCH (binary), BENCH_NODE_THREADS (10000), BENCH_CONTAINERS (200),
-BENCH_NODE_WINDOW (180), BENCH_NODE_WARMUP (70), BENCH_PROCS (200), BENCH_DOCKER_PARALLEL (8).
+Nothing is asserted (no timed assertions). Needs root. Everything started here is stopped by PID; containers,
+dockerd, its containerd and shims, cgroups, mounts and the tempdir are removed on exit, errors and Ctrl-C; what a
+SIGKILLed run left is removed by the next run. Every loop has a deadline.
+Environment: BENCH_STALLWATCH (binary), BENCH_NODE_THREADS, BENCH_CONTAINERS, BENCH_NODE_WINDOW, BENCH_NODE_WARMUP,
+BENCH_PROCS, BENCH_DOCKER_PARALLEL.
 """
 import ctypes
 import glob
@@ -61,28 +54,16 @@ TARGET_CPU, TARGET_MB = 1.0, 15.0
 TODAY = "issue 16 measured stallwatch 2.4 % and 22.5 MB, node_exporter 1.9 % and 20.7 MB"
 
 
-def log(msg):
-    print(msg, file=sys.stderr, flush=True)
-
-
 # ---------------------------------------------------------------------------------------------
 # A private dockerd and its containers
 
-def _cmdline_has(pid, needle):
+def _proc(pid, name):
+    """/proc/<pid>/<name>, b"" when the process is gone."""
     try:
-        with open(f"/proc/{pid}/cmdline", "rb") as f:
-            return needle.encode() in f.read()
+        with open(f"/proc/{pid}/{name}", "rb") as f:
+            return f.read()
     except OSError:
-        return False
-
-
-def _state(pid):
-    try:
-        with open(f"/proc/{pid}/stat", "rb") as f:
-            s = f.read()
-        return s[s.rfind(b")") + 2:][:1].decode()
-    except OSError:
-        return None
+        return b""
 
 
 def _wait_gone(pred, timeout):
@@ -90,6 +71,14 @@ def _wait_gone(pred, timeout):
     while pred() and time.monotonic() < deadline:
         time.sleep(0.1)
     return not pred()
+
+
+def _rmdir(d):
+    try:
+        os.rmdir(d)
+        return True
+    except OSError:
+        return False
 
 
 def _kill(pid, sig):
@@ -110,8 +99,7 @@ class Dockerd:
 
     def start(self, timeout=60):
         ns = f"swbench-node-{os.getpid()}"
-        self.logf = os.path.join(self.root, "dockerd.log")
-        with open(self.logf, "wb") as logf:
+        with open(os.path.join(self.root, "dockerd.stderr"), "wb") as logf:
             self.proc = subprocess.Popen(
                 [DOCKERD, f"--data-root={self.root}/data", f"--exec-root={self.root}/exec",
                  f"--pidfile={self.root}/d.pid", f"--host=unix://{self.sock}",
@@ -122,18 +110,11 @@ class Dockerd:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
-                raise RuntimeError(f"dockerd exited ({self.proc.returncode}): {self.log_tail()}")
+                raise RuntimeError(f"dockerd exited ({self.proc.returncode}): {bt.stderr_tail(self.root, 'dockerd')}")
             if self.docker(["info", "--format", "{{.ServerVersion}}"], 10)[0] == 0:
                 return
             time.sleep(0.25)
-        raise RuntimeError(f"dockerd did not answer within {timeout} s: {self.log_tail()}")
-
-    def log_tail(self, n=600):
-        try:
-            with open(self.logf, errors="replace") as f:
-                return f.read()[-n:]
-        except OSError:
-            return "(no log)"
+        raise RuntimeError(f"dockerd did not answer within {timeout} s: {bt.stderr_tail(self.root, 'dockerd')}")
 
     def argv(self, args):
         return [DOCKER, "-H", f"unix://{self.sock}"] + args
@@ -218,7 +199,7 @@ def teardown_root(root, proc=None, docker=None, ids=None):
     the shims (their command line names `root`), the containers' cgroups, mounts, the tempdir."""
     def ours():
         return [int(p) for p in os.listdir("/proc") if p.isdigit() and int(p) != os.getpid()
-                and _cmdline_has(p, root)]
+                and root.encode() in _proc(p, "cmdline")]
     early = set(ours())  # dockerd, containerd, the shims: see that they are gone, reaped too
     cids = set(container_ids(root)) | set(ids or ())
     if docker is not None:
@@ -227,16 +208,8 @@ def teardown_root(root, proc=None, docker=None, ids=None):
         cids |= set(listed)
         for i in range(0, len(listed), 50):  # the CLI removes the ids of one call in parallel
             docker(["rm", "-f"] + listed[i:i + 50], 120)
-    if proc is not None and proc.poll() is None:
-        proc.terminate()
-        try:
-            proc.wait(20)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            try:
-                proc.wait(10)
-            except subprocess.TimeoutExpired:
-                log(f"warning: dockerd (pid {proc.pid}) did not exit after SIGKILL")
+    if proc is not None:
+        bt.stop(proc, grace=20)  # SIGTERM (it stops its containerd), then SIGKILL
     # Anything else whose command line names our root: a dockerd of a stale run, its containerd,
     # containerd-shim-runc-v2 (daemonized: children of init). Shims exit once their container is.
     _wait_gone(lambda: bool(ours()), 5)
@@ -245,12 +218,12 @@ def teardown_root(root, proc=None, docker=None, ids=None):
             _kill(pid, sig)
         _wait_gone(lambda: bool(ours()), 10)
     for pid in ours():
-        log(f"warning: pid {pid} (names {root}) is still alive")
+        bt.log(f"warning: pid {pid} (names {root}) is still alive")
 
     def zombies():  # exited shims wait for init to reap them; a zombie has no command line
-        return [p for p in early if _state(p) == "Z"]
+        return [p for p in early if b") Z " in _proc(p, "stat")]
     if not _wait_gone(lambda: bool(zombies()), 10):
-        log(f"note: {len(zombies())} exited shims not yet reaped by their parent (init)")
+        bt.log(f"note: {len(zombies())} exited shims not yet reaped by their parent (init)")
     # The containers' own processes (if the daemon could not remove them) and their cgroups
     # (runc removes them as the container goes, but a killed daemon leaves them).
     dirs = [d for cid in cids for d in glob.glob(f"/sys/fs/cgroup/*/docker/{cid}")]
@@ -263,18 +236,10 @@ def teardown_root(root, proc=None, docker=None, ids=None):
             pass
     deadline = time.monotonic() + 20
     while dirs and time.monotonic() < deadline:
-        for d in list(dirs):
-            try:
-                os.rmdir(d)
-                dirs.remove(d)
-            except FileNotFoundError:
-                dirs.remove(d)
-            except OSError:
-                pass  # its tasks are still exiting
-        if dirs:
-            time.sleep(0.25)
+        dirs = [d for d in dirs if not _rmdir(d) and os.path.isdir(d)]  # EBUSY while its tasks exit
+        time.sleep(0.25 if dirs else 0)
     for d in dirs:
-        log(f"warning: could not rmdir {d}")
+        bt.log(f"warning: could not rmdir {d}")
     # Mounts under root (overlay2 layers, netns, shm), deepest first, detached.
     libc = ctypes.CDLL(None, use_errno=True)
     for _ in range(3):
@@ -287,11 +252,7 @@ def teardown_root(root, proc=None, docker=None, ids=None):
             libc.umount2(m.encode(), 2)  # MNT_DETACH
     shutil.rmtree(root, ignore_errors=True)
     if os.path.exists(root):
-        log(f"warning: {root} could not be removed")
-
-
-def bench_alive(pid):
-    return _cmdline_has(pid, "bench_node")
+        bt.log(f"warning: {root} could not be removed")
 
 
 def cleanup_stale():
@@ -299,7 +260,7 @@ def cleanup_stale():
     the script by PDEATHSIG, its containers do not)."""
     for root in sorted(glob.glob(os.path.join(tempfile.gettempdir(), PREFIX + "*-*"))):
         pid = os.path.basename(root)[len(PREFIX):].split("-")[0]
-        if pid.isdigit() and not bench_alive(int(pid)):
+        if pid.isdigit() and b"bench_node" not in _proc(pid, "cmdline"):
             print(f"cleaning up after a dead run (pid {pid}): {root}", flush=True)
             teardown_root(root)
 
@@ -344,11 +305,8 @@ def by_label(text, name, label):
 class Watched:
     def __init__(self, name, proc, port):
         self.name, self.proc, self.sc = name, proc, bt.Scraper(port, timeout=10)
-        self.text, self.first_text, self.error = "", "", None
+        self.text, self.first_text, self.error, self.end, self.rss_max, self.lat = "", "", None, None, 0, []
         self.c0 = self.c1 = self.t0 = self.t1 = None
-        self.rss_max = 0
-        self.end = None
-        self.lat = []
 
     def scrape(self):
         if self.error:
@@ -358,7 +316,7 @@ class Watched:
             self.text = self.sc.get()
             self.lat.append(time.monotonic() - t)
         except Exception as e:  # one agent's failure is its row's error, not the end of the run
-            self.error = f"scrape failed: {e!r}" + ("" if self.proc.poll() is None else f" (exited {self.proc.returncode})")
+            self.error = f"scrape failed: {e!r} (exit status {self.proc.poll()})"
 
     def mark(self, first):
         t, c = time.monotonic(), bt.cpu_ns(self.proc.pid)
@@ -409,7 +367,7 @@ def run_window(agents, warmup, window, stall):
             first_tick = tick
             for a in agents:
                 a.mark(True)
-            log(f"window opens: {n_window} scrapes of 15 s")
+            bt.log(f"window opens: {n_window} scrapes of 15 s")
         elif first_tick is not None:
             for a in agents:
                 a.sample_rss()
@@ -424,7 +382,7 @@ def run_window(agents, warmup, window, stall):
                 for a in agents:
                     a.sample_rss()
             time.sleep(min(1.0, max(0.0, next_t - time.monotonic())))
-    log("warning: time is up before the window closed")
+    bt.log("warning: time is up before the window closed")
     return False
 
 
@@ -457,8 +415,8 @@ def print_report(agents, sw, ne, facts):
     for r in rows:
         print("  ".join(v.ljust(w[0]) if i == 0 else v.rjust(w[i]) for i, v in enumerate(r)))
     if sw and ne and sw.cpu_pct() is not None and ne.cpu_pct() and sw.end and ne.end:
-        print(f"ratio stallwatch/node_exporter: CPU {sw.cpu_pct() / ne.cpu_pct():.2f}x, "
-              f"RSS end {sw.end['VmRSS'] / ne.end['VmRSS']:.2f}x, series {series(sw.text) / max(1, series(ne.text)):.1f}x")
+        print(f"ratio stallwatch/node_exporter: CPU {sw.cpu_pct() / ne.cpu_pct():.2f}x, RSS end "
+              f"{sw.end['VmRSS'] / ne.end['VmRSS']:.2f}x, series {series(sw.text) / max(1, series(ne.text)):.1f}x")
     if sw and sw.cpu_pct() is not None and sw.end:
         ok = lambda b: "met" if b else "NOT met"  # noqa: E731
         print(f"issue 16 target for stallwatch: <= {TARGET_CPU:g} % of a core ({ok(sw.cpu_pct() <= TARGET_CPU)}: "
@@ -486,6 +444,37 @@ def print_report(agents, sw, ne, facts):
             print(f"{a.name}: median scrape latency {sorted(a.lat)[len(a.lat) // 2] * 1e3:.1f} ms over {len(a.lat)} "
                   f"scrapes{'; ERROR ' + a.error if a.error else ''}")
     sys.stdout.flush()
+
+
+def after_window(sw, ne, dockerd, stall, root):
+    """What the agents saw of the node, and whether it was free of stalls, as report lines."""
+    t, out = sw.text, []
+    bpf = bt.metric_sum(t, "stallwatch_bpf_active")
+    conts = by_label(t, "stallwatch_containers", "runtime")
+    out.append(f"stallwatch: stallwatch_bpf_active {'absent (no eBPF source in this build)' if bpf is None else bpf}; "
+               f"stallwatch_containers {bt.fmt(sum(conts.values()) if conts else None, '.0f')} "
+               f"({', '.join(f'{k} {v:.0f}' for k, v in sorted(conts.items())) or 'none'}; "
+               f"{len(dockerd.ids) if dockerd else 0} started here); container pass interval "
+               f"{bt.fmt(bt.metric_sum(t, 'stallwatch_container_pass_interval_seconds'), '.1f')} s")
+    if bpf == 0:
+        why = [l for l in bt.stderr_tail(root, "stallwatch", 100000).splitlines() if "bpf" in l.lower()]
+        out.append(f"WARNING: the eBPF source is off; the agent's log says: {why[-1] if why else '(nothing)'}")
+    susp = [x for x, _ in stall if x is not None]
+    blocked = [b for _, b in stall if b is not None]
+    walk = bt.metric_sum(t, "stallwatch_thread_walk_interval_seconds")
+    out.append(f"stall: stallwatch_stall_suspected 1 at {sum(1 for x in susp if x >= 1)} of {len(susp)} scrapes in "
+               f"the window; procs_blocked at the scrapes max {max(blocked) if blocked else 'n/a'}; walk interval "
+               f"{bt.fmt(walk, '.0f')} s at the end")
+    if any(x >= 1 for x in susp):
+        out.append("WARNING: a stall was suspected during the window (something else on this machine has threads "
+                   "in D): the walk ran at its fast cadence, so this is not the no-stall figure")
+    with open("/proc/1/mountinfo") as f:
+        out.append(f"mounts: {sum(1 for _ in f)} lines in /proc/1/mountinfo at the end (the containers' overlay "
+                   "and shm mounts are in it)")
+    if ne is not None:
+        nthreads = bt.metric_sum(ne.text, "node_processes_threads")
+        out.append(f"node_exporter: node_processes_threads {bt.fmt(nthreads, '.0f')}")
+    return out
 
 
 def main():
@@ -579,31 +568,7 @@ def main():
         run_window(agents, warmup, window, stall)
         facts.append(f"loadavg at the window's start {load0}, end {bt.loadavg()} ({os.cpu_count()} CPUs; "
                      "anything else running on the machine skews the numbers)")
-        t = sw.text
-        bpf = bt.metric_sum(t, "stallwatch_bpf_active")
-        conts = by_label(t, "stallwatch_containers", "runtime")
-        bpf = "absent (a build without the eBPF source)" if bpf is None else f"{bpf:.0f}"
-        facts.append(f"stallwatch: stallwatch_bpf_active {bpf}; stallwatch_containers "
-                     f"{bt.fmt(sum(conts.values()) if conts else None, '.0f')} "
-                     f"({', '.join(f'{k} {v:.0f}' for k, v in sorted(conts.items())) or 'none'}; "
-                     f"{len(dockerd.ids) if dockerd else 0} started here); container pass interval "
-                     f"{bt.fmt(bt.metric_sum(t, 'stallwatch_container_pass_interval_seconds'), '.1f')} s")
-        susp = [x for x, _ in stall if x is not None]
-        blocked = [b for _, b in stall if b is not None]
-        facts.append(f"stall: stallwatch_stall_suspected 1 at {sum(1 for x in susp if x >= 1)} of {len(susp)} scrapes "
-                     f"in the window; procs_blocked at the scrapes max {max(blocked) if blocked else 'n/a'}; walk "
-                     f"interval {bt.fmt(bt.metric_sum(t, 'stallwatch_thread_walk_interval_seconds'), '.0f')} s at the end")
-        if any(x >= 1 for x in susp):
-            facts.append("WARNING: a stall was suspected during the window (something else on this machine has "
-                         "threads in D): the walk ran at its fast cadence, so this is not the no-stall figure")
-        try:
-            with open("/proc/1/mountinfo") as f:
-                facts.append(f"mounts: {sum(1 for _ in f)} lines in /proc/1/mountinfo at the end (the overlay "
-                             "and shm mounts of the containers are in it)")
-        except OSError:
-            pass
-        if ne is not None:
-            facts.append(f"node_exporter: node_processes_threads {bt.fmt(bt.metric_sum(ne.text, 'node_processes_threads'), '.0f')}")
+        facts += after_window(sw, ne, dockerd, stall, root)
         print_report(agents, sw, ne, facts)
     except (KeyboardInterrupt, bt.Interrupted) as e:
         print(f"\ninterrupted ({str(e) or 'Ctrl-C'}): cleaning up", flush=True)
