@@ -51,8 +51,9 @@ SOAK_SCALE ?= 1
 soak: test-deps
 	SOAK_SCALE=$(SOAK_SCALE) $(CARGO) test --locked -p stallwatch --test e2e -- --ignored --exact soak::soak --nocapture
 
-# rt-tests: hackbench, the switch-heavy load the eBPF source's overhead is measured on.
-BENCH_DEBS := prometheus-node-exporter prometheus-process-exporter rt-tests
+# rt-tests: hackbench, the switch-heavy load the eBPF source's overhead is measured on;
+# docker.io and busybox-static: bench_node.py's 200 real containers.
+BENCH_DEBS := prometheus-node-exporter prometheus-process-exporter rt-tests docker.io busybox-static
 bench-deps:
 	@bash tests/scripts/ensure-debs.sh $(BENCH_DEBS)
 

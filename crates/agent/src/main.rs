@@ -5,6 +5,7 @@ mod client;
 mod config;
 mod doctor;
 mod dstate;
+mod memory;
 mod metrics;
 mod node;
 mod recorder;
@@ -35,6 +36,7 @@ use crate::metrics::selfmon::{ReloadStatus, SelfCollector};
 use crate::metrics::threads::ThreadsCollector;
 
 fn main() -> ExitCode {
+    memory::limit_arenas();
     let cli = Cli::parse();
     telemetry::init(cli.common.log_level, cli.common.log_format);
     let result = match cli.command.unwrap_or(Command::Run) {
@@ -98,6 +100,7 @@ fn run(common: Common) -> anyhow::Result<Exit> {
     let listener = web::bind(addr).with_context(|| format!("cannot listen on {addr}"))?;
     let local = listener.local_addr().unwrap_or(addr);
 
+    memory::spawn_trimmer();
     let roots = Arc::new(common.roots());
     let live = reload::Live::new(&cfg).context("cannot start the probes")?;
     // The HTTP server's runtime; the cloud sampler's readers make their AWS calls on it too.
