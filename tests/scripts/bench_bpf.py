@@ -141,6 +141,35 @@ def hackbench_cost(binary, tmpdir, hargs):
     return f"the programs ran {per}: {total_ns / 1e6:.1f} ms in {wall:.2f} s on {os.cpu_count()} CPUs = {share:.2f} % of the CPU time"
 
 
+SYSCTLS = ("/proc/sys/kernel/pid_max", "/proc/sys/kernel/threads-max")
+RAISED = {}  # path -> value before this script raised it; put back by restore_limits()
+
+
+def raise_limits(target):
+    """Raises kernel.pid_max and kernel.threads-max for `target` more threads when they are too
+    small (pid_max is 32,768 on this machine: 50k threads need more); restore_limits() puts them
+    back, on every exit path."""
+    need = bt.count_tasks() + target + 1000
+    for path in SYSCTLS:
+        cur = bt.read_int(path)
+        if cur is not None and cur < need:
+            RAISED.setdefault(path, cur)
+            with open(path, "w") as f:
+                f.write(str(min(need * 2, 4_194_304)))
+            print(f"{path[len('/proc/sys/'):].replace('/', '.')} raised from {cur} to {bt.read_int(path)} "
+                  f"for {target} threads (put back on exit)", flush=True)
+
+
+def restore_limits():
+    for path, v in RAISED.items():
+        try:
+            with open(path, "w") as f:
+                f.write(str(v))
+        except OSError as e:
+            print(f"could not put {path} back to {v}: {e}")
+    RAISED.clear()
+
+
 def hackbench(args):
     t0 = time.monotonic()
     r = subprocess.run(["hackbench"] + args.split(), capture_output=True, text=True, timeout=600)
@@ -201,6 +230,7 @@ def main():
 
         # 2. no stall, by thread count.
         for target in scenarios:
+            raise_limits(target)
             problems, _lim = bt.check_limits(target, procs)
             if problems:
                 print(f"{target} threads: skipped: {'; '.join(problems)}")
@@ -242,6 +272,7 @@ def main():
         return 1
     finally:
         bt.stop_all()
+        restore_limits()
         shutil.rmtree(tmpdir, ignore_errors=True)
     print()
     print("| scenario | walk-only: agent | walk-only: thread side | with the source: agent | with the source: thread side |")

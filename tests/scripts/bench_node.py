@@ -21,248 +21,39 @@ RssAnon and RssFile (the binary's file pages are part of RSS), series and bytes 
 stallwatch also each source's CPU (stallwatch_source_cpu_seconds_total deltas), the containers it saw
 (stallwatch_containers) and whether it suspected a stall (then the walk runs every second: not the no-stall case).
 
+A third agent, stallwatch-walk, is the same stallwatch with `[bpf] enabled = false` (on :19145): what the thread
+walk alone costs on the same node. Then (unless BENCH_NODE_STALL_WINDOW=0) the same three agents are measured
+again during a stall: 16 writer threads held in D by a 2-IOPS blkio throttle (bench_threads.py's rig), after
+BENCH_NODE_STALL_WARMUP (30) s, for BENCH_NODE_STALL_WINDOW (120) s; issue 16's target there is 0.5 % of a core.
+
 Nothing is asserted (no timed assertions). Needs root. Everything started here is stopped by PID; containers,
 dockerd, its containerd and shims, cgroups, mounts and the tempdir are removed on exit, errors and Ctrl-C; what a
 SIGKILLed run left is removed by the next run. Every loop has a deadline.
 Environment: BENCH_STALLWATCH (binary), BENCH_NODE_THREADS, BENCH_CONTAINERS, BENCH_NODE_WINDOW, BENCH_NODE_WARMUP,
+BENCH_NODE_STALL_WINDOW, BENCH_NODE_STALL_WARMUP,
 BENCH_PROCS, BENCH_DOCKER_PARALLEL.
 """
-import ctypes
-import glob
 import os
-import re
 import shlex
 import shutil
 import signal
-import subprocess
 import sys
 import tempfile
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import bench_threads as bt  # noqa: E402  (the workload, process helpers, the scraper)
+from docker_rig import (BUSYBOX, DOCKER, DOCKERD, PREFIX, Dockerd, cleanup_stale,  # noqa: E402
+                        teardown_root)
 
 PORT_SW = 19144
+PORT_SW_WALK = 19145
 PORT_NE = 19102
 SCRAPE_S = 15.0
-DOCKER = "/usr/bin/docker"  # Debian's, by absolute path (docker.rs does the same)
-DOCKERD = "/usr/sbin/dockerd"
-BUSYBOX = "/bin/busybox"
-IMAGE = "swbench-busybox:1"
-PREFIX = "swbench-node-"
 TARGET_CPU, TARGET_MB = 1.0, 15.0
+TARGET_STALL_CPU = 0.5
+STALL_WRITERS = 16
 TODAY = "issue 16 measured stallwatch 2.4 % and 22.5 MB, node_exporter 1.9 % and 20.7 MB"
-
-
-# ---------------------------------------------------------------------------------------------
-# A private dockerd and its containers
-
-def _proc(pid, name):
-    """/proc/<pid>/<name>, b"" when the process is gone."""
-    try:
-        with open(f"/proc/{pid}/{name}", "rb") as f:
-            return f.read()
-    except OSError:
-        return b""
-
-
-def _wait_gone(pred, timeout):
-    deadline = time.monotonic() + timeout
-    while pred() and time.monotonic() < deadline:
-        time.sleep(0.1)
-    return not pred()
-
-
-def _rmdir(d):
-    try:
-        os.rmdir(d)
-        return True
-    except OSError:
-        return False
-
-
-def _kill(pid, sig):
-    try:
-        os.kill(pid, sig)
-    except ProcessLookupError:
-        pass
-
-
-class Dockerd:
-    """dockerd with everything under `root`; teardown() removes all of it, also for a stale root."""
-
-    def __init__(self, root):
-        self.root = root
-        self.sock = os.path.join(root, "d.sock")
-        self.proc = None
-        self.ids = []
-
-    def start(self, timeout=60):
-        ns = f"swbench-node-{os.getpid()}"
-        with open(os.path.join(self.root, "dockerd.stderr"), "wb") as logf:
-            self.proc = subprocess.Popen(
-                [DOCKERD, f"--data-root={self.root}/data", f"--exec-root={self.root}/exec",
-                 f"--pidfile={self.root}/d.pid", f"--host=unix://{self.sock}",
-                 "--exec-opt=native.cgroupdriver=cgroupfs", "--bridge=none", "--iptables=false",
-                 "--ip-forward=false", "--ip-masq=false", f"--containerd-namespace={ns}",
-                 f"--containerd-plugins-namespace={ns}-plugins"],
-                stdin=subprocess.DEVNULL, stdout=logf, stderr=logf, preexec_fn=bt._pdeathsig)
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"dockerd exited ({self.proc.returncode}): {bt.stderr_tail(self.root, 'dockerd')}")
-            if self.docker(["info", "--format", "{{.ServerVersion}}"], 10)[0] == 0:
-                return
-            time.sleep(0.25)
-        raise RuntimeError(f"dockerd did not answer within {timeout} s: {bt.stderr_tail(self.root, 'dockerd')}")
-
-    def argv(self, args):
-        return [DOCKER, "-H", f"unix://{self.sock}"] + args
-
-    def docker(self, args, timeout):
-        """(returncode, stdout, stderr); a CLI that does not answer within `timeout` is killed."""
-        try:
-            r = subprocess.run(self.argv(args), stdin=subprocess.DEVNULL, capture_output=True, text=True,
-                               timeout=timeout)
-            return r.returncode, r.stdout.strip(), r.stderr.strip()
-        except subprocess.TimeoutExpired:
-            return -1, "", f"docker {' '.join(args[:2])}: no answer within {timeout} s"
-
-    def must(self, args, timeout=60):
-        rc, out, err = self.docker(args, timeout)
-        if rc != 0:
-            raise RuntimeError(f"docker {shlex.join(args)}: {err[-400:]}")
-        return out
-
-    def build_image(self):
-        rootfs = os.path.join(self.root, "rootfs")
-        os.makedirs(os.path.join(rootfs, "bin"))
-        shutil.copy(BUSYBOX, os.path.join(rootfs, "bin", "busybox"))
-        for applet in ("sh", "sleep"):
-            os.symlink("busybox", os.path.join(rootfs, "bin", applet))
-        tar = os.path.join(self.root, "rootfs.tar")
-        subprocess.run(["tar", "-C", rootfs, "-cf", tar, "."], check=True, timeout=60)
-        self.must(["import", tar, IMAGE], timeout=120)
-
-    def run_containers(self, n, parallel, timeout):
-        """Starts n `sleep 100000` containers, `parallel` CLIs at a time; returns how many ran."""
-        deadline = time.monotonic() + timeout
-        running, todo, errors = [], list(range(n)), []
-        try:
-            while (todo or running) and time.monotonic() < deadline:
-                while todo and len(running) < parallel:
-                    i = todo.pop(0)
-                    args = ["run", "-d", "--network=none", f"--name=swbench-{os.getpid()}-{i}", IMAGE,
-                            "sleep", "100000"]
-                    p = subprocess.Popen(self.argv(args), stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-                                         stderr=subprocess.PIPE, text=True)
-                    running.append((p, time.monotonic() + 120))
-                still = []
-                for p, until in running:
-                    if p.poll() is None and time.monotonic() < until:
-                        still.append((p, until))
-                        continue
-                    if p.poll() is None:
-                        p.kill()
-                        errors.append("a docker run did not answer within 120 s")
-                    out, err = p.communicate()
-                    if p.returncode == 0 and re.fullmatch(r"[0-9a-f]{64}", out.strip()):
-                        self.ids.append(out.strip())
-                    elif p.returncode is not None and p.returncode != -9:
-                        errors.append(err.strip()[-300:])
-                running = still
-                time.sleep(0.05)
-        finally:
-            for p, _ in running:  # time is up, or interrupted: the CLIs go; teardown removes what they made
-                p.kill()
-                p.communicate()
-        if todo or running:
-            errors.append(f"time is up after {timeout:.0f} s with {len(todo) + len(running)} containers not started")
-        return len(self.ids), errors
-
-    def teardown(self):
-        teardown_root(self.root, self.proc, self.docker if self.proc and self.proc.poll() is None else None, self.ids)
-        self.proc = None
-
-
-def container_ids(root):
-    d = os.path.join(root, "data", "containers")
-    try:
-        return [i for i in os.listdir(d) if re.fullmatch(r"[0-9a-f]{64}", i)]
-    except OSError:
-        return []
-
-
-def teardown_root(root, proc=None, docker=None, ids=None):
-    """Removes everything a private dockerd under `root` made: its containers (by the CLI while
-    the daemon answers, else by killing what is in their cgroups), dockerd and containerd by PID,
-    the shims (their command line names `root`), the containers' cgroups, mounts, the tempdir."""
-    def ours():
-        return [int(p) for p in os.listdir("/proc") if p.isdigit() and int(p) != os.getpid()
-                and root.encode() in _proc(p, "cmdline")]
-    early = set(ours())  # dockerd, containerd, the shims: see that they are gone, reaped too
-    cids = set(container_ids(root)) | set(ids or ())
-    if docker is not None:
-        rc, out, _ = docker(["ps", "-aq", "--no-trunc"], 30)
-        listed = out.split() if rc == 0 else []
-        cids |= set(listed)
-        for i in range(0, len(listed), 50):  # the CLI removes the ids of one call in parallel
-            docker(["rm", "-f"] + listed[i:i + 50], 120)
-    if proc is not None:
-        bt.stop(proc, grace=20)  # SIGTERM (it stops its containerd), then SIGKILL
-    # Anything else whose command line names our root: a dockerd of a stale run, its containerd,
-    # containerd-shim-runc-v2 (daemonized: children of init). Shims exit once their container is.
-    _wait_gone(lambda: bool(ours()), 5)
-    for sig in (signal.SIGTERM, signal.SIGKILL):
-        for pid in ours():
-            _kill(pid, sig)
-        _wait_gone(lambda: bool(ours()), 10)
-    for pid in ours():
-        bt.log(f"warning: pid {pid} (names {root}) is still alive")
-
-    def zombies():  # exited shims wait for init to reap them; a zombie has no command line
-        return [p for p in early if b") Z " in _proc(p, "stat")]
-    if not _wait_gone(lambda: bool(zombies()), 10):
-        bt.log(f"note: {len(zombies())} exited shims not yet reaped by their parent (init)")
-    # The containers' own processes (if the daemon could not remove them) and their cgroups
-    # (runc removes them as the container goes, but a killed daemon leaves them).
-    dirs = [d for cid in cids for d in glob.glob(f"/sys/fs/cgroup/*/docker/{cid}")]
-    for d in dirs:
-        try:
-            with open(os.path.join(d, "cgroup.procs")) as f:
-                for pid in f.read().split():
-                    _kill(int(pid), signal.SIGKILL)
-        except OSError:
-            pass
-    deadline = time.monotonic() + 20
-    while dirs and time.monotonic() < deadline:
-        dirs = [d for d in dirs if not _rmdir(d) and os.path.isdir(d)]  # EBUSY while its tasks exit
-        time.sleep(0.25 if dirs else 0)
-    for d in dirs:
-        bt.log(f"warning: could not rmdir {d}")
-    # Mounts under root (overlay2 layers, netns, shm), deepest first, detached.
-    libc = ctypes.CDLL(None, use_errno=True)
-    for _ in range(3):
-        with open("/proc/self/mounts") as f:
-            mounts = [l.split()[1].replace("\\040", " ") for l in f if len(l.split()) > 1]
-        mounts = sorted((m for m in mounts if m == root or m.startswith(root + "/")), key=len, reverse=True)
-        if not mounts:
-            break
-        for m in mounts:
-            libc.umount2(m.encode(), 2)  # MNT_DETACH
-    shutil.rmtree(root, ignore_errors=True)
-    if os.path.exists(root):
-        bt.log(f"warning: {root} could not be removed")
-
-
-def cleanup_stale():
-    """Roots of runs of this script that died without cleaning up (SIGKILL: dockerd dies with
-    the script by PDEATHSIG, its containers do not)."""
-    for root in sorted(glob.glob(os.path.join(tempfile.gettempdir(), PREFIX + "*-*"))):
-        pid = os.path.basename(root)[len(PREFIX):].split("-")[0]
-        if pid.isdigit() and b"bench_node" not in _proc(pid, "cmdline"):
-            print(f"cleaning up after a dead run (pid {pid}): {root}", flush=True)
-            teardown_root(root)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -393,9 +184,9 @@ def mib(b):
     return "n/a" if b is None else f"{b / 2**20:.1f}"
 
 
-def print_report(agents, sw, ne, facts):
+def print_report(agents, sw, ne, facts, title="no stall", target_cpu=TARGET_CPU):
     print()
-    print("== whole agent beside node_exporter, same run ==")
+    print(f"== whole agent beside node_exporter, same run: {title} ==")
     for f in facts:
         print(f)
     cols = ("agent", "CPU % core", "RSS MiB end", "max", "HWM", "anon", "file", "series", "scrape bytes")
@@ -419,7 +210,7 @@ def print_report(agents, sw, ne, facts):
               f"{sw.end['VmRSS'] / ne.end['VmRSS']:.2f}x, series {series(sw.text) / max(1, series(ne.text)):.1f}x")
     if sw and sw.cpu_pct() is not None and sw.end:
         ok = lambda b: "met" if b else "NOT met"  # noqa: E731
-        print(f"issue 16 target for stallwatch: <= {TARGET_CPU:g} % of a core ({ok(sw.cpu_pct() <= TARGET_CPU)}: "
+        print(f"issue 16 target for stallwatch: <= {target_cpu:g} % of a core ({ok(sw.cpu_pct() <= target_cpu)}: "
               f"{sw.cpu_pct():.3f} %), <= {TARGET_MB:g} MB = {TARGET_MB * 1e6 / 2**20:.1f} MiB RSS "
               f"({ok(sw.end['VmRSS'] <= TARGET_MB * 1e6)}: {mib(sw.end['VmRSS'])} MiB at the end, "
               f"{mib(sw.rss_max)} MiB max); {TODAY}")
@@ -483,6 +274,8 @@ def main():
     n_cont = int(env("BENCH_CONTAINERS", "200"))
     window = float(env("BENCH_NODE_WINDOW", "180"))
     warmup = float(env("BENCH_NODE_WARMUP", "70"))
+    stall_window = float(env("BENCH_NODE_STALL_WINDOW", "120"))
+    stall_warmup = float(env("BENCH_NODE_STALL_WARMUP", "30"))
     procs = int(env("BENCH_PROCS", "200"))
     parallel = max(1, int(env("BENCH_DOCKER_PARALLEL", "8")))
     # Ctrl-C, and SIGINT also when a non-interactive shell started us in the background with it
@@ -506,7 +299,7 @@ def main():
     cleanup_stale()
     root = tempfile.mkdtemp(prefix=f"{PREFIX}{os.getpid()}-")
     dockerd, facts, rc = None, [], 0
-    sw = ne = None
+    sw = sw_walk = ne = None
     try:
         # 1. containers
         missing = [b for b in (DOCKER, DOCKERD, BUSYBOX) if not os.path.exists(b)]
@@ -549,6 +342,17 @@ def main():
             raise RuntimeError(f"stallwatch did not start (exit {prc}): {err.strip()[-400:]}")
         sw = Watched("stallwatch", p, PORT_SW)
         facts.append(f"stallwatch: {shlex.join(sw_argv)} (config: {cfg.strip() or 'empty'!r})")
+        # The same agent with the eBPF source off, beside it: what the walk alone costs.
+        wtoml = os.path.join(root, "stallwatch-walk.toml")
+        with open(wtoml, "w") as f:
+            f.write(cfg + "[bpf]\nenabled = false\n")
+        w_argv = [binary, f"--config.file={wtoml}", f"--web.listen-address={bt.HOST}:{PORT_SW_WALK}",
+                  "--log.level=info"]
+        p, prc, err = bt.start_agent("stallwatch-walk", w_argv, PORT_SW_WALK, root)
+        if p is None:
+            raise RuntimeError(f"stallwatch (walk-only) did not start (exit {prc}): {err.strip()[-400:]}")
+        sw_walk = Watched("stallwatch-walk", p, PORT_SW_WALK)
+        facts.append("stallwatch-walk: the same with [bpf] enabled = false (the thread walk alone)")
         if ne_bin:
             ne_argv = [ne_bin, f"--web.listen-address={bt.HOST}:{PORT_NE}", "--no-collector.systemd",
                        "--collector.processes"]
@@ -563,13 +367,34 @@ def main():
                          "its row is skipped")
         print("\n".join(facts[-2:]), flush=True)
         load0 = bt.loadavg()
-        agents = [a for a in (sw, ne) if a is not None]
+        agents = [a for a in (sw, sw_walk, ne) if a is not None]
         stall = []
         run_window(agents, warmup, window, stall)
         facts.append(f"loadavg at the window's start {load0}, end {bt.loadavg()} ({os.cpu_count()} CPUs; "
                      "anything else running on the machine skews the numbers)")
         facts += after_window(sw, ne, dockerd, stall, root)
         print_report(agents, sw, ne, facts)
+        # 4. the same node during a stall: STALL_WRITERS threads in D (bench_threads.py's rig: O_DIRECT
+        # writes under a 2-IOPS blkio throttle on a loop device). The walk-only agent walks every second
+        # (within its CPU budget); with the source, "who is in D now" comes from the episodes in flight.
+        if stall_window > 0:
+            rig = bt.DStateRig()
+            rig.WRITERS = STALL_WRITERS
+            try:
+                d = rig.setup()
+                for a in agents:
+                    a.rss_max = 0
+                stall2 = []
+                load0 = bt.loadavg()
+                run_window(agents, stall_warmup, stall_window, stall2)
+                d_now = bt.count_d_threads([rig.writer.pid]) if rig.writer else 0
+                sfacts = [f"stall: {rig.note}; {d}..{d_now} writer threads in D; stallwatch_stall_suspected 1 at "
+                          f"{sum(1 for x, _ in stall2 if x and x >= 1)} of {len(stall2)} scrapes",
+                          f"loadavg at the window's start {load0}, end {bt.loadavg()}"]
+                print_report(agents, sw, ne, sfacts, title=f"a stall ({STALL_WRITERS} threads in D)",
+                             target_cpu=TARGET_STALL_CPU)
+            finally:
+                rig.teardown()
     except (KeyboardInterrupt, bt.Interrupted) as e:
         print(f"\ninterrupted ({str(e) or 'Ctrl-C'}): cleaning up", flush=True)
         rc = 130
@@ -579,7 +404,7 @@ def main():
     finally:
         for s in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
             signal.signal(s, signal.SIG_IGN)
-        for a in (sw, ne):
+        for a in (sw, sw_walk, ne):
             if a is not None:
                 a.sc.close()
         bt.stop_all()  # the agents, then the workload
