@@ -403,7 +403,10 @@ ffffffffc0a01230 t ext4_file_write_iter\t[ext4]
         assert!(!s.due(t + PASS_EVERY), "a short episode's name waits");
         assert!(s.due(t + Duration::from_secs(55)));
         assert_eq!(s.wchan_soon(0xffffffff81400900), None);
-        assert!(!s.due(t + Duration::from_secs(1)), "never closer than PASS_EVERY");
+        assert!(
+            !s.due(t + Duration::from_secs(1)),
+            "never closer than PASS_EVERY"
+        );
         assert!(s.due(t + PASS_EVERY), "a long episode's name comes soon");
         s.pass(t + PASS_EVERY);
         assert_eq!(s.wchan(0xffffffff81400900).as_deref(), Some("iomap_dio_rw"));
