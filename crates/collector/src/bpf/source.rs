@@ -31,6 +31,11 @@ const MAX_PEN: usize = 4096;
 const MAX_STACKS: usize = 64;
 /// Wait channels of seeded episodes: small numbers stand for names (kernel text is far above).
 const MAX_SEEDS: usize = 4096;
+/// Long episodes held back until their frames are named (the next kallsyms pass, at most
+/// [`super::symbols::PASS_EVERY`] away for them), at most this long and this many: an incident
+/// record wants `ext4_sync_file+0x1a`, not `0xffffffff8143e21a`.
+const LONG_HOLD: Duration = Duration::from_secs(5);
+const MAX_LONG_PEN: usize = 256;
 
 /// What a reader is loaded with; a change reloads the programs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -122,6 +127,8 @@ pub struct Source {
     symbols: Option<Symbols>,
     places: HashMap<u32, (Instant, Place)>,
     pen: Vec<(Ended, u64)>,
+    /// Long episodes waiting for names, with when they came.
+    long_pen: Vec<(kernel::LongEvent, Instant)>,
     seed_names: Vec<Arc<str>>,
     /// The walk's stacks of seeded episodes, by tid, while they are in flight.
     seed_stacks: HashMap<u32, Arc<str>>,
@@ -143,6 +150,7 @@ impl Source {
             symbols: None,
             places: HashMap::new(),
             pen: Vec::new(),
+            long_pen: Vec::new(),
             seed_names: Vec::new(),
             seed_stacks: HashMap::new(),
             buf: Vec::with_capacity(1024),
@@ -361,7 +369,23 @@ impl Source {
             .duration_since(UNIX_EPOCH)
             .map(|d| d.as_secs_f64())
             .unwrap_or(0.0);
-        for l in &d.long {
+        let held = std::mem::take(&mut self.long_pen);
+        for (l, came) in held.into_iter().chain(d.long.iter().map(|l| (*l, now))) {
+            let named = !visible
+                || self.symbols.as_ref().is_none_or(|s| {
+                    // Small wait channels stand for a seeded episode's name.
+                    (l.wchan <= MAX_SEEDS as u64 || s.named(l.wchan))
+                        && frames(l.nframes, l.flags, &l.stack)
+                            .iter()
+                            .all(|&ip| s.named(ip))
+                });
+            if !named
+                && now.saturating_duration_since(came) < LONG_HOLD
+                && self.long_pen.len() < MAX_LONG_PEN
+            {
+                self.long_pen.push((l, came));
+                continue;
+            }
             let end_ns = l.start_ns.saturating_add(l.dur_ns);
             b.long.push(Long {
                 pid: l.tgid,
@@ -464,4 +488,91 @@ fn clip(s: &str, n: usize) -> String {
         end -= 1;
     }
     format!("{}…", &s[..end])
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const KALLSYMS: &str = "\
+ffffffff822467c0 T __sched_text_start
+ffffffff82246800 T __schedule
+ffffffff8224f4e2 T __sched_text_end
+ffffffff8224f4f0 T __lock_text_start
+ffffffff82250f71 T __lock_text_end
+ffffffff81400000 t __iomap_dio_rw
+ffffffff81400900 t iomap_dio_rw
+ffffffff81500000 T ext4_sync_file
+ffffffff81500400 T vfs_fsync_range
+";
+
+    fn long(wchan: u64, frames: &[u64]) -> kernel::LongEvent {
+        let mut stack = [0; MAX_FRAMES];
+        stack[..frames.len()].copy_from_slice(frames);
+        kernel::LongEvent {
+            start_ns: 1,
+            dur_ns: 2_000_000_000,
+            wchan,
+            tid: 7,
+            tgid: 7,
+            flags: 0,
+            nframes: frames.len() as u32,
+            comm: *b"writer\0\0\0\0\0\0\0\0\0\0",
+            stack,
+        }
+    }
+
+    fn drained(long: Vec<kernel::LongEvent>) -> kernel::Drained {
+        kernel::Drained {
+            long,
+            now_ns: 3_000_000_000,
+            ..kernel::Drained::default()
+        }
+    }
+
+    /// A long episode through a function met for the first time, right after a pass, waits
+    /// for the next pass (at most PASS_EVERY) rather than coming out with bare addresses.
+    #[test]
+    fn long_episodes_wait_for_the_names_of_their_frames() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("kallsyms"), KALLSYMS).unwrap();
+        let mut src = Source::new(
+            Arc::new(Roots {
+                procfs: dir.path().to_path_buf(),
+                ..Roots::default()
+            }),
+            Settings {
+                sizes: Sizes {
+                    in_flight: 16,
+                    keys: 16,
+                    ring_bytes: 4096,
+                },
+                long: Duration::from_secs(1),
+            },
+            Mailbox::default(),
+        );
+        src.symbols = Some(Symbols::open(dir.path().join("kallsyms")));
+        // The first pass is due at once: named in the same read.
+        let b = src.resolve(drained(vec![long(
+            0xffffffff81400042,
+            &[0xffffffff81400042],
+        )]));
+        assert_eq!(b.long.len(), 1);
+        assert_eq!(b.long[0].wchan.as_deref(), Some("__iomap_dio_rw"));
+        assert_eq!(b.long[0].stack.as_deref(), Some("__iomap_dio_rw+0x42"));
+        // New functions just after that pass: held back, not published with addresses.
+        let b = src.resolve(drained(vec![long(
+            0xffffffff81500010,
+            &[0xffffffff81500010, 0xffffffff81500420],
+        )]));
+        assert!(b.long.is_empty(), "held: {:?}", b.long);
+        std::thread::sleep(super::super::symbols::PASS_EVERY + Duration::from_millis(100));
+        let b = src.resolve(drained(Vec::new()));
+        assert_eq!(b.long.len(), 1, "released after the next pass");
+        assert_eq!(b.long[0].wchan.as_deref(), Some("ext4_sync_file"));
+        assert_eq!(
+            b.long[0].stack.as_deref(),
+            Some("ext4_sync_file+0x10\nvfs_fsync_range+0x20")
+        );
+    }
 }

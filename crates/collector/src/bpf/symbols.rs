@@ -190,6 +190,11 @@ impl Symbols {
         (ip < *end).then_some((name, ip - start))
     }
 
+    /// Whether `ip` needs no pass: inside a function met so far, known to be in none, or 0.
+    pub fn named(&self, ip: u64) -> bool {
+        ip == 0 || !self.bounds.known() || self.find(ip).is_some() || self.nowhere.contains(&ip)
+    }
+
     /// Asks for `ip` at the next pass, unless it is known to be nowhere.
     fn want(&mut self, ip: u64, urgent: bool) {
         if self.bounds.known() && !self.nowhere.contains(&ip) {
