@@ -7,18 +7,18 @@
 //! delegated to a slice has no `io.stat`).
 
 pub mod discover;
+pub(crate) mod files;
 pub mod identity;
 pub mod names;
 pub mod pass;
 pub mod v1;
 pub mod v2;
 
-use std::io::Read;
 use std::path::{Path, PathBuf};
 
 use crate::error::{parse_u64, Error, ErrorKind, ParseError};
 use crate::proc::pressure::Pressure;
-use crate::proc::read_with;
+use files::Files;
 
 pub use discover::{detect, discover, Found, Layout};
 pub use identity::{identify, Identity, Qos, Runtime};
@@ -182,6 +182,17 @@ impl ContainerStats {
 /// v1 controllers are read from their own hierarchies; on hybrid hosts what v1 lacks (PSI,
 /// and cpu times when no cpuacct hierarchy exists) comes from the unified tree.
 pub fn read_stats(layout: &Layout, path: &str) -> ContainerStats {
+    read_stats_with(layout, path, true, &mut Files::default())
+}
+
+/// [`read_stats`] in a pass: with the pass's reading context, and the settings (memory and
+/// I/O limits) only when `settings` (else they stay `None`).
+pub(crate) fn read_stats_with(
+    layout: &Layout,
+    path: &str,
+    settings: bool,
+    files: &mut Files,
+) -> ContainerStats {
     if path.split('/').any(|c| c == "..") {
         return ContainerStats {
             errors: vec![StatError {
@@ -191,15 +202,48 @@ pub fn read_stats(layout: &Layout, path: &str) -> ContainerStats {
             ..ContainerStats::default()
         };
     }
+    let ticks = crate::sysconf::clock_ticks();
     match layout {
-        Layout::V2 { root } => v2::read(&join(root, path)),
-        Layout::V1 { .. } => v1::read(layout, path),
-        Layout::Hybrid { unified, .. } => {
-            let mut s = v1::read(layout, path);
-            let dir = join(unified, path);
-            if dir.is_dir() {
-                s.fill_missing(v2::read(&dir));
+        Layout::V2 { root } => {
+            let mut s = ContainerStats::default();
+            if let Some(d) = files.dir(root, path, &mut s.errors) {
+                let parts = v2::Parts {
+                    settings,
+                    ..v2::Parts::ALL
+                };
+                v2::read_parts(&d, parts, files, &mut s);
             }
+            s
+        }
+        Layout::V1 { .. } => v1::read_parts(layout, path, ticks, settings, files),
+        Layout::Hybrid { unified, .. } => {
+            let mut s = v1::read_parts(layout, path, ticks, settings, files);
+            let mut u = ContainerStats::default();
+            if let Some(d) = files.dir(unified, path, &mut u.errors) {
+                // Only what v1 did not give: a controller bound to a v1 hierarchy has no
+                // files in the unified tree, so reading them there finds nothing (it cost 9
+                // failed opens per container per pass here); `cpu.stat`'s usage keys are
+                // there always, and wanted only when no cpuacct hierarchy gave them.
+                let c = &s.cpu;
+                let secs = [
+                    c.user_seconds,
+                    c.system_seconds,
+                    c.usage_seconds,
+                    c.throttled_seconds,
+                ];
+                let parts = v2::Parts {
+                    cpu: secs.iter().any(Option::is_none)
+                        || c.nr_periods.is_none()
+                        || c.nr_throttled.is_none(),
+                    memory: layout.v1("memory").is_none(),
+                    io: layout.v1("blkio").is_none(),
+                    pids: layout.v1("pids").is_none(),
+                    procs: s.first_pid.is_none(),
+                    settings,
+                };
+                v2::read_parts(&d, parts, files, &mut u);
+            }
+            s.fill_missing(u);
             s
         }
     }
@@ -208,31 +252,6 @@ pub fn read_stats(layout: &Layout, path: &str) -> ContainerStats {
 /// `root` + a relative cgroup path (`Path::join` of `/docker/x` would replace the root).
 pub(crate) fn join(root: &Path, rel: &str) -> PathBuf {
     root.join(rel.trim_start_matches('/'))
-}
-
-/// Reads and parses one cgroup file into `Option`: absent (`ENOENT`), removed under us
-/// (`ENODEV`) or disabled (`EOPNOTSUPP`, e.g. PSI with `cgroup.pressure` 0) is `None`; other
-/// failures are pushed to `errors` and give `None` too.
-pub(crate) fn read_file<T>(
-    path: &Path,
-    parse: impl FnOnce(&str) -> Result<T, ParseError>,
-    errors: &mut Vec<StatError>,
-) -> Option<T> {
-    match read_with(path, parse) {
-        Ok(v) => v,
-        Err(Error::Io { source, .. })
-            if matches!(
-                source.raw_os_error(),
-                Some(libc::ENODEV) | Some(libc::EOPNOTSUPP)
-            ) =>
-        {
-            None
-        }
-        Err(e) => {
-            errors.push(e.into());
-            None
-        }
-    }
 }
 
 /// A file holding one unsigned integer (`cpuacct.usage`, `memory.current`, `pids.current`).
@@ -264,40 +283,6 @@ pub(crate) fn parse_dev(s: &str, line: usize) -> Result<(u32, u32), ParseError> 
     let bad = || ParseError::new(line, format!("expected major:minor, got {s:?}"));
     let (a, b) = s.split_once(':').ok_or_else(bad)?;
     Ok((a.parse().map_err(|_| bad())?, b.parse().map_err(|_| bad())?))
-}
-
-/// The first pid in `<dir>/cgroup.procs`, reading only the first bytes (a big container's
-/// list can be long; we need one member).
-pub(crate) fn first_pid(dir: &Path, errors: &mut Vec<StatError>) -> Option<u32> {
-    let path = dir.join("cgroup.procs");
-    let mut buf = [0u8; 64];
-    let n = match std::fs::File::open(&path).and_then(|mut f| f.read(&mut buf)) {
-        Ok(n) => n,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return None,
-        Err(e) if e.raw_os_error() == Some(libc::ENODEV) => return None,
-        Err(source) => {
-            errors.push(Error::Io { path, source }.into());
-            return None;
-        }
-    };
-    let text = String::from_utf8_lossy(&buf[..n]);
-    let first = text.lines().next()?.trim();
-    if first.is_empty() {
-        return None;
-    }
-    match first.parse() {
-        Ok(p) => Some(p),
-        Err(_) => {
-            errors.push(
-                Error::Parse {
-                    path,
-                    source: ParseError::new(1, format!("pid: got {first:?}")),
-                }
-                .into(),
-            );
-            None
-        }
-    }
 }
 
 #[cfg(test)]
@@ -344,21 +329,6 @@ mod tests {
     }
 
     #[test]
-    fn first_pid_of_a_fixture_and_of_nothing() {
-        let t = tempfile::tempdir().unwrap();
-        let mut errors = Vec::new();
-        assert_eq!(first_pid(t.path(), &mut errors), None);
-        std::fs::write(t.path().join("cgroup.procs"), "").unwrap();
-        assert_eq!(first_pid(t.path(), &mut errors), None);
-        std::fs::write(t.path().join("cgroup.procs"), "4242\n4243\n").unwrap();
-        assert_eq!(first_pid(t.path(), &mut errors), Some(4242));
-        assert!(errors.is_empty());
-        std::fs::write(t.path().join("cgroup.procs"), "x\n").unwrap();
-        assert_eq!(first_pid(t.path(), &mut errors), None);
-        assert_eq!(errors.len(), 1);
-    }
-
-    #[test]
     fn read_stats_refuses_dot_dot() {
         let l = Layout::V2 {
             root: PathBuf::from("/nonexistent"),
@@ -366,5 +336,67 @@ mod tests {
         let s = read_stats(&l, "/docker/../../etc");
         assert_eq!(s.errors.len(), 1);
         assert_eq!(s.pids, None);
+    }
+
+    /// A hybrid host like this one: the v1 controllers give everything but PSI, so of the
+    /// unified directory only the three `*.pressure` files are read; `cpu.stat` there only
+    /// when no cpuacct hierarchy has the container.
+    #[test]
+    fn hybrid_reads_from_unified_only_what_v1_lacks() {
+        let t = tempfile::tempdir().unwrap();
+        let r = t.path();
+        let rel = "docker/3f2a";
+        let put = |f: &str, text: &str| {
+            let p = r.join(f.replace("{}", rel));
+            std::fs::create_dir_all(p.parent().unwrap()).unwrap();
+            std::fs::write(p, text).unwrap();
+        };
+        let psi = "some avg10=0.00 avg60=0.00 avg300=0.00 total=7\n";
+        for (f, text) in [
+            ("cpuacct/{}/cpuacct.stat", "user 47\nsystem 3\n"),
+            ("cpuacct/{}/cpuacct.usage", "481777005\n"),
+            (
+                "cpu/{}/cpu.stat",
+                "nr_periods 0\nnr_throttled 0\nthrottled_time 0\n",
+            ),
+            ("memory/{}/memory.usage_in_bytes", "4096\n"),
+            ("memory/{}/cgroup.procs", "4242\n"),
+            ("pids/{}/pids.current", "1\n"),
+            (
+                "unified/{}/cpu.stat",
+                "usage_usec 9\nuser_usec 9\nsystem_usec 0\n",
+            ),
+            // Cannot exist beside a v1 memory hierarchy: proves it is not read.
+            ("unified/{}/memory.current", "1\n"),
+            ("unified/{}/cpu.pressure", psi),
+            ("unified/{}/io.pressure", psi),
+            ("unified/{}/memory.pressure", psi),
+        ] {
+            put(f, text);
+        }
+        let v1 = |c: &str| (c.to_string(), r.join(c));
+        let layout = Layout::Hybrid {
+            controllers: ["cpu", "cpuacct", "memory", "blkio", "pids"]
+                .map(v1)
+                .into_iter()
+                .collect(),
+            unified: r.join("unified"),
+        };
+        let mut files = Files::default();
+        let s = read_stats_with(&layout, rel, false, &mut files);
+        assert!(s.errors.is_empty(), "{:?}", s.errors);
+        assert_eq!(s.cpu.usage_seconds, Some(0.481777005), "v1's");
+        assert_eq!(s.memory.usage_bytes, Some(4096), "v1's");
+        assert!(s.pressure.iter().all(Option::is_some));
+        // v1: 3 cpu, 3 memory (no limit: settings not asked), 1 pids, cgroup.procs; unified:
+        // the 3 PSI files. No blkio directory for this container: nothing read there.
+        assert_eq!(files.reads, 8 + 3);
+
+        std::fs::remove_dir_all(r.join("cpuacct")).unwrap();
+        let mut files = Files::default();
+        let s = read_stats_with(&layout, rel, false, &mut files);
+        assert_eq!(s.cpu.usage_seconds, Some(9e-6), "from the unified cpu.stat");
+        assert_eq!(s.cpu.nr_periods, Some(0), "v1's cpu.stat still");
+        assert_eq!(files.reads, 6 + 4);
     }
 }

@@ -161,7 +161,7 @@ impl Names {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::cgroup::pass::pass_named;
+    use crate::cgroup::pass::{pass_named, PassState};
     use crate::roots::Roots;
     use std::time::Duration;
 
@@ -318,8 +318,8 @@ mod tests {
             rootfs: rootfs.path().to_path_buf(),
             ..Roots::default()
         };
-        let mut names = Names::default();
-        let p = pass_named(&roots, 10, None, None, &mut names);
+        let mut state = PassState::default();
+        let p = pass_named(&roots, 10, None, None, &mut state);
         let by_id = |id: &str| {
             p.rows
                 .iter()
@@ -331,8 +331,8 @@ mod tests {
         assert_eq!(by_id(PODMAN_ID).as_deref(), Some("web"));
         assert!(by_id(CRIO_ID).is_some_and(|n| n.starts_with("k8s_nginx_")));
         assert_eq!(by_id(&docker_id), None);
-        assert_eq!(names.storage.parses, 1, "one list, parsed once");
-        pass_named(&roots, 10, None, None, &mut names);
-        assert_eq!(names.storage.parses, 1, "not again while unchanged");
+        assert_eq!(state.names.storage.parses, 1, "one list, parsed once");
+        pass_named(&roots, 10, None, None, &mut state);
+        assert_eq!(state.names.storage.parses, 1, "not again while unchanged");
     }
 }

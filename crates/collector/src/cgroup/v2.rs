@@ -25,13 +25,13 @@
 //!                 full avg10=0.00 avg60=0.00 avg300=0.00 total=20494
 //! ```
 
+use std::ffi::CStr;
 use std::path::Path;
 
-use crate::cgroup::{
-    first_pid, parse_dev, parse_keyed, parse_single_u64, ContainerStats, DeviceIo, IoLimit,
-};
+use crate::cgroup::files::{Dir, Files};
+use crate::cgroup::{parse_dev, parse_keyed, parse_single_u64, ContainerStats, DeviceIo, IoLimit};
 use crate::error::{parse_u64, ParseError};
-use crate::proc::pressure::{self, Resource};
+use crate::proc::pressure;
 
 /// v2 `cpu.stat`, microseconds.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -107,47 +107,48 @@ pub fn parse_io_stat(text: &str) -> Result<Vec<DeviceIo>, ParseError> {
     let mut out = Vec::new();
     for (i, line) in text.lines().enumerate() {
         let n = i + 1;
-        let Some(((major, minor), pairs)) = dev_pairs(line, n)? else {
-            continue;
-        };
-        let mut d = DeviceIo {
-            major,
-            minor,
-            ..DeviceIo::default()
-        };
-        for (k, v) in pairs {
+        let mut d = DeviceIo::default();
+        let found = dev_pairs(line, n, |(major, minor), k, v| {
+            (d.major, d.minor) = (major, minor);
+            let Some(k) = k else { return Ok(()) };
             let dst = match k {
                 "rbytes" => &mut d.read_bytes,
                 "wbytes" => &mut d.write_bytes,
                 "rios" => &mut d.read_ops,
                 "wios" => &mut d.write_ops,
-                _ => continue,
+                _ => return Ok(()),
             };
             *dst = parse_u64(v, n, k)?;
+            Ok(())
+        })?;
+        if found {
+            out.push(d);
         }
-        out.push(d);
     }
     out.sort_unstable();
     Ok(out)
 }
 
-/// One `maj:min key=value …` line of `io.stat` or `io.max`: the device and its pairs, values
-/// unparsed; `None` for a blank line.
-type DevPairs<'a> = ((u32, u32), Vec<(&'a str, &'a str)>);
-
-fn dev_pairs(line: &str, n: usize) -> Result<Option<DevPairs<'_>>, ParseError> {
+/// One `maj:min key=value …` line of `io.stat` or `io.max`: `f(device, None, "")` once, then
+/// `f(device, Some(key), value)` per pair, values unparsed. `false` for a blank line.
+fn dev_pairs(
+    line: &str,
+    n: usize,
+    mut f: impl FnMut((u32, u32), Option<&str>, &str) -> Result<(), ParseError>,
+) -> Result<bool, ParseError> {
     let mut it = line.split_ascii_whitespace();
     let Some(dev) = it.next() else {
-        return Ok(None);
+        return Ok(false);
     };
     let dev = parse_dev(dev, n)?;
-    let pairs = it
-        .map(|kv| {
-            kv.split_once('=')
-                .ok_or_else(|| ParseError::new(n, format!("expected key=value, got {kv:?}")))
-        })
-        .collect::<Result<Vec<_>, _>>()?;
-    Ok(Some((dev, pairs)))
+    f(dev, None, "")?;
+    for kv in it {
+        let (k, v) = kv
+            .split_once('=')
+            .ok_or_else(|| ParseError::new(n, format!("expected key=value, got {kv:?}")))?;
+        f(dev, Some(k), v)?;
+    }
+    Ok(true)
 }
 
 /// `io.max`: `maj:min rbps=… wbps=… riops=… wiops=…` per device with a limit, `max` for none
@@ -157,28 +158,24 @@ pub fn parse_io_max(text: &str) -> Result<Vec<IoLimit>, ParseError> {
     let mut out = Vec::new();
     for (i, line) in text.lines().enumerate() {
         let n = i + 1;
-        let Some(((major, minor), pairs)) = dev_pairs(line, n)? else {
-            continue;
-        };
-        let mut l = IoLimit {
-            major,
-            minor,
-            ..IoLimit::default()
-        };
-        for (k, v) in pairs {
+        let mut l = IoLimit::default();
+        dev_pairs(line, n, |(major, minor), k, v| {
+            (l.major, l.minor) = (major, minor);
+            let Some(k) = k else { return Ok(()) };
             let dst = match k {
                 "rbps" => &mut l.read_bps,
                 "wbps" => &mut l.write_bps,
                 "riops" => &mut l.read_iops,
                 "wiops" => &mut l.write_iops,
-                _ => continue,
+                _ => return Ok(()),
             };
             *dst = if v == "max" {
                 None
             } else {
                 Some(parse_u64(v, n, k)?)
             };
-        }
+            Ok(())
+        })?;
         if l.any() {
             out.push(l);
         }
@@ -187,39 +184,93 @@ pub fn parse_io_max(text: &str) -> Result<Vec<IoLimit>, ParseError> {
     Ok(out)
 }
 
+/// Which groups of a v2 directory's files to read. On a pure-v2 host all of them; on a hybrid
+/// host only what the v1 controllers did not give (a controller is bound to one hierarchy:
+/// with `memory` mounted on v1 the unified tree has no `memory.*` files), which here is the
+/// PSI files alone.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Parts {
+    /// `cpu.stat`.
+    pub cpu: bool,
+    /// `memory.current`, `memory.stat`, `memory.events` (and `memory.max` with `settings`).
+    pub memory: bool,
+    /// `io.stat` (and `io.max` with `settings`).
+    pub io: bool,
+    /// `pids.current`.
+    pub pids: bool,
+    /// `cgroup.procs` (a member pid).
+    pub procs: bool,
+    /// The limits: `memory.max`, `io.max`.
+    pub settings: bool,
+}
+
+impl Parts {
+    pub const ALL: Parts = Parts {
+        cpu: true,
+        memory: true,
+        io: true,
+        pids: true,
+        procs: true,
+        settings: true,
+    };
+}
+
 /// Reads the v2 counters of the container whose cgroup directory is `dir`.
 pub fn read(dir: &Path) -> ContainerStats {
     let mut s = ContainerStats::default();
-    let e = &mut s.errors;
-    if let Some(c) = super::read_file(&dir.join("cpu.stat"), parse_cpu_stat, e) {
-        let secs = |us: Option<u64>| us.map(|v| v as f64 / 1e6);
-        s.cpu.usage_seconds = secs(c.usage_usec);
-        s.cpu.user_seconds = secs(c.user_usec);
-        s.cpu.system_seconds = secs(c.system_usec);
-        s.cpu.nr_periods = c.nr_periods;
-        s.cpu.nr_throttled = c.nr_throttled;
-        s.cpu.throttled_seconds = secs(c.throttled_usec);
+    if let Some(d) = Dir::open(dir.to_path_buf(), &mut s.errors) {
+        read_parts(&d, Parts::ALL, &mut Files::default(), &mut s);
     }
-    let m = &mut s.memory;
-    m.usage_bytes = super::read_file(&dir.join("memory.current"), parse_single_u64, e);
-    m.limit_bytes = super::read_file(&dir.join("memory.max"), parse_max, e).flatten();
-    if let Some(st) = super::read_file(&dir.join("memory.stat"), parse_memory_stat, e) {
-        m.rss_bytes = st.anon;
-        m.cache_bytes = st.file;
-        m.dirty_bytes = st.file_dirty;
-        m.writeback_bytes = st.file_writeback;
-        m.major_faults = st.pgmajfault;
-    }
-    m.oom_kills = super::read_file(&dir.join("memory.events"), parse_memory_events, e).flatten();
-    s.io = super::read_file(&dir.join("io.stat"), parse_io_stat, e);
-    s.io_limits = super::read_file(&dir.join("io.max"), parse_io_max, e);
-    for (i, r) in Resource::CGROUP.iter().enumerate() {
-        let f = format!("{}.pressure", r.as_str());
-        s.pressure[i] = super::read_file(&dir.join(f), pressure::parse, e);
-    }
-    s.pids = super::read_file(&dir.join("pids.current"), parse_single_u64, e);
-    s.first_pid = first_pid(dir, &mut s.errors);
     s
+}
+
+/// Reads `parts` of the v2 directory `dir` into `s`, over what is there.
+pub(crate) fn read_parts(dir: &Dir, parts: Parts, files: &mut Files, s: &mut ContainerStats) {
+    let e = &mut s.errors;
+    if parts.cpu {
+        if let Some(c) = files.read(dir, c"cpu.stat", parse_cpu_stat, e) {
+            let secs = |us: Option<u64>| us.map(|v| v as f64 / 1e6);
+            s.cpu.usage_seconds = secs(c.usage_usec);
+            s.cpu.user_seconds = secs(c.user_usec);
+            s.cpu.system_seconds = secs(c.system_usec);
+            s.cpu.nr_periods = c.nr_periods;
+            s.cpu.nr_throttled = c.nr_throttled;
+            s.cpu.throttled_seconds = secs(c.throttled_usec);
+        }
+    }
+    if parts.memory {
+        let m = &mut s.memory;
+        m.usage_bytes = files.read(dir, c"memory.current", parse_single_u64, e);
+        if parts.settings {
+            m.limit_bytes = files.read(dir, c"memory.max", parse_max, e).flatten();
+        }
+        if let Some(st) = files.read(dir, c"memory.stat", parse_memory_stat, e) {
+            m.rss_bytes = st.anon;
+            m.cache_bytes = st.file;
+            m.dirty_bytes = st.file_dirty;
+            m.writeback_bytes = st.file_writeback;
+            m.major_faults = st.pgmajfault;
+        }
+        m.oom_kills = files
+            .read(dir, c"memory.events", parse_memory_events, e)
+            .flatten();
+    }
+    if parts.io {
+        s.io = files.read(dir, c"io.stat", parse_io_stat, e);
+        if parts.settings {
+            s.io_limits = files.read(dir, c"io.max", parse_io_max, e);
+        }
+    }
+    const PRESSURE: [&CStr; 3] = [c"cpu.pressure", c"io.pressure", c"memory.pressure"];
+    for (i, f) in PRESSURE.into_iter().enumerate() {
+        s.pressure[i] = files.read(dir, f, pressure::parse, e);
+    }
+    if parts.pids {
+        s.pids = files.read(dir, c"pids.current", parse_single_u64, e);
+    }
+    if parts.procs {
+        s.first_pid = files.first_pid(dir, e);
+    }
 }
 
 #[cfg(test)]

@@ -12,6 +12,8 @@
 //! whether it is `volatile` (kernel ≥ 5.10: it never syncs, so its unmount flushes nothing;
 //! shown as `volatile` by older kernels and as `fsync=volatile` by newer ones, 6.18 here).
 
+use std::collections::HashMap;
+
 use crate::error::ParseError;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -102,15 +104,55 @@ pub fn parse(text: &str) -> Result<Vec<Mount>, ParseError> {
     Ok(out)
 }
 
-/// The mount holding `path`: the longest mount point that is a path prefix of it.
+/// The mount holding `path`: the longest mount point that is a path prefix of it (of equal
+/// ones, the last listed: a mount stacked on the same point hides the earlier one). A scan of
+/// every mount: for one lookup. Many lookups in one table go through [`MountIndex`].
 pub fn mount_of<'a>(mounts: &'a [Mount], path: &str) -> Option<&'a Mount> {
     mounts
         .iter()
         .filter(|m| {
             let mp = m.mount_point.trim_end_matches('/');
-            path == mp || path.starts_with(&format!("{mp}/")) || mp.is_empty()
+            mp.is_empty()
+                || path
+                    .strip_prefix(mp)
+                    .is_some_and(|rest| rest.is_empty() || rest.starts_with('/'))
         })
         .max_by_key(|m| m.mount_point.len())
+}
+
+/// A mount table indexed by mount point, for many [`mount_of`] lookups in one table (every
+/// overlay's upper directory: with hundreds of overlays, a scan per lookup made the mount
+/// table's handling quadratic). A lookup costs one hash probe per ancestor of the path.
+pub struct MountIndex<'a> {
+    /// Mount point without its trailing `/` (the root is `""`) → the last mount listed there.
+    by_point: HashMap<&'a str, &'a Mount>,
+}
+
+impl<'a> MountIndex<'a> {
+    pub fn new(mounts: &'a [Mount]) -> Self {
+        // Later entries overwrite earlier ones: the last of a stack wins, as in `mount_of`.
+        let by_point = mounts
+            .iter()
+            .map(|m| (m.mount_point.trim_end_matches('/'), m))
+            .collect();
+        MountIndex { by_point }
+    }
+
+    /// What [`mount_of`] answers: the nearest ancestor of `path` (itself included) that is a
+    /// mount point.
+    pub fn mount_of(&self, path: &str) -> Option<&'a Mount> {
+        let mut p = path;
+        loop {
+            if let Some(m) = self.by_point.get(p) {
+                return Some(m);
+            }
+            if p.is_empty() {
+                return None;
+            }
+            // "/a/b" → "/a" → "" (the root's key); "/a/b/" → "/a/b" first.
+            p = &p[..p.rfind('/').unwrap_or(0)];
+        }
+    }
 }
 
 #[cfg(test)]
@@ -149,6 +191,61 @@ mod tests {
         let v: Vec<bool> = m.iter().map(|m| m.volatile).collect();
         assert_eq!(v, [true, true, false, false], "only overlays are volatile");
         assert_eq!(m[0].upperdir.as_deref(), Some("/tmp/ovl/u"));
+    }
+
+    #[test]
+    fn mountinfo_index_agrees_with_the_scan_on_stacks_and_edges() {
+        let m = parse(
+            "27 1 254:0 / / rw - ext4 /dev/vda rw
+30 27 0:35 / /run rw - tmpfs tmpfs rw
+31 27 0:36 / /run rw - tmpfs tmpfs rw
+40 30 7:1 / /run/a\\040b rw - ext4 /dev/loop1 rw
+41 27 7:2 / /runner rw - ext4 /dev/loop2 rw
+",
+        )
+        .unwrap();
+        let idx = MountIndex::new(&m);
+        for (path, want) in [
+            ("/", (254, 0)),
+            ("/run", (0, 36)),
+            ("/run/", (0, 36)),
+            ("/run/x/y", (0, 36)),
+            ("/runx", (254, 0)),
+            ("/runner/u", (7, 2)),
+            ("/run/a b/u", (7, 1)),
+            ("/run/a b", (7, 1)),
+            ("/run//x", (0, 36)),
+            ("relative/path", (254, 0)),
+            ("", (254, 0)),
+        ] {
+            let scan = mount_of(&m, path).map(|m| (m.major, m.minor));
+            let got = idx.mount_of(path).map(|m| (m.major, m.minor));
+            assert_eq!(got, scan, "{path:?}");
+            assert_eq!(got, Some(want), "{path:?}");
+        }
+        assert!(MountIndex::new(&[]).mount_of("/x").is_none());
+    }
+
+    proptest::proptest! {
+        /// The index and the scan agree on any table of mount points and any path made of the
+        /// same few components.
+        #[test]
+        fn mountinfo_index_is_the_scan(
+            // Mount points as the kernel prints them: absolute, no trailing `/` but the root's.
+            points in proptest::collection::vec("(/[ab]{1,2}){0,3}", 0..8),
+            path in "(/?[ab]{0,2}){0,4}/?",
+        ) {
+            let mounts: Vec<Mount> = points.iter().enumerate().map(|(i, p)| Mount {
+                major: 0,
+                minor: i as u32,
+                mount_point: if p.is_empty() { "/".into() } else { p.clone() },
+                fs_type: "tmpfs".into(),
+                upperdir: None,
+                volatile: false,
+            }).collect();
+            let scan = mount_of(&mounts, &path).map(|m| m.minor);
+            proptest::prop_assert_eq!(MountIndex::new(&mounts).mount_of(&path).map(|m| m.minor), scan);
+        }
     }
 
     #[test]

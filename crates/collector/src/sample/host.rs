@@ -15,13 +15,13 @@ use crate::error::Error;
 use crate::proc::diskstats::DiskStat;
 use crate::proc::loadavg::LoadAvg;
 use crate::proc::meminfo::Meminfo;
-use crate::proc::overlays::OverlayDevice;
+use crate::proc::overlays::{OverlayDevice, OverlayWatch};
 use crate::proc::pressure::{Pressure, Resource};
 use crate::proc::stat::Stat;
 use crate::proc::sys_kernel::{self, HungTasks};
 use crate::proc::sys_vm::VmTunables;
 use crate::proc::vmstat::Vmstat;
-use crate::proc::{diskstats, loadavg, meminfo, overlays, pressure, stat, sys_vm, vmstat};
+use crate::proc::{diskstats, loadavg, meminfo, pressure, stat, sys_vm, vmstat};
 use crate::roots::Roots;
 use crate::sample::bursts::Bursts;
 pub use crate::sample::disk_stall::DiskStall;
@@ -132,8 +132,8 @@ impl HostSource {
         }
     }
 
-    /// One read of the source. `partitions` is the diskstats reader's cache.
-    pub fn read(self, roots: &Roots, partitions: &mut PartitionCache) -> ReadResult {
+    /// One read of the source. `caches` is what its reader keeps between reads.
+    pub fn read(self, roots: &Roots, caches: &mut ReaderCaches) -> ReadResult {
         fn wrap<T>(r: Result<Option<T>, Error>, f: impl FnOnce(T) -> Reading) -> ReadResult {
             r.map(|o| o.map(f))
         }
@@ -146,10 +146,10 @@ impl HostSource {
             HostSource::Meminfo => wrap(meminfo::read(roots), Reading::Meminfo),
             HostSource::Vmstat => wrap(vmstat::read(roots), Reading::Vmstat),
             HostSource::Diskstats => wrap(diskstats::read(roots), |d| {
-                Reading::Disks(partitions.classify(roots, d))
+                Reading::Disks(caches.partitions.classify(roots, d))
             }),
             HostSource::SysVm => wrap(sys_vm::read(roots), Reading::Tunables),
-            HostSource::Mountinfo => wrap(overlays::read(roots), Reading::Overlays),
+            HostSource::Mountinfo => wrap(caches.overlays.read(roots), Reading::Overlays),
             HostSource::Bdi => wrap(bdi::read(roots), Reading::Bdi),
             HostSource::HungTasks => wrap(sys_kernel::read_hung_tasks(roots), Reading::HungTasks),
         }
@@ -252,10 +252,19 @@ pub fn read_all(roots: &Roots) -> Vec<(HostSource, ReadResult)> {
     HostReaders::new().read_all(roots)
 }
 
-/// The host readers with their caches (partition flags), for repeated sequential passes:
-/// what one sampler tick costs, without the threads (benchmarks).
+/// What a host reader keeps between reads: the diskstats reader's partition flags, the
+/// mount table reader's open table and last result (re-read only when the kernel says the
+/// table changed: [`OverlayWatch`]).
 #[derive(Default)]
-pub struct HostReaders(PartitionCache);
+pub struct ReaderCaches {
+    partitions: PartitionCache,
+    overlays: OverlayWatch,
+}
+
+/// The host readers with their caches, for repeated sequential passes: what one sampler tick
+/// costs, without the threads (benchmarks).
+#[derive(Default)]
+pub struct HostReaders(ReaderCaches);
 
 impl HostReaders {
     pub fn new() -> Self {
@@ -346,8 +355,8 @@ impl driver::Sampler for Host {
                     name: src.name().into(),
                     make: driver::reader(move || {
                         let roots = Arc::clone(&roots);
-                        let mut partitions = PartitionCache::default();
-                        move || src.read(&roots, &mut partitions)
+                        let mut caches = ReaderCaches::default();
+                        move || src.read(&roots, &mut caches)
                     }),
                 }
             })
