@@ -248,7 +248,14 @@ fn attached_volumes_are_described_and_burst_balance_polled_for_bursting_ones_onl
     );
 
     // Errors on EC2: counted with their outcome, the volumes already known stay exported.
-    aws.call("fail", serde_json::json!({"api": "ec2", "count": 1, "code": "UnauthorizedOperation", "status": 403}));
+    // Only DescribeVolumes fails: a describe pass also calls DescribeVolumeStatus and
+    // DescribeVolumesModifications, and one already under way would take an "any EC2 call"
+    // failure on whichever of them came next.
+    aws.call(
+        "fail",
+        serde_json::json!({"api": "ec2", "op": "DescribeVolumes", "count": 1,
+                           "code": "UnauthorizedOperation", "status": 403}),
+    );
     let err = "stallwatch_cloud_requests_total{api=\"describe_volumes\",outcome=\"error\"}";
     let m = agent.wait_for(Duration::from_secs(20), "a failed DescribeVolumes", |m| {
         m.get(err) == Some(1.0)

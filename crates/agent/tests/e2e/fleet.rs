@@ -177,7 +177,8 @@ fn fleet_prometheus_agents_remote_write_into_victoriametrics_and_every_fleet_que
     // not 0, where nothing ever failed.
     aws.call(
         "fail",
-        json!({"api": "ec2", "count": 1, "status": 403, "code": "UnauthorizedOperation"}),
+        json!({"api": "ec2", "op": "DescribeVolumes", "count": 1, "status": 403,
+               "code": "UnauthorizedOperation"}),
     );
 
     let vm = Vm::start();
