@@ -60,36 +60,6 @@ pub(super) fn pct(v: f64) -> String {
     format!("{:.0}%", v * 100.0)
 }
 
-/// Evaluates every detector at the entry thresholds, then (for those that did not enter) at
-/// the hold thresholds.
-pub fn detect(tick: &Tick, node: &Node, c: &VerdictConfig) -> Vec<Finding> {
-    let mut out = Vec::new();
-    for &cause in Cause::DETECTED {
-        for (level, k) in [(Level::Enter, 1.0), (Level::Hold, c.hold_ratio)] {
-            let th = Th { c, k };
-            if let Some(mut f) = detect_one(cause, tick, node, &th) {
-                f.level = level;
-                out.push(f);
-                break;
-            }
-        }
-    }
-    out
-}
-
-fn detect_one(cause: Cause, t: &Tick, node: &Node, th: &Th<'_>) -> Option<Finding> {
-    match cause {
-        Cause::DiskStalled => disk_stalled(t, node, th),
-        Cause::EbsCredits => super::ebs::ebs_credits(t, node, th),
-        Cause::Memory => memory(t, node, th),
-        Cause::Writeback => writeback(t, node, th),
-        Cause::Lock => lock(t, node, th),
-        Cause::DiskSaturated => disk_saturated(t, node, th),
-        Cause::Cpu => cpu(t, node, th),
-        Cause::None => None,
-    }
-}
-
 pub(super) fn finding(
     cause: Cause,
     severity: Severity,
@@ -138,7 +108,7 @@ fn shares(v: [Option<f64>; 2], named: [(&'static str, f64); 2], th: &Th<'_>) -> 
         .collect()
 }
 
-fn disk_stalled(t: &Tick, node: &Node, th: &Th<'_>) -> Option<Finding> {
+pub(super) fn disk_stalled(t: &Tick, node: &Node, th: &Th<'_>) -> Option<Finding> {
     let after = th.x(th.c.stall_after.as_secs_f64());
     // Slack: stalled_seconds moves in ticks, and two early 1 s ticks make 1.999 s.
     let stalled: Vec<&DiskTick> = t
@@ -184,7 +154,7 @@ fn disk_stalled(t: &Tick, node: &Node, th: &Th<'_>) -> Option<Finding> {
     ))
 }
 
-fn memory(t: &Tick, node: &Node, th: &Th<'_>) -> Option<Finding> {
+pub(super) fn memory(t: &Tick, node: &Node, th: &Th<'_>) -> Option<Finding> {
     let [some, full] = t.psi[2];
     let mut e = shares(
         t.psi[2],
@@ -241,7 +211,7 @@ fn memory(t: &Tick, node: &Node, th: &Th<'_>) -> Option<Finding> {
     Some(finding(Cause::Memory, severity, summary, e, who))
 }
 
-fn writeback(t: &Tick, node: &Node, th: &Th<'_>) -> Option<Finding> {
+pub(super) fn writeback(t: &Tick, node: &Node, th: &Th<'_>) -> Option<Finding> {
     let mut e = io_pressure(t, th)?;
     let limit = th.x(th.c.writeback_bytes as f64);
     let level = t.writeback_bytes.unwrap_or(0.0);
@@ -297,7 +267,7 @@ fn writeback(t: &Tick, node: &Node, th: &Th<'_>) -> Option<Finding> {
     ))
 }
 
-fn lock(t: &Tick, node: &Node, th: &Th<'_>) -> Option<Finding> {
+pub(super) fn lock(t: &Tick, node: &Node, th: &Th<'_>) -> Option<Finding> {
     let after = std::time::Duration::from_secs_f64(th.x(th.c.lock_after.as_secs_f64()));
     let now = std::time::Instant::now();
     let on_lock = |d: &DThread| {
@@ -331,7 +301,7 @@ fn lock(t: &Tick, node: &Node, th: &Th<'_>) -> Option<Finding> {
     Some(finding(Cause::Lock, Severity::Warning, summary, e, who))
 }
 
-fn disk_saturated(t: &Tick, node: &Node, th: &Th<'_>) -> Option<Finding> {
+pub(super) fn disk_saturated(t: &Tick, node: &Node, th: &Th<'_>) -> Option<Finding> {
     let mut e = io_pressure(t, th)?;
     let c = th.c;
     let mut devices: Vec<&DiskTick> = t
@@ -485,7 +455,7 @@ fn disk_saturated(t: &Tick, node: &Node, th: &Th<'_>) -> Option<Finding> {
     ))
 }
 
-fn cpu(t: &Tick, node: &Node, th: &Th<'_>) -> Option<Finding> {
+pub(super) fn cpu(t: &Tick, node: &Node, th: &Th<'_>) -> Option<Finding> {
     let c = th.c;
     let some = t.psi[0][0]?;
     let running = t.procs_running? as f64;

@@ -3,7 +3,8 @@
 //! thresholds (`hold_ratio` × each); left after `clear_after` without even that. The node is
 //! stalled while any cause is active; one stall is one incident however its causes change.
 
-use super::causes::{detect, Finding, Level};
+use super::causes::{Finding, Level};
+use super::detect::detect;
 use super::tick::{Memory, Tick};
 use super::{rfc3339, Active, Cause, Verdict, VerdictConfig};
 use crate::node::Node;

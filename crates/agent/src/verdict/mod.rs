@@ -17,6 +17,7 @@
 
 mod causes;
 mod config;
+mod detect;
 mod ebs;
 mod engine;
 mod memwho;
