@@ -374,7 +374,8 @@ fn zero_val() -> AggVal {
     }
 }
 
-fn duration_ns(d: Duration) -> u64 {
+/// A duration in nanoseconds, saturating (the programs' clock unit).
+pub(super) fn duration_ns(d: Duration) -> u64 {
     u64::try_from(d.as_nanos()).unwrap_or(u64::MAX)
 }
 

@@ -260,7 +260,10 @@ impl Source {
             let mut starts: Vec<u64> = d.in_flight.iter().map(|e| e.start_ns).collect();
             starts.sort_unstable();
             let longest = starts.get(MAX_STACKS - 1).copied().unwrap_or(u64::MAX);
-            longest.min(d.now_ns.saturating_sub(duration_ns(self.settings.long)))
+            longest.min(
+                d.now_ns
+                    .saturating_sub(kernel::duration_ns(self.settings.long)),
+            )
         };
         if visible {
             let s = self.symbols.as_mut().expect("symbols with the kernel");
@@ -465,10 +468,6 @@ fn frames(n: u32, flags: u32, stack: &[u64; MAX_FRAMES]) -> &[u64] {
     let end = (n as usize).min(MAX_FRAMES);
     let from = ((flags >> 8) & 0xff) as usize;
     &stack[from.min(end)..end]
-}
-
-fn duration_ns(d: Duration) -> u64 {
-    u64::try_from(d.as_nanos()).unwrap_or(u64::MAX)
 }
 
 fn read_into(path: &std::path::Path, buf: &mut Vec<u8>) -> bool {
