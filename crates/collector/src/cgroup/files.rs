@@ -70,19 +70,7 @@ impl Dir {
     }
 
     fn open_file(&self, name: &CStr) -> io::Result<File> {
-        // SAFETY: `name` is a C string; `self.fd` is an open directory handle.
-        let fd = unsafe {
-            libc::openat(
-                self.fd.as_raw_fd(),
-                name.as_ptr(),
-                libc::O_RDONLY | libc::O_CLOEXEC,
-            )
-        };
-        if fd < 0 {
-            return Err(io::Error::last_os_error());
-        }
-        // SAFETY: `fd` was just opened and is owned by nobody else.
-        Ok(unsafe { File::from_raw_fd(fd) })
+        openat(self.fd.as_raw_fd(), name, libc::O_RDONLY | libc::O_CLOEXEC).map(File::from)
     }
 
     fn path_of(&self, name: &CStr) -> PathBuf {
@@ -94,13 +82,16 @@ impl Dir {
 fn open_raw(at: Option<&OwnedFd>, name: &[u8], flags: libc::c_int) -> io::Result<OwnedFd> {
     let mut c = Vec::with_capacity(name.len() + 1);
     c.extend_from_slice(if name.is_empty() { b"." } else { name });
-    if c.contains(&0) {
-        return Err(io::Error::from(io::ErrorKind::InvalidInput));
-    }
     c.push(0);
-    let at = at.map_or(libc::AT_FDCWD, AsRawFd::as_raw_fd);
-    // SAFETY: `c` is NUL-terminated; `at` is an open directory or AT_FDCWD.
-    let fd = unsafe { libc::openat(at, c.as_ptr().cast(), flags) };
+    // An interior NUL (not a name the kernel could have) is InvalidInput.
+    let name = CStr::from_bytes_with_nul(&c).map_err(|_| io::ErrorKind::InvalidInput)?;
+    openat(at.map_or(libc::AT_FDCWD, AsRawFd::as_raw_fd), name, flags)
+}
+
+/// `openat(2)`: `at` an open directory or `AT_FDCWD`.
+fn openat(at: libc::c_int, name: &CStr, flags: libc::c_int) -> io::Result<OwnedFd> {
+    // SAFETY: `name` is NUL-terminated; `at` is an open directory or AT_FDCWD.
+    let fd = unsafe { libc::openat(at, name.as_ptr(), flags) };
     if fd < 0 {
         return Err(io::Error::last_os_error());
     }
