@@ -276,7 +276,7 @@ impl Collector for ContainersCollector {
             return Ok(());
         }
         let e = &mut e;
-        let cs = &s.containers;
+        let cs: &[ContainerRow] = &s.containers;
         let bases: Vec<Labels<'_>> = cs.iter().map(base).collect();
 
         let mut by_runtime: BTreeMap<&'static str, u64> = BTreeMap::new();

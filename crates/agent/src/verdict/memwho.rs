@@ -19,7 +19,7 @@ const NO_STALL: f64 = 0.0001;
 /// evidence item each: `container_memory_usage`, usage / limit against `share`.
 pub fn at_limit(node: &Node, share: f64) -> Vec<(WhoContainer, Evidence)> {
     let mut out: Vec<(f64, WhoContainer, Evidence)> = Vec::new();
-    for row in &node.view.containers.containers {
+    for row in node.view.containers.containers.iter() {
         let m = &row.stats.memory;
         let (Some(usage), Some(limit)) = (m.usage_bytes, m.limit_bytes) else {
             continue;

@@ -310,7 +310,7 @@ impl Memory {
         self.containers_taken = Some(taken);
         let mut rates = Vec::new();
         let mut next = HashMap::new();
-        for row in &snap.containers {
+        for row in snap.containers.iter() {
             let id = &row.identity.container_id;
             let Some(io) = &row.stats.io else { continue };
             if let Some((then, before)) = self.container_prev.get(id) {

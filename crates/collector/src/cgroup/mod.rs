@@ -182,15 +182,32 @@ impl ContainerStats {
 /// v1 controllers are read from their own hierarchies; on hybrid hosts what v1 lacks (PSI,
 /// and cpu times when no cpuacct hierarchy exists) comes from the unified tree.
 pub fn read_stats(layout: &Layout, path: &str) -> ContainerStats {
-    read_stats_with(layout, path, true, &mut Files::default())
+    read_stats_with(layout, path, Want::ALL, &mut Files::default())
 }
 
 /// [`read_stats`] in a pass: with the pass's reading context, and the settings (memory and
 /// I/O limits) only when `settings` (else they stay `None`).
+/// What a pass reads of a container besides the counters it reads every time
+/// ([`crate::cgroup::pass::PassState`] says when).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Want {
+    /// The limits: `memory.limit_in_bytes`/`memory.max`, the blkio throttles/`io.max`.
+    pub settings: bool,
+    /// The OOM kill count: `memory.oom_control`/`memory.events`.
+    pub oom: bool,
+}
+
+impl Want {
+    pub const ALL: Want = Want {
+        settings: true,
+        oom: true,
+    };
+}
+
 pub(crate) fn read_stats_with(
     layout: &Layout,
     path: &str,
-    settings: bool,
+    want: Want,
     files: &mut Files,
 ) -> ContainerStats {
     if path.split('/').any(|c| c == "..") {
@@ -208,16 +225,17 @@ pub(crate) fn read_stats_with(
             let mut s = ContainerStats::default();
             if let Some(d) = files.dir(root, path, &mut s.errors) {
                 let parts = v2::Parts {
-                    settings,
+                    settings: want.settings,
+                    oom: want.oom,
                     ..v2::Parts::ALL
                 };
                 v2::read_parts(&d, parts, files, &mut s);
             }
             s
         }
-        Layout::V1 { .. } => v1::read_parts(layout, path, ticks, settings, files),
+        Layout::V1 { .. } => v1::read_parts(layout, path, ticks, want, files),
         Layout::Hybrid { unified, .. } => {
-            let mut s = v1::read_parts(layout, path, ticks, settings, files);
+            let mut s = v1::read_parts(layout, path, ticks, want, files);
             let mut u = ContainerStats::default();
             if let Some(d) = files.dir(unified, path, &mut u.errors) {
                 // Only what v1 did not give: a controller bound to a v1 hierarchy has no
@@ -239,7 +257,8 @@ pub(crate) fn read_stats_with(
                     io: layout.v1("blkio").is_none(),
                     pids: layout.v1("pids").is_none(),
                     procs: s.first_pid.is_none(),
-                    settings,
+                    settings: want.settings,
+                    oom: want.oom,
                 };
                 v2::read_parts(&d, parts, files, &mut u);
             }
@@ -383,7 +402,15 @@ mod tests {
             unified: r.join("unified"),
         };
         let mut files = Files::default();
-        let s = read_stats_with(&layout, rel, false, &mut files);
+        let s = read_stats_with(
+            &layout,
+            rel,
+            Want {
+                settings: false,
+                oom: true,
+            },
+            &mut files,
+        );
         assert!(s.errors.is_empty(), "{:?}", s.errors);
         assert_eq!(s.cpu.usage_seconds, Some(0.481777005), "v1's");
         assert_eq!(s.memory.usage_bytes, Some(4096), "v1's");
@@ -394,7 +421,15 @@ mod tests {
 
         std::fs::remove_dir_all(r.join("cpuacct")).unwrap();
         let mut files = Files::default();
-        let s = read_stats_with(&layout, rel, false, &mut files);
+        let s = read_stats_with(
+            &layout,
+            rel,
+            Want {
+                settings: false,
+                oom: true,
+            },
+            &mut files,
+        );
         assert_eq!(s.cpu.usage_seconds, Some(9e-6), "from the unified cpu.stat");
         assert_eq!(s.cpu.nr_periods, Some(0), "v1's cpu.stat still");
         assert_eq!(files.reads, 6 + 4);

@@ -11,7 +11,7 @@ use std::collections::{HashMap, HashSet};
 use crate::cgroup::discover::{self, DEFAULT_MAX_DEPTH, DEFAULT_MAX_DIRS};
 use crate::cgroup::files::Files;
 use crate::cgroup::names::Names;
-use crate::cgroup::{read_stats_with, ContainerStats, Identity, IoLimit, Runtime};
+use crate::cgroup::{read_stats_with, ContainerStats, Identity, IoLimit, Runtime, Want};
 use crate::proc::net_dev::{self, NetDev};
 use crate::roots::Roots;
 
@@ -66,7 +66,12 @@ pub fn pass(roots: &Roots, max_containers: usize) -> Pass {
 ///   not all at once).
 /// - The network namespace of the member pid: resolved again only when the pid changed (or
 ///   on the settings schedule); a pid still first in the container's `cgroup.procs` is the
-///   same process, or one that took its number inside the same container.
+///   same process, or one that took its number inside the same container. Its `net/dev` is
+///   not read for the host's namespace nor for one already read in this pass, and read only
+///   at the container's turn once it has had nothing but `lo` for [`LO_READS`] passes.
+/// - The OOM kill count (`memory.oom_control`/`memory.events`): at the container's first pass
+///   and turn, and whenever the host's `oom_kill` in `/proc/vmstat` moved since the last pass
+///   (read once per pass): a container's count cannot move without it.
 /// - Names: docker's cached per id, containers/storage's re-parsed when the file changes.
 #[derive(Debug, Default)]
 pub struct PassState {
@@ -74,10 +79,16 @@ pub struct PassState {
     files: Files,
     known: HashMap<String, Known>,
     passes: u64,
+    /// The host's `oom_kill` (vmstat) at the last pass.
+    oom_kill: Option<u64>,
 }
 
 /// Settings are read again every this many passes of a container.
 pub const REFRESH_EVERY: u64 = 6;
+
+/// A network namespace found with only `lo` this many passes in a row is read again only at
+/// its container's turn (every [`REFRESH_EVERY`]th pass) or when the member pid changes.
+const LO_READS: u8 = 3;
 
 #[derive(Debug, Default)]
 struct Known {
@@ -85,6 +96,10 @@ struct Known {
     settings: Option<(Option<u64>, Option<Vec<IoLimit>>)>,
     /// (member pid, its network namespace's inode) as last resolved.
     netns: Option<(u32, u64)>,
+    /// Reads in a row of the namespace that found no interface but `lo`.
+    lo_reads: u8,
+    /// The OOM kill count as last read (`None`: not read yet).
+    oom: Option<Option<u64>>,
     /// The pass that last met this container.
     pass: u64,
 }
@@ -119,6 +134,15 @@ pub fn pass_named(
     // The host's (init's) namespace: `--network host` containers are not the container's to
     // report. Read once per pass, not once per container.
     let host_netns = host_netns(roots);
+    // Every OOM kill counts in the host's `oom_kill` (vmstat) as it counts in the victim's
+    // memory cgroup and its ancestors (mm/oom_kill.c, `__oom_kill_process`): while the host's
+    // count stands still no container's can move, and their files are not read.
+    let oom_now = crate::proc::vmstat::read(roots)
+        .ok()
+        .flatten()
+        .and_then(|v| v.oom_kill);
+    let oom_moved = oom_now.is_none() || oom_now != state.oom_kill;
+    state.oom_kill = oom_now;
     let mut rows = Vec::with_capacity(d.found.len().min(max_containers));
     for f in d.found.into_iter().take(max_containers) {
         let id = &f.identity.container_id;
@@ -127,7 +151,17 @@ pub fn pass_named(
         // Spread over the passes: each container's turn comes at its own pass.
         let turn = (this + stagger(id)) % REFRESH_EVERY == 0;
         let refresh = turn || known.settings.is_none();
-        let mut stats = read_stats_with(&layout, &f.path, refresh, &mut state.files);
+        let oom = refresh || oom_moved || known.oom.is_none();
+        let want = Want {
+            settings: refresh,
+            oom,
+        };
+        let mut stats = read_stats_with(&layout, &f.path, want, &mut state.files);
+        if oom {
+            known.oom = Some(stats.memory.oom_kills);
+        } else if let Some(n) = known.oom {
+            stats.memory.oom_kills = n;
+        }
         if refresh {
             let settled = stats.first_pid.is_some() && stats.errors.is_empty();
             known.settings = settled.then(|| (stats.memory.limit_bytes, stats.io_limits.clone()));
@@ -138,17 +172,48 @@ pub fn pass_named(
         let network = stats.first_pid.and_then(|pid| {
             let inode = match known.netns {
                 Some((p, inode)) if p == pid && !turn => inode,
-                _ => net_dev::netns_inode(roots, &pid.to_string())
-                    .ok()
-                    .flatten()?,
+                _ => {
+                    if known.netns.is_none_or(|(p, _)| p != pid) {
+                        known.lo_reads = 0;
+                    }
+                    net_dev::netns_inode(roots, &pid.to_string())
+                        .ok()
+                        .flatten()?
+                }
             };
+            known.netns = Some((pid, inode));
+            // Decided before reading, not after: the host's namespace (a `--network host`
+            // container: on a Kubernetes node that file lists every pod's veth) and one an
+            // earlier container of this pass reported (a pod's containers share one) are not
+            // read at all.
+            if inode == 0 || Some(inode) == host_netns || !seen_netns.insert(inode) {
+                return None;
+            }
+            // A namespace with only `lo` has nothing exported (`lo` is skipped). After
+            // LO_READS such reads in a row (a pod sandbox gets its interface from the CNI
+            // plugin within seconds of being made; `--network none` never does) it is read
+            // only at the container's turn or with a new member: an interface added later
+            // shows within REFRESH_EVERY passes.
+            if known.lo_reads >= LO_READS && !turn {
+                return Some(Vec::new());
+            }
             let devs = state.files.read_path(
                 &roots.proc(&format!("{pid}/net/dev")),
                 net_dev::parse,
                 &mut Vec::new(),
             );
-            known.netns = devs.as_ref().map(|_| (pid, inode));
-            devs.filter(|_| inode != 0 && Some(inode) != host_netns && seen_netns.insert(inode))
+            let lo_only = devs
+                .as_ref()
+                .is_some_and(|d| d.iter().all(|i| i.name == "lo"));
+            known.lo_reads = if lo_only {
+                known.lo_reads.saturating_add(1)
+            } else {
+                0
+            };
+            if devs.is_none() {
+                known.netns = None;
+            }
+            devs
         });
         let name = match f.identity.runtime {
             Runtime::Docker => state.names.docker(docker_root, id),
@@ -192,222 +257,4 @@ fn host_netns(roots: &Roots) -> Option<u64> {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    /// The pure-v2 fixture has two containers: a cap of one reads one and drops one, and the
-    /// ids of both are still known (for start/stop accounting).
-    #[test]
-    fn cap_reads_at_most_max_containers_and_counts_the_rest() {
-        let base = std::path::Path::new(concat!(
-            env!("CARGO_MANIFEST_DIR"),
-            "/../../tests/fixtures/v2-nopsi-5.4"
-        ));
-        let roots = Roots {
-            procfs: base.join("proc"),
-            sysfs: base.join("sys"),
-            cgroupfs: base.join("sys/fs/cgroup"),
-            rootfs: base.to_path_buf(),
-        };
-        let all = pass(&roots, 1000);
-        assert_eq!(all.rows.len(), 2);
-        let capped = pass(&roots, 1);
-        assert_eq!(
-            (capped.rows.len(), capped.dropped, capped.ids.len()),
-            (1, 1, 2)
-        );
-    }
-
-    const ID: &str = "3f2a9c1b7e6d5c4b3a2f1e0d9c8b7a6f5e4d3c2b1a0f9e8d7c6b5a4f3e2d1c0b";
-
-    #[test]
-    fn pass_over_a_pure_v2_fixture_caps_and_counts_dropped() {
-        let t = tempfile::tempdir().unwrap();
-        let r = t.path();
-        std::fs::write(r.join("cgroup.controllers"), "cpu io memory pids\n").unwrap();
-        for i in 0..3 {
-            let d = r.join(format!("system.slice/docker-{}{i}.scope", &ID[..63]));
-            std::fs::create_dir_all(&d).unwrap();
-            std::fs::write(d.join("pids.current"), format!("{}\n", i + 1)).unwrap();
-        }
-        let roots = Roots {
-            cgroupfs: r.to_path_buf(),
-            ..Roots::default()
-        };
-        let p = pass(&roots, 2);
-        assert_eq!(p.ids.len(), 3);
-        assert_eq!(p.dropped, 1);
-        assert_eq!(p.rows.len(), 2);
-        assert_eq!(p.rows[0].stats.pids, Some(1));
-        assert_eq!(p.rows[1].stats.pids, Some(2));
-        assert!(!p.no_hierarchy);
-        let empty = tempfile::tempdir().unwrap();
-        assert!(
-            pass(
-                &Roots {
-                    cgroupfs: empty.path().to_path_buf(),
-                    ..Roots::default()
-                },
-                10
-            )
-            .no_hierarchy
-        );
-    }
-
-    fn write(p: &std::path::Path, text: &str) {
-        std::fs::create_dir_all(p.parent().unwrap()).unwrap();
-        std::fs::write(p, text).unwrap();
-    }
-
-    fn netns(proc_root: &std::path::Path, pid: u32, inode: u64) {
-        let l = proc_root.join(format!("{pid}/ns/net"));
-        std::fs::create_dir_all(l.parent().unwrap()).unwrap();
-        let _ = std::fs::remove_file(&l);
-        std::os::unix::fs::symlink(format!("net:[{inode}]"), l).unwrap();
-    }
-
-    /// A cgroup v1 tree with one docker container whose process (pid 4242) has its own
-    /// network namespace, in a procfs fixture where init's namespace is another.
-    fn v1_fixture(t: &std::path::Path) -> (Roots, impl Fn(&str) -> std::path::PathBuf) {
-        let cg = t.join("cg");
-        for c in ["cpu", "cpuacct", "memory", "blkio", "pids"] {
-            write(&cg.join(c).join("cgroup.procs"), "");
-        }
-        let proc_root = t.join("proc");
-        netns(&proc_root, 1, 4026531840);
-        netns(&proc_root, 4242, 4026532001);
-        write(
-            &proc_root.join("4242/net/dev"),
-            "Inter-| Receive | Transmit\n face |bytes packets|bytes packets\n\
-             eth0: 1520 12 0 1 0 0 0 0 980 9 0 0 0 0 0 0\n",
-        );
-        let dir = move |c: &str| cg.join(c).join(format!("docker/{ID}"));
-        write(&dir("memory").join("memory.usage_in_bytes"), "4096\n");
-        write(&dir("memory").join("memory.limit_in_bytes"), "536870912\n");
-        write(&dir("memory").join("cgroup.procs"), "4242\n");
-        for (f, v) in [("read_bps", ""), ("write_bps", ""), ("read_iops", "")] {
-            write(&dir("blkio").join(format!("blkio.throttle.{f}_device")), v);
-        }
-        write(
-            &dir("blkio").join("blkio.throttle.write_iops_device"),
-            "7:0 300\n",
-        );
-        let roots = Roots {
-            cgroupfs: t.join("cg"),
-            procfs: proc_root,
-            rootfs: t.to_path_buf(),
-            ..Roots::default()
-        };
-        (roots, dir)
-    }
-
-    /// (memory usage, memory limit, write IOPS limit, has network) of the one container.
-    fn seen(p: &Pass) -> (Option<u64>, Option<u64>, Option<u64>, bool) {
-        let r = &p.rows[0];
-        let io = r
-            .stats
-            .io_limits
-            .as_ref()
-            .and_then(|l| l.first()?.write_iops);
-        let m = &r.stats.memory;
-        (m.usage_bytes, m.limit_bytes, io, r.network.is_some())
-    }
-
-    /// Counters are read every pass; the settings at a container's first pass and then at its
-    /// turn, every `REFRESH_EVERY` passes (five files fewer in the passes between); the
-    /// network namespace is resolved again only when the member pid changed or at the turn.
-    #[test]
-    fn settings_and_netns_are_read_again_only_at_the_containers_turn() {
-        let t = tempfile::tempdir().unwrap();
-        let (roots, dir) = v1_fixture(t.path());
-        let mut st = PassState::default();
-        let reads = |st: &PassState| st.files.reads;
-        let p = pass_named(&roots, 10, None, None, &mut st);
-        assert_eq!(seen(&p), (Some(4096), Some(512 << 20), Some(300), true));
-        assert!(
-            p.rows[0].stats.errors.is_empty(),
-            "{:?}",
-            p.rows[0].stats.errors
-        );
-        let first = reads(&st);
-
-        // A new limit, a new usage, and the process moved to init's network namespace.
-        write(&dir("memory").join("memory.limit_in_bytes"), "1073741824\n");
-        write(
-            &dir("blkio").join("blkio.throttle.write_iops_device"),
-            "7:0 100\n",
-        );
-        write(&dir("memory").join("memory.usage_in_bytes"), "8192\n");
-        netns(&roots.procfs, 4242, 4026531840);
-        let turn = (2..2 + REFRESH_EVERY)
-            .find(|n| (n + stagger(ID)) % REFRESH_EVERY == 0)
-            .unwrap();
-        let mut before = reads(&st);
-        for n in 2..2 + REFRESH_EVERY {
-            let p = pass_named(&roots, 10, None, None, &mut st);
-            let (read, b) = (reads(&st) - before, before);
-            before = reads(&st);
-            if n == turn {
-                assert_eq!(
-                    seen(&p),
-                    (Some(8192), Some(1 << 30), Some(100), false),
-                    "pass {n}"
-                );
-                assert_eq!(read, first, "pass {n}: every file, as at the first");
-            } else if n < turn {
-                assert_eq!(
-                    seen(&p),
-                    (Some(8192), Some(512 << 20), Some(300), true),
-                    "pass {n}"
-                );
-                assert_eq!(read + 5, first, "pass {n}: no settings read ({b})");
-            } else {
-                assert_eq!(
-                    seen(&p),
-                    (Some(8192), Some(1 << 30), Some(100), false),
-                    "pass {n}"
-                );
-            }
-        }
-
-        // Another member pid: its namespace is resolved at the next pass.
-        netns(&roots.procfs, 4243, 4026532002);
-        write(
-            &roots.procfs.join("4243/net/dev"),
-            "h\nh\neth1: 1 1 0 0 0 0 0 0 1 1 0 0 0 0 0 0\n",
-        );
-        write(&dir("memory").join("cgroup.procs"), "4243\n");
-        let p = pass_named(&roots, 10, None, None, &mut st);
-        let net = p.rows[0].network.as_deref().unwrap();
-        assert_eq!(net[0].name, "eth1");
-    }
-
-    /// A container without a process yet (runc writes its limits before it starts it) has
-    /// its settings read at every pass until it has one.
-    #[test]
-    fn settings_are_read_every_pass_until_the_container_has_a_process() {
-        let t = tempfile::tempdir().unwrap();
-        let (roots, dir) = v1_fixture(t.path());
-        write(&dir("memory").join("cgroup.procs"), "");
-        write(
-            &dir("memory").join("memory.limit_in_bytes"),
-            "9223372036854771712\n",
-        );
-        let mut st = PassState::default();
-        assert_eq!(seen(&pass_named(&roots, 10, None, None, &mut st)).1, None);
-        write(&dir("memory").join("memory.limit_in_bytes"), "536870912\n");
-        let not_turn = (2..4)
-            .find(|n| (n + stagger(ID)) % REFRESH_EVERY != 0)
-            .unwrap();
-        for _ in 2..=not_turn {
-            pass_named(&roots, 10, None, None, &mut st);
-        }
-        let p = pass_named(&roots, 10, None, None, &mut st);
-        assert_eq!(seen(&p).1, Some(512 << 20), "read although not its turn");
-        // Gone from the tree, forgotten by the state.
-        std::fs::remove_dir_all(t.path().join("cg/memory/docker")).unwrap();
-        let p = pass_named(&roots, 10, None, None, &mut st);
-        assert!(p.rows.is_empty());
-        assert!(st.known.is_empty());
-    }
-}
+mod tests;

@@ -33,7 +33,7 @@ use std::ffi::CStr;
 use crate::cgroup::discover::Layout;
 use crate::cgroup::files::Files;
 use crate::cgroup::{
-    parse_dev, parse_keyed, parse_single_u64, ContainerStats, DeviceIo, IoLimit, StatError,
+    parse_dev, parse_keyed, parse_single_u64, ContainerStats, DeviceIo, IoLimit, StatError, Want,
 };
 use crate::error::{parse_u64, ParseError};
 
@@ -245,19 +245,21 @@ pub fn read(layout: &Layout, path: &str) -> ContainerStats {
 
 /// [`read`] with an explicit USER_HZ (tests).
 pub fn read_with_ticks(layout: &Layout, path: &str, user_hz: u64) -> ContainerStats {
-    read_parts(layout, path, user_hz, true, &mut Files::default())
+    read_parts(layout, path, user_hz, Want::ALL, &mut Files::default())
 }
 
-/// The counters of the container at `path`, and its settings (`memory.limit_in_bytes`, the
-/// four `blkio.throttle.*_device` limits) when `settings`; without, those stay `None` for the
-/// caller to fill from what it read before ([`crate::cgroup::pass`] says when).
+/// The counters of the container at `path`, its settings (`memory.limit_in_bytes`, the four
+/// `blkio.throttle.*_device` limits) when `want.settings` and its OOM kill count when
+/// `want.oom`; without, those stay `None` for the caller to fill from what it read before
+/// ([`crate::cgroup::pass`] says when).
 pub(crate) fn read_parts(
     layout: &Layout,
     path: &str,
     user_hz: u64,
-    settings: bool,
+    want: Want,
     files: &mut Files,
 ) -> ContainerStats {
+    let settings = want.settings;
     let mut s = ContainerStats::default();
     let e = &mut s.errors;
     let user_hz = user_hz.max(1) as f64;
@@ -313,9 +315,11 @@ pub(crate) fn read_parts(
             m.writeback_bytes = st.writeback;
             m.major_faults = st.pgmajfault;
         }
-        m.oom_kills = files
-            .read(d, c"memory.oom_control", parse_oom_control, e)
-            .flatten();
+        if want.oom {
+            m.oom_kills = files
+                .read(d, c"memory.oom_control", parse_oom_control, e)
+                .flatten();
+        }
     }
     if let Some(d) = &blkio {
         let bytes = files.read(d, c"blkio.throttle.io_service_bytes", parse_blkio, e);

@@ -202,6 +202,8 @@ pub(crate) struct Parts {
     pub procs: bool,
     /// The limits: `memory.max`, `io.max`.
     pub settings: bool,
+    /// `memory.events` (the OOM kill count), with `memory`.
+    pub oom: bool,
 }
 
 impl Parts {
@@ -212,6 +214,7 @@ impl Parts {
         pids: true,
         procs: true,
         settings: true,
+        oom: true,
     };
 }
 
@@ -251,9 +254,11 @@ pub(crate) fn read_parts(dir: &Dir, parts: Parts, files: &mut Files, s: &mut Con
             m.writeback_bytes = st.file_writeback;
             m.major_faults = st.pgmajfault;
         }
-        m.oom_kills = files
-            .read(dir, c"memory.events", parse_memory_events, e)
-            .flatten();
+        if parts.oom {
+            m.oom_kills = files
+                .read(dir, c"memory.events", parse_memory_events, e)
+                .flatten();
+        }
     }
     if parts.io {
         s.io = files.read(dir, c"io.stat", parse_io_stat, e);

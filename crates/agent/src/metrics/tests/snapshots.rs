@@ -387,7 +387,7 @@ pub fn containers_snapshot(now: Instant) -> ContainerSnapshot {
     let mut s = ContainerSnapshot {
         taken: Some(SystemTime::UNIX_EPOCH),
         enabled: true,
-        containers: vec![docker, k8s],
+        containers: std::sync::Arc::new(vec![docker, k8s]),
         starts: 5,
         stops: 3,
         dropped: 1,

@@ -40,13 +40,13 @@ fn mem_container(id: char, usage: u64, limit: Option<u64>, psi: Option<f64>) -> 
 fn memory_names_the_containers_at_their_limit_that_stall() {
     let (mut e, mut s, t0) = (engine(), Scene::default(), Instant::now());
     s.containers.taken = Some(SystemTime::now());
-    s.containers.containers = vec![
+    s.containers.containers = std::sync::Arc::new(vec![
         mem_container('a', 31, Some(32), Some(0.15)), // thrashing at its limit
         mem_container('b', 31, Some(32), Some(0.0)),  // full of cache, not stalling
         mem_container('c', 10, Some(32), Some(0.20)), // stalling, far from its limit
         mem_container('d', 900, None, None),          // no limit
         mem_container('e', 63, Some(64), None),       // at its limit, v1: no PSI to ask
-    ];
+    ]);
     let v = run(&mut e, &mut s, t0, 4, |s| {
         s.advance([[0.05, 0.0], [0.3, 0.0], [0.3, 0.1]]);
     });

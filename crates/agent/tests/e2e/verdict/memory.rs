@@ -49,8 +49,21 @@ fn rereading_a_file_larger_than_a_memory_limit_is_memory() {
     });
     let m = found.cause("memory");
     assert_eq!(m["io"], false, "memory is not I/O at the root");
-    let e = evidence(m, "psi_memory_some", None);
-    assert!(e["value"].as_f64().unwrap() >= 0.05, "{e}");
+    // The cause enters on either PSI memory share over its own threshold (`some` 10 %, `full`
+    // 5 %): a tick with `full` at 6 % and `some` at 9 % is memory too. `evidence` asserts the
+    // value it finds is at or over the threshold it carries.
+    let psi = ["psi_memory_some", "psi_memory_full"];
+    let signal = psi
+        .into_iter()
+        .find(|s| {
+            m["evidence"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .any(|e| e["signal"] == *s)
+        })
+        .unwrap_or_else(|| panic!("memory without PSI memory evidence: {}", m["evidence"]));
+    evidence(m, signal, None);
     let w = m["who"]["containers"]
         .as_array()
         .unwrap()
