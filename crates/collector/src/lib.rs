@@ -26,5 +26,8 @@ pub mod sys;
 pub mod sysconf;
 pub mod text;
 
+#[cfg(test)]
+mod testing;
+
 pub use error::{Error, ErrorKind, ParseError};
 pub use roots::Roots;

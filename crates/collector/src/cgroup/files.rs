@@ -468,33 +468,18 @@ mod tests {
     /// handle no pass used is closed.
     #[test]
     fn kept_directories_follow_a_cgroup_made_again_at_the_same_path() {
-        // SAFETY: geteuid has no preconditions.
-        if unsafe { libc::geteuid() } != 0 {
-            assert!(
-                std::env::var("CI").as_deref() != Ok("true"),
-                "kept_directories_follow_a_cgroup_made_again_at_the_same_path needs root under CI=true"
-            );
-            eprintln!(
-                "SKIPPED kept_directories_follow_a_cgroup_made_again_at_the_same_path: needs root"
-            );
+        let name = "kept_directories_follow_a_cgroup_made_again_at_the_same_path";
+        if !crate::testing::require_root(name, "create cgroups") {
             return;
         }
         let layout = crate::cgroup::discover::detect(&crate::roots::Roots::default());
         let Some(root) = layout.v1("memory").or(layout.v2()).map(Path::to_path_buf) else {
-            eprintln!("SKIPPED kept_directories_…: no memory hierarchy");
+            eprintln!("SKIPPED {name}: no memory hierarchy");
             return;
         };
         let rel = format!("/sw-kept-{}", std::process::id());
-        let dir = crate::cgroup::join(&root, &rel);
-        struct Rm(PathBuf);
-        impl Drop for Rm {
-            fn drop(&mut self) {
-                let _ = std::fs::remove_dir(&self.0);
-            }
-        }
-        let _ = std::fs::remove_dir(&dir);
-        std::fs::create_dir(&dir).unwrap();
-        let _rm = Rm(dir.clone());
+        let made = crate::testing::MadeDir::new(crate::cgroup::join(&root, &rel));
+        let dir = made.path();
         let mut errors = Vec::new();
         let mut f = Files::default();
         let num = |s: &str| crate::cgroup::parse_single_u64(s);
@@ -515,8 +500,8 @@ mod tests {
         assert_eq!(f.dir_opens, 1, "kept: not opened again");
 
         // Made again at the same path, with a process in it this time.
-        std::fs::remove_dir(&dir).unwrap();
-        std::fs::create_dir(&dir).unwrap();
+        std::fs::remove_dir(dir).unwrap();
+        std::fs::create_dir(dir).unwrap();
         let mut child = std::process::Command::new("sleep")
             .arg("30")
             .spawn()

@@ -362,6 +362,11 @@ mod tests {
     /// when no cpuacct hierarchy has the container.
     #[test]
     fn hybrid_reads_from_unified_only_what_v1_lacks() {
+        // A pass between two turns: the counters and the OOM count, not the settings.
+        const COUNTERS: Want = Want {
+            settings: false,
+            oom: true,
+        };
         let t = tempfile::tempdir().unwrap();
         let r = t.path();
         let rel = "docker/3f2a";
@@ -402,15 +407,7 @@ mod tests {
             unified: r.join("unified"),
         };
         let mut files = Files::default();
-        let s = read_stats_with(
-            &layout,
-            rel,
-            Want {
-                settings: false,
-                oom: true,
-            },
-            &mut files,
-        );
+        let s = read_stats_with(&layout, rel, COUNTERS, &mut files);
         assert!(s.errors.is_empty(), "{:?}", s.errors);
         assert_eq!(s.cpu.usage_seconds, Some(0.481777005), "v1's");
         assert_eq!(s.memory.usage_bytes, Some(4096), "v1's");
@@ -421,15 +418,7 @@ mod tests {
 
         std::fs::remove_dir_all(r.join("cpuacct")).unwrap();
         let mut files = Files::default();
-        let s = read_stats_with(
-            &layout,
-            rel,
-            Want {
-                settings: false,
-                oom: true,
-            },
-            &mut files,
-        );
+        let s = read_stats_with(&layout, rel, COUNTERS, &mut files);
         assert_eq!(s.cpu.usage_seconds, Some(9e-6), "from the unified cpu.stat");
         assert_eq!(s.cpu.nr_periods, Some(0), "v1's cpu.stat still");
         assert_eq!(files.reads, 6 + 4);

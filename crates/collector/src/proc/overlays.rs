@@ -332,14 +332,8 @@ mod tests {
     /// no change between them read nothing.
     #[test]
     fn overlays_watch_sees_each_mount_change_and_reads_nothing_otherwise() {
-        // SAFETY: geteuid has no preconditions.
-        if unsafe { libc::geteuid() } != 0 {
-            let name = "overlays_watch_sees_each_mount_change_and_reads_nothing_otherwise";
-            assert!(
-                std::env::var("CI").as_deref() != Ok("true"),
-                "{name} needs root under CI=true"
-            );
-            eprintln!("SKIPPED {name}: needs root to mount");
+        let name = "overlays_watch_sees_each_mount_change_and_reads_nothing_otherwise";
+        if !crate::testing::require_root(name, "mount") {
             return;
         }
         let child = Command::new("unshare")

@@ -307,13 +307,8 @@ fn oom_kills_are_read_when_the_hosts_count_moves() {
 /// host's `oom_kill` in `/proc/vmstat` as it moves the cgroup's own count.
 #[test]
 fn a_cgroup_oom_kill_moves_the_hosts_oom_kill() {
-    // SAFETY: geteuid has no preconditions.
-    if unsafe { libc::geteuid() } != 0 {
-        assert!(
-            std::env::var("CI").as_deref() != Ok("true"),
-            "a_cgroup_oom_kill_moves_the_hosts_oom_kill needs root under CI=true"
-        );
-        eprintln!("SKIPPED a_cgroup_oom_kill_moves_the_hosts_oom_kill: needs root");
+    let name = "a_cgroup_oom_kill_moves_the_hosts_oom_kill";
+    if !crate::testing::require_root(name, "create cgroups") {
         return;
     }
     let roots = Roots::default();
@@ -328,20 +323,13 @@ fn a_cgroup_oom_kill_moves_the_hosts_oom_kill() {
             "memory.events",
         ),
         _ => {
-            eprintln!("SKIPPED a_cgroup_oom_kill_moves_the_hosts_oom_kill: no memory cgroup");
+            eprintln!("SKIPPED {name}: no memory cgroup");
             return;
         }
     };
     let v1 = events == "memory.oom_control";
-    struct Rm(std::path::PathBuf);
-    impl Drop for Rm {
-        fn drop(&mut self) {
-            let _ = std::fs::remove_dir(&self.0);
-        }
-    }
-    let _ = std::fs::remove_dir(&dir);
-    std::fs::create_dir(&dir).unwrap();
-    let _rm = Rm(dir.clone());
+    let made = crate::testing::MadeDir::new(dir);
+    let dir = made.path();
     let limit = if v1 {
         "memory.limit_in_bytes"
     } else {

@@ -182,13 +182,7 @@ fn real_cgroup_scenario(name: &str, rel: impl Fn(&str) -> String, check: impl Fn
     // One scenario at a time: each sampler sees every container on the host, so a
     // parallel scenario's container vanishing would count in this one's stops.
     let _serial = REAL_CGROUPS.lock().unwrap_or_else(|e| e.into_inner());
-    // SAFETY: geteuid has no preconditions.
-    if unsafe { libc::geteuid() } != 0 {
-        assert!(
-            std::env::var("CI").as_deref() != Ok("true"),
-            "{name} needs root under CI=true"
-        );
-        eprintln!("SKIPPED {name}: needs root to create cgroups");
+    if !crate::testing::require_root(name, "create cgroups") {
         return;
     }
     let roots = Roots::default();
