@@ -141,6 +141,7 @@ impl driver::Sampler for Cloud {
                         let shared = Arc::clone(&shared);
                         move || Ok(Some(shared.read(src)))
                     }),
+                    lane: None,
                 }
             })
             .collect()

@@ -162,6 +162,7 @@ impl driver::Sampler for Containers {
                     )))
                 }
             }),
+            lane: None,
         }]
     }
 

@@ -132,6 +132,19 @@ impl HostSource {
         }
     }
 
+    /// The 1 s sources whose files the kernel makes from memory, under no lock a disk's I/O
+    /// holds (counters, PSI averages, tunables, `diskstats` and the sysfs partition list)
+    /// share one reader thread: one wake-up a second instead of eleven
+    /// ([`driver`](crate::sample::driver)'s lanes). `mountinfo` keeps its own (it takes the
+    /// mount namespace's lock, which a mount or unmount waiting on a hung disk can hold) and
+    /// so does `bdi` (a directory walk every 30 s).
+    pub fn lane(self) -> Option<&'static str> {
+        match self {
+            HostSource::Mountinfo | HostSource::Bdi => None,
+            _ => Some("procfs"),
+        }
+    }
+
     /// One read of the source. `caches` is what its reader keeps between reads.
     pub fn read(self, roots: &Roots, caches: &mut ReaderCaches) -> ReadResult {
         fn wrap<T>(r: Result<Option<T>, Error>, f: impl FnOnce(T) -> Reading) -> ReadResult {
@@ -358,6 +371,7 @@ impl driver::Sampler for Host {
                         let mut caches = ReaderCaches::default();
                         move || src.read(&roots, &mut caches)
                     }),
+                    lane: src.lane(),
                 }
             })
             .collect()

@@ -276,6 +276,7 @@ impl driver::Sampler for Threads {
                     walker.walk(&roots).map(|w| Some(Got::Walk(w)))
                 }
             }),
+            lane: None,
         }];
         let b = &cfg.bpf;
         self.bpf_wanted = false;
@@ -313,6 +314,7 @@ impl driver::Sampler for Threads {
                 let mut src = Source::new(Arc::clone(&roots), settings, Arc::clone(&mailbox));
                 move || src.read().map(|r| r.map(Got::Bpf))
             }),
+            lane: None,
         });
         v
     }

@@ -33,6 +33,8 @@ struct Cfg {
     timeout: Duration,
     /// apply() panics when it sees this value.
     panic_on: Option<u64>,
+    /// Every source in this lane, or each on its own thread.
+    lane: Option<&'static str>,
 }
 
 #[derive(Debug, Default, Clone)]
@@ -85,6 +87,7 @@ impl Sampler for TestSampler {
                             }
                         }
                     }),
+                    lane: cfg.lane,
                 }
             })
             .collect()
@@ -139,12 +142,22 @@ struct Rig {
 
 impl Rig {
     fn new(sources: &[&'static str]) -> Rig {
+        Rig::start(sources, None, Duration::from_millis(100))
+    }
+
+    /// All sources on one shared thread, named `sw-lane`.
+    fn lane(sources: &[&'static str]) -> Rig {
+        Rig::start(sources, Some("lane"), Duration::from_millis(100))
+    }
+
+    fn start(sources: &[&'static str], lane: Option<&'static str>, timeout: Duration) -> Rig {
         let script = Arc::new(Script::default());
         let cfg = Arc::new(ArcSwap::from_pointee(Cfg {
             sources: sources.to_vec(),
             every: Duration::from_millis(20),
-            timeout: Duration::from_millis(100),
+            timeout,
             panic_on: None,
+            lane,
         }));
         let out = Arc::new(ArcSwap::from_pointee(Snap::default()));
         let s = Arc::clone(&script);
@@ -183,6 +196,16 @@ impl Rig {
 
     fn value(&self, name: &str) -> Option<Option<u64>> {
         self.out.load().values.get(name).copied()
+    }
+
+    fn made(&self, name: &str) -> u32 {
+        self.script
+            .made
+            .lock()
+            .unwrap()
+            .get(name)
+            .copied()
+            .unwrap_or(0)
     }
 
     fn wait_until(&self, what: &str, mut f: impl FnMut(&Rig) -> bool) {
@@ -309,6 +332,7 @@ fn a_panicking_sampler_is_rebuilt_and_publishing_goes_on() {
         every: Duration::from_millis(20),
         timeout: Duration::from_millis(100),
         panic_on: Some(13),
+        lane: None,
     }));
     r.act("a", Act::Answer(13));
     // While every tick panics nothing is published (the snapshot ages: /healthz sees that).
@@ -337,6 +361,7 @@ fn a_config_change_adds_and_removes_sources_and_keeps_the_unchanged() {
         every: Duration::from_millis(20),
         timeout: Duration::from_millis(100),
         panic_on: None,
+        lane: None,
     }));
     r.wait_until("new source", |r| {
         r.status("new").is_some_and(|s| s.reads >= 1)
@@ -444,4 +469,109 @@ fn a_waker_makes_the_sampler_tick_now_and_is_harmless_after_stop() {
     assert_eq!(after, before + 2, "{before} → {after}: a backlog of wakes");
     d.stop();
     wake();
+}
+
+/// Threads of this process (nextest runs each test in its own) with this name.
+fn threads_named(name: &str) -> usize {
+    std::fs::read_dir("/proc/self/task")
+        .unwrap()
+        .filter_map(|t| std::fs::read_to_string(t.ok()?.path().join("comm")).ok())
+        .filter(|c| c.trim_end() == name)
+        .count()
+}
+
+#[test]
+fn a_lanes_sources_share_one_thread_and_each_keeps_its_own_health() {
+    let r = Rig::lane(&["a", "b", "c"]);
+    r.act("b", Act::Answer(2));
+    r.act("c", Act::Fail);
+    r.wait_until("every member read several times", |r| {
+        ["a", "b", "c"]
+            .iter()
+            .all(|n| r.status(n).is_some_and(|s| s.reads >= 3))
+    });
+    assert_eq!(threads_named("sw-lane"), 1, "one thread for the lane");
+    assert_eq!(r.value("a"), Some(Some(1)));
+    assert_eq!(r.value("b"), Some(Some(2)));
+    assert_eq!(r.value("c"), None, "a failing member has no value");
+    assert!(r.status("c").unwrap().errors.get(ErrorKind::Permission) >= 3);
+    assert_eq!(r.status("a").unwrap().errors.total(), 0);
+    assert_eq!(r.status("b").unwrap().errors.total(), 0);
+}
+
+#[test]
+fn a_stuck_lane_member_keeps_its_thread_and_its_mates_move_to_a_new_one() {
+    // "hung" is read between the two others: "a" was read in the same request before it.
+    let r = Rig::lane(&["a", "hung", "b"]);
+    r.wait_until("all read once", |r| {
+        ["a", "hung", "b"]
+            .iter()
+            .all(|n| r.status(n).is_some_and(|s| s.reads >= 1))
+    });
+    r.act("hung", Act::Block);
+    r.wait_until("hung is stuck", |r| {
+        r.status("hung").is_some_and(|s| s.stuck(Instant::now()))
+    });
+    let before = r.status("a").unwrap().reads;
+    r.wait_until("the mates keep being read", |r| {
+        r.status("a").unwrap().reads >= before + 5 && r.status("b").unwrap().reads >= before + 5
+    });
+    let now = Instant::now();
+    assert!(!r.status("a").unwrap().stuck(now) && !r.status("b").unwrap().stuck(now));
+    assert_eq!(
+        threads_named("sw-lane"),
+        2,
+        "the stuck thread and the mates' new one"
+    );
+    assert_eq!(
+        (r.made("a"), r.made("b")),
+        (2, 2),
+        "the mates' readers made again"
+    );
+    assert_eq!(
+        r.made("hung"),
+        1,
+        "a stuck reader is waited for, never replaced"
+    );
+
+    // The stuck read returns: its answer is applied, and it reads alone on its old thread.
+    r.act("hung", Act::Answer(3));
+    *r.script.gate.lock().unwrap() = true;
+    r.wait_until("hung reads again", |r| r.value("hung") == Some(Some(3)));
+    let seen: Vec<Option<u64>> = r
+        .out
+        .load()
+        .seen
+        .iter()
+        .filter(|(k, _)| k == "hung")
+        .map(|(_, v)| *v)
+        .collect();
+    assert!(
+        seen.contains(&Some(99)),
+        "the blocked read's own answer was applied: {seen:?}"
+    );
+    let a = r.status("a").unwrap().reads;
+    r.wait_until("everyone is read", |r| {
+        r.status("a").unwrap().reads >= a + 3
+    });
+    assert_eq!(threads_named("sw-lane"), 2, "no thread more after the hang");
+    assert_eq!(r.made("a"), 2);
+    assert_eq!(r.made("hung"), 1);
+}
+
+#[test]
+fn a_panicking_lane_member_is_rebuilt_alone() {
+    // A panic's backtrace can take longer to print than 100 ms: that read would be stuck, and
+    // its mate moved (and made again) for that reason, not for the panic.
+    let r = Rig::start(&["p", "q"], Some("lane"), Duration::from_secs(5));
+    r.act("p", Act::Panic);
+    r.wait_until("panics counted", |r| {
+        r.status("p")
+            .is_some_and(|s| s.errors.get(ErrorKind::Panic) >= 2)
+    });
+    r.act("p", Act::Answer(4));
+    r.wait_until("reads again", |r| r.value("p") == Some(Some(4)));
+    assert_eq!(r.made("q"), 1, "its mate's reader is untouched");
+    assert_eq!(r.status("q").unwrap().errors.total(), 0);
+    assert_eq!(threads_named("sw-lane"), 1);
 }

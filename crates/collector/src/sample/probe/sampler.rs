@@ -184,6 +184,7 @@ impl driver::Sampler for ProbeSampler {
                 key: c.path.clone(),
                 name: name.clone(),
                 make: self.reader(c),
+                lane: None,
             })
             .collect();
         for (c, _) in &self.order {
