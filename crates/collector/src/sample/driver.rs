@@ -399,12 +399,10 @@ impl<S: Sampler> Run<S> {
             let worker = Arc::clone(&self.slots[i].worker);
             let current = worker.reading.load(Ordering::Acquire);
             let slot = &self.slots[i];
-            if slot.id != current
-                || worker.solo.load(Ordering::Relaxed) != IDLE
-                || !slot
-                    .busy_since
-                    .is_some_and(|b| now.saturating_duration_since(b) > slot.status.timeout)
-            {
+            let stuck = slot
+                .busy_since
+                .is_some_and(|b| now.saturating_duration_since(b) > slot.status.timeout);
+            if !stuck || slot.id != current || worker.solo.load(Ordering::Relaxed) != IDLE {
                 continue;
             }
             let mates: Vec<usize> = (0..self.slots.len())
