@@ -16,7 +16,7 @@
 //! `bpf`, drained every `bpf.interval`: "who is in D now" then comes from the episodes in
 //! flight (exact start times, no walk), the walk runs only every `bpf.walk_interval` for the
 //! thread states and to seed episodes that began before the programs attached, and a stall
-//! costs no walking at all. When the programs cannot load, the source says why once and the
+//! costs no walking (the state walk waits for it to end, up to [`STALL_WALK_DEFER`] intervals). When the programs cannot load, the source says why once and the
 //! walk does everything, as without it.
 
 use std::collections::HashMap;
@@ -363,7 +363,7 @@ impl driver::Sampler for Threads {
             if std::mem::take(&mut self.walk_now) {
                 Duration::ZERO
             } else {
-                cfg.bpf.walk_interval
+                state_walk_every(cfg.bpf.walk_interval, self.suspected)
             }
         } else if self.suspected {
             cfg.fast_interval
@@ -480,6 +480,24 @@ fn stacks_missing(walk: &Walk, cfg: &ThreadsConfig) -> Option<String> {
     }
 }
 
+/// While the eBPF source runs, a suspected stall holds the state walk back this many times
+/// its `walk_interval` after the last one.
+pub const STALL_WALK_DEFER: u32 = 3;
+
+/// The state walk's cadence while the eBPF source runs. During a suspected stall, who is in
+/// D comes from the episodes in flight; a walk would add its cost to the stall (at 10k threads
+/// ~0.1 s of CPU, a sixth of the agent's share over a 2-minute stall window) to refresh the
+/// per-state counts and the thread total, whose age the snapshot shows and whose running and
+/// blocked counts `/proc/stat` gives meanwhile. It runs when the stall ends, if due, or at
+/// [`STALL_WALK_DEFER`] times the interval, whichever comes first.
+fn state_walk_every(walk_interval: Duration, suspected: bool) -> Duration {
+    if suspected {
+        walk_interval.saturating_mul(STALL_WALK_DEFER)
+    } else {
+        walk_interval
+    }
+}
+
 /// Threads in D kept by name in the snapshot (for the API and `stallwatch dstate`).
 const MAX_STUCK: usize = 1000;
 
@@ -532,6 +550,14 @@ impl ThreadSampler {
 mod tests {
     use super::*;
     use crate::proc::tasks::RawD;
+
+    #[test]
+    fn a_suspected_stall_holds_the_state_walk_back() {
+        let five = Duration::from_secs(300);
+        assert_eq!(state_walk_every(five, false), five);
+        assert_eq!(state_walk_every(five, true), five * STALL_WALK_DEFER);
+        assert_eq!(state_walk_every(Duration::MAX, true), Duration::MAX);
+    }
 
     #[test]
     fn why_stacks_are_missing() {

@@ -6,7 +6,7 @@
 
 use std::path::Path;
 use std::process::Command;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use crate::dstate_rig::{DStateRig, HOSTILE_COMM};
 use crate::harness::{repo, require_root, write, Agent, Metrics, BIN};
@@ -221,6 +221,52 @@ fn dstate_bpf_counts_short_episodes_the_walk_cannot_see_within_2_percent() {
     );
     let lost = sum_of(&b, "stallwatch_bpf_map_full_total{map=\"in_flight\"");
     assert_eq!(lost, 0.0, "nothing lost");
+}
+
+/// While the source runs and a stall is suspected, who is in D comes from the episodes in
+/// flight and the state walk waits, up to three `walk_interval`s: with a 2 s interval, 13 s of
+/// stall get one to three walks (six or seven without the hold, none without the cap).
+#[test]
+fn dstate_bpf_state_walk_waits_out_a_stall_up_to_three_intervals() {
+    if !require_root("dstate_bpf_state_walk_waits_out_a_stall_up_to_three_intervals") {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let agent = Agent::start(&[&config(
+        dir.path(),
+        "[bpf]\nenabled = true\nwalk_interval = \"2s\"\n",
+    )]);
+    agent.wait_for(Duration::from_secs(10), "the source attached", |m| {
+        m.get("stallwatch_bpf_active") == Some(1.0)
+    });
+    // 8 writers at 1 write a second: 7 or 8 threads in D at every instant, so the suspicion
+    // (tasks blocked now) holds without a gap.
+    let rig = DStateRig::start(8, 1);
+    let reads = "stallwatch_source_reads_total{source=\"threads\"}";
+    let suspected = "stallwatch_stall_suspected";
+    let m0 = agent.wait_for(Duration::from_secs(10), "a stall suspected", |m| {
+        m.get(suspected) == Some(1.0)
+    });
+    let r0 = m0.get(reads).unwrap();
+    let t0 = Instant::now();
+    let mut gaps = 0;
+    while t0.elapsed() < Duration::from_secs(13) {
+        std::thread::sleep(Duration::from_millis(500));
+        if Metrics::parse(&agent.scrape()).get(suspected) != Some(1.0) {
+            gaps += 1;
+        }
+    }
+    let r1 = Metrics::parse(&agent.scrape()).get(reads).unwrap();
+    rig.lift();
+    drop(rig);
+    let walks = r1 - r0;
+    eprintln!("walks during 13 s of stall with walk_interval = 2s: {walks}");
+    assert_eq!(gaps, 0, "the suspicion held through the stall");
+    assert!(
+        (1.0..=3.0).contains(&walks),
+        "walks during 13 s of stall with walk_interval = 2s: {walks} (at most 3 with the hold, \
+         at least 1 at its 6 s cap)"
+    );
 }
 
 /// Lines of the agent's log that say the source is off.
