@@ -195,12 +195,15 @@ pub(crate) struct Want {
     pub settings: bool,
     /// The OOM kill count: `memory.oom_control`/`memory.events`.
     pub oom: bool,
+    /// A member pid: `cgroup.procs`.
+    pub procs: bool,
 }
 
 impl Want {
     pub const ALL: Want = Want {
         settings: true,
         oom: true,
+        procs: true,
     };
 }
 
@@ -227,6 +230,7 @@ pub(crate) fn read_stats_with(
                 let parts = v2::Parts {
                     settings: want.settings,
                     oom: want.oom,
+                    procs: want.procs,
                     ..v2::Parts::ALL
                 };
                 v2::read_parts(&d, parts, files, &mut s);
@@ -256,7 +260,7 @@ pub(crate) fn read_stats_with(
                     memory: layout.v1("memory").is_none(),
                     io: layout.v1("blkio").is_none(),
                     pids: layout.v1("pids").is_none(),
-                    procs: s.first_pid.is_none(),
+                    procs: want.procs && s.first_pid.is_none(),
                     settings: want.settings,
                     oom: want.oom,
                 };
@@ -366,6 +370,7 @@ mod tests {
         const COUNTERS: Want = Want {
             settings: false,
             oom: true,
+            procs: true,
         };
         let t = tempfile::tempdir().unwrap();
         let r = t.path();

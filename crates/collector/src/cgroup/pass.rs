@@ -69,6 +69,10 @@ pub fn pass(roots: &Roots, max_containers: usize) -> Pass {
 ///   same process, or one that took its number inside the same container. Its `net/dev` is
 ///   not read for the host's namespace nor for one already read in this pass, and read only
 ///   at the container's turn once it has had nothing but `lo` for [`LO_READS`] passes.
+/// - The member pid (`cgroup.procs`) only when its namespace may be read this pass: not
+///   between turns for a container whose namespace, as last resolved, is the host's, one an
+///   earlier container of this pass read (a pod's containers share the sandbox's), or one
+///   with only `lo`. A new member in another namespace is then found at the turn.
 /// - The OOM kill count (`memory.oom_control`/`memory.events`): at the container's first pass
 ///   and turn, and whenever the host's `oom_kill` in `/proc/vmstat` moved since the last pass
 ///   (read once per pass): a container's count cannot move without it.
@@ -152,11 +156,24 @@ pub fn pass_named(
         let turn = (this + stagger(id)) % REFRESH_EVERY == 0;
         let refresh = turn || known.settings.is_none();
         let oom = refresh || oom_moved || known.oom.is_none();
+        // What `net/dev` decision the namespace as last resolved leads to, without the pid.
+        let procs = refresh
+            || known.netns.is_none_or(|(_, inode)| {
+                inode != 0
+                    && Some(inode) != host_netns
+                    && !seen_netns.contains(&inode)
+                    && known.lo_reads < LO_READS
+            });
         let want = Want {
             settings: refresh,
             oom,
+            procs,
         };
         let mut stats = read_stats_with(&layout, &f.path, want, &mut state.files);
+        if !procs {
+            // As last read: it leads to the same decision below, without a read.
+            stats.first_pid = known.netns.map(|(pid, _)| pid);
+        }
         if oom {
             known.oom = Some(stats.memory.oom_kills);
         } else if let Some(n) = known.oom {

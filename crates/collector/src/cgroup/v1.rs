@@ -249,9 +249,9 @@ pub fn read_with_ticks(layout: &Layout, path: &str, user_hz: u64) -> ContainerSt
 }
 
 /// The counters of the container at `path`, its settings (`memory.limit_in_bytes`, the four
-/// `blkio.throttle.*_device` limits) when `want.settings` and its OOM kill count when
-/// `want.oom`; without, those stay `None` for the caller to fill from what it read before
-/// ([`crate::cgroup::pass`] says when).
+/// `blkio.throttle.*_device` limits) when `want.settings`, its OOM kill count when
+/// `want.oom` and a member pid when `want.procs`; without, those stay `None` for the caller to
+/// fill from what it read before ([`crate::cgroup::pass`] says when).
 pub(crate) fn read_parts(
     layout: &Layout,
     path: &str,
@@ -353,7 +353,7 @@ pub(crate) fn read_parts(
     .into_iter()
     .flatten()
     .next();
-    if let Some(d) = member {
+    if let Some(d) = member.filter(|_| want.procs) {
         s.first_pid = files.first_pid(d, &mut s.errors);
     }
     s

@@ -177,19 +177,41 @@ fn settings_and_netns_are_read_again_only_at_the_containers_turn() {
                 (Some(8192), Some(1 << 30), Some(100), false),
                 "pass {n}"
             );
+            // In the host's namespace now: neither its member pid nor net/dev is read.
+            assert_eq!(
+                read + 7,
+                first,
+                "pass {n}: no settings, cgroup.procs, net/dev"
+            );
         }
     }
 
-    // Another member pid: its namespace is resolved at the next pass.
+    // Another member pid, in a namespace of its own: found at the container's turn (its
+    // namespace as last known is the host's, so the pid is not looked up between turns).
     netns(&roots.procfs, 4243, 4026532002);
     write(
         &roots.procfs.join("4243/net/dev"),
         "h\nh\neth1: 1 1 0 0 0 0 0 0 1 1 0 0 0 0 0 0\n",
     );
     write(&dir("memory").join("cgroup.procs"), "4243\n");
+    let first_n = 2 + REFRESH_EVERY;
+    let found = (first_n..first_n + REFRESH_EVERY).find(|_| {
+        let p = pass_named(&roots, 10, None, None, &mut st);
+        p.rows[0]
+            .network
+            .as_deref()
+            .is_some_and(|n| n.iter().any(|d| d.name == "eth1"))
+    });
+    let n = found.expect("eth1 within REFRESH_EVERY passes");
+    assert_eq!(
+        (n + stagger(ID)) % REFRESH_EVERY,
+        0,
+        "at the turn (pass {n})"
+    );
+    // From then on its namespace is its own: the pid and net/dev are read every pass.
     let p = pass_named(&roots, 10, None, None, &mut st);
-    let net = p.rows[0].network.as_deref().unwrap();
-    assert_eq!(net[0].name, "eth1");
+    assert_eq!(p.rows[0].network.as_deref().unwrap()[0].name, "eth1");
+    assert_eq!(p.rows[0].stats.first_pid, Some(4243));
 }
 
 /// A namespace with only `lo` is read LO_READS passes in a row, then only at the
@@ -221,9 +243,10 @@ fn a_namespace_with_only_lo_is_read_at_the_turn_once_known() {
     assert!(!after.is_empty());
     for n in after {
         assert_eq!(
-            counts[n as usize] + 1,
+            counts[n as usize] + 2,
             counts[before as usize],
-            "pass {n}: no net/dev read once lo alone was seen {LO_READS} times: {counts:?}"
+            "pass {n}: neither net/dev nor cgroup.procs read once lo alone was seen \
+             {LO_READS} times: {counts:?}"
         );
     }
     // An interface appears: it is seen at the container's next turn at the latest.
