@@ -446,7 +446,10 @@ impl<S: Sampler> Run<S> {
     fn reconcile(&mut self, sampler: &mut S, cfg: &S::Config) {
         let mut old = std::mem::take(&mut self.slots);
         let mut new: Vec<SourceSpec<S::Key, S::Reading>> = Vec::new();
-        for spec in sampler.sources(cfg) {
+        let specs = sampler.sources(cfg);
+        // The health rows keep the order the sampler lists its sources in, lanes or not.
+        let order: Vec<S::Key> = specs.iter().map(|s| s.key.clone()).collect();
+        for spec in specs {
             if let Some(i) = old.iter().position(|s| s.key == spec.key) {
                 let mut slot = old.swap_remove(i);
                 slot.status.name = spec.name;
@@ -501,6 +504,8 @@ impl<S: Sampler> Run<S> {
                 }
             }
         }
+        self.slots
+            .sort_by_key(|s| order.iter().position(|k| *k == s.key));
     }
 
     fn handle_all(&mut self, sampler: &mut S, batch: Vec<Outcome<S::Reading>>, cfg: &S::Config) {

@@ -491,6 +491,18 @@ fn a_lanes_sources_share_one_thread_and_each_keeps_its_own_health() {
             .all(|n| r.status(n).is_some_and(|s| s.reads >= 3))
     });
     assert_eq!(threads_named("sw-lane"), 1, "one thread for the lane");
+    let names: Vec<String> = r
+        .out
+        .load()
+        .statuses
+        .iter()
+        .map(|s| s.name.to_string())
+        .collect();
+    assert_eq!(
+        names,
+        ["a", "b", "c"],
+        "health in the order the sampler lists them"
+    );
     assert_eq!(r.value("a"), Some(Some(1)));
     assert_eq!(r.value("b"), Some(Some(2)));
     assert_eq!(r.value("c"), None, "a failing member has no value");
