@@ -168,6 +168,7 @@ pub fn pass_named(
             settings: refresh,
             oom,
             procs,
+            cpuacct: true,
         };
         let mut stats = read_stats_with(&layout, &f.path, want, &mut state.files);
         if !procs {

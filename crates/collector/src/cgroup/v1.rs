@@ -31,9 +31,10 @@ use std::collections::BTreeMap;
 use std::ffi::CStr;
 
 use crate::cgroup::discover::Layout;
-use crate::cgroup::files::Files;
+use crate::cgroup::files::{Dir, Files};
 use crate::cgroup::{
-    parse_dev, parse_keyed, parse_single_u64, ContainerStats, DeviceIo, IoLimit, StatError, Want,
+    parse_dev, parse_keyed, parse_single_u64, ContainerStats, CpuStats, DeviceIo, IoLimit,
+    StatError, Want,
 };
 use crate::error::{parse_u64, ParseError};
 
@@ -248,9 +249,45 @@ pub fn read_with_ticks(layout: &Layout, path: &str, user_hz: u64) -> ContainerSt
     read_parts(layout, path, user_hz, Want::ALL, &mut Files::default())
 }
 
+/// The cpuacct hierarchy's usage, user and system time of the container at `path` into `s`,
+/// where `s` has no usage yet (a hybrid host reads them from the unified `cpu.stat` first).
+pub(crate) fn fill_cpuacct(
+    layout: &Layout,
+    path: &str,
+    user_hz: u64,
+    files: &mut Files,
+    s: &mut ContainerStats,
+) {
+    if s.cpu.usage_seconds.is_some() {
+        return;
+    }
+    let Some(root) = layout.v1("cpuacct") else {
+        return;
+    };
+    if let Some(d) = files.dir(root, path, &mut s.errors) {
+        read_cpuacct(&d, user_hz.max(1) as f64, files, &mut s.cpu, &mut s.errors);
+    }
+}
+
+fn read_cpuacct(
+    d: &Dir,
+    user_hz: f64,
+    files: &mut Files,
+    cpu: &mut CpuStats,
+    e: &mut Vec<StatError>,
+) {
+    if let Some(st) = files.read(d, c"cpuacct.stat", parse_cpuacct_stat, e) {
+        cpu.user_seconds = st.user_ticks.map(|t| t as f64 / user_hz);
+        cpu.system_seconds = st.system_ticks.map(|t| t as f64 / user_hz);
+    }
+    cpu.usage_seconds = files
+        .read(d, c"cpuacct.usage", parse_single_u64, e)
+        .map(|ns| ns as f64 / 1e9);
+}
+
 /// The counters of the container at `path`, its settings (`memory.limit_in_bytes`, the four
 /// `blkio.throttle.*_device` limits) when `want.settings`, its OOM kill count when
-/// `want.oom` and a member pid when `want.procs`; without, those stay `None` for the caller to
+/// `want.oom`, a member pid when `want.procs` and the cpuacct files when `want.cpuacct`; without, those stay `None` for the caller to
 /// fill from what it read before ([`crate::cgroup::pass`] says when).
 pub(crate) fn read_parts(
     layout: &Layout,
@@ -284,14 +321,8 @@ pub(crate) fn read_parts(
     let blkio = open("blkio", files, e);
     let pids = open("pids", files, e);
 
-    if let Some(d) = &cpuacct {
-        if let Some(st) = files.read(d, c"cpuacct.stat", parse_cpuacct_stat, e) {
-            s.cpu.user_seconds = st.user_ticks.map(|t| t as f64 / user_hz);
-            s.cpu.system_seconds = st.system_ticks.map(|t| t as f64 / user_hz);
-        }
-        s.cpu.usage_seconds = files
-            .read(d, c"cpuacct.usage", parse_single_u64, e)
-            .map(|ns| ns as f64 / 1e9);
+    if let Some(d) = cpuacct.as_ref().filter(|_| want.cpuacct) {
+        read_cpuacct(d, user_hz, files, &mut s.cpu, e);
     }
     if let Some(d) = cpu {
         if let Some(st) = files.read(d, c"cpu.stat", parse_cpu_stat, e) {
