@@ -15,10 +15,12 @@
 //!   glibc's default the threshold rises to the size of the first large block freed, after
 //!   which every scrape's buffers came from the heap and stayed there until the next trim.
 //!
-//! And one for the binary's own pages ([`unmap_start_up_code`]): RSS counts every page of the
+//! And one for the binary's own pages ([`unmap_idle_code`]): RSS counts every page of the
 //! executable mapped since start, and the start-up maps most of it (clap, the config parser,
 //! the eBPF loader's ELF and BTF parsing, cloud discovery's HTTP and TLS clients), which then
-//! never runs again off EC2. Kernel 6.18 maps a whole large folio of page cache on a fault, so
+//! never runs again off EC2; later, code that runs once (a reload, an incident record) stays
+//! mapped for the life of the process. The code is unmapped after the start-up and then every
+//! [`CODE_EVERY`], so the binary's share of RSS is what ran since. Kernel 6.18 maps a whole large folio of page cache on a fault, so
 //! a few functions map megabytes. Measured with the agent at rest here: 8.6 of 9.4 MB of text
 //! resident; after unmapping, what runs maps back to ~4 MB within a few seconds and stays
 //! there. The pages stay in the page cache (a new fault is a minor one, no disk read), and cold
@@ -32,10 +34,13 @@ use std::time::Duration;
 pub const ARENAS: i32 = 1;
 /// Allocations this large or larger get their own mapping, given back when freed.
 pub const MMAP_THRESHOLD: i32 = 256 * 1024;
-/// After the start-up: when the start-up's code is unmapped ([`unmap_start_up_code`]). Off
+/// After the start-up: when the start-up's code is unmapped ([`unmap_idle_code`]). Off
 /// EC2, cloud discovery gives up within its 1 s IMDS timeout; the eBPF programs load in the
 /// first second.
 pub const START_UP: Duration = Duration::from_secs(20);
+/// Then the code is unmapped this often: what runs maps back within a second (a few hundred
+/// minor faults, tens of microseconds each here); what ran once goes.
+pub const CODE_EVERY: Duration = Duration::from_secs(600);
 /// Time between two trims.
 pub const TRIM_EVERY: Duration = Duration::from_secs(30);
 /// The first trims, counted from the trimmer's start: the start-up's garbage (17 MB after the
@@ -73,7 +78,7 @@ pub fn trim() {
 }
 
 /// A thread that trims after each of [`FIRST_TRIMS`], then every [`TRIM_EVERY`] for the life
-/// of the process. It never touches a file, so a hung disk cannot hold it.
+/// of the process, and unmaps the binary's code at [`START_UP`] and every [`CODE_EVERY`]. It never touches a file, so a hung disk cannot hold it.
 pub fn spawn_trimmer() {
     if !cfg!(all(target_os = "linux", target_env = "gnu")) {
         return;
@@ -89,13 +94,20 @@ pub fn spawn_trimmer() {
                 trim();
             }
             std::thread::sleep(START_UP.saturating_sub(slept));
-            match unmap_start_up_code() {
-                Ok(kib) => tracing::debug!(kib, "Unmapped the start-up's code pages."),
-                Err(e) => tracing::debug!(error = %e, "Cannot unmap the start-up's code pages."),
-            }
+            let unmap = || match unmap_idle_code() {
+                Ok(kib) => tracing::debug!(kib, "Unmapped the binary's code pages."),
+                Err(e) => tracing::debug!(error = %e, "Cannot unmap the binary's code pages."),
+            };
+            unmap();
+            let mut code_at = Duration::ZERO;
             loop {
                 std::thread::sleep(TRIM_EVERY);
                 trim();
+                code_at += TRIM_EVERY;
+                if code_at >= CODE_EVERY {
+                    code_at = Duration::ZERO;
+                    unmap();
+                }
             }
         });
     if let Err(e) = spawned {
@@ -107,14 +119,20 @@ pub fn spawn_trimmer() {
 /// and hold no copied-on-write page: the code and read-only data, not the relocated RELRO
 /// part), keeping them in the page cache: what runs next maps its pages again with minor
 /// faults. Returns the KiB that were resident in what it unmapped. Reads `/proc/self/smaps`
-/// (memory only; it never touches the disk the binary is on).
-pub fn unmap_start_up_code() -> std::io::Result<u64> {
-    use std::os::unix::fs::MetadataExt;
-    let exe = std::fs::metadata("/proc/self/exe")?;
-    let (dev, ino) = (exe.dev(), exe.ino());
+/// only (memory; the executable is found as the file mapped at this function's address, not
+/// by a `stat` that could wait on the disk the binary is on).
+pub fn unmap_idle_code() -> std::io::Result<u64> {
     let smaps = std::fs::read_to_string("/proc/self/smaps")?;
+    let maps = mappings(&smaps);
+    let here = unmap_idle_code as fn() -> std::io::Result<u64> as usize;
+    let Some(exe) = maps.iter().find(|m| (m.start..m.end).contains(&here)) else {
+        return Err(std::io::Error::other(
+            "no mapping holds the agent's own code",
+        ));
+    };
+    let (dev, ino) = (exe.dev, exe.inode);
     let mut unmapped = 0;
-    for m in mappings(&smaps) {
+    for m in &maps {
         if m.inode != ino || m.dev != dev || !m.perms.ends_with('p') || m.perms.contains('w') {
             continue;
         }
@@ -139,7 +157,7 @@ pub fn unmap_start_up_code() -> std::io::Result<u64> {
     Ok(unmapped)
 }
 
-/// One mapping of `/proc/<pid>/smaps`, the fields [`unmap_start_up_code`] needs.
+/// One mapping of `/proc/<pid>/smaps`, the fields [`unmap_idle_code`] needs.
 #[derive(Debug, PartialEq)]
 struct Mapping<'a> {
     start: usize,
@@ -311,7 +329,7 @@ Rss:                   4 kB
                 })
         };
         let (rss0, anon0) = exe(&std::fs::read_to_string("/proc/self/smaps").unwrap());
-        let gone = super::unmap_start_up_code().unwrap();
+        let gone = super::unmap_idle_code().unwrap();
         let (rss1, anon1) = exe(&std::fs::read_to_string("/proc/self/smaps").unwrap());
         assert!(gone >= 256, "{gone} KiB unmapped of {rss0} KiB resident");
         // What reads and parses smaps again maps back (whole large folios on this kernel).
