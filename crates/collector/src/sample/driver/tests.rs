@@ -198,6 +198,23 @@ impl Rig {
         self.out.load().values.get(name).copied()
     }
 
+    /// Opens the gate of a blocked reader `name`, whose next reads answer 3; waits for one of
+    /// them and returns every value applied for `name`, in order.
+    fn release(&self, name: &'static str) -> Vec<Option<u64>> {
+        self.act(name, Act::Answer(3));
+        *self.script.gate.lock().unwrap() = true;
+        self.wait_until("new reads after the release", |r| {
+            r.value(name) == Some(Some(3))
+        });
+        self.out
+            .load()
+            .seen
+            .iter()
+            .filter(|(k, _)| k == name)
+            .map(|(_, v)| *v)
+            .collect()
+    }
+
     fn made(&self, name: &str) -> u32 {
         self.script
             .made
@@ -256,17 +273,7 @@ fn a_stuck_reader_stops_only_its_own_source_and_its_late_answer_is_applied() {
     });
     assert_eq!(r.value("hung"), None, "no value yet");
     assert_eq!(r.status("hung").unwrap().reads, 0);
-    r.act("hung", Act::Answer(3));
-    *r.script.gate.lock().unwrap() = true;
-    r.wait_until("then new reads", |r| r.value("hung") == Some(Some(3)));
-    let seen: Vec<Option<u64>> = r
-        .out
-        .load()
-        .seen
-        .iter()
-        .filter(|(k, _)| k == "hung")
-        .map(|(_, v)| *v)
-        .collect();
+    let seen = r.release("hung");
     assert_eq!(
         seen[0],
         Some(99),
@@ -547,17 +554,7 @@ fn a_stuck_lane_member_keeps_its_thread_and_its_mates_move_to_a_new_one() {
     );
 
     // The stuck read returns: its answer is applied, and it reads alone on its old thread.
-    r.act("hung", Act::Answer(3));
-    *r.script.gate.lock().unwrap() = true;
-    r.wait_until("hung reads again", |r| r.value("hung") == Some(Some(3)));
-    let seen: Vec<Option<u64>> = r
-        .out
-        .load()
-        .seen
-        .iter()
-        .filter(|(k, _)| k == "hung")
-        .map(|(_, v)| *v)
-        .collect();
+    let seen = r.release("hung");
     assert!(
         seen.contains(&Some(99)),
         "the blocked read's own answer was applied: {seen:?}"
