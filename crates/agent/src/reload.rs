@@ -1,17 +1,20 @@
 //! Config reload on SIGHUP and on file change, on a thread of its own (a reload may read a file
 //! on a hung disk; it must not hold up an HTTP worker). The watcher is on the file's *directory*:
 //! editors replace files by rename and Kubernetes ConfigMaps swap a `..data` symlink, both of
-//! which a watch on the file's inode misses. Events are debounced (~1 s) and a reload happens
-//! only when the bytes changed. A config that fails to parse or validate is logged with file,
+//! which a watch on the file's inode misses. The watch asks only for changes (no `IN_OPEN` or
+//! `IN_ACCESS`: a shared directory such as `/etc` is opened and read all day by everyone, and
+//! none of that may wake us). Events are debounced (~1 s) and a reload happens only when the
+//! bytes changed. A config that fails to parse or validate is logged with file,
 //! line and key, `stallwatch_config_last_reload_successful` drops to 0, and the running config
 //! stays in force.
 
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{mpsc, Arc, Mutex};
 use std::time::Duration;
 
 use arc_swap::ArcSwap;
-use notify::{RecursiveMode, Watcher};
+use inotify::{Inotify, WatchMask};
 use stallwatch_cloud::config::CloudConfig;
 use stallwatch_collector::sample::containers::ContainersConfig;
 use stallwatch_collector::sample::probe::Probes;
@@ -118,19 +121,12 @@ pub fn spawn(
     initial: Option<String>,
 ) -> std::io::Result<Triggers> {
     let (tx, rx) = mpsc::sync_channel::<Trigger>(4);
-    let watcher = match watch_dir(&path, tx.clone()) {
-        Ok(w) => Some(w),
-        Err(e) => {
-            warn!(path = %path.display(), error = %e, "Cannot watch the config directory; reload on SIGHUP only.");
-            None
-        }
-    };
+    if let Err(e) = watch_dir(&path, tx.clone(), Arc::default()) {
+        warn!(path = %path.display(), error = %e, "Cannot watch the config directory; reload on SIGHUP only.");
+    }
     std::thread::Builder::new()
         .name("sw-reload".into())
-        .spawn(move || {
-            let _watcher = watcher;
-            run(&path, &live, &status, initial, &rx);
-        })?;
+        .spawn(move || run(&path, &live, &status, initial, &rx))?;
     Ok(tx)
 }
 
@@ -224,18 +220,159 @@ fn reload_text(
     }
 }
 
-fn watch_dir(path: &Path, tx: Triggers) -> notify::Result<notify::RecommendedWatcher> {
+/// What the config directory's watch asks the kernel for: entries made, removed, renamed in or
+/// out (editors' and ConfigMaps' atomic swaps), written and closed, changed in place, their
+/// metadata; and the directory itself removed or moved.
+const CHANGES: WatchMask = WatchMask::CREATE
+    .union(WatchMask::DELETE)
+    .union(WatchMask::MOVED_FROM)
+    .union(WatchMask::MOVED_TO)
+    .union(WatchMask::CLOSE_WRITE)
+    .union(WatchMask::MODIFY)
+    .union(WatchMask::ATTRIB)
+    .union(WatchMask::DELETE_SELF)
+    .union(WatchMask::MOVE_SELF);
+
+/// Watches the directory `path` is in for [`CHANGES`] on a thread of its own ("sw-watch",
+/// blocked in `read(2)` on the inotify descriptor for the life of the process); each batch
+/// of events is one [`Trigger::FileChanged`], and `batches` counts them. An overflowed
+/// queue is an event too. The thread ends if the descriptor fails (logged once).
+fn watch_dir(path: &Path, tx: Triggers, batches: Arc<AtomicU64>) -> std::io::Result<()> {
     let dir = match path.parent() {
         Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
         _ => PathBuf::from("."),
     };
-    let mut w = notify::recommended_watcher(move |res: notify::Result<notify::Event>| {
-        if let Ok(ev) = res {
-            if !ev.kind.is_access() {
-                let _ = tx.try_send(Trigger::FileChanged);
+    let mut inotify = Inotify::init()?;
+    inotify.watches().add(&dir, CHANGES)?;
+    std::thread::Builder::new()
+        .name("sw-watch".into())
+        .stack_size(64 * 1024)
+        .spawn(move || {
+            // Room for a few dozen events with names; a longer batch is read by the next call.
+            let mut buf = [0u8; 4096];
+            loop {
+                match inotify.read_events_blocking(&mut buf) {
+                    Ok(events) => {
+                        if events.count() > 0 {
+                            batches.fetch_add(1, Ordering::Relaxed);
+                            let _ = tx.try_send(Trigger::FileChanged);
+                        }
+                    }
+                    Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                    Err(e) => {
+                        warn!(dir = %dir.display(), error = %e, "The config directory's watch failed; reload on SIGHUP only.");
+                        return;
+                    }
+                }
             }
+        })?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Instant;
+
+    /// Waits up to `within` for the count to pass `floor`; the count it saw.
+    fn wait_past(batches: &AtomicU64, floor: u64, within: Duration) -> u64 {
+        let end = Instant::now() + within;
+        loop {
+            let n = batches.load(Ordering::Relaxed);
+            if n > floor || Instant::now() >= end {
+                return n;
+            }
+            std::thread::sleep(Duration::from_millis(5));
         }
-    })?;
-    w.watch(&dir, RecursiveMode::NonRecursive)?;
-    Ok(w)
+    }
+
+    /// Reading files in the config's directory (what every process does to a shared `/etc`)
+    /// wakes the watch thread not once; writing the config, a ConfigMap-style swap by rename
+    /// and a removal each do, and each sends a trigger.
+    #[test]
+    fn the_watch_wakes_for_changes_and_never_for_reads() {
+        let dir = tempfile::tempdir().unwrap();
+        let cfg = dir.path().join("stallwatch.toml");
+        let other = dir.path().join("hosts");
+        std::fs::write(&cfg, "").unwrap();
+        std::fs::write(&other, "127.0.0.1 localhost\n").unwrap();
+        let (tx, rx) = mpsc::sync_channel::<Trigger>(64);
+        let batches = Arc::new(AtomicU64::new(0));
+        watch_dir(&cfg, tx, Arc::clone(&batches)).unwrap();
+
+        for _ in 0..200 {
+            std::fs::read(&other).unwrap();
+            std::fs::read(&cfg).unwrap();
+            let _ = std::fs::read_dir(dir.path()).unwrap().count();
+        }
+        assert_eq!(
+            wait_past(&batches, 0, Duration::from_millis(300)),
+            0,
+            "600 reads in the directory woke the watch"
+        );
+        std::fs::write(&cfg, "[host]\n").unwrap();
+        assert!(
+            wait_past(&batches, 0, Duration::from_secs(5)) > 0,
+            "the write"
+        );
+        assert_eq!(
+            rx.recv_timeout(Duration::from_secs(1)),
+            Ok(Trigger::FileChanged)
+        );
+
+        // An atomic swap, as editors and the kubelet do: write aside, rename over.
+        let n = batches.load(Ordering::Relaxed);
+        let aside = dir.path().join("..data_tmp");
+        std::fs::write(&aside, "[threads]\n").unwrap();
+        std::fs::rename(&aside, &cfg).unwrap();
+        assert!(
+            wait_past(&batches, n, Duration::from_secs(5)) > n,
+            "the rename"
+        );
+        let n = batches.load(Ordering::Relaxed);
+        std::fs::remove_file(&other).unwrap();
+        assert!(
+            wait_past(&batches, n, Duration::from_secs(5)) > n,
+            "the removal"
+        );
+        // The kubelet's ConfigMap update: the file is a symlink through `..data`, which is
+        // swapped for a link to a new timestamped directory by a rename.
+        let kube = tempfile::tempdir().unwrap();
+        let (old_dir, new_dir) = (
+            kube.path().join("..2026_12_04_1"),
+            kube.path().join("..2026_12_04_2"),
+        );
+        std::fs::create_dir(&old_dir).unwrap();
+        std::fs::write(old_dir.join("stallwatch.toml"), "").unwrap();
+        std::os::unix::fs::symlink("..2026_12_04_1", kube.path().join("..data")).unwrap();
+        let linked = kube.path().join("stallwatch.toml");
+        std::os::unix::fs::symlink("..data/stallwatch.toml", &linked).unwrap();
+        let (ktx, krx) = mpsc::sync_channel::<Trigger>(64);
+        let kbatches = Arc::new(AtomicU64::new(0));
+        watch_dir(&linked, ktx, Arc::clone(&kbatches)).unwrap();
+        std::fs::create_dir(&new_dir).unwrap();
+        std::fs::write(new_dir.join("stallwatch.toml"), "[host]\n").unwrap();
+        std::os::unix::fs::symlink("..2026_12_04_2", kube.path().join("..data_tmp")).unwrap();
+        std::fs::rename(kube.path().join("..data_tmp"), kube.path().join("..data")).unwrap();
+        assert!(
+            wait_past(&kbatches, 0, Duration::from_secs(5)) > 0,
+            "the ..data swap"
+        );
+        assert_eq!(
+            krx.recv_timeout(Duration::from_secs(1)),
+            Ok(Trigger::FileChanged)
+        );
+        assert_eq!(std::fs::read_to_string(&linked).unwrap(), "[host]\n");
+
+        while rx.try_recv().is_ok() {}
+        let n = batches.load(Ordering::Relaxed);
+        for _ in 0..100 {
+            std::fs::read(&cfg).unwrap();
+        }
+        assert_eq!(
+            wait_past(&batches, n, Duration::from_millis(300)),
+            n,
+            "reads after the changes wake nothing either"
+        );
+    }
 }

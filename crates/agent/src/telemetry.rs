@@ -19,7 +19,7 @@ pub fn init(level: LogLevel, format: LogFormat) {
         LogLevel::Warn => Level::WARN,
         LogLevel::Error => Level::ERROR,
     };
-    // Our crates at the chosen level; noisy dependencies (hyper, notify) only from WARN.
+    // Our crates at the chosen level; noisy dependencies (hyper, aya) only from WARN.
     let filter = tracing_subscriber::filter::Targets::new()
         .with_default(Level::WARN.min(level))
         .with_target("stallwatch", level)
