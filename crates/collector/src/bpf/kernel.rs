@@ -143,6 +143,20 @@ pub struct Counters {
     pub drain_raced: u64,
 }
 
+impl Counters {
+    /// The sum, field by field: what earlier loads of the programs counted plus this one's.
+    pub fn plus(self, o: Counters) -> Counters {
+        Counters {
+            started: self.started + o.started,
+            ended: self.ended + o.ended,
+            in_flight_full: self.in_flight_full + o.in_flight_full,
+            aggregate_full: self.aggregate_full + o.aggregate_full,
+            long_lost: self.long_lost + o.long_lost,
+            drain_raced: self.drain_raced + o.drain_raced,
+        }
+    }
+}
+
 /// One drain: what ended since the last one, what is running now, the long ones.
 #[derive(Debug, Default)]
 pub struct Drained {

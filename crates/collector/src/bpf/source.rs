@@ -116,6 +116,10 @@ pub struct Batch {
     pub long: Vec<Long>,
     pub counters: Counters,
     pub symbols: bool,
+    /// The first drain of programs just loaded (at start, or again after a `[bpf]` size
+    /// changed on reload): their counters start at 0 and their in-flight map is empty, so
+    /// what is in D now must be seeded again from a walk.
+    pub attached: bool,
 }
 
 /// The reader's state, on its thread.
@@ -133,6 +137,8 @@ pub struct Source {
     /// The walk's stacks of seeded episodes, by tid, while they are in flight.
     seed_stacks: HashMap<u32, Arc<str>>,
     buf: Vec<u8>,
+    /// A drain of these programs was handed out.
+    drained: bool,
 }
 
 fn comm_of(b: &[u8; 16]) -> String {
@@ -154,6 +160,7 @@ impl Source {
             seed_names: Vec::new(),
             seed_stacks: HashMap::new(),
             buf: Vec::with_capacity(1024),
+            drained: false,
         }
     }
 
@@ -182,7 +189,9 @@ impl Source {
             path: "bpf maps".into(),
             source: ParseError::new(0, msg),
         })?;
-        Ok(Some(Reading::Drain(self.resolve(d))))
+        let mut batch = self.resolve(d);
+        batch.attached = !std::mem::replace(&mut self.drained, true);
+        Ok(Some(Reading::Drain(batch)))
     }
 
     fn place(&mut self, tgid: u32, now: Instant) -> Place {

@@ -27,6 +27,8 @@ pub struct EpisodeState {
     long: VecDeque<LongEpisode>,
     in_flight: Vec<InFlight>,
     counters: Counters,
+    /// What programs loaded before the running ones counted.
+    earlier: Counters,
     symbols: bool,
     /// A drain has been applied.
     pub active: bool,
@@ -44,7 +46,11 @@ impl EpisodeState {
     /// the first drain that saw it, as a walk sees it; one long episode keeps its exact start.
     pub fn apply(&mut self, b: Batch, rules: &[GroupRule]) -> Vec<(RawD, Instant)> {
         self.active = true;
-        self.counters = b.counters;
+        // Counters only grow: programs loaded again (a `[bpf]` size changed) count from 0.
+        if b.attached {
+            self.earlier = self.counters;
+        }
+        self.counters = self.earlier.plus(b.counters);
         self.symbols = b.symbols;
         for e in &b.ended {
             // The overflow entry's comm is `other`: it lands in group="other".
@@ -252,5 +258,40 @@ mod tests {
         assert_eq!(snap.long[0].container_id.as_deref(), Some(id.as_str()));
         assert_eq!(snap.in_flight[0].tid, 9);
         assert!(snap.in_flight[0].seeded);
+    }
+
+    /// Programs loaded again (a `[bpf]` size changed on reload) count from 0: the exported
+    /// counters carry on from what the old ones counted instead of going back.
+    #[test]
+    fn counters_only_grow_when_the_programs_are_loaded_again() {
+        let mut s = EpisodeState::default();
+        let c = |started, long_lost| Counters {
+            started,
+            ended: started,
+            long_lost,
+            ..Counters::default()
+        };
+        let drain = |counters, attached| Batch {
+            counters,
+            attached,
+            ..Batch::default()
+        };
+        let counted = |s: &mut EpisodeState| {
+            let k = s
+                .snapshot(20, 20, Duration::from_secs(1), None, None)
+                .counters;
+            (k.started, k.long_lost)
+        };
+        s.apply(drain(c(5, 1), true), &[]);
+        s.apply(drain(c(9, 2), false), &[]);
+        assert_eq!(counted(&mut s), (9, 2));
+        s.apply(drain(c(1, 0), true), &[]);
+        assert_eq!(
+            counted(&mut s),
+            (10, 2),
+            "the new programs' 1 on top of the old 9"
+        );
+        s.apply(drain(c(4, 3), false), &[]);
+        assert_eq!(counted(&mut s), (13, 5));
     }
 }

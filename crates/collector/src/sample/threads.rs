@@ -223,6 +223,12 @@ impl Threads {
                         "The eBPF episode source is attached: every D episode is counted; the thread walk runs every walk_interval."
                     );
                     self.walk_now = true;
+                } else if batch.attached {
+                    // New programs (a [bpf] size changed on reload) see only episodes that
+                    // begin from now on: the threads in D now come from a walk at once, not
+                    // at the next walk_interval.
+                    info!("The eBPF episode source was loaded again with the new [bpf] sizes; the threads in D now are seeded from a walk.");
+                    self.walk_now = true;
                 }
                 let running = self.episodes.apply(batch, &cfg.rules);
                 let exact: HashMap<u32, Instant> =

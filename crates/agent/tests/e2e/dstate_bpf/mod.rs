@@ -10,6 +10,7 @@ use std::time::{Duration, Instant};
 
 use crate::dstate_rig::{DStateRig, HOSTILE_COMM};
 use crate::harness::{repo, require_root, write, Agent, Metrics, BIN};
+use crate::hung::HungDisk;
 
 /// The rig's group label (see dstate.rs).
 const RIG_GROUP: &str = "sw) S 0 ?\u{FFFD}write";
@@ -267,6 +268,65 @@ fn dstate_bpf_state_walk_waits_out_a_stall_up_to_three_intervals() {
         "walks during 13 s of stall with walk_interval = 2s: {walks} (at most 3 with the hold, \
          at least 1 at its 6 s cap)"
     );
+}
+
+/// A `[bpf]` size changed on reload loads the programs again, and new programs see only the
+/// episodes that begin after them: a thread already in D on a hung disk must come back from a
+/// walk at once (not at the next `walk_interval`, 5 minutes, held longer by the stall), and the
+/// episode counts must not go back.
+#[test]
+fn dstate_bpf_programs_loaded_again_on_reload_keep_the_threads_already_in_d() {
+    if !require_root("dstate_bpf_programs_loaded_again_on_reload_keep_the_threads_already_in_d") {
+        return;
+    }
+    let rig = HungDisk::start(&[]);
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = config(dir.path(), "[bpf]\nenabled = true\n");
+    let agent = Agent::start(&[&cfg]);
+    // Declared after the agent: dropped first, so nothing waits on the hung disk at the end.
+    let _resume = rig.resume_on_drop();
+    agent.wait_for(Duration::from_secs(10), "the source attached", |m| {
+        m.get("stallwatch_bpf_active") == Some(1.0)
+    });
+    // The canary write of `hang` waits in D from now until the end: one long episode.
+    rig.hang();
+    let dd = "stallwatch_dstate_threads{group=\"dd\"}";
+    let episodes = |m: &Metrics| sum_of(m, "stallwatch_dstate_episode_seconds_count");
+    let m = agent.wait_for(Duration::from_secs(10), "the canary in D", |m| {
+        m.get(dd).is_some_and(|n| n >= 1.0)
+    });
+    let counted = episodes(&m);
+
+    write(
+        &dir.path().join("cfg.toml"),
+        "[bpf]\nenabled = true\nmax_keys = 1024\n",
+    );
+    let loaded_again = "loaded again with the new [bpf] sizes";
+    let t0 = Instant::now();
+    while !agent.log().contains(loaded_again) {
+        assert!(
+            t0.elapsed() < Duration::from_secs(10),
+            "no reload that loaded the programs again: {}",
+            agent.log()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    // The first drain of the new programs has no canary; the walk it asks for seeds it.
+    let m = agent.wait_for(Duration::from_secs(6), "the canary in D again", |m| {
+        m.get(dd).is_some_and(|n| n >= 1.0)
+    });
+    assert!(episodes(&m) >= counted, "episode counts went back");
+    let t1 = Instant::now();
+    while t1.elapsed() < Duration::from_secs(4) {
+        std::thread::sleep(Duration::from_millis(500));
+        let m = Metrics::parse(&agent.scrape());
+        assert!(
+            m.get(dd).is_some_and(|n| n >= 1.0),
+            "the canary left the D list {:?} after it came back",
+            t1.elapsed()
+        );
+    }
+    assert_eq!(agent.log().matches(loaded_again).count(), 1);
 }
 
 /// Lines of the agent's log that say the source is off.
