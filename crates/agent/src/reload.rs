@@ -286,6 +286,16 @@ mod tests {
         }
     }
 
+    /// Runs `act` and checks the watch woke for it within 5 s.
+    fn wakes(batches: &AtomicU64, what: &str, act: impl FnOnce()) {
+        let n = batches.load(Ordering::Relaxed);
+        act();
+        assert!(
+            wait_past(batches, n, Duration::from_secs(5)) > n,
+            "{what} woke nothing"
+        );
+    }
+
     /// Reading files in the config's directory (what every process does to a shared `/etc`)
     /// wakes the watch thread not once; writing the config, a ConfigMap-style swap by rename
     /// and a removal each do, and each sends a trigger.
@@ -310,31 +320,23 @@ mod tests {
             0,
             "600 reads in the directory woke the watch"
         );
-        std::fs::write(&cfg, "[host]\n").unwrap();
-        assert!(
-            wait_past(&batches, 0, Duration::from_secs(5)) > 0,
-            "the write"
-        );
+        wakes(&batches, "the write", || {
+            std::fs::write(&cfg, "[host]\n").unwrap()
+        });
         assert_eq!(
             rx.recv_timeout(Duration::from_secs(1)),
             Ok(Trigger::FileChanged)
         );
 
         // An atomic swap, as editors and the kubelet do: write aside, rename over.
-        let n = batches.load(Ordering::Relaxed);
         let aside = dir.path().join("..data_tmp");
         std::fs::write(&aside, "[threads]\n").unwrap();
-        std::fs::rename(&aside, &cfg).unwrap();
-        assert!(
-            wait_past(&batches, n, Duration::from_secs(5)) > n,
-            "the rename"
-        );
-        let n = batches.load(Ordering::Relaxed);
-        std::fs::remove_file(&other).unwrap();
-        assert!(
-            wait_past(&batches, n, Duration::from_secs(5)) > n,
-            "the removal"
-        );
+        wakes(&batches, "the rename", || {
+            std::fs::rename(&aside, &cfg).unwrap()
+        });
+        wakes(&batches, "the removal", || {
+            std::fs::remove_file(&other).unwrap()
+        });
         // The kubelet's ConfigMap update: the file is a symlink through `..data`, which is
         // swapped for a link to a new timestamped directory by a rename.
         let kube = tempfile::tempdir().unwrap();
@@ -353,11 +355,9 @@ mod tests {
         std::fs::create_dir(&new_dir).unwrap();
         std::fs::write(new_dir.join("stallwatch.toml"), "[host]\n").unwrap();
         std::os::unix::fs::symlink("..2026_12_04_2", kube.path().join("..data_tmp")).unwrap();
-        std::fs::rename(kube.path().join("..data_tmp"), kube.path().join("..data")).unwrap();
-        assert!(
-            wait_past(&kbatches, 0, Duration::from_secs(5)) > 0,
-            "the ..data swap"
-        );
+        wakes(&kbatches, "the ..data swap", || {
+            std::fs::rename(kube.path().join("..data_tmp"), kube.path().join("..data")).unwrap()
+        });
         assert_eq!(
             krx.recv_timeout(Duration::from_secs(1)),
             Ok(Trigger::FileChanged)
