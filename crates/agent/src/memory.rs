@@ -43,6 +43,56 @@ pub const START_UP: Duration = Duration::from_secs(20);
 pub const CODE_EVERY: Duration = Duration::from_secs(600);
 /// Time between two trims.
 pub const TRIM_EVERY: Duration = Duration::from_secs(30);
+/// After a scrape ([`trim_soon`]): the trim waits this long, so that the response is sent and
+/// its buffers freed first; and trims asked for this way are at least a second apart.
+pub const AFTER_SCRAPE: Duration = Duration::from_millis(200);
+
+/// The trimmer's thread, to wake it early ([`trim_soon`]).
+static TRIMMER: std::sync::OnceLock<std::thread::Thread> = std::sync::OnceLock::new();
+/// A trim was asked for since the trimmer's last one.
+static ASKED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// Asks the trimmer for a trim now (after [`AFTER_SCRAPE`]): a scrape leaves ~1 MB of small
+/// freed blocks (label sets, lines) in the heap, which the periodic trim returned up to 30 s
+/// later, so the RSS a scrape reads (the next one's `process_resident_memory_bytes`, or `ps`)
+/// swung by a megabyte with the phase of the two. Never blocks: it sets a flag and unparks.
+pub fn trim_soon() {
+    ASKED.store(true, std::sync::atomic::Ordering::Relaxed);
+    if let Some(t) = TRIMMER.get() {
+        t.unpark();
+    }
+}
+
+/// Sleeps until `deadline`, or until [`trim_soon`] asks (then [`AFTER_SCRAPE`] more, and not
+/// sooner than a second after the last asked-for trim) and trims. Returns at the deadline.
+fn sleep_trimming_on_request(
+    deadline: std::time::Instant,
+    last_asked: &mut Option<std::time::Instant>,
+) {
+    use std::sync::atomic::Ordering;
+    use std::time::Instant;
+    loop {
+        let now = Instant::now();
+        if now >= deadline {
+            // The caller trims now: that answers a request too.
+            ASKED.store(false, Ordering::Relaxed);
+            return;
+        }
+        if ASKED.load(Ordering::Relaxed) {
+            let at = last_asked
+                .map_or(now, |t| t + Duration::from_secs(1))
+                .max(now + AFTER_SCRAPE);
+            if at < deadline {
+                std::thread::sleep(at - now);
+                ASKED.store(false, Ordering::Relaxed);
+                trim();
+                *last_asked = Some(Instant::now());
+                continue;
+            }
+        }
+        std::thread::park_timeout(deadline - now);
+    }
+}
 /// The first trims, counted from the trimmer's start: the start-up's garbage (17 MB after the
 /// eBPF loader's BTF parse, in the first second here) goes back within seconds, not after the
 /// first [`TRIM_EVERY`].
@@ -78,7 +128,7 @@ pub fn trim() {
 }
 
 /// A thread that trims after each of [`FIRST_TRIMS`], then every [`TRIM_EVERY`] for the life
-/// of the process, and unmaps the binary's code at [`START_UP`] and every [`CODE_EVERY`]. It never touches a file, so a hung disk cannot hold it.
+/// of the process and shortly after a scrape ([`trim_soon`]), and unmaps the binary's code at [`START_UP`] and every [`CODE_EVERY`]. It never touches a file, so a hung disk cannot hold it.
 pub fn spawn_trimmer() {
     if !cfg!(all(target_os = "linux", target_env = "gnu")) {
         return;
@@ -87,13 +137,14 @@ pub fn spawn_trimmer() {
         .name("sw-trim".into())
         .stack_size(64 * 1024)
         .spawn(|| {
-            let mut slept = Duration::ZERO;
+            let _ = TRIMMER.set(std::thread::current());
+            let start = std::time::Instant::now();
+            let mut last_asked = None;
             for at in FIRST_TRIMS {
-                std::thread::sleep(at.saturating_sub(slept));
-                slept = at;
+                sleep_trimming_on_request(start + at, &mut last_asked);
                 trim();
             }
-            std::thread::sleep(START_UP.saturating_sub(slept));
+            sleep_trimming_on_request(start + START_UP, &mut last_asked);
             let unmap = || match unmap_idle_code() {
                 Ok(kib) => tracing::debug!(kib, "Unmapped the binary's code pages."),
                 Err(e) => tracing::debug!(error = %e, "Cannot unmap the binary's code pages."),
@@ -101,7 +152,7 @@ pub fn spawn_trimmer() {
             unmap();
             let mut code_at = Duration::ZERO;
             loop {
-                std::thread::sleep(TRIM_EVERY);
+                sleep_trimming_on_request(std::time::Instant::now() + TRIM_EVERY, &mut last_asked);
                 trim();
                 code_at += TRIM_EVERY;
                 if code_at >= CODE_EVERY {
@@ -258,20 +309,72 @@ mod tests {
             .unwrap()
     }
 
+    /// 16 MB freed in 64 KiB heap blocks, every other one kept: RssAnon before, and the kept half.
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    fn fragment_16_mb() -> (u64, Vec<Vec<u8>>) {
+        let blocks: Vec<Vec<u8>> = (0..512).map(|i| vec![i as u8; 64 * 1024]).collect();
+        let keep: Vec<Vec<u8>> = blocks
+            .into_iter()
+            .enumerate()
+            .filter_map(|(i, b)| (i % 2 == 0).then_some(b))
+            .collect();
+        (rss_anon_kb(), keep)
+    }
+
+    /// A scrape's `trim_soon` wakes the trimmer, which trims within a second; nothing trims
+    /// before it asks (the trimmer here waits for a 30 s deadline).
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    #[test]
+    fn trim_soon_trims_within_a_second_and_only_when_asked() {
+        use std::time::{Duration, Instant};
+        super::limit_arenas();
+        let waiter = std::thread::spawn(|| {
+            let _ = super::TRIMMER.set(std::thread::current());
+            let mut last = None;
+            super::sleep_trimming_on_request(Instant::now() + Duration::from_secs(30), &mut last);
+        });
+        while super::TRIMMER.get().is_none() {
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        let (before, keep) = fragment_16_mb();
+        std::thread::sleep(Duration::from_millis(600));
+        let idle = rss_anon_kb();
+        assert!(
+            idle + 4 * 1024 > before,
+            "RssAnon {before} → {idle} kB with nobody asking for a trim"
+        );
+        let asked = Instant::now();
+        super::trim_soon();
+        let after = loop {
+            let now = rss_anon_kb();
+            if now + 8 * 1024 < before || asked.elapsed() > Duration::from_secs(5) {
+                break now;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        };
+        eprintln!(
+            "RssAnon {before} kB → {after} kB {:?} after trim_soon",
+            asked.elapsed()
+        );
+        assert!(
+            after + 8 * 1024 < before,
+            "RssAnon {before} kB → {after} kB: trim_soon did not return the freed 16 MB"
+        );
+        assert!(
+            asked.elapsed() < Duration::from_secs(2),
+            "the trim came {:?} after it was asked for",
+            asked.elapsed()
+        );
+        assert_eq!(keep.len(), 256);
+        drop(waiter);
+    }
+
     /// A trim after freeing a large, fragmented allocation gives pages back: the process's
     /// anonymous RSS falls (read from /proc/self/status).
     #[cfg(all(target_os = "linux", target_env = "gnu"))]
     #[test]
     fn trim_returns_freed_heap_to_the_kernel() {
-        // 32 MB in 64 KiB blocks (under the mmap threshold, so they live in the heap), every
-        // other one kept so that the freed half cannot simply shrink the top of the heap.
-        let mut blocks: Vec<Vec<u8>> = (0..512).map(|i| vec![i as u8; 64 * 1024]).collect();
-        let keep: Vec<Vec<u8>> = blocks
-            .drain(..)
-            .enumerate()
-            .filter_map(|(i, b)| (i % 2 == 0).then_some(b))
-            .collect();
-        let before = rss_anon_kb();
+        let (before, keep) = fragment_16_mb();
         super::trim();
         let after = rss_anon_kb();
         assert!(

@@ -48,6 +48,8 @@ async fn metrics(State(st): State<Arc<AppState>>, headers: HeaderMap) -> Respons
         return (StatusCode::INTERNAL_SERVER_ERROR, "cannot encode metrics\n").into_response();
     }
     let body = fix_infinities(body);
+    // The encoding's garbage is freed by now; the body goes when it is sent.
+    crate::memory::trim_soon();
     let accept = headers.get(header::ACCEPT).and_then(|v| v.to_str().ok());
     // The format depends on `Accept`, so caches must key on it; the compression layer adds
     // `Accept-Encoding` to `Vary` itself.
