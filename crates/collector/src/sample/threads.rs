@@ -216,18 +216,19 @@ impl Threads {
                 self.bpf_off = Some(why);
             }
             Reading::Drain(batch) => {
-                if !self.episodes.active {
-                    info!(
-                        long_episode = ?cfg.bpf.long_episode,
-                        symbols = batch.symbols,
-                        "The eBPF episode source is attached: every D episode is counted; the thread walk runs every walk_interval."
-                    );
-                    self.walk_now = true;
-                } else if batch.attached {
-                    // New programs (a [bpf] size changed on reload) see only episodes that
-                    // begin from now on: the threads in D now come from a walk at once, not
-                    // at the next walk_interval.
-                    info!("The eBPF episode source was loaded again with the new [bpf] sizes; the threads in D now are seeded from a walk.");
+                // New programs (at start, or a [bpf] size changed on reload) see only the
+                // episodes that begin after them: the threads in D now come from a walk at
+                // once, not at the next walk_interval.
+                if batch.attached || !self.episodes.active {
+                    if self.episodes.active {
+                        info!("The eBPF episode source was loaded again with the new [bpf] sizes; the threads in D now are seeded from a walk.");
+                    } else {
+                        info!(
+                            long_episode = ?cfg.bpf.long_episode,
+                            symbols = batch.symbols,
+                            "The eBPF episode source is attached: every D episode is counted; the thread walk runs every walk_interval."
+                        );
+                    }
                     self.walk_now = true;
                 }
                 let running = self.episodes.apply(batch, &cfg.rules);
