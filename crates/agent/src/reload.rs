@@ -9,7 +9,6 @@
 //! stays in force.
 
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{mpsc, Arc, Mutex};
 use std::time::Duration;
 
@@ -121,7 +120,7 @@ pub fn spawn(
     initial: Option<String>,
 ) -> std::io::Result<Triggers> {
     let (tx, rx) = mpsc::sync_channel::<Trigger>(4);
-    if let Err(e) = watch_dir(&path, tx.clone(), Arc::default()) {
+    if let Err(e) = watch_dir(&path, tx.clone()) {
         warn!(path = %path.display(), error = %e, "Cannot watch the config directory; reload on SIGHUP only.");
     }
     std::thread::Builder::new()
@@ -235,9 +234,8 @@ const CHANGES: WatchMask = WatchMask::CREATE
 
 /// Watches the directory `path` is in for [`CHANGES`] on a thread of its own ("sw-watch",
 /// blocked in `read(2)` on the inotify descriptor for the life of the process); each batch
-/// of events is one [`Trigger::FileChanged`], and `batches` counts them. An overflowed
-/// queue is an event too. The thread ends if the descriptor fails (logged once).
-fn watch_dir(path: &Path, tx: Triggers, batches: Arc<AtomicU64>) -> std::io::Result<()> {
+/// of events is one [`Trigger::FileChanged`]. An overflowed queue is an event too. The thread ends if the descriptor fails (logged once).
+fn watch_dir(path: &Path, tx: Triggers) -> std::io::Result<()> {
     let dir = match path.parent() {
         Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
         _ => PathBuf::from("."),
@@ -254,7 +252,6 @@ fn watch_dir(path: &Path, tx: Triggers, batches: Arc<AtomicU64>) -> std::io::Res
                 match inotify.read_events_blocking(&mut buf) {
                     Ok(events) => {
                         if events.count() > 0 {
-                            batches.fetch_add(1, Ordering::Relaxed);
                             let _ = tx.try_send(Trigger::FileChanged);
                         }
                     }
@@ -272,33 +269,27 @@ fn watch_dir(path: &Path, tx: Triggers, batches: Arc<AtomicU64>) -> std::io::Res
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::time::Instant;
 
-    /// Waits up to `within` for the count to pass `floor`; the count it saw.
-    fn wait_past(batches: &AtomicU64, floor: u64, within: Duration) -> u64 {
-        let end = Instant::now() + within;
-        loop {
-            let n = batches.load(Ordering::Relaxed);
-            if n > floor || Instant::now() >= end {
-                return n;
-            }
-            std::thread::sleep(Duration::from_millis(5));
-        }
+    /// Triggers the watch sends within `within` (each batch of events is one).
+    fn quiet_for(rx: &mpsc::Receiver<Trigger>, within: Duration) -> bool {
+        rx.recv_timeout(within) == Err(mpsc::RecvTimeoutError::Timeout)
     }
 
-    /// Runs `act` and checks the watch woke for it within 5 s.
-    fn wakes(batches: &AtomicU64, what: &str, act: impl FnOnce()) {
-        let n = batches.load(Ordering::Relaxed);
+    /// Runs `act` and checks the watch sent a trigger for it within 5 s (what came before is
+    /// dropped first).
+    fn wakes(rx: &mpsc::Receiver<Trigger>, what: &str, act: impl FnOnce()) {
+        while rx.try_recv().is_ok() {}
         act();
-        assert!(
-            wait_past(batches, n, Duration::from_secs(5)) > n,
+        assert_eq!(
+            rx.recv_timeout(Duration::from_secs(5)),
+            Ok(Trigger::FileChanged),
             "{what} woke nothing"
         );
     }
 
     /// Reading files in the config's directory (what every process does to a shared `/etc`)
-    /// wakes the watch thread not once; writing the config, a ConfigMap-style swap by rename
-    /// and a removal each do, and each sends a trigger.
+    /// wakes the watch thread not once; writing the config, a swap by rename, a removal and
+    /// the kubelet's `..data` swap each send a trigger.
     #[test]
     fn the_watch_wakes_for_changes_and_never_for_reads() {
         let dir = tempfile::tempdir().unwrap();
@@ -307,36 +298,26 @@ mod tests {
         std::fs::write(&cfg, "").unwrap();
         std::fs::write(&other, "127.0.0.1 localhost\n").unwrap();
         let (tx, rx) = mpsc::sync_channel::<Trigger>(64);
-        let batches = Arc::new(AtomicU64::new(0));
-        watch_dir(&cfg, tx, Arc::clone(&batches)).unwrap();
+        watch_dir(&cfg, tx).unwrap();
 
         for _ in 0..200 {
             std::fs::read(&other).unwrap();
             std::fs::read(&cfg).unwrap();
             let _ = std::fs::read_dir(dir.path()).unwrap().count();
         }
-        assert_eq!(
-            wait_past(&batches, 0, Duration::from_millis(300)),
-            0,
+        assert!(
+            quiet_for(&rx, Duration::from_millis(300)),
             "600 reads in the directory woke the watch"
         );
-        wakes(&batches, "the write", || {
+        wakes(&rx, "the write", || {
             std::fs::write(&cfg, "[host]\n").unwrap()
         });
-        assert_eq!(
-            rx.recv_timeout(Duration::from_secs(1)),
-            Ok(Trigger::FileChanged)
-        );
 
         // An atomic swap, as editors and the kubelet do: write aside, rename over.
         let aside = dir.path().join("..data_tmp");
         std::fs::write(&aside, "[threads]\n").unwrap();
-        wakes(&batches, "the rename", || {
-            std::fs::rename(&aside, &cfg).unwrap()
-        });
-        wakes(&batches, "the removal", || {
-            std::fs::remove_file(&other).unwrap()
-        });
+        wakes(&rx, "the rename", || std::fs::rename(&aside, &cfg).unwrap());
+        wakes(&rx, "the removal", || std::fs::remove_file(&other).unwrap());
         // The kubelet's ConfigMap update: the file is a symlink through `..data`, which is
         // swapped for a link to a new timestamped directory by a rename.
         let kube = tempfile::tempdir().unwrap();
@@ -350,29 +331,23 @@ mod tests {
         let linked = kube.path().join("stallwatch.toml");
         std::os::unix::fs::symlink("..data/stallwatch.toml", &linked).unwrap();
         let (ktx, krx) = mpsc::sync_channel::<Trigger>(64);
-        let kbatches = Arc::new(AtomicU64::new(0));
-        watch_dir(&linked, ktx, Arc::clone(&kbatches)).unwrap();
+        watch_dir(&linked, ktx).unwrap();
         std::fs::create_dir(&new_dir).unwrap();
         std::fs::write(new_dir.join("stallwatch.toml"), "[host]\n").unwrap();
         std::os::unix::fs::symlink("..2026_12_04_2", kube.path().join("..data_tmp")).unwrap();
-        wakes(&kbatches, "the ..data swap", || {
+        wakes(&krx, "the ..data swap", || {
             std::fs::rename(kube.path().join("..data_tmp"), kube.path().join("..data")).unwrap()
         });
-        assert_eq!(
-            krx.recv_timeout(Duration::from_secs(1)),
-            Ok(Trigger::FileChanged)
-        );
         assert_eq!(std::fs::read_to_string(&linked).unwrap(), "[host]\n");
 
-        while rx.try_recv().is_ok() {}
-        let n = batches.load(Ordering::Relaxed);
+        // Late events of the changes above, then reads alone.
+        while !quiet_for(&rx, Duration::from_millis(100)) {}
         for _ in 0..100 {
             std::fs::read(&cfg).unwrap();
         }
-        assert_eq!(
-            wait_past(&batches, n, Duration::from_millis(300)),
-            n,
-            "reads after the changes wake nothing either"
+        assert!(
+            quiet_for(&rx, Duration::from_millis(300)),
+            "reads after the changes woke the watch"
         );
     }
 }
