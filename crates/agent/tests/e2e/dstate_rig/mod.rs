@@ -59,7 +59,8 @@ const IMAGE_BYTES: u64 = 64 << 20;
 
 /// The writer. argv: mount dir, thread count, thread name in hex. It waits for "go\n" on stdin
 /// (the Rust side moves it into the cgroup first, so every thread starts inside it), starts the
-/// threads, then blocks on stdin and exits when it closes (the test process is gone).
+/// threads, then reads stdin: "rest\n" stops the writes (`lift`), and it exits when stdin closes
+/// (the test process is gone).
 const WRITER_PY: &str = include_str!("writer.py");
 
 static SEQ: AtomicUsize = AtomicUsize::new(0);
@@ -353,11 +354,19 @@ impl DStateRig {
             .count()
     }
 
-    /// Removes the throttle: the queued writes go through and the threads leave D within
-    /// milliseconds (they stay busy writing, now unthrottled).
+    /// Removes the throttle and tells the writers to rest: each thread ends the write in flight
+    /// (at once, now unthrottled) and waits in S. They must stop writing, not just write fast:
+    /// a loop of unthrottled writes still spends most of its time in D when the disk under the
+    /// loop device is busy (a CI run with other tests writing beside it kept 2–4 of them in D).
     pub fn lift(&self) {
         if let Err(e) = self.try_lift() {
             panic!("dstate_rig: lift: {e}");
+        }
+        if let Some(mut stdin) = self.stdin.as_ref() {
+            stdin
+                .write_all(b"rest\n")
+                .and_then(|()| stdin.flush())
+                .unwrap_or_else(|e| panic!("dstate_rig: tell the writer to rest: {e}"));
         }
     }
 

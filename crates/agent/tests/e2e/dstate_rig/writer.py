@@ -18,16 +18,21 @@ def work(i):
         buf.write(b"x" * size)
         fd = os.open(os.path.join(mnt, "w%d" % i), os.O_WRONLY | os.O_CREAT | os.O_DIRECT, 0o600)
         k = 0
-        while True:
+        while not rest.is_set():
             # os.pwrite releases the GIL and passes the mmap's memory as is (no copy).
             os.pwrite(fd, buf, (k % span) * size)
             k += 1
+        rest_forever.wait()  # a futex wait: state S, never D
     except BaseException as e:
         sys.stderr.write("writer thread %d: %r\n" % (i, e))
         sys.stderr.flush()
         os._exit(5)
 
+# "rest\n" on stdin (sent by `lift`): each thread ends its write in flight and writes no more.
+rest, rest_forever = threading.Event(), threading.Event()
 for i in range(n):
     threading.Thread(target=work, args=(i,), daemon=True).start()
-sys.stdin.buffer.read()
+for line in sys.stdin.buffer:
+    if line == b"rest\n":
+        rest.set()
 os._exit(0)
