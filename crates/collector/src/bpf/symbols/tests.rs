@@ -16,6 +16,14 @@ ffffffff82300000 d some_data
 ffffffffc0a01230 t ext4_file_write_iter\t[ext4]
 ";
 
+/// `Symbols` over `text` as its kallsyms (the directory holds the file while the test runs).
+fn open(text: &str) -> (tempfile::TempDir, Symbols) {
+    let dir = tempfile::tempdir().unwrap();
+    let p = dir.path().join("kallsyms");
+    std::fs::write(&p, text).unwrap();
+    (dir, Symbols::open(p))
+}
+
 #[test]
 fn bounds_of_this_machines_kallsyms_shape() {
     let b = bounds(KALLSYMS.as_bytes());
@@ -72,10 +80,7 @@ fn resolves_each_address_to_the_text_symbol_below_it_in_one_pass() {
 
 #[test]
 fn lazy_names_come_after_a_pass() {
-    let dir = tempfile::tempdir().unwrap();
-    let p = dir.path().join("kallsyms");
-    std::fs::write(&p, KALLSYMS).unwrap();
-    let mut s = Symbols::open(p);
+    let (_dir, mut s) = open(KALLSYMS);
     let t = Instant::now();
     assert_eq!(s.wchan(0xffffffff81400042), None, "queued");
     assert_eq!(&*s.frame(0xffffffff81400042), "0xffffffff81400042");
@@ -107,14 +112,11 @@ fn lazy_names_come_after_a_pass() {
 /// long episode's frame or wait channel is named at the next PASS_EVERY.
 #[test]
 fn a_long_episode_does_not_wait_for_the_budget() {
-    let dir = tempfile::tempdir().unwrap();
-    let p = dir.path().join("kallsyms");
-    std::fs::write(&p, KALLSYMS).unwrap();
-    let mut s = Symbols::open(p);
+    let (_dir, mut s) = open(KALLSYMS);
     let t = Instant::now();
     s.wchan(0xffffffff81400042);
     s.pass(t);
-    // As if that pass had cost 55 ms at a 0.1 % budget.
+    // As if that pass had cost 27.5 ms at the 0.05 % budget.
     s.next_pass = Some(t + Duration::from_secs(55));
     assert_eq!(s.wchan(0xffffffff82246810), None);
     assert!(!s.due(t + PASS_EVERY), "a short episode's name waits");
@@ -210,10 +212,7 @@ fn a_pass_over_the_kernels_own_text_stops_above_the_highest_address() {
 
 #[test]
 fn a_module_address_makes_the_pass_read_everything() {
-    let dir = tempfile::tempdir().unwrap();
-    let p = dir.path().join("kallsyms");
-    std::fs::write(&p, SORTED).unwrap();
-    let mut s = Symbols::open(p);
+    let (_dir, mut s) = open(SORTED);
     let t = Instant::now();
     s.wchan(0xffffffff815a53a0);
     s.wchan(0xffffffffc0a01240);
