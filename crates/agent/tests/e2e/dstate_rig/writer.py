@@ -9,14 +9,13 @@ libc.prctl.restype = ctypes.c_int
 if sys.stdin.buffer.readline() != b"go\n":
     os._exit(3)
 
-def work(i):
+def work(i, fd):
     try:
         # PR_SET_NAME names the calling thread only.
         if libc.prctl(15, name, 0, 0, 0) != 0:
             raise OSError(ctypes.get_errno(), "prctl(PR_SET_NAME)")
         buf = mmap.mmap(-1, size)  # page-aligned, as O_DIRECT needs
         buf.write(b"x" * size)
-        fd = os.open(os.path.join(mnt, "w%d" % i), os.O_WRONLY | os.O_CREAT | os.O_DIRECT, 0o600)
         k = 0
         while not rest.is_set():
             # os.pwrite releases the GIL and passes the mmap's memory as is (no copy).
@@ -30,8 +29,13 @@ def work(i):
 
 # "rest\n" on stdin (sent by `lift`): each thread ends its write in flight and writes no more.
 rest, rest_forever = threading.Event(), threading.Event()
+# Every file is opened before any write is queued: an open's directory lookup behind throttled
+# writes can wait in D outside the write path (`__ext4_find_entry`), and the tests expect a
+# writer in D to be in its write.
+fds = [os.open(os.path.join(mnt, "w%d" % i), os.O_WRONLY | os.O_CREAT | os.O_DIRECT, 0o600)
+       for i in range(n)]
 for i in range(n):
-    threading.Thread(target=work, args=(i,), daemon=True).start()
+    threading.Thread(target=work, args=(i, fds[i]), daemon=True).start()
 for line in sys.stdin.buffer:
     if line == b"rest\n":
         rest.set()
