@@ -40,6 +40,40 @@ pub const TRIM_EVERY: Duration = Duration::from_secs(30);
 /// its buffers freed first; and trims asked for this way are at least a second apart.
 pub const AFTER_SCRAPE: Duration = Duration::from_millis(200);
 
+/// The first trims, counted from the trimmer's start: the start-up's garbage (17 MB after the
+/// eBPF loader's BTF parse, in the first second here) goes back within seconds, not after the
+/// first [`TRIM_EVERY`].
+pub const FIRST_TRIMS: [Duration; 2] = [Duration::from_secs(2), Duration::from_secs(8)];
+
+/// Caps the number of malloc arenas and fixes the mmap threshold, unless `MALLOC_ARENA_MAX` or
+/// `MALLOC_MMAP_THRESHOLD_` is set. Call first thing, before any thread starts.
+pub fn limit_arenas() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    {
+        if std::env::var_os("MALLOC_ARENA_MAX").is_none() {
+            // SAFETY: mallopt only sets a tunable of the allocator; no pointer is involved.
+            unsafe {
+                libc::mallopt(libc::M_ARENA_MAX, ARENAS);
+            }
+        }
+        if std::env::var_os("MALLOC_MMAP_THRESHOLD_").is_none() {
+            // SAFETY: as above. Setting it also stops glibc's dynamic raising of it.
+            unsafe {
+                libc::mallopt(libc::M_MMAP_THRESHOLD, MMAP_THRESHOLD);
+            }
+        }
+    }
+}
+
+/// Returns free heap pages to the kernel now.
+pub fn trim() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: malloc_trim takes no pointer and is thread-safe (it locks each arena).
+    unsafe {
+        libc::malloc_trim(0);
+    }
+}
+
 /// The trimmer's thread, to wake it early ([`trim_soon`]).
 static TRIMMER: std::sync::OnceLock<std::thread::Thread> = std::sync::OnceLock::new();
 /// A trim was asked for since the trimmer's last one.
@@ -86,42 +120,11 @@ fn sleep_trimming_on_request(
         std::thread::park_timeout(deadline - now);
     }
 }
-/// The first trims, counted from the trimmer's start: the start-up's garbage (17 MB after the
-/// eBPF loader's BTF parse, in the first second here) goes back within seconds, not after the
-/// first [`TRIM_EVERY`].
-pub const FIRST_TRIMS: [Duration; 2] = [Duration::from_secs(2), Duration::from_secs(8)];
-
-/// Caps the number of malloc arenas and fixes the mmap threshold, unless `MALLOC_ARENA_MAX` or
-/// `MALLOC_MMAP_THRESHOLD_` is set. Call first thing, before any thread starts.
-pub fn limit_arenas() {
-    #[cfg(all(target_os = "linux", target_env = "gnu"))]
-    {
-        if std::env::var_os("MALLOC_ARENA_MAX").is_none() {
-            // SAFETY: mallopt only sets a tunable of the allocator; no pointer is involved.
-            unsafe {
-                libc::mallopt(libc::M_ARENA_MAX, ARENAS);
-            }
-        }
-        if std::env::var_os("MALLOC_MMAP_THRESHOLD_").is_none() {
-            // SAFETY: as above. Setting it also stops glibc's dynamic raising of it.
-            unsafe {
-                libc::mallopt(libc::M_MMAP_THRESHOLD, MMAP_THRESHOLD);
-            }
-        }
-    }
-}
-
-/// Returns free heap pages to the kernel now.
-pub fn trim() {
-    #[cfg(all(target_os = "linux", target_env = "gnu"))]
-    // SAFETY: malloc_trim takes no pointer and is thread-safe (it locks each arena).
-    unsafe {
-        libc::malloc_trim(0);
-    }
-}
 
 /// A thread that trims after each of [`FIRST_TRIMS`], then every [`TRIM_EVERY`] for the life
-/// of the process and shortly after a scrape ([`trim_soon`]), and unmaps the binary's code at [`START_UP`] and every [`CODE_EVERY`]. It never touches a file, so a hung disk cannot hold it.
+/// of the process and shortly after a scrape ([`trim_soon`]), and unmaps the binary's code at
+/// [`START_UP`] and every [`CODE_EVERY`]. It never touches a file, so a hung disk cannot hold
+/// it.
 pub fn spawn_trimmer() {
     if !cfg!(all(target_os = "linux", target_env = "gnu")) {
         return;

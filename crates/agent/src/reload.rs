@@ -234,7 +234,8 @@ const CHANGES: WatchMask = WatchMask::CREATE
 
 /// Watches the directory `path` is in for [`CHANGES`] on a thread of its own ("sw-watch",
 /// blocked in `read(2)` on the inotify descriptor for the life of the process); each batch
-/// of events is one [`Trigger::FileChanged`]. An overflowed queue is an event too. The thread ends if the descriptor fails (logged once).
+/// of events is one [`Trigger::FileChanged`]. An overflowed queue is an event too. The thread
+/// ends if the descriptor fails (logged once).
 fn watch_dir(path: &Path, tx: Triggers) -> std::io::Result<()> {
     let dir = match path.parent() {
         Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
@@ -270,7 +271,7 @@ fn watch_dir(path: &Path, tx: Triggers) -> std::io::Result<()> {
 mod tests {
     use super::*;
 
-    /// Triggers the watch sends within `within` (each batch of events is one).
+    /// Whether the watch sent no trigger within `within` (each batch of events is one).
     fn quiet_for(rx: &mpsc::Receiver<Trigger>, within: Duration) -> bool {
         rx.recv_timeout(within) == Err(mpsc::RecvTimeoutError::Timeout)
     }

@@ -3,8 +3,8 @@
 //! the eBPF loader's ELF and BTF parsing, cloud discovery's HTTP and TLS clients), which then
 //! never runs again off EC2; later, code that runs once (a reload, an incident record) stays
 //! mapped for the life of the process. The code is unmapped after the start-up and then every
-//! [`super::CODE_EVERY`], so the binary's share of RSS is what ran since. Kernel 6.18 maps a whole large folio of page cache on a fault, so
-//! a few functions map megabytes. Measured with the agent at rest here: 8.6 of 9.4 MB of text
+//! [`super::CODE_EVERY`], so the binary's share of RSS is what ran since. Kernel 6.18 maps a
+//! whole large folio of page cache on a fault, so a few functions map megabytes. Measured with the agent at rest here: 8.6 of 9.4 MB of text
 //! resident; after unmapping, what runs maps back to ~4 MB within a few seconds and stays
 //! there. The pages stay in the page cache (a new fault is a minor one, no disk read), and cold
 //! code is no safer from reclaim for being mapped (the kernel keeps only *referenced*
